@@ -1,0 +1,78 @@
+"""The one place that chooses concrete parts: which source, router, judge, clock and audit sink.
+
+Everything else receives its collaborators; nothing reaches for a global client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from canary.audit import AuditLog, AuditSink
+from canary.clock import SimulatedClock
+from canary.controller import Controller
+from canary.judges import make_judge
+from canary.policy import Policy
+from canary.routers.memory import MemoryRouter, virtual_service_for
+from canary.scenario import Scenario
+from canary.sources.simulated import SimulatedMesh
+
+SIM_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z: simulated rollouts start here, so records are stable
+
+
+def audit_path_for(policy: Policy, override: str | None) -> Path:
+    if override:
+        return Path(override)
+    if policy.audit_path:
+        return Path(policy.audit_path)
+    return Path("audit") / f"{policy.name}.jsonl"
+
+
+def with_scenario(policy: Policy, scenario: Scenario) -> Policy:
+    """The policy with the scenario's steps, interval and deadline where the scenario sets them."""
+    changes: dict[str, object] = {}
+    if scenario.steps is not None:
+        changes["steps"] = scenario.steps
+    if scenario.interval_s is not None:
+        changes["interval_s"] = scenario.interval_s
+    if scenario.max_duration_s is not None:
+        changes["max_duration_s"] = scenario.max_duration_s
+    return dataclasses.replace(policy, **changes)  # type: ignore[arg-type]
+
+
+@dataclass
+class SimulatedRollout:
+    controller: Controller
+    mesh: SimulatedMesh
+    router: MemoryRouter
+    clock: SimulatedClock
+
+
+def simulated_rollout(
+    policy: Policy,
+    scenario: Scenario,
+    *,
+    seed: int,
+    audit: AuditSink,
+    judge: str | None = None,
+) -> SimulatedRollout:
+    """A rollout of `policy` on the embedded simulated mesh, with an in-memory VirtualService."""
+    policy = with_scenario(policy, scenario)
+    clock = SimulatedClock(SIM_START)
+    router = MemoryRouter([virtual_service_for(policy.target)])
+    mesh = SimulatedMesh(scenario, router, policy.target, start=clock.now(), seed=seed)
+    controller = Controller(
+        policy=policy,
+        source=mesh,
+        router=router,
+        judge=make_judge(policy, judge),
+        audit=audit,
+        clock=clock,
+        actor="canary-controller (simulated mesh)",
+    )
+    return SimulatedRollout(controller, mesh, router, clock)
+
+
+def open_audit(policy: Policy, override: str | None) -> AuditLog:
+    return AuditLog(audit_path_for(policy, override))

@@ -1,0 +1,176 @@
+"""The controller: one tick = read weights, observe, judge, decide, write the audit record, apply.
+
+All the deciding is done by pure code (judges, progression); this module only sequences the I/O, in an
+order that never loses evidence: the audit record is on disk before the weights change, and the weights
+are re-read from the router at every tick, so a change made by someone else is noticed, not overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from canary import __version__, progression
+from canary.audit import AuditSink
+from canary.clock import Clock
+from canary.judges import Judge
+from canary.model import Action, Decision, Judgement, Phase, Weights
+from canary.policy import Policy
+from canary.progression import RolloutState
+from canary.report import judgement_dict, version_counts
+from canary.routers import Router
+from canary.sources import MetricsSource
+
+
+@dataclass(frozen=True)
+class TickReport:
+    tick: int
+    now: float
+    weights_before: Weights
+    decision: Decision
+    judgement: Judgement | None
+    step_index: int
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    rollout: str
+    phase: Phase
+    decision: Decision
+    ticks: int
+    started_at: float
+    finished_at: float
+    judgement: Judgement | None
+    audit_path: str
+    step_seconds: tuple[float, ...]  # time spent at each step reached
+
+    @property
+    def duration_s(self) -> float:
+        return self.finished_at - self.started_at
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        source: MetricsSource,
+        router: Router,
+        judge: Judge,
+        audit: AuditSink,
+        clock: Clock,
+        actor: str = "canary-controller",
+        rollout_id: str | None = None,
+    ) -> None:
+        self.policy = policy
+        self.source = source
+        self.router = router
+        self.judge = judge
+        self.audit = audit
+        self.clock = clock
+        self.actor = actor
+        self.rollout = rollout_id or uuid.uuid4().hex[:12]
+        self.state: RolloutState | None = None
+        self.ticks = 0
+        self.step_seconds: list[float] = []
+        self.last_judgement: Judgement | None = None
+
+    def _record(self, now: float, before: Weights, decision: Decision, extra: dict[str, Any]) -> None:
+        assert self.state is not None
+        self.audit.append(
+            {
+                "time": _iso(now),
+                "timestamp": now,
+                "rollout": self.rollout,
+                "policy": {"name": self.policy.name, "file": self.policy.source_path},
+                "target": f"{self.policy.target.namespace}/{self.policy.target.virtual_service}",
+                "tick": self.ticks,
+                "step": {"index": self.state.step_index, "weight": self.state.weight},
+                "weights_before": {"baseline": before.baseline, "canary": before.canary},
+                "weights_after": {"baseline": decision.weights.baseline, "canary": decision.weights.canary},
+                "action": decision.action.value,
+                "phase": decision.phase.value,
+                "reason": decision.reason,
+                "actor": self.actor,
+                "judge": self.judge.name,
+                "engine": {"name": "canary", "version": __version__},
+                **extra,
+            }
+        )
+
+    def _apply(self, before: Weights, decision: Decision) -> None:
+        if decision.weights != before:
+            self.router.set_weights(self.policy.target, decision.weights)
+
+    def start(self) -> TickReport:
+        now = self.clock.now()
+        before = self.router.get_weights(self.policy.target)
+        state, decision = progression.start(
+            self.policy.steps, now, self.policy.max_duration_s, self.policy.on_deadline
+        )
+        self.state = state
+        self._record(now, before, decision, {})
+        self._apply(before, decision)
+        return TickReport(0, now, before, decision, None, state.step_index)
+
+    def tick(self) -> TickReport:
+        if self.state is None:
+            raise RuntimeError("start() the rollout before ticking it")
+        self.ticks += 1
+        now = self.clock.now()
+        before = self.router.get_weights(self.policy.target)
+        if before != self.state.weights:
+            decision = Decision(
+                Action.HOLD, before, Phase.ABORTED,
+                f"weights changed outside canary: expected {self.state.weights}, found {before}; stopping",
+            )  # fmt: skip
+            self.state = replace(self.state, phase=Phase.ABORTED)
+            self._record(now, before, decision, {})
+            return TickReport(self.ticks, now, before, decision, None, self.state.step_index)
+        start = now - self.policy.interval_s
+        observation = self.source.observe(self.policy.target, self.policy.metrics, start, now)
+        judgement = self.judge.judge(observation, self.state.step_index)
+        self.last_judgement = judgement
+        step_before = self.state.step_index
+        state, decision = progression.decide(self.state, judgement, now)
+        if state.step_index != step_before or state.phase.finished:
+            self.step_seconds.append(now - self.state.step_started_at)
+        extra = {
+            "window": {"start": _iso(start), "end": _iso(now), "seconds": self.policy.interval_s},
+            "counts": version_counts(observation, self.policy.target.baseline, self.policy.target.canary),
+            "judgement": judgement_dict(judgement),
+        }
+        self._record(now, before, decision, extra)  # on disk before the weights move
+        self.state = state
+        self._apply(before, decision)
+        return TickReport(self.ticks, now, before, decision, judgement, step_before)
+
+    def run(self, on_tick: Callable[[TickReport], None] | None = None) -> RolloutResult:
+        report = self.start()
+        started = report.now
+        if on_tick:
+            on_tick(report)
+        assert self.state is not None
+        while not self.state.phase.finished:
+            self.clock.sleep(self.policy.interval_s)
+            report = self.tick()
+            if on_tick:
+                on_tick(report)
+        return RolloutResult(
+            rollout=self.rollout,
+            phase=self.state.phase,
+            decision=report.decision,
+            ticks=self.ticks,
+            started_at=started,
+            finished_at=report.now,
+            judgement=self.last_judgement,
+            audit_path=str(self.audit.path),
+            step_seconds=tuple(self.step_seconds),
+        )

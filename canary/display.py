@@ -1,0 +1,87 @@
+"""Progress for people: a live table on a terminal, plain lines when stdout is a pipe or a file."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from canary.controller import RolloutResult, TickReport
+from canary.model import Outcome, Phase
+
+_MARK = {Outcome.PASS: "pass", Outcome.FAIL: "FAIL", Outcome.CONTINUE: "…", Outcome.NO_DATA: "no data"}
+_PHASE_WORDS = {
+    Phase.PROMOTED: "PROMOTED",
+    Phase.ROLLED_BACK: "ROLLED BACK",
+    Phase.INCONCLUSIVE: "INCONCLUSIVE at the deadline",
+    Phase.ABORTED: "ABORTED",
+    Phase.PROGRESSING: "progressing",
+}
+
+
+def tick_line(report: TickReport) -> str:
+    d = report.decision
+    before, after = report.weights_before.canary, d.weights.canary
+    parts = [f"[tick {report.tick:>3}] canary {before:>3}% -> {after:>3}%  {d.action.value:<8}"]
+    if report.judgement is not None:
+        parts.append("  ".join(f"{v.metric}: {_MARK[v.outcome]}" for v in report.judgement.verdicts))
+    else:
+        parts.append(d.reason)
+    return "  ".join(parts)
+
+
+class Progress:
+    """Call `update` on every tick and `finish` once; renders to a TTY live or as lines."""
+
+    def __init__(self, title: str, stream: TextIO | None = None, live: bool | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.title = title
+        self.live_mode = self.stream.isatty() if live is None else live
+        self._live: Live | None = None
+        self._last: TickReport | None = None
+        if self.live_mode:
+            self._live = Live(
+                self._table(), console=Console(file=self.stream), refresh_per_second=8, transient=True
+            )
+            self._live.start()
+        else:
+            print(title, file=self.stream, flush=True)
+
+    def _table(self) -> Table:
+        table = Table(title=self.title, expand=False)
+        table.add_column("tick")
+        table.add_column("canary weight")
+        table.add_column("check")
+        table.add_column("verdict")
+        r = self._last
+        if r is not None and r.judgement is not None:
+            for i, v in enumerate(r.judgement.verdicts):
+                table.add_row(str(r.tick) if i == 0 else "", f"{r.decision.weights.canary}%" if i == 0 else "",
+                              v.metric, _MARK[v.outcome])  # fmt: skip
+        return table
+
+    def update(self, report: TickReport) -> None:
+        self._last = report
+        if self._live is not None:
+            self._live.update(self._table())
+        else:
+            print(tick_line(report), file=self.stream, flush=True)
+
+    def finish(self, result: RolloutResult) -> None:
+        if self._live is not None:
+            self._live.stop()
+        print(summary(result), file=self.stream, flush=True)
+
+
+def summary(result: RolloutResult) -> str:
+    minutes = result.duration_s / 60
+    lines = [
+        f"{_PHASE_WORDS[result.phase]} after {minutes:.0f} min ({result.ticks} ticks): {result.decision.reason}",
+    ]
+    if result.judgement is not None:
+        lines += [f"  - {v.summary}" for v in result.judgement.verdicts]
+    lines.append(f"  audit log: {result.audit_path} (rollout {result.rollout})")
+    return "\n".join(lines)

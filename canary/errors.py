@@ -1,0 +1,63 @@
+"""canary's own error vocabulary.
+
+Library errors are wrapped here with their cause chained, so the CLI can map each kind to one clear line
+and an exit code, and the controller can tell temporary trouble (retry next tick) from permanent.
+"""
+
+from __future__ import annotations
+
+
+class CanaryError(Exception):
+    """Base of every error canary raises on purpose; its message is one line meant for a person."""
+
+    exit_code = 2
+
+
+class PolicyError(CanaryError):
+    """A policy file is missing, unreadable or invalid."""
+
+    def __init__(self, path: str, field: str, message: str, line: int | None = None) -> None:
+        self.path = path
+        self.field = field
+        self.line = line
+        where = f"{path}:{line}" if line is not None else path
+        prefix = f"{where}: {field}: " if field else f"{where}: "
+        super().__init__(prefix + message)
+
+
+class ScenarioError(CanaryError):
+    """A simulated-mesh scenario is missing or invalid."""
+
+
+class SourceError(CanaryError):
+    """The metrics backend could not answer."""
+
+    temporary = False
+
+
+class SourceUnreachable(SourceError):
+    temporary = True
+
+
+class SourceTimeout(SourceError):
+    temporary = True
+
+
+class BadQuery(SourceError):
+    """The backend rejected a query (a typo in a template, an unknown function)."""
+
+
+class RouterError(CanaryError):
+    """The traffic router could not read or change the weights."""
+
+    temporary = False
+
+
+class WeightConflict(RouterError):
+    """Someone else changed the route between our read and our write."""
+
+    temporary = True
+
+
+class AuditError(CanaryError):
+    """The audit log could not be written or does not verify."""

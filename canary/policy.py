@@ -1,0 +1,419 @@
+"""CanaryPolicy: YAML shaped like a Kubernetes object, loaded into frozen dataclasses.
+
+Every field is validated on load. A mistake becomes one `PolicyError` line naming the file, the field
+path (`spec.metrics[1].maxIncrease`) and, where the YAML gives it, the line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from canary.errors import PolicyError
+
+API_VERSION = "canary.dev/v1alpha1"
+KIND = "CanaryPolicy"
+
+JudgeKind = Literal["sequential", "kayenta", "flagger"]
+DeadlineRule = Literal["rollback", "promote"]
+ErrorClass = Literal["5xx", "non-2xx", "grpc"]
+JUDGES: tuple[JudgeKind, ...] = ("sequential", "kayenta", "flagger")
+DEADLINE_RULES: tuple[DeadlineRule, ...] = ("rollback", "promote")
+ERROR_CLASSES: tuple[ErrorClass, ...] = ("5xx", "non-2xx", "grpc")
+
+
+@dataclass(frozen=True)
+class Target:
+    namespace: str
+    virtual_service: str
+    host: str
+    baseline: str  # subset name, also the destination_version label value
+    canary: str
+    route: str | None = None  # name of the http route to shift; None means the first one
+
+
+@dataclass(frozen=True)
+class ErrorRateMetric:
+    """Share of requests that failed; regression = canary rate above baseline rate + max_increase."""
+
+    name: str
+    max_increase: float  # absolute, as a fraction (0.005 = 0.5 percentage points)
+    errors: ErrorClass = "5xx"
+    weight: float = 1.0  # for the Kayenta-style score
+    critical: bool = False
+
+
+@dataclass(frozen=True)
+class QuantileTolerance:
+    quantile: float  # 0 < q < 1
+    max_increase: float  # relative: 0.10 = the canary's quantile may be at most 10% higher
+
+
+@dataclass(frozen=True)
+class LatencyMetric:
+    """Request duration from the histogram buckets; regression = a named quantile too much higher."""
+
+    name: str
+    quantiles: tuple[QuantileTolerance, ...]
+    weight: float = 1.0
+    critical: bool = False
+
+
+MetricSpec = ErrorRateMetric | LatencyMetric
+
+
+@dataclass(frozen=True)
+class KayentaSettings:
+    confidence: float = 0.98
+    effect: float = 0.25  # allowed effect, a fraction of the baseline's median
+    marginal: float = 75.0
+    pass_score: float = 95.0
+    min_intervals: int = 3
+
+
+@dataclass(frozen=True)
+class FlaggerSettings:
+    min_success_rate: float = 99.0  # percent
+    max_p99_ms: float = 500.0
+    threshold: int = 5  # failed checks before rollback
+
+
+@dataclass(frozen=True)
+class Analysis:
+    judge: JudgeKind = "sequential"
+    alpha: float = 0.05  # probability of ever rolling back a canary that is within tolerance
+    kayenta: KayentaSettings = field(default_factory=KayentaSettings)
+    flagger: FlaggerSettings = field(default_factory=FlaggerSettings)
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    target: Target
+    metrics: tuple[MetricSpec, ...]
+    steps: tuple[int, ...] = (10, 50, 100)
+    interval_s: float = 60.0
+    min_requests: int = 100  # per version and step, before a step may be judged
+    max_duration_s: float = 3600.0
+    on_deadline: DeadlineRule = "rollback"
+    analysis: Analysis = field(default_factory=Analysis)
+    audit_path: str | None = None
+    source_path: str = "<memory>"
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; raises PolicyError with file, field and line."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(name, "", "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(name, "", f"cannot read: {exc}") from exc
+    return parse_policy(text, name)
+
+
+def parse_policy(text: str, source: str = "<string>") -> Policy:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PolicyError(source, "", f"not valid YAML: {problem}", line) from None
+    if node is None:
+        raise PolicyError(source, "", "the file is empty")
+    lines: dict[str, int] = {}
+    try:
+        data = _plain(node, "", lines)
+    except _DuplicateKey as dup:
+        raise PolicyError(source, dup.path, "appears twice", dup.line) from None
+    return _Reader(source, lines).policy(data)
+
+
+def _plain(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+    """A composed YAML node as plain Python, recording the line of every field path."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = f"{path}.{key}" if path else str(key)
+            if key in out:
+                raise _DuplicateKey(child, key_node.start_mark.line + 1)
+            out[key] = _plain(value_node, child, lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(item, f"{path}[{i}]", lines) for i, item in enumerate(node.value)]
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, path: str, line: int) -> None:
+        self.path, self.line = path, line
+
+
+T = TypeVar("T")
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
+
+
+def parse_duration(value: object) -> float | None:
+    """'90s', '5m', '1h30m', '500ms' or a number of seconds -> seconds; None if it is not a duration."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    match = _DURATION.match(value.strip())
+    if not match or not any(match.groups()):
+        return None
+    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+
+
+class _Reader:
+    """Walks the plain data with the field path in hand, so every error can say where it is."""
+
+    def __init__(self, source: str, lines: Mapping[str, int]) -> None:
+        self.source = source
+        self.lines = lines
+
+    def fail(self, path: str, message: str) -> PolicyError:
+        probe = path
+        while probe and probe not in self.lines:
+            probe = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
+        return PolicyError(self.source, path, message, self.lines.get(probe))
+
+    def mapping(self, value: object, path: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a mapping, got {_describe(value)}")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            hint = ", ".join(sorted(allowed))
+            raise self.fail(_join(path, str(unknown[0])), f"unknown field (expected one of: {hint})")
+        return value
+
+    def required(self, data: Mapping[str, Any], path: str, key: str) -> Any:
+        if key not in data or data[key] is None:
+            raise self.fail(_join(path, key), "is required")
+        return data[key]
+
+    def string(self, data: Mapping[str, Any], path: str, key: str, default: str | None = None) -> str:
+        value = data.get(key, default) if default is not None else self.required(data, path, key)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(_join(path, key), f"must be a non-empty string, got {_describe(value)}")
+        return value
+
+    def number(
+        self,
+        data: Mapping[str, Any],
+        path: str,
+        key: str,
+        default: float,
+        check: Callable[[float], bool],
+        expect: str,
+    ) -> float:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not check(float(value)):
+            raise self.fail(_join(path, key), f"must be {expect}, got {_describe(value)}")
+        return float(value)
+
+    def integer(self, data: Mapping[str, Any], path: str, key: str, default: int, minimum: int) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(_join(path, key), f"must be a whole number >= {minimum}, got {_describe(value)}")
+        return value
+
+    def duration(self, data: Mapping[str, Any], path: str, key: str, default: float) -> float:
+        value = data.get(key, default)
+        seconds = parse_duration(value)
+        if seconds is None or seconds <= 0:
+            raise self.fail(_join(path, key), f"must be a positive duration like 60s, 5m or 1h, got {value!r}")
+        return seconds
+
+    def choice(self, data: Mapping[str, Any], path: str, key: str, default: str, options: tuple[str, ...]) -> str:
+        value = data.get(key, default)
+        if value not in options:
+            raise self.fail(_join(path, key), f"must be one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    # ------------------------------------------------------------------------------------- sections
+
+    def policy(self, data: object) -> Policy:
+        top = self.mapping(data, "", {"apiVersion", "kind", "metadata", "spec"})
+        if top.get("apiVersion") != API_VERSION:
+            raise self.fail("apiVersion", f"must be {API_VERSION}, got {top.get('apiVersion')!r}")
+        if top.get("kind") != KIND:
+            raise self.fail("kind", f"must be {KIND}, got {top.get('kind')!r}")
+        meta = self.mapping(self.required(top, "", "metadata"), "metadata", {"name", "namespace", "labels"})
+        name = self.string(meta, "metadata", "name")
+        spec = self.mapping(
+            self.required(top, "", "spec"),
+            "spec",
+            {"target", "steps", "interval", "minRequests", "maxDuration", "onDeadline", "analysis", "metrics",
+             "audit"},
+        )  # fmt: skip
+        steps = self.steps(spec.get("steps", [10, 50, 100]))
+        interval = self.duration(spec, "spec", "interval", 60)
+        max_duration = self.duration(spec, "spec", "maxDuration", 3600)
+        if max_duration < interval:
+            raise self.fail("spec.maxDuration", f"must be at least one interval ({interval:g}s)")
+        audit = spec.get("audit")
+        if audit is not None and (not isinstance(audit, str) or not audit.strip()):
+            raise self.fail("spec.audit", f"must be a file path, got {_describe(audit)}")
+        return Policy(
+            name=name,
+            target=self.target(self.required(spec, "spec", "target")),
+            metrics=self.metrics(self.required(spec, "spec", "metrics")),
+            steps=steps,
+            interval_s=interval,
+            min_requests=self.integer(spec, "spec", "minRequests", 100, 0),
+            max_duration_s=max_duration,
+            on_deadline=self.choice(spec, "spec", "onDeadline", "rollback", DEADLINE_RULES),  # type: ignore[arg-type]
+            analysis=self.analysis(spec.get("analysis", {})),
+            audit_path=audit,
+            source_path=self.source,
+        )
+
+    def target(self, value: object) -> Target:
+        path = "spec.target"
+        data = self.mapping(value, path, {"namespace", "virtualService", "host", "baseline", "canary", "route"})
+        target = Target(
+            namespace=self.string(data, path, "namespace"),
+            virtual_service=self.string(data, path, "virtualService"),
+            host=self.string(data, path, "host"),
+            baseline=self.string(data, path, "baseline", "v1"),
+            canary=self.string(data, path, "canary", "v2"),
+            route=self.string(data, path, "route") if "route" in data else None,
+        )
+        if target.baseline == target.canary:
+            raise self.fail(f"{path}.canary", f"must differ from the baseline subset ({target.baseline!r})")
+        return target
+
+    def steps(self, value: object) -> tuple[int, ...]:
+        path = "spec.steps"
+        if not isinstance(value, list) or not value:
+            raise self.fail(path, f"must be a non-empty list of canary weights in percent, got {_describe(value)}")
+        for i, step in enumerate(value):
+            if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= 100:
+                raise self.fail(f"{path}[{i}]", f"must be a whole percentage in 1..100, got {_describe(step)}")
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise self.fail(path, f"must increase strictly, got {value}")
+        if value[-1] != 100:
+            raise self.fail(path, f"must end at 100 (full promotion), got {value}")
+        return tuple(value)
+
+    def analysis(self, value: object) -> Analysis:
+        path = "spec.analysis"
+        data = self.mapping(value, path, {"judge", "alpha", "kayenta", "flagger"})
+        alpha = self.number(data, path, "alpha", 0.05, lambda a: 0 < a < 0.5, "a probability in (0, 0.5)")
+        kp = f"{path}.kayenta"
+        kay = self.mapping(data.get("kayenta", {}), kp, {"confidence", "effect", "marginal", "pass", "minIntervals"})
+        kayenta = KayentaSettings(
+            confidence=self.number(kay, kp, "confidence", 0.98, lambda c: 0.5 <= c < 1, "a probability in [0.5, 1)"),
+            effect=self.number(kay, kp, "effect", 0.25, lambda e: e >= 0, "a non-negative fraction"),
+            marginal=self.number(kay, kp, "marginal", 75, lambda s: 0 <= s <= 100, "a score in 0..100"),
+            pass_score=self.number(kay, kp, "pass", 95, lambda s: 0 <= s <= 100, "a score in 0..100"),
+            min_intervals=self.integer(kay, kp, "minIntervals", 3, 2),
+        )
+        if kayenta.marginal > kayenta.pass_score:
+            raise self.fail(f"{kp}.marginal", f"must not exceed pass ({kayenta.pass_score:g})")
+        fp = f"{path}.flagger"
+        flg = self.mapping(data.get("flagger", {}), fp, {"minSuccessRate", "maxP99", "threshold"})
+        max_p99 = parse_duration(flg.get("maxP99", 0.5))
+        if max_p99 is None or max_p99 <= 0:
+            raise self.fail(f"{fp}.maxP99", f"must be a positive duration like 500ms or 0.5, got {flg.get('maxP99')!r}")
+        flagger = FlaggerSettings(
+            min_success_rate=self.number(flg, fp, "minSuccessRate", 99, lambda s: 0 < s <= 100, "a percentage"),
+            max_p99_ms=max_p99 * 1000,
+            threshold=self.integer(flg, fp, "threshold", 5, 1),
+        )
+        return Analysis(
+            judge=self.choice(data, path, "judge", "sequential", JUDGES),  # type: ignore[arg-type]
+            alpha=alpha,
+            kayenta=kayenta,
+            flagger=flagger,
+        )
+
+    def metrics(self, value: object) -> tuple[MetricSpec, ...]:
+        path = "spec.metrics"
+        if not isinstance(value, list) or not value:
+            raise self.fail(path, f"must be a non-empty list of metrics, got {_describe(value)}")
+        metrics = [self.metric(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        seen: set[str] = set()
+        for i, metric in enumerate(metrics):
+            if metric.name in seen:
+                raise self.fail(f"{path}[{i}].name", f"duplicate metric name {metric.name!r}")
+            seen.add(metric.name)
+        return tuple(metrics)
+
+    def metric(self, value: object, path: str) -> MetricSpec:
+        common = {"name", "kind", "weight", "critical"}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a mapping, got {_describe(value)}")
+        kind = value.get("kind")
+        if kind == "error-rate":
+            data = self.mapping(value, path, common | {"errors", "maxIncrease"})
+            return ErrorRateMetric(
+                name=self.string(data, path, "name"),
+                errors=self.choice(data, path, "errors", "5xx", ERROR_CLASSES),  # type: ignore[arg-type]
+                max_increase=self.fraction(data, path),
+                weight=self.number(data, path, "weight", 1.0, lambda w: w > 0, "a positive number"),
+                critical=self.flag(data, path, "critical"),
+            )
+        if kind == "latency":
+            data = self.mapping(value, path, common | {"quantiles"})
+            raw = self.required(data, path, "quantiles")
+            qpath = f"{path}.quantiles"
+            if not isinstance(raw, list) or not raw:
+                raise self.fail(qpath, f"must be a non-empty list of {{quantile, maxIncrease}}, got {_describe(raw)}")
+            quantiles = tuple(self.quantile(item, f"{qpath}[{i}]") for i, item in enumerate(raw))
+            if len({q.quantile for q in quantiles}) != len(quantiles):
+                raise self.fail(qpath, "names the same quantile twice")
+            return LatencyMetric(
+                name=self.string(data, path, "name"),
+                quantiles=quantiles,
+                weight=self.number(data, path, "weight", 1.0, lambda w: w > 0, "a positive number"),
+                critical=self.flag(data, path, "critical"),
+            )
+        raise self.fail(f"{path}.kind", f"must be one of error-rate, latency, got {kind!r}")
+
+    def quantile(self, value: object, path: str) -> QuantileTolerance:
+        data = self.mapping(value, path, {"quantile", "maxIncrease"})
+        self.required(data, path, "quantile")
+        q = self.number(data, path, "quantile", 0.5, lambda x: 0 < x < 1, "a quantile strictly between 0 and 1")
+        return QuantileTolerance(quantile=q, max_increase=self.fraction(data, path))
+
+    def fraction(self, data: Mapping[str, Any], path: str) -> float:
+        self.required(data, path, "maxIncrease")
+        return self.number(data, path, "maxIncrease", 0.0, lambda x: 0 < x < 10, "a positive fraction (0.1 = 10%)")
+
+    def flag(self, data: Mapping[str, Any], path: str, key: str) -> bool:
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(_join(path, key), f"must be true or false, got {_describe(value)}")
+        return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)

@@ -1,0 +1,14 @@
+"""Traffic routers: read and set the baseline/canary weights of the route canary controls."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from canary.model import Weights
+from canary.policy import Target
+
+
+class Router(Protocol):
+    def get_weights(self, target: Target) -> Weights: ...
+
+    def set_weights(self, target: Target, weights: Weights) -> None: ...
