@@ -82,9 +82,7 @@ def _run_simulated(
 ) -> int:
     policy = load_policy(policy_file)
     scenario = (
-        builtin_scenario(scenario_spec)
-        if scenario_spec in BUILTIN_SCENARIOS
-        else resolve_scenario(scenario_spec)
+        builtin_scenario(scenario_spec) if scenario_spec in BUILTIN_SCENARIOS else resolve_scenario(scenario_spec)
     )
     rollout = simulated_rollout(policy, scenario, seed=seed, audit=open_audit(policy, audit))
     if output is OutputFormat.json:
@@ -99,9 +97,7 @@ def _run_simulated(
 
 @app.command()
 def demo(
-    scenario: Annotated[
-        Scenario, typer.Option(help="Which built-in simulated canary to roll out.")
-    ] = "healthy",  # type: ignore[assignment]
+    scenario: Annotated[Scenario, typer.Option(help="Which built-in simulated canary to roll out.")] = "healthy",  # type: ignore[assignment]
     policy: Annotated[str, typer.Option(help="Policy file.")] = "policies/web-app.yaml",
     seed: Annotated[int, typer.Option(help="Random seed of the simulated mesh.")] = 1,
     audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
@@ -110,9 +106,7 @@ def demo(
     """Roll out a simulated canary end to end on the embedded mesh (no cluster, no Prometheus)."""
     try:
         described = builtin_scenario(str(scenario.value))
-        title = (
-            f"canary demo: scenario {described.name!r} on the simulated mesh ({described.rps:g} requests/s)"
-        )
+        title = f"canary demo: scenario {described.name!r} on the simulated mesh ({described.rps:g} requests/s)"
         raise typer.Exit(_run_simulated(policy, str(scenario.value), seed, audit, output, title))
     except CanaryError as exc:
         raise _fail(str(exc)) from None
@@ -155,9 +149,7 @@ def validate(policy: Annotated[str, typer.Argument(help="Policy file to check.")
 def audit_show(
     file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
     rollout: Annotated[str | None, typer.Option(help="Only this rollout id.")] = None,
-    output: Annotated[
-        OutputFormat, typer.Option(help="text or json (one record per line).")
-    ] = OutputFormat.text,
+    output: Annotated[OutputFormat, typer.Option(help="text or json (one record per line).")] = OutputFormat.text,
 ) -> None:
     """Print the decisions of an audit log: when, who, what moved, and why."""
     try:
@@ -187,9 +179,7 @@ def audit_verify(file: Annotated[str, typer.Argument(help="Audit log (JSON lines
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     if not check.ok:
-        raise _fail(
-            f"{file}:{check.broken_at}: the hash chain breaks here (a record was edited or removed)", 1
-        )
+        raise _fail(f"{file}:{check.broken_at}: the hash chain breaks here (a record was edited or removed)", 1)
     typer.echo(f"{file}: {check.records} records, hash chain intact")
 
 

@@ -112,9 +112,7 @@ class Controller:
     def start(self) -> TickReport:
         now = self.clock.now()
         before = self.router.get_weights(self.policy.target)
-        state, decision = progression.start(
-            self.policy.steps, now, self.policy.max_duration_s, self.policy.on_deadline
-        )
+        state, decision = progression.start(self.policy.steps, now, self.policy.max_duration_s, self.policy.on_deadline)
         self.state = state
         self._record(now, before, decision, {})
         self._apply(before, decision)

@@ -43,9 +43,7 @@ class Progress:
         self._live: Live | None = None
         self._last: TickReport | None = None
         if self.live_mode:
-            self._live = Live(
-                self._table(), console=Console(file=self.stream), refresh_per_second=8, transient=True
-            )
+            self._live = Live(self._table(), console=Console(file=self.stream), refresh_per_second=8, transient=True)
             self._live.start()
         else:
             print(title, file=self.stream, flush=True)

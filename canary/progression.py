@@ -26,9 +26,7 @@ class RolloutState:
     @property
     def weight(self) -> int:
         """The canary weight this state stands for."""
-        if self.phase is Phase.ROLLED_BACK or (
-            self.phase is Phase.INCONCLUSIVE and self.on_deadline == "rollback"
-        ):
+        if self.phase is Phase.ROLLED_BACK or (self.phase is Phase.INCONCLUSIVE and self.on_deadline == "rollback"):
             return 0
         return self.steps[self.step_index]
 
@@ -37,9 +35,7 @@ class RolloutState:
         return Weights.canary_at(self.weight)
 
 
-def start(
-    steps: tuple[int, ...], now: float, max_duration_s: float, on_deadline: str
-) -> tuple[RolloutState, Decision]:
+def start(steps: tuple[int, ...], now: float, max_duration_s: float, on_deadline: str) -> tuple[RolloutState, Decision]:
     state = RolloutState(
         steps=steps,
         step_index=0,
@@ -51,24 +47,16 @@ def start(
     )
     if steps[0] == 100:
         done = replace(state, phase=Phase.PROMOTED)
-        return done, Decision(
-            Action.PROMOTE, done.weights, done.phase, "a single step of 100%: promoted at once"
-        )
-    return state, Decision(
-        Action.START, state.weights, state.phase, f"rollout started: canary at {steps[0]}%"
-    )
+        return done, Decision(Action.PROMOTE, done.weights, done.phase, "a single step of 100%: promoted at once")
+    return state, Decision(Action.START, state.weights, state.phase, f"rollout started: canary at {steps[0]}%")
 
 
 def decide(state: RolloutState, judgement: Judgement, now: float) -> tuple[RolloutState, Decision]:
     if state.phase.finished:
-        return state, Decision(
-            Action.HOLD, state.weights, state.phase, f"rollout already {state.phase.value}"
-        )
+        return state, Decision(Action.HOLD, state.weights, state.phase, f"rollout already {state.phase.value}")
     if judgement.outcome is Outcome.FAIL:
         new = replace(state, phase=Phase.ROLLED_BACK)
-        return new, Decision(
-            Action.ROLLBACK, Weights.canary_at(0), new.phase, f"rolled back: {judgement.summary}"
-        )
+        return new, Decision(Action.ROLLBACK, Weights.canary_at(0), new.phase, f"rolled back: {judgement.summary}")
     if judgement.outcome is Outcome.PASS:
         nxt = state.step_index + 1
         if state.steps[nxt] == 100:
@@ -94,6 +82,4 @@ def decide(state: RolloutState, judgement: Judgement, now: float) -> tuple[Rollo
             Action.ROLLBACK, Weights.canary_at(0), new.phase,
             f"deadline reached without a decision ({judgement.summary}); the policy rolls back",
         )  # fmt: skip
-    return state, Decision(
-        Action.HOLD, state.weights, state.phase, f"holding at {state.weight}%: {judgement.summary}"
-    )
+    return state, Decision(Action.HOLD, state.weights, state.phase, f"holding at {state.weight}%: {judgement.summary}")

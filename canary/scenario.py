@@ -88,9 +88,7 @@ class _Fields:
             raise ScenarioError(f"scenario {scenario!r}: unknown field {_join(path, unknown[0])}")
         self.scenario, self.path, self.data = scenario, path, data
 
-    def number(
-        self, key: str, default: float | None = None, *, low: float = 0.0, high: float = math.inf
-    ) -> float:
+    def number(self, key: str, default: float | None = None, *, low: float = 0.0, high: float = math.inf) -> float:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise ScenarioError(
@@ -128,9 +126,7 @@ def _behaviour(name: str, path: str, data: object) -> Behaviour:
         ),
         error_burst=None
         if burst is None
-        else ErrorBurst(
-            burst.number("start_s"), burst.number("duration_s"), burst.number("error_rate", high=1.0)
-        ),
+        else ErrorBurst(burst.number("start_s"), burst.number("duration_s"), burst.number("error_rate", high=1.0)),
     )
 
 

@@ -49,9 +49,9 @@ class _Sequences:
     step: Evidence = field(default_factory=Evidence)
     best_e: float = 1.0  # running maximum of the fail e-value: 1 / best_e is the always-valid p-value
 
-    def add(self, estimate: float, variance: float) -> None:
-        self.fail = self.fail.add(estimate, variance)
-        self.step = self.step.add(estimate, variance)
+    def add(self, estimate: float, variance: float, weight: float) -> None:
+        self.fail = self.fail.add(estimate, variance, weight)
+        self.step = self.step.add(estimate, variance, weight)
 
     def intervals(self, alpha: float, widen: float) -> tuple[Interval, Interval]:
         return (
@@ -75,6 +75,18 @@ def _total_ratio(samples: Mapping[str, Sample]) -> Ratio:
 def _shrunk(events: int, trials: int) -> float:
     """A rate that is never exactly 0 or 1, so a variance built on it is never zero."""
     return (events + 0.5) / (trials + 1.0)
+
+
+def _binomial_variance(now: tuple[int, int], so_far: tuple[int, int]) -> float:
+    """Variance of one interval's rate: the larger of this interval's and the running rate, so a burst
+    is never judged with the calm variance that came before it."""
+    p = max(_shrunk(*now), _shrunk(*so_far))
+    return p * (1 - p) / now[1]
+
+
+def _weight(n_canary: int, n_baseline: int, reference: float) -> float:
+    """Weight of an interval from its request counts only: about 1 / variance at the reference rate."""
+    return n_canary * n_baseline / (n_canary + n_baseline) / (reference * (1 - reference))
 
 
 def _pct(x: float) -> str:
@@ -114,6 +126,7 @@ class _RatioCheck(_Check):
         self.total = {"baseline": Ratio(0, 0), "canary": Ratio(0, 0)}
         self.baseline_pods: dict[str, Ratio] = {}
         self.canary_pods: set[str] = set()
+        self.reference: float | None = None  # the rate weights are scaled by, fixed at the first data
 
     def update(self, window: MetricWindow, step: int, min_requests: int) -> Verdict:
         if self.new_step(step):
@@ -127,10 +140,13 @@ class _RatioCheck(_Check):
                     self.baseline_pods[pod] = self.baseline_pods.get(pod, Ratio(0, 0)) + sample
             self.canary_pods |= {p for p, s in window.canary.items() if isinstance(s, Ratio) and s.trials > 0}
             tb, tc = self.total["baseline"], self.total["canary"]
-            pb, pc = _shrunk(tb.events, tb.trials), _shrunk(tc.events, tc.trials)
-            variance = pc * (1 - pc) / can.trials + pb * (1 - pb) / base.trials
+            if self.reference is None:
+                self.reference = _shrunk(base.events + can.events, base.trials + can.trials)
+            variance = _binomial_variance((can.events, can.trials), (tc.events, tc.trials)) + _binomial_variance(
+                (base.events, base.trials), (tb.events, tb.trials)
+            )
             estimate = can.events / can.trials - base.events / base.trials - self.margin
-            self.seq.add(estimate, variance)
+            self.seq.add(estimate, variance, _weight(can.trials, base.trials, self.reference))
             self.step_requests = (self.step_requests[0] + base.trials, self.step_requests[1] + can.trials)
         tb, tc = self.total["baseline"], self.total["canary"]
         if tb.trials == 0 or tc.trials == 0:
@@ -215,6 +231,7 @@ class _QuantileCheck(_Check):
         self.baseline_pods: dict[str, tuple[int, int]] = {}  # pod -> (slower than edge, requests)
         self.canary_pods: set[str] = set()
         self.layout_note = ""
+        self.reference = 0.5  # the baseline's share slower than the edge when it was chosen
 
     def _layout(self, window: MetricWindow) -> tuple[float, ...] | None:
         layouts = sorted(
@@ -267,6 +284,7 @@ class _QuantileCheck(_Check):
             self.edge = bounds[index]
             above = survival_at(tb, self.edge)
             allowed = survival_at(tb, self.edge / (1 + m))
+            self.reference = min(max(above, 1e-4), 1 - 1e-4)
             self.seq = _Sequences(rho=1.0 / max(allowed - above, TINY_EFFECT) ** 2)
         assert self.seq is not None and self.edge is not None
         if self.edge not in bounds:
@@ -275,10 +293,11 @@ class _QuantileCheck(_Check):
         slower_c = survival_counts(can)[index]
         allowed_b = survival_at(base, self.edge / (1 + m))
         tb, tc = self.total["baseline"], self.total["canary"]
-        sc = _shrunk(survival_counts(tc)[index], tc.total)
-        rb = _shrunk(round(survival_at(tb, self.edge / (1 + m)) * tb.total), tb.total)
-        variance = sc * (1 - sc) / can.total + rb * (1 - rb) / base.total
-        self.seq.add(slower_c / can.total - allowed_b, variance)
+        allowed_so_far = round(survival_at(tb, self.edge / (1 + m)) * tb.total)
+        variance = _binomial_variance((slower_c, can.total), (survival_counts(tc)[index], tc.total)) + (
+            _binomial_variance((round(allowed_b * base.total), base.total), (allowed_so_far, tb.total))
+        )
+        self.seq.add(slower_c / can.total - allowed_b, variance, _weight(can.total, base.total, self.reference))
         for pod, sample in window.baseline.items():
             if isinstance(sample, Histogram) and sample.total > 0:
                 h = rebucket(sample, bounds)

@@ -13,8 +13,6 @@ from canary.policy import MetricSpec, Target
 
 
 class MetricsSource(Protocol):
-    def observe(
-        self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float
-    ) -> Observation:
+    def observe(self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
         """Counts per version and pod over [start, end); a version with no series gets an empty mapping."""
         ...

@@ -59,9 +59,7 @@ def bucket_probabilities(behaviour: Behaviour, scale: np.ndarray) -> np.ndarray:
 class SimulatedMesh:
     """A MetricsSource whose traffic is generated from a scenario and the router's weights."""
 
-    def __init__(
-        self, scenario: Scenario, router: Router, target: Target, *, start: float, seed: int
-    ) -> None:
+    def __init__(self, scenario: Scenario, router: Router, target: Target, *, start: float, seed: int) -> None:
         self.scenario = scenario
         self.router = router
         self.target = target
@@ -77,12 +75,10 @@ class SimulatedMesh:
         self.behaviour = {target.baseline: scenario.baseline, target.canary: scenario.canary}
         # Per-pod levels, drawn once: pods keep their character for the whole rollout.
         self.latency_factor = {
-            v: np.exp(self.rng.normal(0.0, pods.latency_spread, len(names)))
-            for v, names in self.pod_names.items()
+            v: np.exp(self.rng.normal(0.0, pods.latency_spread, len(names))) for v, names in self.pod_names.items()
         }
         self.error_factor = {
-            v: np.exp(self.rng.normal(0.0, pods.error_spread, len(names)))
-            for v, names in self.pod_names.items()
+            v: np.exp(self.rng.normal(0.0, pods.error_spread, len(names))) for v, names in self.pod_names.items()
         }
 
     # ------------------------------------------------------------------------------------ generation
@@ -130,9 +126,7 @@ class SimulatedMesh:
 
     # ------------------------------------------------------------------------------------ the source
 
-    def observe(
-        self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float
-    ) -> Observation:
+    def observe(self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
         if (target.namespace, target.host, target.baseline, target.canary) != (
             self.target.namespace,
             self.target.host,
@@ -152,9 +146,7 @@ class SimulatedMesh:
             )
         return Observation(start=start, end=end, metrics=windows)
 
-    def _samples(
-        self, metric: MetricSpec, version: str, names: list[str], chosen: list[Slice]
-    ) -> dict[str, Sample]:
+    def _samples(self, metric: MetricSpec, version: str, names: list[str], chosen: list[Slice]) -> dict[str, Sample]:
         if not chosen:
             return {}
         req = sum((s.requests[version] for s in chosen), np.zeros(len(names), dtype=np.int64))
@@ -162,16 +154,12 @@ class SimulatedMesh:
             err = sum((s.errors[version] for s in chosen), np.zeros(len(names), dtype=np.int64))
             return {name: Ratio(int(e), int(n)) for name, e, n in zip(names, err, req, strict=True)}
         if isinstance(metric, LatencyMetric):
-            counts = sum(
-                (s.buckets[version] for s in chosen), np.zeros((len(names), len(_EDGES) + 1), dtype=np.int64)
-            )
+            counts = sum((s.buckets[version] for s in chosen), np.zeros((len(names), len(_EDGES) + 1), dtype=np.int64))
             return {
                 name: Histogram(ISTIO_LATENCY_BUCKETS_MS, tuple(int(c) for c in row))
                 for name, row in zip(names, counts, strict=True)
             }
-        raise ScenarioError(
-            f"metric {metric.name!r}: the simulated mesh serves error-rate and latency metrics only"
-        )
+        raise ScenarioError(f"metric {metric.name!r}: the simulated mesh serves error-rate and latency metrics only")
 
     def served(self, version: str) -> tuple[int, int]:
         """Total requests and errors served to a version so far (for checks against what a source read)."""

@@ -1,11 +1,9 @@
 """Latency histograms as Prometheus keeps them: counts per `le` bucket, nothing finer.
 
 Decisions are made only at bucket edges, where counts are exact. Where the tolerance needs the
-baseline's distribution between two edges (the share of requests slower than edge / 1.1, say), the
-survival function is interpolated log-log linearly inside that bucket, as if the bucket held a small
-Pareto piece; this follows both the body and the tail of latency distributions far better than the
-linear interpolation `histogram_quantile` uses. Reported quantiles are bucket ranges, never a point
-inside a bucket.
+baseline's distribution between two edges (the share of requests slower than edge / 1.1, say), it is
+interpolated inside that one bucket as if latency were locally lognormal (see `survival_at`). Reported
+quantiles are bucket ranges, never a point inside a bucket.
 """
 
 from __future__ import annotations
@@ -13,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from scipy.special import ndtr, ndtri
 
 from canary.model import Histogram
 
@@ -28,28 +28,37 @@ def survival_counts(hist: Histogram) -> list[int]:
 
 
 def survival_at(hist: Histogram, x: float) -> float:
-    """Share of requests slower than x, interpolated log-log inside the bucket that holds x."""
+    """Share of requests slower than x; inside a bucket, interpolated as if locally lognormal.
+
+    At an edge the share is exact. Between edges a and b the probit of the CDF is taken as linear in
+    log x, which is exact when latency is lognormal over [a, b], follows both the body and the tail far
+    better than the linear interpolation of `histogram_quantile`, and falls back to linear in log x
+    where an edge holds all or none of the requests.
+    """
     total = hist.total
     if total <= 0:
         return math.nan
-    edges = hist.bounds
-    surv = [c / total for c in survival_counts(hist)]
     if x <= 0:
         return 1.0
+    edges = hist.bounds
+    surv = [c / total for c in survival_counts(hist)]
     for i, edge in enumerate(edges):
         if x == edge:
             return surv[i]
         if x < edge:
-            lo_edge = edges[i - 1] if i > 0 else 0.0
             lo_surv = surv[i - 1] if i > 0 else 1.0
-            hi_surv = surv[i]
-            if lo_edge <= 0:  # first bucket: linear from (0, 1)
-                return lo_surv + (hi_surv - lo_surv) * x / edge
-            w = math.log(x / lo_edge) / math.log(edge / lo_edge)
-            if lo_surv <= 0 or hi_surv <= 0:
-                return lo_surv + (hi_surv - lo_surv) * w
-            return math.exp(math.log(lo_surv) + (math.log(hi_surv) - math.log(lo_surv)) * w)
+            if i == 0:  # first bucket, from 0: nothing is known about its shape
+                return lo_surv + (surv[i] - lo_surv) * x / edge
+            w = math.log(x / edges[i - 1]) / math.log(edge / edges[i - 1])
+            return _between(lo_surv, surv[i], w)
     return surv[-1] if surv else 1.0  # beyond the last finite edge nothing finer is known
+
+
+def _between(lo_surv: float, hi_surv: float, w: float) -> float:
+    if 0 < hi_surv <= lo_surv < 1:
+        lo_z, hi_z = float(ndtri(1 - lo_surv)), float(ndtri(1 - hi_surv))
+        return 1 - float(ndtr(lo_z + (hi_z - lo_z) * w))
+    return lo_surv + (hi_surv - lo_surv) * w
 
 
 def quantile_range(hist: Histogram, q: float) -> tuple[float, float] | None:
