@@ -1,0 +1,86 @@
+"""Histogram arithmetic at Prometheus' bucket resolution, checked against scipy and brute force."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import lognorm
+
+from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram
+from canary.stats.buckets import (
+    common_layout,
+    interpolated_quantile,
+    quantile_range,
+    rebucket,
+    reference_edge,
+    survival_at,
+    survival_counts,
+)
+
+EDGES = ISTIO_LATENCY_BUCKETS_MS
+
+
+def lognormal_histogram(median: float, sigma: float, total: int = 10**9) -> Histogram:
+    cdf = lognorm.cdf(np.asarray(EDGES), s=sigma, scale=median)
+    probs = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+    return Histogram(EDGES, tuple(int(round(p * total)) for p in probs))
+
+
+def test_survival_counts_are_the_requests_above_each_edge() -> None:
+    h = Histogram((10.0, 100.0), (5, 3, 2))
+    assert survival_counts(h) == [5, 2]
+
+
+def test_survival_is_exact_at_edges() -> None:
+    h = Histogram((10.0, 100.0), (5, 3, 2))
+    assert survival_at(h, 10.0) == pytest.approx(0.5)
+    assert survival_at(h, 100.0) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("x", [60.0, 90.9, 180.0, 227.0, 400.0])
+def test_survival_between_edges_is_exact_for_a_lognormal(x: float) -> None:
+    h = lognormal_histogram(80, 0.5)
+    assert survival_at(h, x) == pytest.approx(lognorm.sf(x, s=0.5, scale=80), rel=1e-4, abs=1e-7)
+
+
+def test_survival_of_an_empty_histogram_is_nan_not_zero() -> None:
+    assert math.isnan(survival_at(Histogram((1.0,), (0, 0)), 0.5))
+
+
+def test_quantile_range_matches_numpy_on_the_raw_samples() -> None:
+    rng = np.random.default_rng(3)
+    samples = rng.lognormal(np.log(80), 0.5, 5000)
+    counts = np.histogram(samples, bins=[0.0, *EDGES, np.inf])[0]
+    h = Histogram(EDGES, tuple(int(c) for c in counts))
+    for q in (0.5, 0.95, 0.99):
+        value = float(np.quantile(samples, q, method="inverted_cdf"))
+        lo, hi = quantile_range(h, q)  # type: ignore[misc]
+        assert lo < value <= hi
+
+
+def test_quantile_in_the_inf_bucket_is_reported_as_open_ended() -> None:
+    h = Histogram((10.0,), (1, 9))
+    assert quantile_range(h, 0.5) == (10.0, math.inf)
+
+
+def test_interpolated_quantile_is_prometheus_linear_interpolation() -> None:
+    h = Histogram((10.0, 20.0), (4, 4, 2))  # cumulative 4, 8, 10
+    assert interpolated_quantile(h, 0.5) == pytest.approx(10 + 10 * (5 - 4) / 4)
+    assert interpolated_quantile(Histogram((10.0,), (0, 5)), 0.99) == 10.0  # +Inf: highest finite bound
+
+
+def test_reference_edge_is_the_one_nearest_the_quantile_in_log_odds() -> None:
+    h = lognormal_histogram(80, 0.5)
+    assert EDGES[reference_edge(h, 0.5)] == 100  # type: ignore[index]
+    assert EDGES[reference_edge(h, 0.99)] == 250  # type: ignore[index]
+
+
+def test_common_layout_and_rebucket_merge_to_shared_edges() -> None:
+    a = Histogram((1.0, 5.0, 10.0), (1, 2, 3, 4))
+    layout = common_layout([a.bounds, (1.0, 10.0)])
+    assert layout is not None and layout.bounds == (1.0, 10.0) and layout.merged
+    merged = rebucket(a, layout.bounds)
+    assert merged.counts == (1, 5, 4) and merged.total == a.total
+    assert common_layout([(1.0,), (2.0,)]) is None
