@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from canary.errors import PolicyError
+from canary.promql import template_error
 
 API_VERSION = "canary.dev/v1alpha1"
 KIND = "CanaryPolicy"
@@ -65,7 +66,23 @@ class LatencyMetric:
     critical: bool = False
 
 
-MetricSpec = ErrorRateMetric | LatencyMetric
+@dataclass(frozen=True)
+class CustomRatioMetric:
+    """A ratio from two PromQL templates yielding counters (events out of total), judged like an error rate.
+
+    Templates may use the placeholders {service}, {namespace}, {version} and {window}; {version} is
+    required so each version gets its own series. Regression = canary ratio above baseline + max_increase.
+    """
+
+    name: str
+    events: str
+    total: str
+    max_increase: float  # absolute, as a fraction, like ErrorRateMetric.max_increase
+    weight: float = 1.0
+    critical: bool = False
+
+
+MetricSpec = ErrorRateMetric | LatencyMetric | CustomRatioMetric
 
 
 @dataclass(frozen=True)
@@ -386,7 +403,24 @@ class _Reader:
                 weight=self.number(data, path, "weight", 1.0, lambda w: w > 0, "a positive number"),
                 critical=self.flag(data, path, "critical"),
             )
-        raise self.fail(f"{path}.kind", f"must be one of error-rate, latency, got {kind!r}")
+        if kind == "custom":
+            data = self.mapping(value, path, common | {"events", "total", "maxIncrease"})
+            return CustomRatioMetric(
+                name=self.string(data, path, "name"),
+                events=self.template(data, path, "events"),
+                total=self.template(data, path, "total"),
+                max_increase=self.fraction(data, path),
+                weight=self.number(data, path, "weight", 1.0, lambda w: w > 0, "a positive number"),
+                critical=self.flag(data, path, "critical"),
+            )
+        raise self.fail(f"{path}.kind", f"must be one of error-rate, latency, custom, got {kind!r}")
+
+    def template(self, data: Mapping[str, Any], path: str, key: str) -> str:
+        text = self.string(data, path, key)
+        problem = template_error(text)
+        if problem is not None:
+            raise self.fail(_join(path, key), problem)
+        return text
 
     def quantile(self, value: object, path: str) -> QuantileTolerance:
         data = self.mapping(value, path, {"quantile", "maxIncrease"})
