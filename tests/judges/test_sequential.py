@@ -130,7 +130,9 @@ def test_latency_of_equal_versions_passes() -> None:
     outcomes = []
     for _ in range(10):
         obs = Observation(
-            0, 60, {"latency": MetricWindow({"b": lognormal_counts(rng, 5000, 80)}, {"c": lognormal_counts(rng, 5000, 80)})}
+            0,
+            60,
+            {"latency": MetricWindow({"b": lognormal_counts(rng, 5000, 80)}, {"c": lognormal_counts(rng, 5000, 80)})},
         )
         outcomes.append(judge.judge(obs, 0).outcome)
     assert outcomes[-1] is Outcome.PASS and Outcome.FAIL not in outcomes
@@ -141,7 +143,11 @@ def test_differing_bucket_layouts_are_compared_on_common_edges_and_said_so() -> 
     judge = SequentialJudge(policy(LATENCY_POLICY))
     full = lognormal_counts(rng, 5000, 80)
     coarse = Histogram.from_cumulative(
-        {edge: count for edge, count in lognormal_counts(rng, 5000, 80).cumulative().items() if edge in (50, 100, 250, math.inf)}
+        {
+            edge: count
+            for edge, count in lognormal_counts(rng, 5000, 80).cumulative().items()
+            if edge in (50, 100, 250, math.inf)
+        }
     )
     verdict = judge.judge(Observation(0, 60, {"latency": MetricWindow({"b": full}, {"c": coarse})}), 0).verdicts[0]
     assert verdict.outcome is not Outcome.FAIL
@@ -150,7 +156,9 @@ def test_differing_bucket_layouts_are_compared_on_common_edges_and_said_so() -> 
 
 def test_layouts_without_a_common_edge_are_no_data() -> None:
     judge = SequentialJudge(policy(LATENCY_POLICY))
-    obs = Observation(0, 60, {"latency": MetricWindow({"b": Histogram((1.0,), (1, 1))}, {"c": Histogram((2.0,), (1, 1))})})
+    obs = Observation(
+        0, 60, {"latency": MetricWindow({"b": Histogram((1.0,), (1, 1))}, {"c": Histogram((2.0,), (1, 1))})}
+    )
     assert judge.judge(obs, 0).outcome is Outcome.NO_DATA
 
 

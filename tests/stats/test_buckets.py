@@ -25,7 +25,7 @@ EDGES = ISTIO_LATENCY_BUCKETS_MS
 def lognormal_histogram(median: float, sigma: float, total: int = 10**9) -> Histogram:
     cdf = lognorm.cdf(np.asarray(EDGES), s=sigma, scale=median)
     probs = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
-    return Histogram(EDGES, tuple(int(round(p * total)) for p in probs))
+    return Histogram(EDGES, tuple(round(p * total) for p in probs))
 
 
 def test_survival_counts_are_the_requests_above_each_edge() -> None:
