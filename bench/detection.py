@@ -32,7 +32,7 @@ from scipy.stats import beta as beta_dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from canary.app import simulated_rollout
+from canary.app import SIM_START, simulated_rollout
 from canary.audit import MemoryAudit
 from canary.judges.sequential import check_labels, combine
 from canary.model import Histogram, Judgement, Observation, Outcome, Phase, Ratio, Verdict
@@ -80,9 +80,7 @@ class OracleJudge:
         other = _tolerated(scenario.baseline, policy) if healthy else scenario.baseline
         self.healthy = healthy
         self.p_true, self.p_other = truth.error_rate, other.error_rate
-        one = np.ones(1)
-        self.b_true = np.clip(bucket_probabilities(truth, one)[0], 1e-12, 1)
-        self.b_other = np.clip(bucket_probabilities(other, one)[0], 1e-12, 1)
+        self.truth, self.other, self.diurnal = truth, other, scenario.diurnal
         self.upper = math.log((1 - beta) / alpha)
         self.llr = 0.0
         self.step = -1
@@ -99,13 +97,26 @@ class OracleJudge:
                     self.llr += _binomial_llr(e, n, self.p_true, self.p_other)
                 elif isinstance(sample, Histogram) and sample.total:
                     counts = np.asarray(sample.counts, dtype=float)
-                    self.llr += float((counts * (np.log(self.b_true) - np.log(self.b_other))).sum())
+                    b_true, b_other = self._buckets(observation)
+                    self.llr += float((counts * (np.log(b_true) - np.log(b_other))).sum())
         decided = self.llr >= self.upper
         outcome = Outcome.CONTINUE
         if decided:
             outcome = Outcome.PASS if self.healthy else Outcome.FAIL
         verdicts = [Verdict(label, outcome, f"oracle log-likelihood ratio {self.llr:.2f}") for label in self.labels]
         return combine(verdicts)
+
+    def _buckets(self, observation: Observation) -> tuple[np.ndarray, np.ndarray]:
+        """Bucket probabilities of both hypotheses, with the service-wide load factor the mesh applied."""
+        load = 1.0
+        if self.diurnal is not None:
+            elapsed = (observation.start + observation.end) / 2 - SIM_START
+            load += self.diurnal.amplitude * math.sin(2 * math.pi * elapsed / self.diurnal.period_s)
+        scale = np.full(1, load)
+        return (
+            np.clip(bucket_probabilities(self.truth, scale)[0], 1e-12, 1),
+            np.clip(bucket_probabilities(self.other, scale)[0], 1e-12, 1),
+        )
 
 
 def _binomial_llr(e: int, n: int, p1: float, p0: float) -> float:

@@ -38,6 +38,7 @@ from canary.stats.confidence import Evidence, Interval, confidence_sequence, mix
 from canary.stats.pods import between_pod_variance, pod_effect_sd
 
 TINY_EFFECT = 1e-3  # floor of the mixture's effect scale τ, in rate units
+POD_SHARE = 0.25  # share of a check's α spent on the pod term
 
 
 @dataclass
@@ -77,11 +78,25 @@ def _shrunk(events: int, trials: int) -> float:
     return (events + 0.5) / (trials + 1.0)
 
 
-def _binomial_variance(now: tuple[int, int], so_far: tuple[int, int]) -> float:
-    """Variance of one interval's rate: the larger of this interval's and the running rate, so a burst
-    is never judged with the calm variance that came before it."""
-    p = max(_shrunk(*now), _shrunk(*so_far))
-    return p * (1 - p) / now[1]
+def _baseline_rate(now: tuple[int, int], so_far: tuple[int, int]) -> float:
+    """The baseline's rate for a variance: the larger of this interval's and the running rate."""
+    return max(_shrunk(*now), _shrunk(*so_far))
+
+
+def _null_variance(allowed: float, base: float, n_canary: int, n_baseline: int) -> float:
+    """Variance of one interval's difference for the least favourable canary within tolerance.
+
+    A canary within tolerance has a rate of at most `allowed`; p(1 − p) grows up to p = ½, so its
+    variance is at most that of a canary exactly at the tolerance. Under the null the true variance is
+    no larger (a conservative test); a canary far worse than tolerated is judged with less variance than
+    it has, which only makes its rollback faster.
+    """
+
+    def bernoulli(p: float) -> float:
+        p = min(max(p, 0.0), 1.0)
+        return 0.25 if p >= 0.5 else p * (1 - p)
+
+    return bernoulli(allowed) / n_canary + bernoulli(base) / n_baseline
 
 
 def _weight(n_canary: int, n_baseline: int, reference: float) -> float:
@@ -102,9 +117,11 @@ class _Check:
 
     def __init__(self, label: str, alpha: float) -> None:
         self.label = label
-        # Half of the check's α for the time-uniform sequence, half for the pod term (a union bound).
-        self.alpha_cs = alpha / 2
-        self.z_pod = float(norm.isf(alpha / 2))
+        self.alpha = alpha
+        # A union bound: three quarters of the check's α for the time-uniform sequences, a quarter for the
+        # luck of the canary's pods. With homogeneous pods the pod term is zero and costs little.
+        self.alpha_cs = alpha * (1 - POD_SHARE)
+        self.z_pod = float(norm.isf(alpha * POD_SHARE))
         self.step_requests = (0, 0)
         self.step_index = -1
 
@@ -142,9 +159,8 @@ class _RatioCheck(_Check):
             tb, tc = self.total["baseline"], self.total["canary"]
             if self.reference is None:
                 self.reference = _shrunk(base.events + can.events, base.trials + can.trials)
-            variance = _binomial_variance((can.events, can.trials), (tc.events, tc.trials)) + _binomial_variance(
-                (base.events, base.trials), (tb.events, tb.trials)
-            )
+            rate_b = _baseline_rate((base.events, base.trials), (tb.events, tb.trials))
+            variance = _null_variance(rate_b + self.margin, rate_b, can.trials, base.trials)
             estimate = can.events / can.trials - base.events / base.trials - self.margin
             self.seq.add(estimate, variance, _weight(can.trials, base.trials, self.reference))
             self.step_requests = (self.step_requests[0] + base.trials, self.step_requests[1] + can.trials)
@@ -167,7 +183,7 @@ class _RatioCheck(_Check):
             "max_increase": self.margin,
             "e_value": self.seq.e_value(),
             "pod_sd": pod_sd,
-            "confidence": 1 - 2 * self.alpha_cs,
+            "confidence": 1 - self.alpha,
             "step_requests": {"baseline": self.step_requests[0], "canary": self.step_requests[1]},
         }
         figures["p_value"] = min(1.0, 1.0 / float(figures["e_value"]))  # type: ignore[arg-type]
@@ -175,7 +191,7 @@ class _RatioCheck(_Check):
             f"{self.label}: canary {_pct(rate_c)} vs baseline {_pct(rate_b)} "
             f"({tc.events}/{tc.trials} vs {tb.events}/{tb.trials}), allowed +{100 * self.margin:.2f} pp"
         )
-        conf = f"{100 * (1 - 2 * self.alpha_cs):.1f}%"
+        conf = f"{100 * (1 - self.alpha):.1f}%"
         lo, hi = fail_ci.lower + self.margin, fail_ci.upper + self.margin
         if min(self.step_requests) < min_requests:
             return Verdict(
@@ -217,21 +233,33 @@ def _fmt_range(r: tuple[float, float] | None) -> str:
     return f"above {lo:g} ms" if math.isinf(hi) else f"{lo:g}–{hi:g} ms"
 
 
+@dataclass
+class _EdgeTest:
+    """The sequences of one bucket edge x: canary share slower than x − baseline share slower than x/(1+m)."""
+
+    edge: float
+    seq: _Sequences
+    reference: float  # the baseline's share slower than x when chosen: scales the weights
+    baseline_pods: dict[str, tuple[int, int]] = field(default_factory=dict)  # pod -> (slower, requests)
+
+
 class _QuantileCheck(_Check):
-    """Share of canary requests slower than a bucket edge x, against the baseline's share slower than
-    x / (1 + m): a canary whose q-quantile is at most (1 + m) times the baseline's has no more."""
+    """Latency at quantile q may be at most (1 + m) times the baseline's.
+
+    A canary within that tolerance has, at any edge x near its q-quantile, no larger a share of requests
+    slower than x than the baseline has slower than x / (1 + m). The edge nearest the baseline's
+    q-quantile decides passes and failures; the next edge above can also fail the canary, so a slow tail
+    just beyond the quantile is not hidden by the bucket width (α is split between the two).
+    """
 
     def __init__(self, label: str, tolerance: QuantileTolerance, alpha: float) -> None:
         super().__init__(label, alpha)
         self.tolerance = tolerance
-        self.edge: float | None = None  # chosen once, from the baseline's data, then fixed
-        self.seq: _Sequences | None = None
+        self.tests: list[_EdgeTest] = []  # chosen once from the baseline's data, then fixed
         self.bounds: tuple[float, ...] | None = None
         self.total: dict[str, Histogram] = {}
-        self.baseline_pods: dict[str, tuple[int, int]] = {}  # pod -> (slower than edge, requests)
         self.canary_pods: set[str] = set()
         self.layout_note = ""
-        self.reference = 0.5  # the baseline's share slower than the edge when it was chosen
 
     def _layout(self, window: MetricWindow) -> tuple[float, ...] | None:
         layouts = sorted(
@@ -247,8 +275,9 @@ class _QuantileCheck(_Check):
         return layout.bounds
 
     def update(self, window: MetricWindow, step: int, min_requests: int) -> Verdict:
-        if self.new_step(step) and self.seq is not None:
-            self.seq.step = Evidence()
+        if self.new_step(step):
+            for test in self.tests:
+                test.seq.step = Evidence()
         bounds = self._layout(window)
         if bounds is None:
             return Verdict(self.label, Outcome.NO_DATA, f"{self.label}: the versions' latency buckets share no edge")
@@ -261,7 +290,7 @@ class _QuantileCheck(_Check):
         tb, tc = self.total.get("baseline"), self.total.get("canary")
         if tb is None or tc is None:
             return Verdict(self.label, Outcome.NO_DATA, f"{self.label}: no requests seen yet for both versions")
-        if self.seq is None or self.edge is None:
+        if not self.tests:
             return Verdict(
                 self.label, Outcome.CONTINUE,
                 f"{self.label}: {tb.total} baseline requests so far, too few to place the "
@@ -269,68 +298,78 @@ class _QuantileCheck(_Check):
             )  # fmt: skip
         return self._verdict(tb, tc, min_requests)
 
+    def _choose_edges(self, tb: Histogram, bounds: tuple[float, ...]) -> None:
+        q, m = self.tolerance.quantile, self.tolerance.max_increase
+        # Place the quantile once the baseline has enough requests beyond it to tell buckets apart.
+        index = reference_edge(tb, q) if tb.total * (1 - q) >= 10 else None
+        if index is None:
+            return
+        for i in (index, index + 1)[: 2 if index + 1 < len(bounds) else 1]:
+            above = survival_at(tb, bounds[i])
+            allowed = survival_at(tb, bounds[i] / (1 + m))
+            rho = 1.0 / max(allowed - above, TINY_EFFECT) ** 2
+            self.tests.append(_EdgeTest(bounds[i], _Sequences(rho=rho), min(max(above, 1e-4), 1 - 1e-4)))
+
     def _accumulate(self, window: MetricWindow, base: Histogram, can: Histogram, bounds: tuple[float, ...]) -> None:
         self.total["baseline"] = self.total["baseline"] + base if "baseline" in self.total else base
         self.total["canary"] = self.total["canary"] + can if "canary" in self.total else can
-        q, m = self.tolerance.quantile, self.tolerance.max_increase
-        if self.edge is None:
-            # Place the quantile once the baseline has enough requests beyond it to tell buckets apart.
-            tb = self.total["baseline"]
-            if tb.total * (1 - q) < 10:
-                return
-            index = reference_edge(tb, q)
-            if index is None:
-                return
-            self.edge = bounds[index]
-            above = survival_at(tb, self.edge)
-            allowed = survival_at(tb, self.edge / (1 + m))
-            self.reference = min(max(above, 1e-4), 1 - 1e-4)
-            self.seq = _Sequences(rho=1.0 / max(allowed - above, TINY_EFFECT) ** 2)
-        assert self.seq is not None and self.edge is not None
-        if self.edge not in bounds:
-            return  # the chosen edge vanished with a layout change: no honest comparison this interval
-        index = bounds.index(self.edge)
-        slower_c = survival_counts(can)[index]
-        allowed_b = survival_at(base, self.edge / (1 + m))
         tb, tc = self.total["baseline"], self.total["canary"]
-        allowed_so_far = round(survival_at(tb, self.edge / (1 + m)) * tb.total)
-        variance = _binomial_variance((slower_c, can.total), (survival_counts(tc)[index], tc.total)) + (
-            _binomial_variance((round(allowed_b * base.total), base.total), (allowed_so_far, tb.total))
-        )
-        self.seq.add(slower_c / can.total - allowed_b, variance, _weight(can.total, base.total, self.reference))
-        for pod, sample in window.baseline.items():
-            if isinstance(sample, Histogram) and sample.total > 0:
-                h = rebucket(sample, bounds)
-                prev = self.baseline_pods.get(pod, (0, 0))
-                self.baseline_pods[pod] = (prev[0] + survival_counts(h)[index], prev[1] + h.total)
+        if not self.tests:
+            self._choose_edges(tb, bounds)
+        m = self.tolerance.max_increase
+        for test in self.tests:
+            if test.edge not in bounds:
+                continue  # the edge vanished with a layout change: no honest comparison this interval
+            index = bounds.index(test.edge)
+            slower_c = survival_counts(can)[index]
+            allowed_b = survival_at(base, test.edge / (1 + m))
+            allowed_so_far = round(survival_at(tb, test.edge / (1 + m)) * tb.total)
+            rate_b = _baseline_rate((round(allowed_b * base.total), base.total), (allowed_so_far, tb.total))
+            variance = _null_variance(rate_b, rate_b, can.total, base.total)
+            weight = _weight(can.total, base.total, test.reference)
+            test.seq.add(slower_c / can.total - allowed_b, variance, weight)
+            for pod, sample in window.baseline.items():
+                if isinstance(sample, Histogram) and sample.total > 0:
+                    h = rebucket(sample, bounds)
+                    prev = test.baseline_pods.get(pod, (0, 0))
+                    test.baseline_pods[pod] = (prev[0] + survival_counts(h)[index], prev[1] + h.total)
         self.canary_pods |= {p for p, s in window.canary.items() if isinstance(s, Histogram) and s.total > 0}
         self.step_requests = (self.step_requests[0] + base.total, self.step_requests[1] + can.total)
 
+    def _intervals(self, test: _EdgeTest, alpha: float) -> tuple[Interval, Interval, float]:
+        pods = test.baseline_pods.values()
+        tau2 = between_pod_variance([a for a, _ in pods], [n for _, n in pods])
+        pod_sd = pod_effect_sd(tau2, len(self.canary_pods), len(test.baseline_pods))
+        fail_ci, pass_ci = test.seq.intervals(alpha, self.z_pod * pod_sd)
+        return fail_ci, pass_ci, pod_sd
+
     def _verdict(self, tb: Histogram, tc: Histogram, min_requests: int) -> Verdict:
-        assert self.seq is not None and self.edge is not None and self.bounds is not None
+        assert self.bounds is not None
         q, m = self.tolerance.quantile, self.tolerance.max_increase
-        index = self.bounds.index(self.edge) if self.edge in self.bounds else None
-        tau2 = between_pod_variance(
-            [a for a, _ in self.baseline_pods.values()], [n for _, n in self.baseline_pods.values()]
-        )
-        pod_sd = pod_effect_sd(tau2, len(self.canary_pods), len(self.baseline_pods))
-        fail_ci, pass_ci = self.seq.intervals(self.alpha_cs, self.z_pod * pod_sd)
+        alpha_fail = self.alpha_cs / len(self.tests)
+        results = [(test, *self._intervals(test, alpha_fail)) for test in self.tests]
+        main, fail_ci, _, pod_sd = results[0]
+        pass_ci = self._intervals(main, self.alpha_cs)[1]  # passes are decided at the nearest edge alone
+        failing = [(t, ci) for t, ci, _, _ in results if ci.lower > 0]
+        shown, shown_ci = failing[0] if failing else (main, fail_ci)
+        index = self.bounds.index(shown.edge) if shown.edge in self.bounds else None
         share_c = survival_counts(tc)[index] / tc.total if index is not None else math.nan
-        share_b = survival_at(tb, self.edge)
-        allowed = survival_at(tb, self.edge / (1 + m))
+        share_b = survival_at(tb, shown.edge)
+        allowed = survival_at(tb, shown.edge / (1 + m))
         figures: dict[str, object] = {
             "quantile": q,
             "max_increase": m,
-            "edge_ms": self.edge,
+            "edge_ms": shown.edge,
+            "edges_ms": [t.edge for t in self.tests],
             "canary_share_slower": share_c,
             "baseline_share_slower": share_b,
             "allowed_share_slower": allowed,
-            "excess": self.seq.fail.estimate,
-            "excess_cs": [fail_ci.lower, fail_ci.upper],
+            "excess": shown.seq.fail.estimate,
+            "excess_cs": [shown_ci.lower, shown_ci.upper],
             "step_excess_cs": [pass_ci.lower, pass_ci.upper],
-            "e_value": self.seq.e_value(),
+            "e_value": shown.seq.e_value(),
             "pod_sd": pod_sd,
-            "confidence": 1 - 2 * self.alpha_cs,
+            "confidence": 1 - self.alpha,
             "baseline_quantile_bucket_ms": list(quantile_range(tb, q) or ()),
             "canary_quantile_bucket_ms": list(quantile_range(tc, q) or ()),
             "requests": {"baseline": tb.total, "canary": tc.total},
@@ -338,21 +377,21 @@ class _QuantileCheck(_Check):
         }
         figures["p_value"] = min(1.0, 1.0 / float(figures["e_value"]))  # type: ignore[arg-type]
         head = (
-            f"{self.label}: {_pct(share_c)} of canary requests slower than {self.edge:g} ms, where "
+            f"{self.label}: {_pct(share_c)} of canary requests slower than {shown.edge:g} ms, where "
             f"+{100 * m:.0f}% on the baseline allows {_pct(allowed)} (baseline {_pct(share_b)}); "
             f"p{100 * q:g} canary {_fmt_range(quantile_range(tc, q))}, baseline {_fmt_range(quantile_range(tb, q))}"
             f"{self.layout_note}"
         )
-        conf = f"{100 * (1 - 2 * self.alpha_cs):.1f}%"
+        conf = f"{100 * (1 - self.alpha):.1f}%"
         if min(self.step_requests) < min_requests:
             return Verdict(
                 self.label, Outcome.CONTINUE,
                 f"{head}; waiting for {min_requests} requests per version in this step", figures,
             )  # fmt: skip
-        if fail_ci.lower > 0:
+        if failing:
             return Verdict(
                 self.label, Outcome.FAIL,
-                f"{head}: slower than tolerated, by at least {100 * fail_ci.lower:.2f} pp of requests ({conf} "
+                f"{head}: slower than tolerated, by at least {100 * shown_ci.lower:.2f} pp of requests ({conf} "
                 "confidence)", figures,
             )  # fmt: skip
         if pass_ci.upper < 0:
@@ -375,13 +414,14 @@ class SequentialJudge:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        count = sum(len(check_labels(m)) for m in policy.metrics)
-        alpha = policy.analysis.alpha / count  # Bonferroni over checks: no independence needed
+        # Bonferroni, which needs no independence: α evenly over metrics, then over a metric's quantiles.
+        alpha = policy.analysis.alpha / len(policy.metrics)
         self.checks: list[tuple[str, _RatioCheck | _QuantileCheck]] = []
         for metric in policy.metrics:
             if isinstance(metric, LatencyMetric):
+                share = alpha / len(metric.quantiles)
                 for label, tol in zip(check_labels(metric), metric.quantiles, strict=True):
-                    self.checks.append((metric.name, _QuantileCheck(label, tol, alpha)))
+                    self.checks.append((metric.name, _QuantileCheck(label, tol, share)))
             else:
                 self.checks.append((metric.name, _RatioCheck(metric.name, metric.max_increase, alpha)))
 

@@ -4,14 +4,14 @@ Each interval i gives an estimate D_i of the effect θ (say, canary error rate m
 with variance v_i, and a weight w_i fixed before the interval's outcome is known (from request counts
 only, so a run of unlucky intervals cannot down-weight itself). With W_t = Σ w_i, S_t = Σ w_i D_i and
 V_t = Σ w_i² v_i, the estimate is θ̂_t = S_t / W_t and W_t (θ̂_t − θ) is a martingale with variance V_t.
-Robbins' normal mixture over the tilt λ ~ N(0, 1/ρ) turns it into a nonnegative martingale
+Each decision is one-sided (fail: the effect is above the tolerance; pass: below it), so Robbins'
+normal mixture is taken over tilts λ ≥ 0 only (half-normal, precision ρ). With s = W_t (θ̂_t − θ):
 
-    M_t(θ) = sqrt(ρ / (V_t + ρ)) · exp(W_t² (θ̂_t − θ)² / (2 (V_t + ρ))),
+    M⁺_t(θ) = 2 sqrt(ρ / (V_t + ρ)) · exp(s² / (2 (V_t + ρ))) · Φ(s / sqrt(V_t + ρ)),
 
-and Ville's inequality bounds the chance that it ever exceeds 1/α by α, however often one looks. The
-set of θ with M_t(θ) < 1/α is the confidence sequence θ̂_t ± h_t with
-
-    h_t = sqrt((V_t + ρ) · (log((V_t + ρ) / ρ) + 2 log(1/α))) / W_t.
+a nonnegative supermartingale when the increments' mean is at most θ. Ville's inequality bounds the
+chance that it ever exceeds 1/α by α, however often one looks; h_t solves M⁺_t = 1/α at s = W_t h_t.
+It is a little tighter than the two-sided boundary sqrt((V + ρ)(log((V + ρ)/ρ) + 2 log(1/α))).
 
 References: Robbins (1970); Howard, Ramdas, McAuliffe, Sekhon, "Time-uniform, nonparametric,
 nonasymptotic confidence sequences", Ann. Statist. 2021 (eq. 14); Waudby-Smith, Arnold, Wu, Ramdas,
@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from scipy.optimize import brentq
+from scipy.special import log_ndtr
 
 
 @dataclass(frozen=True)
@@ -54,28 +57,37 @@ class Evidence:
         return self.weighted_sum / self.weight if self.weight > 0 else 0.0
 
 
+def _log_mixture(statistic: float, variance: float, rho: float) -> float:
+    """log M⁺: the one-sided normal mixture (tilts λ ≥ 0, half-normal with precision ρ) at W(θ̂ − θ)."""
+    total = variance + rho
+    return (
+        math.log(2.0)
+        + 0.5 * math.log(rho / total)
+        + statistic * statistic / (2.0 * total)
+        + float(log_ndtr(statistic / math.sqrt(total)))
+    )
+
+
 def half_width(evidence: Evidence, rho: float, alpha: float) -> float:
-    """Half-width h_t of the level-(1 − α) normal-mixture confidence sequence (inf with no evidence)."""
+    """h_t with P(∃t: θ̂_t − θ ≥ h_t) ≤ α, and likewise for the other side (inf with no evidence)."""
     if evidence.empty:
         return math.inf
-    total = evidence.variance + rho
-    return math.sqrt(total * (math.log(total / rho) + 2.0 * math.log(1.0 / alpha))) / evidence.weight
+    v, target = evidence.variance, math.log(1.0 / alpha)
+    total = v + rho
+    # The two-sided boundary bounds the root from above: there M⁺ ≥ M = 1/α; at 0, M⁺ ≤ 1.
+    upper = math.sqrt(total * (math.log(total / rho) + 2.0 * target))
+    root = brentq(lambda s: _log_mixture(s, v, rho) - target, 0.0, upper, xtol=1e-12 * upper + 1e-300)
+    return float(root) / evidence.weight
 
 
 def mixture_e_value(evidence: Evidence, null: float, rho: float, *, upper: bool) -> float:
-    """The mixture martingale M_t at the null value, one-sided.
-
-    `upper=True` measures evidence that the effect is above `null`; estimates on the other side of the
-    null give 1 (no evidence). Capped at 1e300 so it stays a JSON number.
-    """
+    """The one-sided mixture martingale M⁺_t at the null value: evidence that the effect is above
+    `null` (`upper=True`) or below it. Capped so it stays a finite JSON number."""
     if evidence.empty:
         return 1.0
     gap = evidence.estimate - null
-    if (gap <= 0) if upper else (gap >= 0):
-        return 1.0
-    w, v = evidence.weight, evidence.variance
-    log_m = 0.5 * math.log(rho / (v + rho)) + w * w * gap * gap / (2.0 * (v + rho))
-    return math.exp(min(log_m, 690.0)) if log_m > 0 else max(math.exp(log_m), 0.0)
+    statistic = evidence.weight * (gap if upper else -gap)
+    return math.exp(min(_log_mixture(statistic, evidence.variance, rho), 690.0))
 
 
 @dataclass(frozen=True)

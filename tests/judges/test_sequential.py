@@ -56,13 +56,15 @@ def test_one_interval_reports_the_raw_difference_and_the_closed_form_interval() 
     judge = SequentialJudge(policy())
     verdict = judge.judge(ratio_obs(Ratio(10, 1000), Ratio(30, 1000)), 0).verdicts[0]
     assert verdict.figures["difference"] == pytest.approx(0.03 - 0.01)
-    # Rebuild the interval by hand: variance from this interval's shrunk rates, weight from counts.
-    pc, pb = 30.5 / 1001, 10.5 / 1001
+    # Rebuild the interval by hand: the variance of a canary exactly at the tolerance (baseline's shrunk
+    # rate + 0.5 pp), the weight from request counts only.
+    pb = 10.5 / 1001
+    pc = pb + 0.005
     variance = pc * (1 - pc) / 1000 + pb * (1 - pb) / 1000
     reference = 40.5 / 2001
     weight = 1000 * 1000 / 2000 / (reference * (1 - reference))
     ev = Evidence().add(0.02 - 0.005, variance, weight)
-    alpha_cs = 0.05 / 2  # one check: half of alpha for the sequence, half for the pod term
+    alpha_cs = 0.05 * 0.75  # one check: three quarters of alpha for the sequence, a quarter for the pod term
     h = half_width(ev, rho=1 / 0.005**2, alpha=alpha_cs)
     lo, hi = verdict.figures["difference_cs"]  # type: ignore[misc]
     assert lo == pytest.approx(0.02 - h) and hi == pytest.approx(0.02 + h)

@@ -29,11 +29,15 @@ def test_half_width_is_infinite_without_evidence() -> None:
     assert half_width(Evidence(), rho=1.0, alpha=0.05) == math.inf
 
 
-def test_half_width_matches_the_closed_form() -> None:
+def test_half_width_solves_the_one_sided_mixture_and_beats_the_two_sided_closed_form() -> None:
     ev = Evidence().add(0.0, 0.5, 2.0)  # W = 2, V = 2
     rho, alpha = 3.0, 0.01
-    expected = math.sqrt((2 + rho) * (math.log((2 + rho) / rho) + 2 * math.log(1 / alpha))) / 2
-    assert half_width(ev, rho, alpha) == pytest.approx(expected)
+    h = half_width(ev, rho, alpha)
+    s, total = 2 * h, 2 + rho
+    m_plus = 2 * math.sqrt(rho / total) * math.exp(s * s / (2 * total)) * norm.cdf(s / math.sqrt(total))
+    assert m_plus == pytest.approx(1 / alpha, rel=1e-9)
+    two_sided = math.sqrt(total * (math.log(total / rho) + 2 * math.log(1 / alpha))) / 2
+    assert two_sided * 0.85 < h < two_sided
 
 
 def test_e_value_crosses_one_over_alpha_exactly_at_the_boundary() -> None:
@@ -44,9 +48,9 @@ def test_e_value_crosses_one_over_alpha_exactly_at_the_boundary() -> None:
     assert mixture_e_value(ev, ev.estimate + h, rho, upper=False) == pytest.approx(1 / alpha, rel=1e-9)
 
 
-def test_e_value_is_one_when_the_estimate_points_the_other_way() -> None:
+def test_e_value_is_below_one_when_the_estimate_points_the_other_way() -> None:
     ev = Evidence().add(-0.2, 0.01, 100.0)
-    assert mixture_e_value(ev, 0.0, 1.0, upper=True) == 1.0
+    assert mixture_e_value(ev, 0.0, 1.0, upper=True) < 1.0
 
 
 def test_widening_adds_to_both_sides() -> None:
@@ -58,18 +62,22 @@ def test_widening_adds_to_both_sides() -> None:
 
 
 def test_looking_every_interval_keeps_the_error_below_alpha_where_a_z_test_does_not() -> None:
-    """Monte Carlo: 2,000 null sequences of 100 looks each (fixed seed)."""
+    """Monte Carlo: 400 null sequences of 100 looks each (fixed seed), one-sided as the judge uses it."""
     rng = np.random.default_rng(7)
-    runs, looks, alpha, rho = 2000, 100, 0.05, 1.0
+    runs, looks, alpha, rho = 400, 100, 0.05, 1.0
     variances = rng.uniform(0.5, 2.0, size=(runs, looks))
     weights = 1 / rng.uniform(0.5, 2.0, size=(runs, looks))  # weights need not match the variances
     d = rng.normal(0.0, np.sqrt(variances))
-    w_sum = np.cumsum(weights, axis=1)
-    estimate = np.cumsum(weights * d, axis=1) / w_sum
-    v_sum = np.cumsum(weights**2 * variances, axis=1)
-    h = np.sqrt((v_sum + rho) * (np.log((v_sum + rho) / rho) + 2 * math.log(1 / alpha))) / w_sum
-    ever_excluded = (np.abs(estimate) > h).any(axis=1).mean()
-    z = np.abs(estimate) / (np.sqrt(v_sum) / w_sum)
-    naive_ever = (z > norm.isf(alpha / 2)).any(axis=1).mean()
-    assert ever_excluded <= alpha
-    assert naive_ever > 3 * alpha  # repeated fixed-horizon tests: the inflation this module exists to avoid
+    ever_above = 0
+    naive_ever = 0
+    for run in range(runs):
+        ev = Evidence()
+        crossed = naive = False
+        for t in range(looks):
+            ev = ev.add(float(d[run, t]), float(variances[run, t]), float(weights[run, t]))
+            crossed |= ev.estimate > half_width(ev, rho, alpha)
+            naive |= ev.estimate / (math.sqrt(ev.variance) / ev.weight) > norm.isf(alpha)
+        ever_above += crossed
+        naive_ever += naive
+    assert ever_above / runs <= alpha
+    assert naive_ever / runs > 3 * alpha  # repeated fixed-horizon tests: the inflation this module exists to avoid
