@@ -9,13 +9,15 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from canary.analysis import AnalysisResult, analyze
 from canary.audit import AuditLog, AuditSink
-from canary.clock import SimulatedClock
+from canary.clock import Clock, SimulatedClock, SystemClock
 from canary.controller import Controller
 from canary.judges import make_judge
 from canary.policy import Policy
 from canary.routers.memory import MemoryRouter, virtual_service_for
 from canary.scenario import Scenario
+from canary.sources.prometheus import PrometheusSettings, PrometheusSource
 from canary.sources.simulated import SimulatedMesh
 
 SIM_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z: simulated rollouts start here, so records are stable
@@ -76,3 +78,42 @@ def simulated_rollout(
 
 def open_audit(policy: Policy, override: str | None) -> AuditLog:
     return AuditLog(audit_path_for(policy, override))
+
+
+@dataclass
+class PrometheusRollout:
+    controller: Controller
+    source: PrometheusSource
+    router: MemoryRouter
+
+
+def prometheus_rollout(
+    policy: Policy,
+    settings: PrometheusSettings,
+    *,
+    audit: AuditSink,
+    router: MemoryRouter | None = None,
+    clock: Clock | None = None,
+    judge: str | None = None,
+) -> PrometheusRollout:
+    """A rollout of `policy` judged on a real Prometheus, shifting an in-memory VirtualService."""
+    router = router or MemoryRouter([virtual_service_for(policy.target)])
+    source = PrometheusSource(settings)
+    controller = Controller(
+        policy=policy,
+        source=source,
+        router=router,
+        judge=make_judge(policy, judge),
+        audit=audit,
+        clock=clock or SystemClock(),
+        actor=f"canary-controller (prometheus {source.url}, in-memory router)",
+    )
+    return PrometheusRollout(controller, source, router)
+
+
+def prometheus_analysis(
+    policy: Policy, settings: PrometheusSettings, start: float, end: float, *, judge: str | None = None
+) -> AnalysisResult:
+    """`canary analyze`: judge the canary over [start, end] from Prometheus, touching no weights."""
+    with PrometheusSource(settings) as source:
+        return analyze(policy, source, make_judge(policy, judge), start, end)

@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
 from canary import __version__
-from canary.app import open_audit, simulated_rollout
+from canary.alerts import alert_rules
+from canary.analysis import AnalysisResult, iso, parse_time
+from canary.app import open_audit, prometheus_analysis, prometheus_rollout, simulated_rollout
 from canary.audit import read_records, verify_chain
 from canary.controller import RolloutResult
 from canary.display import Progress, summary
 from canary.errors import CanaryError
 from canary.model import Phase
-from canary.policy import load_policy
-from canary.report import judgement_dict
+from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
+from canary.promql import Scope, operator_queries
+from canary.report import judgement_dict, version_counts
 from canary.scenario import BUILTIN_SCENARIOS, builtin_scenario, resolve_scenario
+from canary.sources.prometheus import PrometheusSettings
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 PHASE_EXIT = {
@@ -50,6 +55,49 @@ class OutputFormat(StrEnum):
 
 
 Scenario = StrEnum("Scenario", {name: name for name in BUILTIN_SCENARIOS})  # type: ignore[misc]
+
+
+# Connection options of the Prometheus source, shared by `run` and `analyze`. Secrets come from files or
+# environment variables only, so they never appear in a process list or a shell history.
+PromUrl = Annotated[
+    str | None, typer.Option("--prometheus-url", envvar="CANARY_PROMETHEUS_URL", help="Prometheus base URL.")
+]
+PromTimeout = Annotated[float, typer.Option("--prometheus-timeout", help="Seconds per query.")]
+PromRetries = Annotated[int, typer.Option("--prometheus-retries", help="Retries on connection errors and 5xx.")]
+PromTokenFile = Annotated[str | None, typer.Option("--prometheus-token-file", help="File with a bearer token.")]
+PromTokenEnv = Annotated[str | None, typer.Option("--prometheus-token-env", help="Env var with a bearer token.")]
+PromUser = Annotated[str | None, typer.Option("--prometheus-user", help="Basic auth user.")]
+PromPasswordFile = Annotated[str | None, typer.Option("--prometheus-password-file", help="File with the password.")]
+PromPasswordEnv = Annotated[str | None, typer.Option("--prometheus-password-env", help="Env var with the password.")]
+PromCaFile = Annotated[str | None, typer.Option("--prometheus-ca-file", help="CA bundle for TLS.")]
+PromInsecure = Annotated[bool, typer.Option("--prometheus-insecure", help="Do not verify TLS certificates.")]
+PromHeader = Annotated[
+    list[str] | None, typer.Option("--prometheus-header", help="Extra header 'Name: value' (repeatable).")
+]
+PromPodLabel = Annotated[str, typer.Option("--prometheus-pod-label", help="Label naming the pod.")]
+PromReporter = Annotated[str, typer.Option("--prometheus-reporter", help="Istio reporter to count.")]
+PromDelay = Annotated[
+    float, typer.Option("--prometheus-delay", help="Read each window this many seconds late (scrape lag).")
+]
+
+
+def _prometheus_settings(url: str, **options: Any) -> PrometheusSettings:
+    return PrometheusSettings.from_options(
+        url,
+        timeout_s=options["timeout"],
+        retries=options["retries"],
+        bearer_token_file=options["token_file"],
+        bearer_token_env=options["token_env"],
+        basic_auth_user=options["user"],
+        basic_auth_password_file=options["password_file"],
+        basic_auth_password_env=options["password_env"],
+        ca_file=options["ca_file"],
+        insecure=options["insecure"],
+        headers=options["header"] or (),
+        pod_label=options["pod_label"],
+        reporter=options["reporter"],
+        delay_s=options.get("delay", 0.0),
+    )
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
@@ -122,13 +170,199 @@ def run(
     seed: Annotated[int, typer.Option(help="Random seed of the simulated mesh.")] = 1,
     audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
     output: Annotated[OutputFormat, typer.Option(help="text (live progress) or json.")] = OutputFormat.text,
+    prometheus_url: PromUrl = None,
+    prometheus_timeout: PromTimeout = 10.0,
+    prometheus_retries: PromRetries = 2,
+    prometheus_token_file: PromTokenFile = None,
+    prometheus_token_env: PromTokenEnv = None,
+    prometheus_user: PromUser = None,
+    prometheus_password_file: PromPasswordFile = None,
+    prometheus_password_env: PromPasswordEnv = None,
+    prometheus_ca_file: PromCaFile = None,
+    prometheus_insecure: PromInsecure = False,
+    prometheus_header: PromHeader = None,
+    prometheus_pod_label: PromPodLabel = "pod",
+    prometheus_reporter: PromReporter = "destination",
+    prometheus_delay: PromDelay = 0.0,
 ) -> None:
     """Run a rollout to its end (blocking): 0 promoted, 1 rolled back, 2 error, 3 inconclusive."""
     try:
+        if simulate is not None and prometheus_url:
+            raise CanaryError("choose one metrics source: --simulate or --prometheus-url, not both")
+        if prometheus_url:
+            settings = _prometheus_settings(
+                prometheus_url,
+                timeout=prometheus_timeout,
+                retries=prometheus_retries,
+                token_file=prometheus_token_file,
+                token_env=prometheus_token_env,
+                user=prometheus_user,
+                password_file=prometheus_password_file,
+                password_env=prometheus_password_env,
+                ca_file=prometheus_ca_file,
+                insecure=prometheus_insecure,
+                header=prometheus_header,
+                pod_label=prometheus_pod_label,
+                reporter=prometheus_reporter,
+                delay=prometheus_delay,
+            )
+            raise typer.Exit(_run_prometheus(policy, settings, audit, output))
         if simulate is None:
-            raise CanaryError("choose a metrics source: --simulate SCENARIO (the embedded simulated mesh)")
+            raise CanaryError(
+                "choose a metrics source: --prometheus-url URL, or --simulate SCENARIO (the embedded simulated mesh)"
+            )
         title = f"canary run {policy} on the simulated mesh ({simulate})"
         raise typer.Exit(_run_simulated(policy, simulate, seed, audit, output, title))
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _run_prometheus(policy_file: str, settings: PrometheusSettings, audit: str | None, output: OutputFormat) -> int:
+    policy = load_policy(policy_file)
+    rollout = prometheus_rollout(policy, settings, audit=open_audit(policy, audit))
+    if output is OutputFormat.json:
+        result = rollout.controller.run()
+        typer.echo(json.dumps(result_json(result, policy.name), indent=2, default=str))
+    else:
+        progress = Progress(f"canary run {policy_file} on Prometheus at {settings.safe_url} (in-memory router)")
+        result = rollout.controller.run(progress.update)
+        progress.finish(result)
+    rollout.source.close()
+    return PHASE_EXIT[result.phase]
+
+
+def analysis_json(result: AnalysisResult, policy: Policy, settings: PrometheusSettings) -> dict[str, Any]:
+    target = policy.target
+    return {
+        "outcome": result.verdict,
+        "exit_code": result.exit_code,
+        "policy": policy.name,
+        "target": {"host": target.host, "baseline": target.baseline, "canary": target.canary},
+        "window": {
+            "start": iso(result.start),
+            "end": iso(result.end),
+            "start_timestamp": result.start,
+            "end_timestamp": result.end,
+            "intervals": result.intervals,
+            "interval_s": policy.interval_s,
+        },
+        "counts": version_counts(result.observation, target.baseline, target.canary),
+        "judgement": judgement_dict(result.judgement) if result.judgement else None,
+        "source": {"kind": "prometheus", "url": settings.safe_url},
+        "engine_version": __version__,
+    }
+
+
+@app.command()
+def analyze(
+    policy: Annotated[str, typer.Argument(help="Policy file (YAML, kind CanaryPolicy).")],
+    start: Annotated[
+        str | None, typer.Option(help="Window start: now, -30m, unix seconds or ISO 8601 (default: 10 intervals ago).")
+    ] = None,
+    end: Annotated[str, typer.Option(help="Window end: now, -5m, unix seconds or ISO 8601.")] = "now",
+    output: Annotated[OutputFormat, typer.Option(help="text or json.")] = OutputFormat.text,
+    prometheus_url: PromUrl = None,
+    prometheus_timeout: PromTimeout = 10.0,
+    prometheus_retries: PromRetries = 2,
+    prometheus_token_file: PromTokenFile = None,
+    prometheus_token_env: PromTokenEnv = None,
+    prometheus_user: PromUser = None,
+    prometheus_password_file: PromPasswordFile = None,
+    prometheus_password_env: PromPasswordEnv = None,
+    prometheus_ca_file: PromCaFile = None,
+    prometheus_insecure: PromInsecure = False,
+    prometheus_header: PromHeader = None,
+    prometheus_pod_label: PromPodLabel = "pod",
+    prometheus_reporter: PromReporter = "destination",
+) -> None:
+    """Judge v2 against v1 over a past or current window; no weights move. 0 pass, 1 fail, 3 inconclusive, 2 error."""
+    try:
+        if not prometheus_url:
+            raise CanaryError("canary analyze reads Prometheus: give --prometheus-url URL")
+        settings = _prometheus_settings(
+            prometheus_url,
+            timeout=prometheus_timeout,
+            retries=prometheus_retries,
+            token_file=prometheus_token_file,
+            token_env=prometheus_token_env,
+            user=prometheus_user,
+            password_file=prometheus_password_file,
+            password_env=prometheus_password_env,
+            ca_file=prometheus_ca_file,
+            insecure=prometheus_insecure,
+            header=prometheus_header,
+            pod_label=prometheus_pod_label,
+            reporter=prometheus_reporter,
+        )
+        loaded = load_policy(policy)
+        now = time.time()
+        try:
+            until = parse_time(end, now)
+            since = parse_time(start, now) if start is not None else until - 10 * loaded.interval_s
+            if not until > since:
+                raise ValueError(f"the window must end after it starts ({iso(since)} .. {iso(until)})")
+        except ValueError as exc:
+            raise CanaryError(str(exc)) from None
+        result = prometheus_analysis(loaded, settings, since, until)
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+    if output is OutputFormat.json:
+        typer.echo(json.dumps(analysis_json(result, loaded, settings), indent=2, default=str))
+    else:
+        typer.echo(
+            f"canary analyze {policy}: {loaded.target.canary} against {loaded.target.baseline} of "
+            f"{loaded.target.host}, {iso(since)} .. {iso(until)} ({result.intervals} intervals)"
+        )
+        for version, counts in version_counts(result.observation, loaded.target.baseline, loaded.target.canary).items():
+            typer.echo(
+                f"  {version}: {counts.get('requests', 'no data')} requests, {counts.get('errors', '-')} errors, "
+                f"{counts.get('pods', 0)} pods"
+            )
+        if result.judgement is not None:
+            for verdict in result.judgement.verdicts:
+                typer.echo(f"  {verdict.outcome.value:>8}  {verdict.summary}")
+        typer.echo(f"outcome: {result.verdict}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def queries(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    window: Annotated[str, typer.Option(help="Rate window of the queries, e.g. 1m or 5m.")] = "1m",
+    reporter: Annotated[str, typer.Option(help="Istio reporter to count.")] = "destination",
+    output: Annotated[OutputFormat, typer.Option(help="text or json.")] = OutputFormat.text,
+) -> None:
+    """Print the PromQL behind each metric (rates, error and success rates, quantiles, dependencies)."""
+    try:
+        loaded = load_policy(policy)
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+    target = loaded.target
+    scope = Scope(target.host, target.namespace, target.baseline, target.canary, reporter)
+    found = operator_queries(
+        scope,
+        error_classes=tuple(m.errors for m in loaded.metrics if isinstance(m, ErrorRateMetric)) or ("5xx",),
+        quantiles=tuple(q.quantile for m in loaded.metrics if isinstance(m, LatencyMetric) for q in m.quantiles),
+        custom=tuple((m.name, m.events, m.total) for m in loaded.metrics if isinstance(m, CustomRatioMetric)),
+        window=window,
+    )
+    if output is OutputFormat.json:
+        typer.echo(
+            json.dumps([{"name": q.name, "description": q.description, "promql": q.promql} for q in found], indent=2)
+        )
+        return
+    for query in found:
+        typer.echo(f"# {query.name}: {query.description}\n{query.promql}\n")
+
+
+@app.command()
+def alerts(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    reporter: Annotated[str, typer.Option(help="Istio reporter to count.")] = "destination",
+) -> None:
+    """Print Prometheus alerting rules (HighErrorRate, HighLatency) for the canary, from the policy."""
+    try:
+        typer.echo(alert_rules(load_policy(policy), reporter=reporter), nl=False)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
 

@@ -313,7 +313,7 @@ class _QuantileCheck(_Check):
     def _accumulate(self, window: MetricWindow, base: Histogram, can: Histogram, bounds: tuple[float, ...]) -> None:
         self.total["baseline"] = self.total["baseline"] + base if "baseline" in self.total else base
         self.total["canary"] = self.total["canary"] + can if "canary" in self.total else can
-        tb, tc = self.total["baseline"], self.total["canary"]
+        tb = self.total["baseline"]
         if not self.tests:
             self._choose_edges(tb, bounds)
         m = self.tolerance.max_increase
