@@ -7,6 +7,7 @@ path (`spec.metrics[1].maxIncrease`) and, where the YAML gives it, the line.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -152,8 +153,8 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
     lines: dict[str, int] = {}
     try:
         data = _plain(node, "", lines)
-    except _DuplicateKey as dup:
-        raise PolicyError(source, dup.path, "appears twice", dup.line) from None
+    except _NodeError as bad:
+        raise PolicyError(source, bad.path, bad.message, bad.line) from None
     return _Reader(source, lines).policy(data)
 
 
@@ -166,17 +167,22 @@ def _plain(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
             key = str(key_node.value)
             child = f"{path}.{key}" if path else str(key)
             if key in out:
-                raise _DuplicateKey(child, key_node.start_mark.line + 1)
+                raise _NodeError(child, key_node.start_mark.line + 1, "appears twice")
             out[key] = _plain(value_node, child, lines)
+            lines[child] = key_node.start_mark.line + 1  # a field's line is its key's, not its block value's
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_plain(item, f"{path}[{i}]", lines) for i, item in enumerate(node.value)]
-    return yaml.SafeLoader("").construct_object(node, deep=True)
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError):  # an explicit tag the value does not fit
+        tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+        raise _NodeError(path, node.start_mark.line + 1, f"cannot read {node.value!r} as {tag}") from None
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, path: str, line: int) -> None:
-        self.path, self.line = path, line
+class _NodeError(Exception):
+    def __init__(self, path: str, line: int, message: str) -> None:
+        self.path, self.line, self.message = path, line, message
 
 
 T = TypeVar("T")
@@ -188,7 +194,7 @@ def parse_duration(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        return float(value) if math.isfinite(value) else None  # YAML's .nan / .inf are not durations
     if not isinstance(value, str) or not value.strip():
         return None
     match = _DURATION.match(value.strip())
@@ -208,7 +214,8 @@ class _Reader:
     def fail(self, path: str, message: str) -> PolicyError:
         probe = path
         while probe and probe not in self.lines:
-            probe = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
+            shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
+            probe = shorter if shorter != probe else ""  # a top-level field: the document's line
         return PolicyError(self.source, path, message, self.lines.get(probe))
 
     def mapping(self, value: object, path: str, allowed: set[str]) -> dict[str, Any]:

@@ -1,0 +1,257 @@
+"""The controller's I/O order and its audit trail, on the real simulated mesh, memory router and judge."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary import __version__
+from canary.app import SIM_START, SimulatedRollout, simulated_rollout
+from canary.audit import AuditLog, _seal, read_records, verify_chain
+from canary.controller import Controller
+from canary.errors import AuditError
+from canary.model import Action, Judgement, Observation, Outcome, Phase, Weights
+from canary.policy import Policy, Target
+from canary.routers.memory import MemoryRouter
+from canary.scenario import builtin_scenario
+
+
+class AuditFirstRouter:
+    """Wraps the real router; on every weight change it reads the audit file and checks the justifying
+    record is already on disk, with the very weights being applied."""
+
+    def __init__(self, inner: MemoryRouter, audit_path: Path) -> None:
+        self.inner = inner
+        self.audit_path = audit_path
+        self.checked: list[tuple[int, Weights]] = []  # (records on disk at the change, weights applied)
+
+    def get_weights(self, target: Target) -> Weights:
+        return self.inner.get_weights(target)
+
+    def set_weights(self, target: Target, weights: Weights) -> None:
+        records = list(read_records(self.audit_path)) if self.audit_path.exists() else []
+        assert records, "weights changed before any audit record was written"
+        last = records[-1]
+        current = self.inner.get_weights(target)
+        assert last["weights_after"] == {"baseline": weights.baseline, "canary": weights.canary}
+        assert last["weights_before"] == {"baseline": current.baseline, "canary": current.canary}
+        self.checked.append((len(records), weights))
+        self.inner.set_weights(target, weights)
+
+
+class FailingAudit:
+    """An audit sink whose disk is gone."""
+
+    path = Path("<failing>")
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        raise AuditError("disk full")
+
+
+class ScriptedJudge:
+    """A judge that answers from a list, then repeats the last answer."""
+
+    name = "scripted"
+
+    def __init__(self, *outcomes: Outcome) -> None:
+        self.outcomes = list(outcomes)
+
+    def judge(self, observation: Observation, step: int) -> Judgement:
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        return Judgement(outcome, (), f"scripted {outcome.value}")
+
+
+def rollout(policy: Policy, audit_path: Path, scenario: str = "healthy", seed: int = 3) -> SimulatedRollout:
+    return simulated_rollout(policy, builtin_scenario(scenario), seed=seed, audit=AuditLog(audit_path))
+
+
+@pytest.mark.parametrize("scenario", ["healthy", "latency-regression"])
+def test_every_weight_change_is_preceded_by_its_audit_record(
+    web_policy: Policy, audit_path: Path, scenario: str
+) -> None:
+    sim = rollout(web_policy, audit_path, scenario)
+    guard = AuditFirstRouter(sim.router, audit_path)
+    sim.controller.router = guard
+    result = sim.controller.run()
+    assert guard.checked, "the rollout never changed the weights, so nothing was checked"
+    assert [w for _, w in guard.checked] == sim.router.history
+    assert guard.checked[-1][1] == result.decision.weights
+
+
+def test_one_audit_record_per_tick_plus_the_start(web_policy: Policy, audit_path: Path) -> None:
+    result = rollout(web_policy, audit_path).controller.run()
+    records = list(read_records(audit_path))
+    assert len(records) == result.ticks + 1
+    assert [r["tick"] for r in records] == list(range(result.ticks + 1))
+    assert records[0]["action"] == "start"
+    assert {r["rollout"] for r in records} == {result.rollout}
+
+
+def test_audit_record_holds_the_decision_inputs_and_outputs(web_policy: Policy, audit_path: Path) -> None:
+    sim = rollout(web_policy, audit_path)
+    sim.controller.run()
+    records = list(read_records(audit_path))
+    first_tick = records[1]
+    assert first_tick["time"] == dt.datetime.fromtimestamp(SIM_START + 60, tz=dt.UTC).isoformat(timespec="seconds")
+    assert first_tick["timestamp"] == SIM_START + 60
+    assert first_tick["step"] == {"index": 0, "weight": 10}
+    assert first_tick["weights_before"] == {"baseline": 90, "canary": 10}
+    assert first_tick["weights_after"] == {"baseline": 90, "canary": 10}
+    assert first_tick["actor"] == "canary-controller (simulated mesh)"
+    assert first_tick["engine"] == {"name": "canary", "version": __version__}
+    assert first_tick["policy"]["name"] == "web-app"
+    assert first_tick["window"]["seconds"] == 60
+    verdicts = first_tick["judgement"]["verdicts"]
+    assert [v["metric"] for v in verdicts] == ["error-rate", "latency p50", "latency p95", "latency p99"]
+    assert all(v["outcome"] in {o.value for o in Outcome} and v["summary"] and v["figures"] for v in verdicts)
+    # The counts in the record are the ones the mesh actually served in that window.
+    for version in ("v1", "v2"):
+        served = [s for s in sim.mesh.slices if s.start >= SIM_START and s.end <= SIM_START + 60]
+        requests = sum(int(s.requests[version].sum()) for s in served)
+        errors = sum(int(s.errors[version].sum()) for s in served)
+        counts = first_tick["counts"][version]
+        assert (counts["requests"], counts["errors"]) == (requests, errors)
+        assert counts["metrics"]["error-rate"] == {"events": errors, "trials": requests}
+        assert counts["latency_buckets"]["+Inf"] == requests
+    assert first_tick["counts"]["v2"]["pods"] == 2
+
+
+def test_every_record_after_the_start_names_step_weights_counts_and_verdicts(
+    web_policy: Policy, audit_path: Path
+) -> None:
+    rollout(web_policy, audit_path, "error-regression").controller.run()
+    required = {"time", "step", "weights_before", "weights_after", "counts", "judgement", "actor", "engine"}
+    for record in list(read_records(audit_path))[1:]:
+        assert required <= set(record), f"tick {record['tick']} lacks {required - set(record)}"
+
+
+def test_an_outside_weight_change_aborts_and_is_recorded(web_policy: Policy, audit_path: Path) -> None:
+    sim = rollout(web_policy, audit_path)
+    controller = sim.controller
+    controller.start()
+    sim.router.set_weights(web_policy.target, Weights.canary_at(30))  # someone edits the VirtualService
+    report = controller.tick()
+    assert report.decision.phase is Phase.ABORTED
+    assert controller.state is not None and controller.state.phase is Phase.ABORTED
+    assert sim.router.get_weights(web_policy.target) == Weights.canary_at(30), "canary overwrote the change"
+    assert sim.router.history == [Weights.canary_at(10), Weights.canary_at(30)]
+    last = list(read_records(audit_path))[-1]
+    assert last["phase"] == "aborted"
+    assert last["weights_before"] == {"baseline": 70, "canary": 30}
+    assert last["reason"] == "weights changed outside canary: expected 90/10, found 70/30; stopping"
+
+
+def test_run_stops_at_an_outside_change(web_policy: Policy, audit_path: Path) -> None:
+    """The weights are re-read at every tick: a change between ticks ends the run as aborted."""
+    sim = rollout(web_policy, audit_path)
+
+    def meddle(report: Any) -> None:
+        if report.tick == 2:
+            sim.router.set_weights(web_policy.target, Weights.canary_at(0))
+
+    result = sim.controller.run(meddle)
+    assert result.phase is Phase.ABORTED
+    assert result.ticks == 3
+    assert sim.router.get_weights(web_policy.target) == Weights.canary_at(0)
+
+
+def test_no_data_holds_until_the_deadline_then_the_policy_rule(web_policy: Policy, audit_path: Path) -> None:
+    sim = rollout(web_policy, audit_path)
+    sim.controller.judge = ScriptedJudge(Outcome.NO_DATA)
+    result = sim.controller.run()
+    assert result.phase is Phase.INCONCLUSIVE
+    assert result.ticks == web_policy.max_duration_s / web_policy.interval_s
+    assert result.decision.weights == Weights.canary_at(0)
+    actions = [r["action"] for r in read_records(audit_path)]
+    assert actions == ["start"] + ["hold"] * (result.ticks - 1) + ["rollback"]
+
+
+def test_a_failed_audit_write_leaves_the_weights_alone(web_policy: Policy) -> None:
+    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=1, audit=FailingAudit())
+    with pytest.raises(AuditError):
+        sim.controller.start()
+    assert sim.router.get_weights(web_policy.target) == Weights.canary_at(0)
+    assert sim.router.history == []
+
+
+def test_tick_before_start_is_refused(web_policy: Policy) -> None:
+    controller: Controller = simulated_rollout(
+        web_policy, builtin_scenario("healthy"), seed=1, audit=FailingAudit()
+    ).controller
+    with pytest.raises(RuntimeError, match="start"):
+        controller.tick()
+
+
+# ----------------------------------------------------------------------------------------- hash chain
+
+
+@pytest.fixture
+def audit_log(web_policy: Policy, audit_path: Path) -> Path:
+    rollout(web_policy, audit_path).controller.run()
+    return audit_path
+
+
+def test_the_chain_verifies_on_an_untouched_log(audit_log: Path) -> None:
+    check = verify_chain(audit_log)
+    assert check.ok
+    assert check.records == len(audit_log.read_text().splitlines())
+
+
+def test_a_second_rollout_appends_to_the_same_chain(web_policy: Policy, audit_log: Path) -> None:
+    before = len(audit_log.read_text().splitlines())
+    rollout(web_policy, audit_log, "error-regression").controller.run()
+    check = verify_chain(audit_log)
+    assert check.ok and check.records > before
+
+
+def edit_line(path: Path, number: int, change: Any) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    record = json.loads(lines[number - 1])
+    change(record)
+    lines[number - 1] = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+    path.write_text("".join(lines))
+
+
+def test_an_edited_record_breaks_the_chain_at_its_line(audit_log: Path) -> None:
+    edit_line(audit_log, 3, lambda r: r["weights_after"].update(canary=100, baseline=0))
+    check = verify_chain(audit_log)
+    assert not check.ok
+    assert check.broken_at == 3
+
+
+def test_an_edited_record_with_a_recomputed_hash_breaks_the_next_line(audit_log: Path) -> None:
+    """Re-sealing a forged record does not help: the next record still names the old hash."""
+
+    def forge(record: dict[str, Any]) -> None:
+        record["reason"] = "approved by hand"
+        record.update(_seal(record["prev_hash"], record))
+
+    edit_line(audit_log, 2, forge)
+    assert verify_chain(audit_log).broken_at == 3
+
+
+def test_a_removed_record_breaks_the_chain_at_the_gap(audit_log: Path) -> None:
+    lines = audit_log.read_text().splitlines(keepends=True)
+    del lines[1]
+    audit_log.write_text("".join(lines))
+    check = verify_chain(audit_log)
+    assert check.broken_at == 2
+
+
+def test_a_line_that_is_not_json_is_named(audit_log: Path) -> None:
+    with audit_log.open("a") as fh:
+        fh.write("{not json\n")
+    with pytest.raises(AuditError, match=rf"^{audit_log}:\d+: not a JSON record"):
+        verify_chain(audit_log)
+
+
+def test_actions_recorded_match_the_router_history(web_policy: Policy, audit_path: Path) -> None:
+    sim = rollout(web_policy, audit_path)
+    sim.controller.run()
+    moved = [r for r in read_records(audit_path) if r["weights_after"] != r["weights_before"]]
+    assert [r["weights_after"]["canary"] for r in moved] == [w.canary for w in sim.router.history]
+    assert [r["action"] for r in moved] == [Action.START, Action.ADVANCE, Action.PROMOTE]
