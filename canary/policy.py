@@ -275,6 +275,8 @@ class _Reader:
 
     def policy(self, data: object) -> Policy:
         top = self.mapping(data, "", {"apiVersion", "kind", "metadata", "spec"})
+        self.required(top, "", "apiVersion")
+        self.required(top, "", "kind")
         if top.get("apiVersion") != API_VERSION:
             raise self.fail("apiVersion", f"must be {API_VERSION}, got {top.get('apiVersion')!r}")
         if top.get("kind") != KIND:
@@ -327,7 +329,8 @@ class _Reader:
     def steps(self, value: object) -> tuple[int, ...]:
         path = "spec.steps"
         if not isinstance(value, list) or not value:
-            raise self.fail(path, f"must be a non-empty list of canary weights in percent, got {_describe(value)}")
+            got = "an empty list" if value == [] else _describe(value)
+            raise self.fail(path, f"must be a non-empty list of canary weights in percent, got {got}")
         for i, step in enumerate(value):
             if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= 100:
                 raise self.fail(f"{path}[{i}]", f"must be a whole percentage in 1..100, got {_describe(step)}")
@@ -372,7 +375,8 @@ class _Reader:
     def metrics(self, value: object) -> tuple[MetricSpec, ...]:
         path = "spec.metrics"
         if not isinstance(value, list) or not value:
-            raise self.fail(path, f"must be a non-empty list of metrics, got {_describe(value)}")
+            got = "an empty list" if value == [] else _describe(value)
+            raise self.fail(path, f"must be a non-empty list of metrics, got {got}")
         metrics = [self.metric(item, f"{path}[{i}]") for i, item in enumerate(value)]
         seen: set[str] = set()
         for i, metric in enumerate(metrics):
@@ -385,7 +389,7 @@ class _Reader:
         common = {"name", "kind", "weight", "critical"}
         if not isinstance(value, dict):
             raise self.fail(path, f"must be a mapping, got {_describe(value)}")
-        kind = value.get("kind")
+        kind = self.required(value, path, "kind")
         if kind == "error-rate":
             data = self.mapping(value, path, common | {"errors", "maxIncrease"})
             return ErrorRateMetric(

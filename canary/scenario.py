@@ -17,6 +17,7 @@ from typing import Any, Literal
 from canary.errors import ScenarioError
 
 Expectation = Literal["promote", "rollback"]
+MAX_RPS = 1e6  # far beyond any one service, and well inside what the simulator's draws can hold
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,16 @@ class _Fields:
             raise ScenarioError(f"scenario {scenario!r}: unknown field {_join(path, unknown[0])}")
         self.scenario, self.path, self.data = scenario, path, data
 
-    def number(self, key: str, default: float | None = None, *, low: float = 0.0, high: float = math.inf) -> float:
+    def number(
+        self, key: str, default: float | None = None, *, low: float = 0.0, high: float = math.inf, whole: bool = False
+    ) -> float:
         value = self.data.get(key, default)
+        if value is None:
+            raise ScenarioError(f"scenario {self.scenario!r}: {_join(self.path, key)} is required")
+        if whole and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ScenarioError(
+                f"scenario {self.scenario!r}: {_join(self.path, key)} must be a whole number, got {value!r}"
+            )
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise ScenarioError(
                 f"scenario {self.scenario!r}: {_join(self.path, key)} must be a number in [{low:g}, {high:g}], "
@@ -145,6 +154,8 @@ def parse_scenario(data: object) -> Scenario:
     expect = raw.get("expect", "promote")
     if expect not in ("promote", "rollback"):
         raise ScenarioError(f"scenario {name!r}: expect must be promote or rollback, got {expect!r}")
+    if raw.get("policy") is not None and not isinstance(raw["policy"], str):
+        raise ScenarioError(f"scenario {name!r}: policy must be a file path, got {raw['policy']!r}")
     steps = raw.get("steps")
     if steps is not None and (
         not isinstance(steps, list)
@@ -162,7 +173,7 @@ def parse_scenario(data: object) -> Scenario:
         name=name,
         expect=expect,
         policy=raw.get("policy"),
-        rps=f.number("rps", low=0.0),
+        rps=f.number("rps", low=0.0, high=MAX_RPS),
         steps=tuple(steps) if steps is not None else None,
         interval_s=f.number("interval_s", low=1.0) if "interval_s" in raw else None,
         max_duration_s=f.number("max_duration_s", low=1.0) if "max_duration_s" in raw else None,
@@ -171,8 +182,8 @@ def parse_scenario(data: object) -> Scenario:
         pods=Pods()
         if pods is None
         else Pods(
-            baseline=int(pods.number("baseline", 3, low=1)),
-            canary=int(pods.number("canary", 1, low=1)),
+            baseline=int(pods.number("baseline", 3, low=1, high=10_000, whole=True)),
+            canary=int(pods.number("canary", 1, low=1, high=10_000, whole=True)),
             latency_spread=pods.number("latency_spread", 0.0, high=2.0),
             error_spread=pods.number("error_spread", 0.0, high=2.0),
         ),

@@ -113,7 +113,7 @@ def test_validate_a_policy_without_apiversion_ends(tmp_path: Path, write_policy:
     path = write_policy(POLICY.read_text().replace("apiVersion: canary.dev/v1alpha1\n", ""))
     result = cli("validate", path, cwd=tmp_path)
     assert result.returncode == 2
-    assert one_error_line(result.stderr) == f"canary: {path}:2: apiVersion: must be canary.dev/v1alpha1, got None"
+    assert one_error_line(result.stderr) == f"canary: {path}:2: apiVersion: is required"
 
 
 def test_kubectl_plugin_entry_point(tmp_path: Path) -> None:

@@ -162,7 +162,7 @@ BAD_POLICIES = [
         "apiVersion: canary.dev/v1alpha1\n",
         "",
         # Missing top-level fields fall back to the document's first line (this case once hung the loader).
-        "web-app.yaml:1: apiVersion: must be canary.dev/v1alpha1, got None",
+        "web-app.yaml:1: apiVersion: is required",
         id="missing-apiVersion",
     ),
     pytest.param(
@@ -224,7 +224,7 @@ BAD_POLICIES = [
     pytest.param(
         "[10, 50, 100]",
         "[]",
-        "web-app.yaml:12: spec.steps: must be a non-empty list of canary weights in percent, got a list",
+        "web-app.yaml:12: spec.steps: must be a non-empty list of canary weights in percent, got an empty list",
         id="steps-empty",
     ),
     pytest.param(

@@ -104,15 +104,27 @@ def nested(path: str, value: Any) -> dict[str, Any]:
             without("canary.latency_ms"), "scenario 'slow-v2': canary.latency_ms is required", id="missing-latency"
         ),
         pytest.param(
+            scenario_with(rps=1e20), "scenario 'slow-v2': rps must be a number in [0, 1e+06], got 1e+20", id="huge-rps"
+        ),
+        pytest.param(without("rps"), "scenario 'slow-v2': rps is required", id="missing-rps"),
+        pytest.param(
+            nested("pods.baseline", 2.5),
+            "scenario 'slow-v2': pods.baseline must be a whole number, got 2.5",
+            id="half-pod",
+        ),
+        pytest.param(
+            scenario_with(policy=5), "scenario 'slow-v2': policy must be a file path, got 5", id="policy-number"
+        ),
+        pytest.param(
             scenario_with(expect="maybe"),
             "scenario 'slow-v2': expect must be promote or rollback, got 'maybe'",
             id="bad-expect",
         ),
         pytest.param(
-            scenario_with(rps=-1), "scenario 'slow-v2': rps must be a number in [0, inf], got -1", id="negative-rps"
+            scenario_with(rps=-1), "scenario 'slow-v2': rps must be a number in [0, 1e+06], got -1", id="negative-rps"
         ),
         pytest.param(
-            scenario_with(rps="10"), "scenario 'slow-v2': rps must be a number in [0, inf], got '10'", id="string-rps"
+            scenario_with(rps="10"), "scenario 'slow-v2': rps must be a number in [0, 1e+06], got '10'", id="string-rps"
         ),
         pytest.param(
             nested("baseline.error_rate", 1.5),
@@ -126,7 +138,7 @@ def nested(path: str, value: Any) -> dict[str, Any]:
         ),
         pytest.param(
             nested("pods.canary", 0),
-            "scenario 'slow-v2': pods.canary must be a number in [1, inf], got 0",
+            "scenario 'slow-v2': pods.canary must be a number in [1, 10000], got 0",
             id="no-pods",
         ),
         pytest.param(

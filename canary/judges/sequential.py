@@ -104,6 +104,12 @@ def _weight(n_canary: int, n_baseline: int, reference: float) -> float:
     return n_canary * n_baseline / (n_canary + n_baseline) / (reference * (1 - reference))
 
 
+def _missing(label: str, baseline: int, canary: int) -> str:
+    """Which version has had no requests to compare yet, in words."""
+    who = "the baseline" if canary else "the canary" if baseline else "either version"
+    return f"{label}: no requests to {who} in an interval where the other had some; nothing to compare yet"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -166,7 +172,7 @@ class _RatioCheck(_Check):
             self.step_requests = (self.step_requests[0] + base.trials, self.step_requests[1] + can.trials)
         tb, tc = self.total["baseline"], self.total["canary"]
         if tb.trials == 0 or tc.trials == 0:
-            return Verdict(self.label, Outcome.NO_DATA, f"{self.label}: no requests seen yet for both versions")
+            return Verdict(self.label, Outcome.NO_DATA, _missing(self.label, base.trials, can.trials))
         tau2 = between_pod_variance(
             [r.events for r in self.baseline_pods.values()], [r.trials for r in self.baseline_pods.values()]
         )
@@ -278,6 +284,10 @@ class _QuantileCheck(_Check):
         if self.new_step(step):
             for test in self.tests:
                 test.seq.step = Evidence()
+        if not self.total and not any(
+            isinstance(s, Histogram) for s in (*window.baseline.values(), *window.canary.values())
+        ):
+            return Verdict(self.label, Outcome.NO_DATA, f"{self.label}: no latency series for either version yet")
         bounds = self._layout(window)
         if bounds is None:
             return Verdict(self.label, Outcome.NO_DATA, f"{self.label}: the versions' latency buckets share no edge")
@@ -289,7 +299,8 @@ class _QuantileCheck(_Check):
             self._accumulate(window, base, can, bounds)
         tb, tc = self.total.get("baseline"), self.total.get("canary")
         if tb is None or tc is None:
-            return Verdict(self.label, Outcome.NO_DATA, f"{self.label}: no requests seen yet for both versions")
+            n_b, n_c = (h.total if h is not None else 0 for h in (base, can))
+            return Verdict(self.label, Outcome.NO_DATA, _missing(self.label, n_b, n_c))
         if not self.tests:
             return Verdict(
                 self.label, Outcome.CONTINUE,
