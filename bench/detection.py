@@ -212,6 +212,23 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table, with the time spent at each step for promoted rollouts."""
+    lines = [
+        "| scenario | expect | judge | promote | rollback | inconclusive | median rollback | p90 rollback "
+        "| median promote | mean min per step (promoted) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        steps = " / ".join(f"{s / 60:.1f}" for s in r["mean_step_s_when_promoted"]) or "-"
+        lines.append(
+            f"| {r['scenario']} | {r['expect']} | {r['judge']} | {r['promote_rate']:.3f} | {r['rollback_rate']:.3f} "
+            f"| {r['inconclusive_rate']:.3f} | {_fmt_s(r['median_rollback_s'])} | {_fmt_s(r['p90_rollback_s'])} "
+            f"| {_fmt_s(r['median_promote_s'])} | {steps} |"
+        )
+    return "\n".join(lines)
+
+
 def headline(results: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
     """Pooled false-rollback rates over healthy scenarios and canary's times relative to the oracle."""
     out: dict[str, Any] = {}
@@ -243,7 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_out", help="write the results here")
     parser.add_argument("--only", action="append", help="run only these scenario names (repeatable)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--from-json", help="print the tables of an earlier --json file instead of running")
     args = parser.parse_args(argv)
+    if args.from_json:
+        doc = json.loads(Path(args.from_json).read_text())
+        print(markdown(doc["results"]))
+        print(json.dumps(doc["summary"], indent=2))
+        return 0
 
     raw = json.loads(Path(args.scenarios).read_text())["scenarios"]
     scenarios = load_scenarios(args.scenarios)  # validates every scenario before any work

@@ -1,0 +1,148 @@
+"""Prometheus alerting rules for a rollout, derived from its policy (`canary alerts POLICY`).
+
+canary judges every interval on its own, but a team also wants its usual alerting to notice a bad canary
+(for instance while canary is stopped). The rules compare the canary with the baseline using the policy's
+own tolerances: HighErrorRate when the canary's error rate exceeds the baseline's by more than
+`maxIncrease`, HighLatency when a canary quantile exceeds the baseline's by more than its relative
+`maxIncrease`. They are display-grade (rates and interpolated quantiles), not canary's evidence.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy
+from canary.promql import (
+    DURATION_BUCKET,
+    ERROR_CLASSES,
+    PLACEHOLDERS,
+    REQUESTS_TOTAL,
+    Scope,
+    duration,
+    render_template,
+    selector,
+)
+
+DEFAULT_REPORTER = "destination"
+
+
+def _for(seconds: float) -> str:
+    """An alert's `for:` duration in Prometheus' notation (`1m`, `90s`)."""
+    whole = max(1, round(seconds))
+    return f"{whole // 60}m" if whole % 60 == 0 else f"{whole}s"
+
+
+def alert_rules(policy: Policy, *, reporter: str = DEFAULT_REPORTER, window: str = "5m") -> str:
+    """Rules YAML (one group) for the policy's canary; `promtool check rules` accepts it."""
+    target = policy.target
+    scope = Scope(target.host, target.namespace, target.baseline, target.canary, reporter)
+    canary, baseline = (target.canary,), (target.baseline,)
+    hold = _for(policy.interval_s)
+    common = {
+        "canary_policy": policy.name,
+        "destination_service": target.host,
+        "destination_version": target.canary,
+    }
+    rules: list[dict[str, object]] = []
+    for metric in policy.metrics:
+        severity = "critical" if metric.critical else "warning"
+        if isinstance(metric, ErrorRateMetric):
+            errors = ERROR_CLASSES[metric.errors].matchers
+
+            def rate(versions: tuple[str, ...], extra: str = "") -> str:
+                return f"sum(rate({REQUESTS_TOTAL}{{{selector(scope, versions=versions, extra=extra)}}}[{window}]))"
+
+            canary_rate = f"(({rate(canary, errors)} or vector(0)) / {rate(canary)})"
+            baseline_rate = f"(({rate(baseline, errors)} or vector(0)) / {rate(baseline)})"
+            rules.append(
+                {
+                    "alert": "HighErrorRate",
+                    "expr": f"{canary_rate}\n> {baseline_rate} + {metric.max_increase:g}\n",
+                    "for": hold,
+                    "labels": {**common, "severity": severity, "metric": metric.name},
+                    "annotations": {
+                        "summary": f"{target.canary} of {target.host} fails more often than {target.baseline}",
+                        "description": (
+                            f"The {metric.errors} error rate of {target.canary} is more than "
+                            f"{metric.max_increase * 100:g} percentage points above {target.baseline} "
+                            f"(policy {policy.name}, metric {metric.name}); "
+                            "canary rate {{ $value | humanizePercentage }}."
+                        ),
+                    },
+                }
+            )
+        elif isinstance(metric, LatencyMetric):
+            for tolerance in metric.quantiles:
+
+                def quantile(versions: tuple[str, ...], q: float = tolerance.quantile) -> str:
+                    buckets = f"{DURATION_BUCKET}{{{selector(scope, versions=versions)}}}"
+                    return f"histogram_quantile({q:g}, sum by (le) (rate({buckets}[{window}])))"
+
+                percent = f"{tolerance.quantile * 100:g}"
+                rules.append(
+                    {
+                        "alert": "HighLatency",
+                        "expr": f"{quantile(canary)}\n> {1 + tolerance.max_increase:g} * {quantile(baseline)}\n",
+                        "for": hold,
+                        "labels": {
+                            **common,
+                            "severity": severity,
+                            "metric": metric.name,
+                            "quantile": f"{tolerance.quantile:g}",
+                        },
+                        "annotations": {
+                            "summary": (
+                                f"{target.canary} of {target.host} is slower than {target.baseline} at p{percent}"
+                            ),
+                            "description": (
+                                f"p{percent} request duration of {target.canary} is more than "
+                                f"{tolerance.max_increase * 100:g}% above {target.baseline} "
+                                f"(policy {policy.name}, metric {metric.name}); "
+                                f"canary p{percent} {{{{ $value | humanize }}}} ms."
+                            ),
+                        },
+                    }
+                )
+        elif isinstance(metric, CustomRatioMetric):
+
+            def ratio(version: str, m: CustomRatioMetric = metric) -> str:
+                events, total = (
+                    render_template(t, service=target.host, namespace=target.namespace, version=version, window=window)
+                    for t in (m.events, m.total)
+                )
+                return f"(sum(increase(({events})[{window}:])) / sum(increase(({total})[{window}:])))"
+
+            rules.append(
+                {
+                    "alert": "HighErrorRate",
+                    "expr": f"{ratio(target.canary)}\n> {ratio(target.baseline)} + {metric.max_increase:g}\n",
+                    "for": hold,
+                    "labels": {**common, "severity": severity, "metric": metric.name},
+                    "annotations": {
+                        "summary": f"{target.canary} of {target.host}: {metric.name} above {target.baseline}",
+                        "description": (
+                            f"The {metric.name} ratio of {target.canary} exceeds {target.baseline} by more than "
+                            f"{metric.max_increase:g} (policy {policy.name})."
+                        ),
+                    },
+                }
+            )
+    group = {"name": f"canary-{policy.name}", "interval": duration(min(policy.interval_s, 60)), "rules": rules}
+    header = (
+        f"# Alerting rules for canary policy {policy.name!r} ({policy.source_path!r}), generated by `canary alerts`.\n"
+        f"# Canary {target.canary} against baseline {target.baseline} of {target.host}; "
+        f"placeholders {', '.join('{' + p + '}' for p in PLACEHOLDERS)} already filled in.\n"
+    )
+    return header + yaml.dump({"groups": [group]}, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=1000)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (the expressions) as literal blocks, readable in a rules file."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)

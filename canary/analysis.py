@@ -1,0 +1,116 @@
+"""One-shot analysis of a past or current window (`canary analyze`): judge the canary, move no weights.
+
+For pipelines that shift traffic themselves (an Argo Rollouts Job or web metric can call it) and for
+auditing a past rollout. The window is cut into the policy's intervals and fed to the judge one interval at
+a time, as the controller would have, so a sequential judge keeps its guarantees; the counts are summed
+over the whole window for the report. Any failing interval fails the analysis; otherwise it passes once
+the judge has passed, and is inconclusive when the evidence never sufficed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from canary.judges import Judge
+from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio, Sample
+from canary.policy import Policy, parse_duration
+from canary.sources import MetricsSource
+
+EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    verdict: str  # pass, fail or inconclusive
+    start: float
+    end: float
+    intervals: int
+    judgement: Judgement | None  # the deciding judgement: the first failing one, else the last
+    observation: Observation  # counts summed over the whole window
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+
+def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, end: float) -> AnalysisResult:
+    """Observe [start, end] interval by interval, judge each, and sum the counts."""
+    if not end > start:
+        raise ValueError(f"the window must end after it starts ({iso(start)} .. {iso(end)})")
+    count = max(1, math.ceil((end - start) / policy.interval_s - 1e-9))
+    edges = [min(start + i * policy.interval_s, end) for i in range(count)] + [end]
+    observations: list[Observation] = []
+    judgements: list[Judgement] = []
+    for a, b in itertools.pairwise(edges):
+        observation = source.observe(policy.target, policy.metrics, a, b)
+        observations.append(observation)
+        judgements.append(judge.judge(observation, 0))
+    failed = [j for j in judgements if j.outcome is Outcome.FAIL]
+    if failed:
+        verdict, deciding = "fail", failed[0]
+    elif any(j.outcome is Outcome.PASS for j in judgements):
+        verdict, deciding = "pass", judgements[-1]
+    else:
+        verdict, deciding = "inconclusive", judgements[-1]
+    return AnalysisResult(verdict, start, end, count, deciding, merge(observations))
+
+
+def merge(observations: Sequence[Observation]) -> Observation:
+    """Consecutive observations as one: per metric, version and pod, counts added up."""
+    if not observations:
+        raise ValueError("nothing to merge")
+    names = dict.fromkeys(name for o in observations for name in o.metrics)
+    merged: dict[str, MetricWindow] = {}
+    for name in names:
+        windows = [o.metrics[name] for o in observations if name in o.metrics]
+        merged[name] = MetricWindow(
+            baseline=_add([w.baseline for w in windows]), canary=_add([w.canary for w in windows])
+        )
+    return Observation(start=observations[0].start, end=observations[-1].end, metrics=merged)
+
+
+def _add(sides: Sequence[Mapping[str, Sample]]) -> dict[str, Sample]:
+    out: dict[str, Sample] = {}
+    for side in sides:
+        for pod, sample in side.items():
+            known = out.get(pod)
+            if known is None:
+                out[pod] = sample
+            elif isinstance(sample, Ratio) and isinstance(known, Ratio):  # noqa: SIM114 (two types for mypy)
+                out[pod] = known + sample
+            elif isinstance(sample, Histogram) and isinstance(known, Histogram):
+                out[pod] = known + sample
+            else:
+                raise ValueError(f"pod {pod!r} changed its kind of sample between intervals")
+    return dict(sorted(out.items()))
+
+
+def parse_time(text: str, now: float) -> float:
+    """`now`, unix seconds, `-30m` (relative to now) or an ISO 8601 time (UTC unless it says otherwise)."""
+    value = text.strip()
+    if value == "now":
+        return now
+    if value.startswith("-"):
+        ago = parse_duration(value[1:])
+        if ago is not None:
+            return now - ago
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        raise ValueError(f"cannot read time {text!r}: use now, -30m, unix seconds or 2026-01-01T12:00:00Z") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def iso(t: float) -> str:
+    """A time as ISO 8601 in UTC, seconds precision."""
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")

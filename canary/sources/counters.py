@@ -1,0 +1,198 @@
+"""Exact counts over a window from raw counter samples: parsing and reset-aware differencing, no I/O.
+
+Prometheus' `increase()` extrapolates to the window's edges and returns fractions; the statistics count
+events, so the source fetches the stored samples instead and differences them here. Kept apart from the
+HTTP client so recorded API answers (fixtures/prometheus) can be fed straight in by fast tests.
+
+Rules, per series (one set of labels):
+- the window is (start, end] in sample timestamps: the base is the last sample at or before `start`, and
+  every sample after it up to `end` adds its increase, so consecutive windows partition the samples;
+- a drop in value is a counter reset (a restarted pod): the sample after it counts its whole value, the
+  requests since the restart, as `increase()` does;
+- a series whose first sample falls inside the window was born there and counts from zero;
+- NaN samples are skipped; a series with no sample inside the window is not data (never a zero).
+Series are then summed per (version, pod).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from canary.model import Histogram, MetricWindow, Ratio, Sample
+from canary.promql import CUSTOM_VERSION_LABEL, PART_LABEL, VERSION_LABEL, parse_le
+
+
+class CountError(ValueError):
+    """The samples cannot be turned into counts (malformed answer, inconsistent series)."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One time series of a range-vector answer: its labels and (timestamp in s, value) samples."""
+
+    labels: Mapping[str, str]
+    samples: tuple[tuple[float, float], ...]
+
+
+def parse_matrix(result: object) -> list[Series]:
+    """The `data.result` list of a range-vector query as Series; CountError if it is not one."""
+    if not isinstance(result, list):
+        raise CountError(f"expected a list of series, got {type(result).__name__}")
+    out: list[Series] = []
+    for item in result:
+        if not isinstance(item, dict) or not isinstance(item.get("metric"), dict):
+            raise CountError("expected series with a 'metric' label set")
+        if "values" not in item:
+            raise CountError("expected a range vector (series with 'values'), got an instant vector")
+        labels = {str(k): str(v) for k, v in item["metric"].items()}
+        out.append(Series(labels, tuple(_sample(pair) for pair in item["values"])))
+    return out
+
+
+def _sample(pair: Any) -> tuple[float, float]:
+    try:
+        timestamp, value = pair
+        return float(timestamp), float(value)
+    except (TypeError, ValueError) as exc:
+        raise CountError(f"malformed sample {pair!r}") from exc
+
+
+def window_increase(samples: Iterable[tuple[float, float]], start: float, end: float) -> float | None:
+    """How much a counter grew over (start, end], reset-aware; None when no sample falls in the window."""
+    previous: float | None = None
+    total = 0.0
+    seen = False
+    for timestamp, value in sorted(samples):
+        if math.isnan(value) or math.isinf(value):
+            continue
+        if timestamp > end:
+            break
+        if timestamp <= start:
+            previous = value
+            continue
+        seen = True
+        if previous is None or value < previous:
+            total += value  # born inside the window, or restarted: everything since zero is new
+        else:
+            total += value - previous
+        previous = value
+    return total if seen else None
+
+
+def _count(value: float) -> int:
+    return round(value)
+
+
+def _pod(labels: Mapping[str, str], pod_label: str) -> str:
+    return labels.get(pod_label, "")
+
+
+def _side(version: str, baseline: str, canary: str) -> str | None:
+    if version == baseline:
+        return "baseline"
+    if version == canary:
+        return "canary"
+    return None
+
+
+def _window(baseline: Mapping[str, Sample], canary: Mapping[str, Sample]) -> MetricWindow:
+    return MetricWindow(baseline=dict(sorted(baseline.items())), canary=dict(sorted(canary.items())))
+
+
+def error_window(
+    series: Sequence[Series],
+    *,
+    baseline: str,
+    canary: str,
+    start: float,
+    end: float,
+    is_error: Callable[[Mapping[str, str]], bool],
+    pod_label: str = "pod",
+) -> MetricWindow:
+    """Errors out of requests per version and pod, from raw `istio_requests_total` series."""
+    requests: dict[tuple[str, str], float] = defaultdict(float)
+    errors: dict[tuple[str, str], float] = defaultdict(float)
+    for s in series:
+        side = _side(s.labels.get(VERSION_LABEL, ""), baseline, canary)
+        grown = window_increase(s.samples, start, end)
+        if side is None or grown is None:
+            continue
+        key = (side, _pod(s.labels, pod_label))
+        requests[key] += grown
+        if is_error(s.labels):
+            errors[key] += grown
+    sides: dict[str, dict[str, Sample]] = {"baseline": {}, "canary": {}}
+    for (side, pod), total in requests.items():
+        sides[side][pod] = Ratio(events=_count(errors.get((side, pod), 0.0)), trials=_count(total))
+    return _window(sides["baseline"], sides["canary"])
+
+
+def histogram_window(
+    series: Sequence[Series],
+    *,
+    baseline: str,
+    canary: str,
+    start: float,
+    end: float,
+    pod_label: str = "pod",
+) -> MetricWindow:
+    """Requests per latency bucket per version and pod, from raw `..._bucket` series (every `le`)."""
+    cumulative: dict[tuple[str, str], dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    for s in series:
+        side = _side(s.labels.get(VERSION_LABEL, ""), baseline, canary)
+        grown = window_increase(s.samples, start, end)
+        if side is None or grown is None:
+            continue
+        try:
+            le = parse_le(s.labels["le"])
+        except (KeyError, ValueError) as exc:
+            raise CountError(f"a bucket series has no numeric 'le' label: {dict(s.labels)}") from exc
+        cumulative[(side, _pod(s.labels, pod_label))][le] += grown
+    sides: dict[str, dict[str, Sample]] = {"baseline": {}, "canary": {}}
+    for (side, pod), buckets in cumulative.items():
+        counts = {le: _count(v) for le, v in buckets.items()}
+        try:
+            sides[side][pod] = Histogram.from_cumulative(counts)
+        except ValueError as exc:
+            version = baseline if side == "baseline" else canary
+            raise CountError(f"inconsistent buckets for {version} pod {pod!r}: {exc}") from exc
+    return _window(sides["baseline"], sides["canary"])
+
+
+def custom_window(
+    series: Sequence[Series],
+    *,
+    baseline: str,
+    canary: str,
+    start: float,
+    end: float,
+    pod_label: str = "pod",
+) -> MetricWindow:
+    """Events out of total per version and pod, from a custom ratio's tagged subquery answer.
+
+    A pod with total but no events series has zero events; events without a total, or more events than
+    total, mean the two templates do not describe the same requests.
+    """
+    parts: dict[str, dict[tuple[str, str], float]] = {"events": defaultdict(float), "total": defaultdict(float)}
+    for s in series:
+        side = _side(s.labels.get(CUSTOM_VERSION_LABEL, ""), baseline, canary)
+        part = s.labels.get(PART_LABEL)
+        grown = window_increase(s.samples, start, end)
+        if side is None or part not in parts or grown is None:
+            continue
+        parts[part][(side, _pod(s.labels, pod_label))] += grown
+    sides: dict[str, dict[str, Sample]] = {"baseline": {}, "canary": {}}
+    for key in parts["events"]:
+        if key not in parts["total"]:
+            raise CountError(f"pod {key[1]!r} has events but no total; both templates must keep the same labels")
+    for (side, pod), total in parts["total"].items():
+        events, trials = _count(parts["events"].get((side, pod), 0.0)), _count(total)
+        if events > trials:
+            version = baseline if side == "baseline" else canary
+            raise CountError(f"{version} pod {pod!r} has more events ({events}) than total ({trials})")
+        sides[side][pod] = Ratio(events=events, trials=trials)
+    return _window(sides["baseline"], sides["canary"])

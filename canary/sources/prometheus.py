@@ -1,0 +1,424 @@
+"""The Prometheus metrics source: Istio's standard metrics for baseline and canary from a real server.
+
+The one module that talks to `prometheus_api_client`. It runs one range-vector query per metric (both
+versions together) evaluated at the window's end, hands the raw samples to `canary.sources.counters` for
+exact, reset-aware differencing, and turns every library or HTTP failure into canary's own errors
+(unreachable, timeout, bad query) with one clear line and the cause chained. Credentials are read here,
+sent as headers, and never appear in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.exceptions import ReadTimeoutError
+from urllib3.util.retry import Retry
+
+from canary.errors import BadQuery, SourceError, SourceTimeout, SourceUnreachable
+from canary.model import MetricWindow, Observation
+from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, MetricSpec, Target
+from canary.promql import (
+    DURATION_BUCKET,
+    ERROR_CLASSES,
+    REQUESTS_TOTAL,
+    Scope,
+    custom_raw_query,
+    raw_query,
+)
+from canary.sources.counters import CountError, custom_window, error_window, histogram_window, parse_matrix
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = (500, 502, 503, 504)
+MAX_SUBQUERY_POINTS = 11_000  # per series, Prometheus' own limit for range queries
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+@dataclass(frozen=True, repr=False)
+class PrometheusSettings:
+    """How to reach Prometheus (or Thanos, Mimir, Cortex, VictoriaMetrics) and how Istio labels series.
+
+    Secrets are named, never held: a token or password comes from a file or an environment variable and is
+    read when the source is built.
+    """
+
+    url: str
+    timeout_s: float = 10.0
+    retries: int = 2  # extra tries after a connection error or a 5xx; 4xx is never retried
+    backoff_s: float = 0.5  # urllib3 backoff factor: sleeps 0, 2×, 4× … this between tries
+    bearer_token_file: str | None = None
+    bearer_token_env: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password_file: str | None = None
+    basic_auth_password_env: str | None = None
+    ca_file: str | None = None
+    verify: bool = True
+    headers: tuple[tuple[str, str], ...] = ()  # extra headers, e.g. ("X-Scope-OrgID", "tenant-1")
+    pod_label: str = "pod"
+    reporter: str = "destination"
+    lookback_s: float = 300.0  # how far before the window to look for each series' base sample
+    delay_s: float = 0.0  # read each window this much in the past, so its last scrapes have landed
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SourceError(f"Prometheus URL must look like http://host:9090, got {self.safe_url!r}")
+        if parts.username or parts.password:
+            raise SourceError("put Prometheus credentials in a token or password file or env var, not the URL")
+        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise SourceError(f"Prometheus timeout must be a positive number of seconds, got {self.timeout_s!r}")
+        if min(self.retries, self.backoff_s, self.lookback_s, self.delay_s) < 0:
+            raise SourceError("Prometheus retries, backoff, lookback and delay must not be negative")
+        if self.bearer_token_file and self.bearer_token_env:
+            raise SourceError("give the Prometheus bearer token as a file or an env var, not both")
+        if self.basic_auth_password_file and self.basic_auth_password_env:
+            raise SourceError("give the Prometheus password as a file or an env var, not both")
+        has_password = bool(self.basic_auth_password_file or self.basic_auth_password_env)
+        if has_password != bool(self.basic_auth_user):
+            raise SourceError("Prometheus basic auth needs both a user and a password file or env var")
+        if has_password and (self.bearer_token_file or self.bearer_token_env):
+            raise SourceError("use either a bearer token or basic auth for Prometheus, not both")
+        for name, value in self.headers:
+            if not _HEADER_NAME.match(name):
+                raise SourceError(f"invalid HTTP header name {name!r}")
+            if any(c in value for c in "\r\n\0"):
+                raise SourceError(f"the value of header {name} must be one line")
+        if not self.pod_label or not self.reporter:
+            raise SourceError("the pod label and the reporter must not be empty")
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without any user:password part, for messages."""
+        parts = urlsplit(self.url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
+
+    def __repr__(self) -> str:
+        shown = [f"url={self.safe_url!r}", f"timeout_s={self.timeout_s!r}", f"retries={self.retries!r}"]
+        for key in ("bearer_token_file", "bearer_token_env", "basic_auth_user", "basic_auth_password_file",
+                    "basic_auth_password_env", "ca_file"):  # fmt: skip
+            if getattr(self, key):
+                shown.append(f"{key}={getattr(self, key)!r}")
+        if not self.verify:
+            shown.append("verify=False")
+        if self.headers:
+            shown.append(f"headers=[{', '.join(name for name, _ in self.headers)}]")  # names only
+        return f"PrometheusSettings({', '.join(shown)})"
+
+    @classmethod
+    def from_options(
+        cls,
+        url: str,
+        *,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        bearer_token_file: str | None = None,
+        bearer_token_env: str | None = None,
+        basic_auth_user: str | None = None,
+        basic_auth_password_file: str | None = None,
+        basic_auth_password_env: str | None = None,
+        ca_file: str | None = None,
+        insecure: bool = False,
+        headers: Sequence[str] = (),
+        pod_label: str = "pod",
+        reporter: str = "destination",
+        delay_s: float = 0.0,
+    ) -> PrometheusSettings:
+        """From command-line values; each header as `Name: value` (or `Name=value`)."""
+        pairs: list[tuple[str, str]] = []
+        for text in headers:
+            name, sep, value = text.partition(":")
+            if not sep:
+                name, sep, value = text.partition("=")
+            if not sep or not name.strip():
+                raise SourceError(f"a header must look like 'Name: value', got {text.split(':')[0]!r}…")
+            pairs.append((name.strip(), value.strip()))
+        return cls(
+            url=url.strip(),
+            timeout_s=timeout_s,
+            retries=retries,
+            backoff_s=backoff_s,
+            bearer_token_file=bearer_token_file or None,
+            bearer_token_env=bearer_token_env or None,
+            basic_auth_user=basic_auth_user or None,
+            basic_auth_password_file=basic_auth_password_file or None,
+            basic_auth_password_env=basic_auth_password_env or None,
+            ca_file=ca_file or None,
+            verify=not insecure,
+            headers=tuple(pairs),
+            pod_label=pod_label,
+            reporter=reporter,
+            delay_s=delay_s,
+        )
+
+
+def make_retry(retries: int, backoff_s: float) -> Retry:
+    """Retry connection failures and 5xx answers only; never 4xx, a read timeout or a TLS failure.
+
+    `read=False` makes urllib3 re-raise read errors (a timeout) at once: a slow query would only get slower.
+    """
+    return Retry(
+        total=retries,
+        connect=retries,
+        read=False,
+        status=retries,
+        other=0,
+        redirect=0,
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=backoff_s,
+        raise_on_status=False,
+        raise_on_redirect=False,
+    )
+
+
+def _read_secret(path: str | None, env: str | None, what: str) -> str | None:
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SourceError(f"cannot read the Prometheus {what} file {path}: {exc.strerror or exc}") from None
+        if not value:
+            raise SourceError(f"the Prometheus {what} file {path} is empty")
+        return value
+    if env:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise SourceError(f"the environment variable {env} (Prometheus {what}) is not set")
+        return value
+    return None
+
+
+class PrometheusSource:
+    """A MetricsSource reading Istio's metrics from Prometheus: one query per metric per tick."""
+
+    def __init__(self, settings: PrometheusSettings, client: PrometheusConnect | None = None) -> None:
+        self.settings = settings
+        self.url = settings.safe_url
+        self._client = client if client is not None else self._connect(settings)
+
+    def __repr__(self) -> str:
+        return f"PrometheusSource({self.settings!r})"
+
+    @staticmethod
+    def _connect(settings: PrometheusSettings) -> PrometheusConnect:
+        headers = dict(settings.headers)
+        token = _read_secret(settings.bearer_token_file, settings.bearer_token_env, "bearer token")
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        password = _read_secret(settings.basic_auth_password_file, settings.basic_auth_password_env, "password")
+        auth = (settings.basic_auth_user, password) if password is not None else None
+        session = requests.Session()
+        session.verify = settings.ca_file if settings.ca_file and settings.verify else settings.verify
+        return PrometheusConnect(
+            url=settings.safe_url,
+            headers=headers or None,
+            retry=make_retry(settings.retries, settings.backoff_s),
+            auth=auth,
+            session=session,
+            timeout=settings.timeout_s,
+        )
+
+    def close(self) -> None:
+        self._client._session.close()
+
+    def __enter__(self) -> PrometheusSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ observe
+
+    def scope(self, target: Target) -> Scope:
+        return Scope(
+            service=target.host,
+            namespace=target.namespace,
+            baseline=target.baseline,
+            canary=target.canary,
+            reporter=self.settings.reporter,
+        )
+
+    def queries(self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> dict[str, str]:
+        """The one raw-sample query each metric needs for the window (start, end], evaluated at `end`."""
+        scope = self.scope(target)
+        range_s = math.ceil(end - start) + self.settings.lookback_s
+        out: dict[str, str] = {}
+        for metric in metrics:
+            if isinstance(metric, ErrorRateMetric):
+                out[metric.name] = raw_query(REQUESTS_TOTAL, scope, range_s)
+            elif isinstance(metric, LatencyMetric):
+                out[metric.name] = raw_query(DURATION_BUCKET, scope, range_s)
+            elif isinstance(metric, CustomRatioMetric):
+                step = max(1, math.ceil(range_s / MAX_SUBQUERY_POINTS))
+                out[metric.name] = custom_raw_query(
+                    metric.events, metric.total, scope, interval_s=end - start, range_s=range_s, step_s=step
+                )
+            else:
+                raise SourceError(f"metric {metric.name!r}: the Prometheus source cannot read its kind")
+        return out
+
+    def observe(self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
+        """Exact counts per version and pod over (start, end]; one query per metric, both versions at once.
+
+        With `delay_s` set, the window read is (start - delay, end - delay], and the observation says so.
+        """
+        if not end > start:
+            raise SourceError(f"the analysis window must end after it starts (start={start}, end={end})")
+        start, end = start - self.settings.delay_s, end - self.settings.delay_s
+        queries = self.queries(target, metrics, start, end)
+        out: dict[str, MetricWindow] = {}
+        for metric in metrics:
+            result = self.query(queries[metric.name], end, what=f"metric {metric.name!r}")
+            try:
+                series = parse_matrix(result)
+                if isinstance(metric, ErrorRateMetric):
+                    out[metric.name] = error_window(
+                        series,
+                        baseline=target.baseline,
+                        canary=target.canary,
+                        start=start,
+                        end=end,
+                        is_error=ERROR_CLASSES[metric.errors].is_error,
+                        pod_label=self.settings.pod_label,
+                    )
+                elif isinstance(metric, LatencyMetric):
+                    out[metric.name] = histogram_window(
+                        series,
+                        baseline=target.baseline,
+                        canary=target.canary,
+                        start=start,
+                        end=end,
+                        pod_label=self.settings.pod_label,
+                    )
+                else:
+                    out[metric.name] = custom_window(
+                        series,
+                        baseline=target.baseline,
+                        canary=target.canary,
+                        start=start,
+                        end=end,
+                        pod_label=self.settings.pod_label,
+                    )
+            except CountError as exc:
+                raise SourceError(f"metric {metric.name!r} from Prometheus at {self.url}: {exc}") from exc
+        return Observation(start=start, end=end, metrics=out)
+
+    # ------------------------------------------------------------------------------------------- query
+
+    def query(self, promql: str, at: float, *, what: str = "query") -> list[Any]:
+        """Run one instant query at time `at`; canary's errors for every failure."""
+        params = {"time": f"{at:.3f}", "timeout": f"{self.settings.timeout_s:g}"}
+        log.debug("prometheus query for %s at %.3f: %s", what, at, promql)
+        try:
+            result = self._client.custom_query(promql, params=params)
+        except PrometheusApiClientException as exc:
+            raise self._http_error(str(exc), what) from exc
+        except requests.exceptions.RequestException as exc:
+            raise self._transport_error(exc, what) from exc
+        except ValueError as exc:  # a 200 answer that is not JSON: not a Prometheus API
+            raise SourceError(f"{self.url} answered the {what} query with something other than JSON") from exc
+        except (KeyError, TypeError) as exc:
+            raise SourceError(f"{self.url} answered the {what} query without data.result") from exc
+        if not isinstance(result, list):
+            raise SourceError(f"{self.url} answered the {what} query with a malformed result")
+        return result
+
+    def _transport_error(self, exc: requests.exceptions.RequestException, what: str) -> SourceError:
+        timeout = f"{self.settings.timeout_s:g} s"
+        if isinstance(exc, requests.exceptions.SSLError):
+            return SourceError(f"TLS with Prometheus at {self.url} failed for {what}: {_reason(exc)}")
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return SourceUnreachable(f"Prometheus at {self.url} did not accept a connection within {timeout}")
+        if isinstance(exc, requests.exceptions.ReadTimeout) or _caused_by(exc, ReadTimeoutError):
+            return SourceTimeout(f"Prometheus at {self.url} did not answer the {what} query within {timeout}")
+        if isinstance(exc, requests.exceptions.ConnectionError):
+            tries = self.settings.retries + 1
+            return SourceUnreachable(
+                f"cannot reach Prometheus at {self.url} ({tries} tr{'y' if tries == 1 else 'ies'}): {_reason(exc)}"
+            )
+        return SourceError(f"request to Prometheus at {self.url} for {what} failed: {_reason(exc)}")
+
+    def _http_error(self, message: str, what: str) -> SourceError:
+        status, error_type, error = _parse_http_error(message)
+        detail = f": {error}" if error else ""
+        if error_type == "timeout" or status == 504:
+            return SourceTimeout(f"Prometheus at {self.url} gave up on the {what} query (HTTP {status}){detail}")
+        if status in (400, 422) or error_type in ("bad_data", "execution"):
+            return BadQuery(f"Prometheus at {self.url} rejected the {what} query (HTTP {status}){detail}")
+        if status in (401, 403):
+            return SourceError(f"Prometheus at {self.url} refused the credentials (HTTP {status})")
+        if status == 404:
+            return SourceError(f"no Prometheus query API at {self.url} (HTTP 404)")
+        if status is not None and status >= 500:
+            return SourceUnreachable(
+                f"Prometheus at {self.url} failed the {what} query after {self.settings.retries + 1} "
+                f"tr{'y' if self.settings.retries == 0 else 'ies'} (HTTP {status}){detail}"
+            )
+        return SourceError(f"Prometheus at {self.url} answered the {what} query with HTTP {status}{detail}")
+
+
+def _parse_http_error(message: str) -> tuple[int | None, str | None, str | None]:
+    """Status, errorType and error from prometheus_api_client's `HTTP Status Code N (b'…')` message."""
+    match = re.match(r"HTTP Status Code (\d+) \((.*)\)\s*$", message, re.DOTALL)
+    if not match:
+        return None, None, None
+    status = int(match.group(1))
+    try:
+        body = ast.literal_eval(match.group(2))
+        data = json.loads(body.decode("utf-8", "replace") if isinstance(body, bytes) else body)
+    except (ValueError, SyntaxError, TypeError):
+        return status, None, None
+    if not isinstance(data, dict):
+        return status, None, None
+    error = data.get("error")
+    text = " ".join(str(error).split())[:300] if error else None
+    error_type = data.get("errorType")
+    return status, str(error_type) if error_type else None, text
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception, the urllib3 errors it wraps and their causes, outermost first."""
+    seen: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop(0)
+        if current in seen:
+            continue
+        seen.append(current)
+        stack.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
+        for attr in ("reason", "__cause__", "__context__"):
+            inner = getattr(current, attr, None)
+            if isinstance(inner, BaseException):
+                stack.append(inner)
+    return seen
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    return any(isinstance(e, kind) for e in _chain(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost human reason: 'Connection refused', 'Name or service not known', …"""
+    for inner in reversed(_chain(exc)):
+        if isinstance(inner, OSError) and inner.strerror:
+            return str(inner.strerror)
+    for inner in reversed(_chain(exc)):
+        if "SSL" in type(inner).__name__ or "certificate" in str(inner).lower():
+            text = str(inner)
+            found = re.search(r"certificate verify failed[^)'\"]*|wrong version number|[A-Z_]+:[^)'\"]*", text)
+            return found.group(0) if found else text[:200]
+    return type(exc).__name__

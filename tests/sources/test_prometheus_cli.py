@@ -1,0 +1,151 @@
+"""`canary analyze`, `queries` and `alerts` against the real backfilled Prometheus."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from istio_history import BOUNDS, HOST, IstioHistory
+from prometheus_server import PrometheusServer, free_port
+from typer.testing import CliRunner
+
+from canary.cli import app
+from canary.promql import ERROR_CLASSES, format_le
+
+pytestmark = pytest.mark.prometheus
+REPO = Path(__file__).resolve().parents[2]
+POLICY = str(REPO / "policies" / "web-app.yaml")
+runner = CliRunner()
+
+
+def cumulative(per_bucket: list[int]) -> dict[str, int]:
+    out, running = {}, 0
+    for bound, count in zip((*BOUNDS, math.inf), per_bucket, strict=True):
+        running += count
+        out[format_le(bound)] = running
+    return out
+
+
+def written_counts(history: IstioHistory, version: str, start: float, end: float) -> dict[str, object]:
+    rows = history.requests(HOST, version, start, end, is_error=ERROR_CLASSES["5xx"].is_error)
+    buckets = [sum(col) for col in zip(*history.buckets(HOST, version, start, end).values(), strict=True)]
+    return {
+        "requests": sum(r for _, r in rows.values()),
+        "errors": sum(e for e, _ in rows.values()),
+        "latency_buckets": cumulative(buckets),
+    }
+
+
+def analyze(url: str, *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["analyze", POLICY, "--prometheus-url", url, *args])
+    return result.exit_code, result.output
+
+
+def test_analyze_reports_exactly_the_counts_written_across_the_reset(prometheus: PrometheusServer, history):
+    """The window spans v2's pod restart; counts are per version, cumulative per `le` as Prometheus prints."""
+    code, output = analyze(prometheus.url, "--start", str(history.start), "--end", str(history.end), "--output", "json")
+    report = json.loads(output)
+    for version in ("v1", "v2"):
+        counts = report["counts"][version]
+        expected = written_counts(history, version, history.start, history.end)
+        assert {key: counts[key] for key in expected} == expected
+    assert list(report["counts"]["v2"]["latency_buckets"])[-3:] == ["1.8e+06", "3.6e+06", "+Inf"]
+    assert report["window"]["intervals"] == 20
+    # The history's v2 is one latency bucket slower than v1: the analysis fails, exit code 1.
+    assert (report["outcome"], report["exit_code"], code) == ("fail", 1, 1)
+
+
+def test_analyze_with_no_canary_series_is_inconclusive(prometheus: PrometheusServer, history, tmp_path: Path):
+    policy = tmp_path / "orders.yaml"
+    policy.write_text(Path(POLICY).read_text().replace(HOST, "orders.default.svc.cluster.local"))
+    result = runner.invoke(
+        app,
+        ["analyze", str(policy), "--prometheus-url", prometheus.url, "--start", str(history.start),
+         "--end", str(history.end), "--output", "json"],
+    )  # fmt: skip
+    report = json.loads(result.output)
+    assert result.exit_code == 3 and report["outcome"] == "inconclusive"
+    assert report["counts"]["v2"] == {} and report["counts"]["v1"]["requests"] > 0
+
+
+def test_analyze_text_output_names_window_counts_and_outcome(prometheus: PrometheusServer, history):
+    code, output = analyze(prometheus.url, "--start", str(history.start), "--end", str(history.start + 600))
+    assert code == 1
+    assert "v2 against v1 of web-app.default.svc.cluster.local" in output and "(10 intervals)" in output
+    assert output.rstrip().endswith("outcome: fail")
+
+
+def test_analyze_against_an_unreachable_server_is_exit_2_with_one_line():
+    code, output = analyze(f"http://127.0.0.1:{free_port()}", "--prometheus-retries", "0")
+    assert code == 2
+    assert output.strip().startswith("canary: cannot reach Prometheus at http://127.0.0.1:")
+    assert len(output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--start", "yesterday"], "cannot read time 'yesterday'"),
+        (["--start", "-5m", "--end", "-10m"], "the window must end after it starts"),
+        (["--prometheus-header", "no-separator"], "must look like 'Name: value'"),
+    ],
+)
+def test_analyze_rejects_bad_options_with_exit_2(args: list[str], message: str):
+    code, output = analyze("http://127.0.0.1:9", *args)
+    assert code == 2 and message in output
+
+
+def test_analyze_needs_a_prometheus_url():
+    result = runner.invoke(app, ["analyze", POLICY], env={"CANARY_PROMETHEUS_URL": ""})
+    assert result.exit_code == 2 and "give --prometheus-url URL" in result.output
+
+
+def test_analyze_runs_as_a_subprocess_with_the_url_from_the_environment(prometheus: PrometheusServer, history):
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "canary"), "analyze", POLICY, "--start", str(history.start), "--end",
+         str(history.end), "--output", "json"],
+        env={"CANARY_PROMETHEUS_URL": prometheus.url, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    counts = json.loads(run.stdout)["counts"]["v2"]
+    expected = written_counts(history, "v2", history.start, history.end)
+    assert {key: counts[key] for key in expected} == expected
+
+
+def test_run_needs_a_source():
+    result = runner.invoke(app, ["run", POLICY], env={"CANARY_PROMETHEUS_URL": ""})
+    assert result.exit_code == 2 and "--prometheus-url URL, or --simulate SCENARIO" in result.output
+
+
+def test_run_refuses_two_sources():
+    result = runner.invoke(app, ["run", POLICY, "--simulate", "healthy", "--prometheus-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_queries_prints_each_query_once_with_its_name(prometheus: PrometheusServer):
+    result = runner.invoke(app, ["queries", POLICY, "--output", "json"])
+    names = [q["name"] for q in json.loads(result.output)]
+    assert result.exit_code == 0
+    assert names == [
+        "request rate", "error rate (5xx)", "success rate (5xx)", "p50 latency", "p95 latency", "p99 latency",
+        "incoming dependencies", "outgoing dependencies",
+    ]  # fmt: skip
+    text = runner.invoke(app, ["queries", POLICY, "--window", "5m"]).output
+    assert "# p99 latency:" in text and "[5m]" in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_alerts_command_output_passes_promtool(tmp_path: Path):
+    result = runner.invoke(app, ["alerts", POLICY])
+    assert result.exit_code == 0
+    (tmp_path / "rules.yml").write_text(result.output)
+    check = subprocess.run(
+        ["promtool", "check", "rules", "rules.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stderr

@@ -1,0 +1,191 @@
+"""`canary alerts` emits rules that promtool accepts and that fire for a bad canary only."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from canary.alerts import alert_rules
+from canary.policy import Policy, load_policy, parse_policy
+
+REPO = Path(__file__).resolve().parents[1]
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (make prometheus)")
+HOST = "web-app.default.svc.cluster.local"
+SELECT = f'reporter="destination",destination_service="{HOST}",destination_workload_namespace="default"'
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return load_policy(REPO / "policies" / "web-app.yaml")
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def rules_of(text: str) -> list[dict[str, object]]:
+    return yaml.safe_load(text)["groups"][0]["rules"]
+
+
+def test_thresholds_come_from_the_policy(policy: Policy):
+    rules = rules_of(alert_rules(policy))
+    assert [r["alert"] for r in rules] == ["HighErrorRate", "HighLatency", "HighLatency", "HighLatency"]
+    assert str(rules[0]["expr"]).rstrip().endswith("+ 0.005")
+    assert "> 1.25 * histogram_quantile(0.99," in str(rules[3]["expr"])
+    assert all(r["labels"]["destination_version"] == "v2" for r in rules)  # type: ignore[index]
+    assert all(r["for"] == "1m" for r in rules)
+
+
+@pytest.mark.prometheus
+@needs_promtool
+def test_rules_for_the_example_policy_pass_promtool_check(policy: Policy, tmp_path: Path):
+    (tmp_path / "rules.yml").write_text(alert_rules(policy))
+    run = promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "SUCCESS: 4 rules found" in run.stdout
+
+
+@pytest.mark.prometheus
+@needs_promtool
+def test_rules_with_custom_metrics_and_hostile_names_pass_promtool_check(tmp_path: Path):
+    text = (REPO / "policies" / "web-app.yaml").read_text()
+    text = text.replace(f"host: {HOST}", "host: 'we\"b}{app\\\\.svc'").replace("interval: 60s", "interval: 90s")
+    text = text.replace("kind: latency", "kind: latency\n      critical: true")
+    text += (
+        "    - name: checkouts\n"
+        "      kind: custom\n"
+        '      events: app_checkout_failures_total{service="{service}", version="{version}"}\n'
+        '      total: app_checkouts_total{service="{service}", version="{version}"}\n'
+        "      maxIncrease: 0.02\n"
+    )
+    policy = parse_policy(text, "hostile.yaml")
+    (tmp_path / "rules.yml").write_text(alert_rules(policy))
+    run = promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "SUCCESS: 5 rules found" in run.stdout
+    rules = rules_of((tmp_path / "rules.yml").read_text())
+    assert rules[1]["labels"]["severity"] == "critical" and rules[1]["for"] == "90s"  # type: ignore[index]
+
+
+def _series(version: str, code: str, per_minute: int) -> dict[str, str]:
+    labels = f'{SELECT},destination_version="{version}",response_code="{code}"'
+    return {"series": f"istio_requests_total{{{labels}}}", "values": f"0+{per_minute}x30"}
+
+
+def _buckets(version: str, per_minute: dict[str, int]) -> list[dict[str, str]]:
+    out, running = [], 0
+    for le, count in per_minute.items():
+        running += count
+        labels = f'{SELECT},destination_version="{version}",le="{le}"'
+        out.append({"series": f"istio_request_duration_milliseconds_bucket{{{labels}}}", "values": f"0+{running}x30"})
+    return out
+
+
+def _alert_labels(policy: Policy, metric: str, **extra: str) -> dict[str, str]:
+    return {
+        "canary_policy": policy.name,
+        "destination_service": HOST,
+        "destination_version": "v2",
+        "severity": "warning",
+        "metric": metric,
+        **extra,
+    }
+
+
+@pytest.mark.prometheus
+@needs_promtool
+def test_alerts_fire_for_a_failing_slow_canary_and_not_for_the_baseline(policy: Policy, tmp_path: Path):
+    """promtool test rules: v2 fails 10% of requests and is slower; v1 is healthy."""
+    (tmp_path / "rules.yml").write_text(alert_rules(policy))
+    fast = {"10": 50, "25": 40, "50": 10, "100": 0, "+Inf": 0}
+    slow = {"10": 0, "25": 10, "50": 40, "100": 50, "+Inf": 0}
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    _series("v1", "200", 100),
+                    _series("v2", "200", 90),
+                    _series("v2", "503", 10),
+                    *_buckets("v1", fast),
+                    *_buckets("v2", slow),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": "HighErrorRate", "exp_alerts": []},  # pending: `for: 1m`
+                    {
+                        "eval_time": "15m",
+                        "alertname": "HighErrorRate",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": _alert_labels(policy, "error-rate"),
+                                "exp_annotations": {
+                                    "summary": f"v2 of {HOST} fails more often than v1",
+                                    "description": "The 5xx error rate of v2 is more than 0.5 percentage points "
+                                    "above v1 (policy web-app, metric error-rate); canary rate 10%.",
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "15m",
+                        "alertname": "HighLatency",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": _alert_labels(policy, "latency", quantile=q),
+                                "exp_annotations": {
+                                    "summary": f"v2 of {HOST} is slower than v1 at p{p}",
+                                    "description": f"p{p} request duration of v2 is more than {tol}% above v1 "
+                                    f"(policy web-app, metric latency); canary p{p} {value} ms.",
+                                },
+                            }
+                            for q, p, tol, value in (("0.5", "50", "10", "50"), ("0.95", "95", "10", "95"),
+                                                     ("0.99", "99", "25", "99"))
+                        ],
+                    },
+                ],
+            }
+        ],
+    }  # fmt: skip
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    run = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCESS" in run.stdout
+
+
+@pytest.mark.prometheus
+@needs_promtool
+def test_no_alert_for_a_canary_within_tolerance(policy: Policy, tmp_path: Path):
+    (tmp_path / "rules.yml").write_text(alert_rules(policy))
+    same = {"10": 50, "25": 40, "50": 10, "100": 0, "+Inf": 0}
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    _series("v1", "200", 1000),
+                    _series("v1", "503", 2),
+                    _series("v2", "200", 1000),
+                    _series("v2", "503", 5),  # +0.3 points: within +0.5
+                    *_buckets("v1", same),
+                    *_buckets("v2", same),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "15m", "alertname": name, "exp_alerts": []}
+                    for name in ("HighErrorRate", "HighLatency")
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    run = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr

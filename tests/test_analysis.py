@@ -1,0 +1,100 @@
+"""One-shot analysis (`canary analyze`): window cutting, verdict rules, count merging, time parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from canary.analysis import analyze, merge, parse_time
+from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio
+from canary.policy import Policy, Target
+
+
+class CountingSource:
+    """A fake source at our own boundary: each interval the canary pod serves 10 requests, 1 failing."""
+
+    def __init__(self) -> None:
+        self.windows: list[tuple[float, float]] = []
+
+    def observe(self, target: Target, metrics: tuple[object, ...], start: float, end: float) -> Observation:
+        self.windows.append((start, end))
+        window = MetricWindow(baseline={"b-0": Ratio(0, 20)}, canary={"c-0": Ratio(1, 10)})
+        return Observation(start, end, {"error-rate": window})
+
+
+class ScriptedJudge:
+    name = "scripted"
+
+    def __init__(self, outcomes: list[Outcome]) -> None:
+        self.outcomes = list(outcomes)
+
+    def judge(self, observation: Observation, step: int) -> Judgement:
+        outcome = self.outcomes.pop(0)
+        return Judgement(outcome, (), f"{outcome.value} at {observation.end:g}")
+
+
+@pytest.fixture
+def policy(web_policy: Policy) -> Policy:
+    return dataclasses.replace(web_policy, interval_s=60.0)
+
+
+def test_window_is_cut_into_policy_intervals_with_a_short_last_one(policy: Policy):
+    source = CountingSource()
+    result = analyze(policy, source, ScriptedJudge([Outcome.CONTINUE] * 3), 1000.0, 1150.0)
+    assert source.windows == [(1000.0, 1060.0), (1060.0, 1120.0), (1120.0, 1150.0)]
+    assert result.intervals == 3
+    assert result.observation.metrics["error-rate"].canary == {"c-0": Ratio(3, 30)}
+    assert (result.verdict, result.exit_code) == ("inconclusive", 3)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "verdict", "deciding"),
+    [
+        ([Outcome.CONTINUE, Outcome.PASS, Outcome.PASS], "pass", "pass at 1180"),
+        ([Outcome.PASS, Outcome.FAIL, Outcome.PASS], "fail", "fail at 1120"),
+        ([Outcome.NO_DATA, Outcome.NO_DATA, Outcome.CONTINUE], "inconclusive", "continue at 1180"),
+    ],
+)
+def test_any_failure_fails_and_a_pass_passes(policy: Policy, outcomes, verdict, deciding):
+    result = analyze(policy, CountingSource(), ScriptedJudge(outcomes), 1000.0, 1180.0)
+    assert result.verdict == verdict
+    assert result.judgement is not None and result.judgement.summary == deciding
+
+
+def test_empty_window_is_refused(policy: Policy):
+    with pytest.raises(ValueError, match="must end after it starts"):
+        analyze(policy, CountingSource(), ScriptedJudge([]), 10.0, 10.0)
+
+
+def test_merge_adds_histograms_and_keeps_pods_seen_only_once():
+    bounds = (1.0, 2.0)
+    first = Observation(0, 1, {"lat": MetricWindow({"a": Histogram(bounds, (1, 2, 3))}, {})})
+    second = Observation(
+        1, 2, {"lat": MetricWindow({"a": Histogram(bounds, (1, 0, 0)), "b": Histogram(bounds, (0, 0, 5))}, {})}
+    )
+    merged = merge([first, second])
+    assert (merged.start, merged.end) == (0, 2)
+    assert merged.metrics["lat"].baseline == {"a": Histogram(bounds, (2, 2, 3)), "b": Histogram(bounds, (0, 0, 5))}
+    assert merged.metrics["lat"].canary == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("now", 1_000_000.0),
+        ("-30m", 1_000_000.0 - 1800),
+        ("-1h30m", 1_000_000.0 - 5400),
+        ("999.5", 999.5),
+        ("2026-01-01T00:00:00Z", 1_767_225_600.0),
+        ("2026-01-01T01:00:00+01:00", 1_767_225_600.0),
+        ("2026-01-01T00:00:00", 1_767_225_600.0),  # no zone: UTC, never the machine's local time
+    ],
+)
+def test_times_read_as_now_relative_unix_or_iso(text: str, seconds: float):
+    assert parse_time(text, now=1_000_000.0) == seconds
+
+
+def test_unreadable_time_says_what_is_accepted():
+    with pytest.raises(ValueError, match="use now, -30m, unix seconds or 2026-01-01T12:00:00Z"):
+        parse_time("yesterday", now=0.0)
