@@ -81,6 +81,7 @@ class Controller:
         self.ticks = 0
         self.step_seconds: list[float] = []
         self.last_judgement: Judgement | None = None
+        self.observed_until: float | None = None  # end of the last window read: windows never leave gaps
 
     def _record(self, now: float, before: Weights, decision: Decision, extra: dict[str, Any]) -> None:
         assert self.state is not None
@@ -113,6 +114,7 @@ class Controller:
         now = self.clock.now()
         before = self.router.get_weights(self.policy.target)
         state, decision = progression.start(self.policy.steps, now, self.policy.max_duration_s, self.policy.on_deadline)
+        self.observed_until = now
         self.state = state
         self._record(now, before, decision, {})
         self._apply(before, decision)
@@ -132,7 +134,9 @@ class Controller:
             self.state = replace(self.state, phase=Phase.ABORTED)
             self._record(now, before, decision, {})
             return TickReport(self.ticks, now, before, decision, None, self.state.step_index)
-        start = now - self.policy.interval_s
+        # From where the last window ended: a tick that runs late must not drop what happened meanwhile.
+        start = self.observed_until if self.observed_until is not None else now - self.policy.interval_s
+        self.observed_until = now
         observation = self.source.observe(self.policy.target, self.policy.metrics, start, now)
         judgement = self.judge.judge(observation, self.state.step_index)
         self.last_judgement = judgement
@@ -141,7 +145,7 @@ class Controller:
         if state.step_index != step_before or state.phase.finished:
             self.step_seconds.append(now - self.state.step_started_at)
         extra = {
-            "window": {"start": _iso(start), "end": _iso(now), "seconds": self.policy.interval_s},
+            "window": {"start": _iso(start), "end": _iso(now), "seconds": now - start},
             "counts": version_counts(observation, self.policy.target.baseline, self.policy.target.canary),
             "judgement": judgement_dict(judgement),
         }
