@@ -19,7 +19,7 @@ from canary.alerts import alert_rules
 from canary.analysis import AnalysisResult, iso, parse_time
 from canary.app import open_audit, prometheus_analysis, prometheus_rollout, simulated_rollout
 from canary.audit import read_records, verify_chain
-from canary.controller import RolloutResult
+from canary.controller import Controller, RolloutResult
 from canary.display import Progress, summary
 from canary.errors import CanaryError
 from canary.model import Phase
@@ -81,7 +81,9 @@ PromDelay = Annotated[
 ]
 
 
-def _prometheus_settings(url: str, **options: Any) -> PrometheusSettings:
+def _prometheus_settings(url: str, params: dict[str, Any]) -> PrometheusSettings:
+    """Settings from a command's `prometheus_*` parameters (pass `locals()`), named once for all commands."""
+    options = {k.removeprefix("prometheus_"): v for k, v in params.items() if k.startswith("prometheus_")}
     return PrometheusSettings.from_options(
         url,
         timeout_s=options["timeout"],
@@ -129,16 +131,19 @@ def _run_simulated(
     policy_file: str, scenario_spec: str, seed: int, audit: str | None, output: OutputFormat, title: str
 ) -> int:
     policy = load_policy(policy_file)
-    scenario = (
-        builtin_scenario(scenario_spec) if scenario_spec in BUILTIN_SCENARIOS else resolve_scenario(scenario_spec)
-    )
+    scenario = resolve_scenario(scenario_spec)
     rollout = simulated_rollout(policy, scenario, seed=seed, audit=open_audit(policy, audit))
+    return _follow(rollout.controller, policy.name, output, title)
+
+
+def _follow(controller: Controller, policy_name: str, output: OutputFormat, title: str) -> int:
+    """Run a rollout to its end, showing progress (or printing the JSON outcome); the exit code."""
     if output is OutputFormat.json:
-        result = rollout.controller.run()
-        typer.echo(json.dumps(result_json(result, policy.name), indent=2, default=str))
+        result = controller.run()
+        typer.echo(json.dumps(result_json(result, policy_name), indent=2, default=str))
     else:
         progress = Progress(title)
-        result = rollout.controller.run(progress.update)
+        result = controller.run(progress.update)
         progress.finish(result)
     return PHASE_EXIT[result.phase]
 
@@ -190,22 +195,7 @@ def run(
         if simulate is not None and prometheus_url:
             raise CanaryError("choose one metrics source: --simulate or --prometheus-url, not both")
         if prometheus_url:
-            settings = _prometheus_settings(
-                prometheus_url,
-                timeout=prometheus_timeout,
-                retries=prometheus_retries,
-                token_file=prometheus_token_file,
-                token_env=prometheus_token_env,
-                user=prometheus_user,
-                password_file=prometheus_password_file,
-                password_env=prometheus_password_env,
-                ca_file=prometheus_ca_file,
-                insecure=prometheus_insecure,
-                header=prometheus_header,
-                pod_label=prometheus_pod_label,
-                reporter=prometheus_reporter,
-                delay=prometheus_delay,
-            )
+            settings = _prometheus_settings(prometheus_url, locals())
             raise typer.Exit(_run_prometheus(policy, settings, audit, output))
         if simulate is None:
             raise CanaryError(
@@ -220,15 +210,11 @@ def run(
 def _run_prometheus(policy_file: str, settings: PrometheusSettings, audit: str | None, output: OutputFormat) -> int:
     policy = load_policy(policy_file)
     rollout = prometheus_rollout(policy, settings, audit=open_audit(policy, audit))
-    if output is OutputFormat.json:
-        result = rollout.controller.run()
-        typer.echo(json.dumps(result_json(result, policy.name), indent=2, default=str))
-    else:
-        progress = Progress(f"canary run {policy_file} on Prometheus at {settings.safe_url} (in-memory router)")
-        result = rollout.controller.run(progress.update)
-        progress.finish(result)
-    rollout.source.close()
-    return PHASE_EXIT[result.phase]
+    title = f"canary run {policy_file} on Prometheus at {settings.safe_url} (in-memory router)"
+    try:
+        return _follow(rollout.controller, policy.name, output, title)
+    finally:
+        rollout.source.close()
 
 
 def analysis_json(result: AnalysisResult, policy: Policy, settings: PrometheusSettings) -> dict[str, Any]:
@@ -279,21 +265,7 @@ def analyze(
     try:
         if not prometheus_url:
             raise CanaryError("canary analyze reads Prometheus: give --prometheus-url URL")
-        settings = _prometheus_settings(
-            prometheus_url,
-            timeout=prometheus_timeout,
-            retries=prometheus_retries,
-            token_file=prometheus_token_file,
-            token_env=prometheus_token_env,
-            user=prometheus_user,
-            password_file=prometheus_password_file,
-            password_env=prometheus_password_env,
-            ca_file=prometheus_ca_file,
-            insecure=prometheus_insecure,
-            header=prometheus_header,
-            pod_label=prometheus_pod_label,
-            reporter=prometheus_reporter,
-        )
+        settings = _prometheus_settings(prometheus_url, locals())
         loaded = load_policy(policy)
         now = time.time()
         try:

@@ -226,6 +226,8 @@ def resolve_scenario(spec: str) -> Scenario:
     """A built-in scenario name or the path of a JSON file holding exactly one scenario."""
     if spec in BUILTIN_SCENARIOS:
         return builtin_scenario(spec)
+    if not Path(spec).exists():
+        raise ScenarioError(f"{spec}: neither a built-in scenario ({', '.join(BUILTIN_SCENARIOS)}) nor a file")
     scenarios = load_scenarios(spec)
     if len(scenarios) != 1:
         raise ScenarioError(f"{spec}: holds {len(scenarios)} scenarios; --simulate takes a file with one")

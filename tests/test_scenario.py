@@ -189,7 +189,13 @@ def test_invalid_json_names_the_line(tmp_path: Path) -> None:
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as caught:
         resolve_scenario(str(tmp_path / "nope.json"))
-    assert str(caught.value) == f"{tmp_path / 'nope.json'}: no such file"
+    builtins = "healthy, error-regression, latency-regression"
+    assert str(caught.value) == f"{tmp_path / 'nope.json'}: neither a built-in scenario ({builtins}) nor a file"
+
+
+def test_a_misspelt_builtin_name_lists_the_builtins() -> None:
+    with pytest.raises(ScenarioError, match=r"^helthy: neither a built-in scenario \(healthy, "):
+        resolve_scenario("helthy")
 
 
 @pytest.mark.parametrize("data", [[], {"scenarios": []}, 42])
