@@ -56,19 +56,19 @@ def decide(state: RolloutState, judgement: Judgement, now: float) -> tuple[Rollo
         return state, Decision(Action.HOLD, state.weights, state.phase, f"rollout already {state.phase.value}")
     if judgement.outcome is Outcome.FAIL:
         new = replace(state, phase=Phase.ROLLED_BACK)
-        return new, Decision(Action.ROLLBACK, Weights.canary_at(0), new.phase, f"rolled back: {judgement.summary}")
+        return new, Decision(Action.ROLLBACK, Weights.canary_at(0), new.phase, judgement.summary)
     if judgement.outcome is Outcome.PASS:
         nxt = state.step_index + 1
         if state.steps[nxt] == 100:
             new = replace(state, step_index=nxt, phase=Phase.PROMOTED, step_started_at=now)
             return new, Decision(
                 Action.PROMOTE, new.weights, new.phase,
-                f"promoted: {judgement.summary} at {state.weight}%",
+                f"{judgement.summary} at {state.weight}%",
             )  # fmt: skip
         new = replace(state, step_index=nxt, step_started_at=now)
         return new, Decision(
             Action.ADVANCE, new.weights, new.phase,
-            f"advanced from {state.weight}% to {new.weight}%: {judgement.summary}",
+            f"{judgement.summary} at {state.weight}%; next step {new.weight}%",
         )  # fmt: skip
     if now >= state.deadline:
         if state.on_deadline == "promote":

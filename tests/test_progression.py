@@ -53,7 +53,7 @@ def test_pass_advances_to_the_next_step() -> None:
     assert (state.phase, state.step_index, state.step_started_at) == (Phase.PROGRESSING, 1, T0 + 60)
     assert decision.action is Action.ADVANCE
     assert decision.weights == Weights(baseline=50, canary=50)
-    assert decision.reason == "advanced from 10% to 50%: judged pass"
+    assert decision.reason == "judged pass at 10%; next step 50%"
 
 
 def test_pass_at_the_last_judged_step_promotes_to_100() -> None:
@@ -62,7 +62,7 @@ def test_pass_at_the_last_judged_step_promotes_to_100() -> None:
     assert state.weight == 100
     assert decision.action is Action.PROMOTE
     assert decision.weights == Weights(baseline=0, canary=100)
-    assert decision.reason == "promoted: judged pass at 50%"
+    assert decision.reason == "judged pass at 50%"
 
 
 @pytest.mark.parametrize("index", [0, 1])
@@ -72,7 +72,7 @@ def test_fail_rolls_back_to_0_from_any_step(index: int) -> None:
     assert state.weight == 0
     assert decision.action is Action.ROLLBACK
     assert decision.weights == Weights(baseline=100, canary=0)
-    assert decision.reason == "rolled back: judged fail"
+    assert decision.reason == "judged fail"
 
 
 @pytest.mark.parametrize("outcome", [Outcome.CONTINUE, Outcome.NO_DATA])
