@@ -427,3 +427,9 @@ def test_loaded_policy_matches_parsed_text(write_policy: Callable[..., Path]) ->
     loaded = load_policy(path)
     assert loaded == parse_policy(BASE, str(path))
     assert loaded.source_path == str(path)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("policies/*.yaml")), ids=str)
+def test_every_shipped_policy_is_valid(path: Path) -> None:
+    policy = load_policy(path)
+    assert policy.metrics and policy.steps[-1] == 100
