@@ -15,6 +15,8 @@ from canary.clock import Clock, SimulatedClock, SystemClock
 from canary.controller import Controller
 from canary.judges import make_judge
 from canary.policy import Policy
+from canary.routers import Router
+from canary.routers.manifest import ManifestRouter
 from canary.routers.memory import MemoryRouter, virtual_service_for
 from canary.scenario import Scenario
 from canary.sources.prometheus import PrometheusSettings, PrometheusSource
@@ -43,11 +45,18 @@ def with_scenario(policy: Policy, scenario: Scenario) -> Policy:
     return dataclasses.replace(policy, **changes)  # type: ignore[arg-type]
 
 
+def router_for(policy: Policy, manifest: str | None) -> Router:
+    """The weights live in a manifest file when one is named, else in memory for this process only."""
+    if manifest:
+        return ManifestRouter(manifest)
+    return MemoryRouter([virtual_service_for(policy.target)])
+
+
 @dataclass
 class SimulatedRollout:
     controller: Controller
     mesh: SimulatedMesh
-    router: MemoryRouter
+    router: Router
     clock: SimulatedClock
 
 
@@ -58,11 +67,12 @@ def simulated_rollout(
     seed: int,
     audit: AuditSink,
     judge: str | None = None,
+    router: Router | None = None,
 ) -> SimulatedRollout:
-    """A rollout of `policy` on the embedded simulated mesh, with an in-memory VirtualService."""
+    """A rollout of `policy` on the embedded simulated mesh; an in-memory VirtualService unless given."""
     policy = with_scenario(policy, scenario)
     clock = SimulatedClock(SIM_START)
-    router = MemoryRouter([virtual_service_for(policy.target)])
+    router = router or router_for(policy, None)
     mesh = SimulatedMesh(scenario, router, policy.target, start=clock.now(), seed=seed)
     controller = Controller(
         policy=policy,
@@ -84,7 +94,7 @@ def open_audit(policy: Policy, override: str | None) -> AuditLog:
 class PrometheusRollout:
     controller: Controller
     source: PrometheusSource
-    router: MemoryRouter
+    router: Router
 
 
 def prometheus_rollout(
@@ -92,12 +102,12 @@ def prometheus_rollout(
     settings: PrometheusSettings,
     *,
     audit: AuditSink,
-    router: MemoryRouter | None = None,
+    router: Router | None = None,
     clock: Clock | None = None,
     judge: str | None = None,
 ) -> PrometheusRollout:
-    """A rollout of `policy` judged on a real Prometheus, shifting an in-memory VirtualService."""
-    router = router or MemoryRouter([virtual_service_for(policy.target)])
+    """A rollout of `policy` judged on a real Prometheus; an in-memory VirtualService unless given."""
+    router = router or router_for(policy, None)
     source = PrometheusSource(settings)
     controller = Controller(
         policy=policy,
@@ -106,7 +116,7 @@ def prometheus_rollout(
         judge=make_judge(policy, judge),
         audit=audit,
         clock=clock or SystemClock(),
-        actor=f"canary-controller (prometheus {source.url}, in-memory router)",
+        actor=f"canary-controller (prometheus {source.url}, {type(router).__name__})",
     )
     return PrometheusRollout(controller, source, router)
 

@@ -6,6 +6,7 @@ Exit codes: 0 promoted / pass, 1 rolled back / fail, 2 configuration or infrastr
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 import time
@@ -17,9 +18,17 @@ import typer
 from canary import __version__
 from canary.alerts import alert_rules
 from canary.analysis import AnalysisResult, iso, parse_time
-from canary.app import open_audit, prometheus_analysis, prometheus_rollout, simulated_rollout
+from canary.app import (
+    audit_path_for,
+    open_audit,
+    prometheus_analysis,
+    prometheus_rollout,
+    router_for,
+    simulated_rollout,
+)
 from canary.audit import read_records, verify_chain
-from canary.controller import Controller, RolloutResult
+from canary.clock import SystemClock
+from canary.controller import Controller, RolloutResult, manual_change
 from canary.display import Progress, summary
 from canary.errors import CanaryError
 from canary.model import Phase
@@ -81,6 +90,12 @@ PromDelay = Annotated[
 ]
 
 
+Manifest = Annotated[
+    str | None,
+    typer.Option(help="VirtualService manifest file that holds the weights (default: kept in memory)."),
+]
+
+
 def _prometheus_settings(url: str, params: dict[str, Any]) -> PrometheusSettings:
     """Settings from a command's `prometheus_*` parameters (pass `locals()`), named once for all commands."""
     options = {k.removeprefix("prometheus_"): v for k, v in params.items() if k.startswith("prometheus_")}
@@ -128,11 +143,18 @@ def result_json(result: RolloutResult, policy_name: str) -> dict[str, Any]:
 
 
 def _run_simulated(
-    policy_file: str, scenario_spec: str, seed: int, audit: str | None, output: OutputFormat, title: str
+    policy_file: str,
+    scenario_spec: str,
+    seed: int,
+    audit: str | None,
+    output: OutputFormat,
+    title: str,
+    manifest: str | None = None,
 ) -> int:
     policy = load_policy(policy_file)
     scenario = resolve_scenario(scenario_spec)
-    rollout = simulated_rollout(policy, scenario, seed=seed, audit=open_audit(policy, audit))
+    router = router_for(policy, manifest)
+    rollout = simulated_rollout(policy, scenario, seed=seed, audit=open_audit(policy, audit), router=router)
     return _follow(rollout.controller, policy.name, output, title)
 
 
@@ -175,6 +197,7 @@ def run(
     seed: Annotated[int, typer.Option(help="Random seed of the simulated mesh.")] = 1,
     audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
     output: Annotated[OutputFormat, typer.Option(help="text (live progress) or json.")] = OutputFormat.text,
+    manifest: Manifest = None,
     prometheus_url: PromUrl = None,
     prometheus_timeout: PromTimeout = 10.0,
     prometheus_retries: PromRetries = 2,
@@ -196,21 +219,25 @@ def run(
             raise CanaryError("choose one metrics source: --simulate or --prometheus-url, not both")
         if prometheus_url:
             settings = _prometheus_settings(prometheus_url, locals())
-            raise typer.Exit(_run_prometheus(policy, settings, audit, output))
+            raise typer.Exit(_run_prometheus(policy, settings, audit, output, manifest))
         if simulate is None:
             raise CanaryError(
                 "choose a metrics source: --prometheus-url URL, or --simulate SCENARIO (the embedded simulated mesh)"
             )
         title = f"canary run {policy} on the simulated mesh ({simulate})"
-        raise typer.Exit(_run_simulated(policy, simulate, seed, audit, output, title))
+        raise typer.Exit(_run_simulated(policy, simulate, seed, audit, output, title, manifest))
     except CanaryError as exc:
         raise _fail(str(exc)) from None
 
 
-def _run_prometheus(policy_file: str, settings: PrometheusSettings, audit: str | None, output: OutputFormat) -> int:
+def _run_prometheus(
+    policy_file: str, settings: PrometheusSettings, audit: str | None, output: OutputFormat, manifest: str | None
+) -> int:
     policy = load_policy(policy_file)
-    rollout = prometheus_rollout(policy, settings, audit=open_audit(policy, audit))
-    title = f"canary run {policy_file} on Prometheus at {settings.safe_url} (in-memory router)"
+    router = router_for(policy, manifest)
+    rollout = prometheus_rollout(policy, settings, audit=open_audit(policy, audit), router=router)
+    where = f"weights in {manifest}" if manifest else "weights in memory"
+    title = f"canary run {policy_file} on Prometheus at {settings.safe_url} ({where})"
     try:
         return _follow(rollout.controller, policy.name, output, title)
     finally:
@@ -339,6 +366,88 @@ def alerts(
         raise _fail(str(exc)) from None
 
 
+def _actor(given: str | None) -> str:
+    if given:
+        return given
+    try:
+        return f"user:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "user:unknown"
+
+
+def _manual(policy: str, manifest: str, audit: str | None, actor: str | None, reason: str, promote: bool) -> None:
+    try:
+        loaded = load_policy(policy)
+        before, decision = manual_change(
+            policy=loaded,
+            router=router_for(loaded, manifest),
+            audit=open_audit(loaded, audit),
+            clock=SystemClock(),
+            promote=promote,
+            actor=_actor(actor),
+            reason=reason,
+        )
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"{loaded.target.namespace}/{loaded.target.virtual_service}: canary {before.canary}% -> "
+        f"{decision.weights.canary}% ({decision.action.value}, recorded in {audit_path_for(loaded, audit)})"
+    )
+
+
+ManualActor = Annotated[str | None, typer.Option(help="Who acts, for the audit log (default: user:$USER).")]
+ManualReason = Annotated[str, typer.Option(help="Why, for the audit log.")]
+RequiredManifest = Annotated[str, typer.Option(help="VirtualService manifest file that holds the weights.")]
+
+
+@app.command()
+def promote(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    manifest: RequiredManifest,
+    audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
+    actor: ManualActor = None,
+    reason: ManualReason = "",
+) -> None:
+    """Send all traffic to the canary by hand; the audit record is written before the weights change."""
+    _manual(policy, manifest, audit, actor, reason, promote=True)
+
+
+@app.command()
+def rollback(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    manifest: RequiredManifest,
+    audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
+    actor: ManualActor = None,
+    reason: ManualReason = "",
+) -> None:
+    """Send all traffic back to the baseline by hand; recorded before the weights change."""
+    _manual(policy, manifest, audit, actor, reason, promote=False)
+
+
+@app.command()
+def status(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    manifest: RequiredManifest,
+    output: Annotated[OutputFormat, typer.Option(help="text or json.")] = OutputFormat.text,
+) -> None:
+    """Print the current baseline/canary weights of the policy's route."""
+    try:
+        loaded = load_policy(policy)
+        weights = router_for(loaded, manifest).get_weights(loaded.target)
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+    target = loaded.target
+    if output is OutputFormat.json:
+        doc = {"target": f"{target.namespace}/{target.virtual_service}", target.baseline: weights.baseline,
+               target.canary: weights.canary}  # fmt: skip
+        typer.echo(json.dumps(doc))
+    else:
+        typer.echo(
+            f"{target.namespace}/{target.virtual_service}: {target.baseline} {weights.baseline}%, "
+            f"{target.canary} {weights.canary}%"
+        )
+
+
 @app.command()
 def validate(policy: Annotated[str, typer.Argument(help="Policy file to check.")]) -> None:
     """Check a policy file; prints one line naming file, field and line on the first mistake."""
@@ -366,8 +475,9 @@ def audit_show(
                 typer.echo(json.dumps(record, sort_keys=True))
                 continue
             before, after = record.get("weights_before", {}), record.get("weights_after", {})
+            tick = f" tick {record['tick']}" if record.get("tick") is not None else ""
             typer.echo(
-                f"{record.get('time')} {record.get('rollout')} tick {record.get('tick')} "
+                f"{record.get('time')} {record.get('rollout')}{tick} "
                 f"{record.get('action')}: canary {before.get('canary')}% -> {after.get('canary')}% "
                 f"by {record.get('actor')}: {record.get('reason')}"
             )

@@ -56,6 +56,61 @@ def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")
 
 
+def decision_record(
+    policy: Policy,
+    now: float,
+    before: Weights,
+    decision: Decision,
+    *,
+    rollout: str,
+    tick: int | None,
+    step: dict[str, int] | None,
+    actor: str,
+    judge: str | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One audit record: who moved (or held) which weights, when and why, with the evidence in `extra`."""
+    return {
+        "time": _iso(now),
+        "timestamp": now,
+        "rollout": rollout,
+        "policy": {"name": policy.name, "file": policy.source_path},
+        "target": f"{policy.target.namespace}/{policy.target.virtual_service}",
+        "tick": tick,
+        "step": step,
+        "weights_before": {"baseline": before.baseline, "canary": before.canary},
+        "weights_after": {"baseline": decision.weights.baseline, "canary": decision.weights.canary},
+        "action": decision.action.value,
+        "phase": decision.phase.value,
+        "reason": decision.reason,
+        "actor": actor,
+        "judge": judge,
+        "engine": {"name": "canary", "version": __version__},
+        **(extra or {}),
+    }
+
+
+def manual_change(
+    *, policy: Policy, router: Router, audit: AuditSink, clock: Clock, promote: bool, actor: str, reason: str
+) -> tuple[Weights, Decision]:
+    """A person's promotion (canary to 100%) or rollback (to 0%): recorded first, then applied.
+
+    A controller running against the same route notices the change at its next tick and stops.
+    """
+    now = clock.now()
+    before = router.get_weights(policy.target)
+    if promote:
+        decision = Decision(Action.PROMOTE, Weights.canary_at(100), Phase.PROMOTED, reason or "promoted by hand")
+    else:
+        decision = Decision(Action.ROLLBACK, Weights.canary_at(0), Phase.ROLLED_BACK, reason or "rolled back by hand")
+    audit.append(
+        decision_record(policy, now, before, decision, rollout="manual", tick=None, step=None, actor=actor, judge=None)
+    )
+    if decision.weights != before:
+        router.set_weights(policy.target, decision.weights)
+    return before, decision
+
+
 class Controller:
     def __init__(
         self,
@@ -85,25 +140,20 @@ class Controller:
 
     def _record(self, now: float, before: Weights, decision: Decision, extra: dict[str, Any]) -> None:
         assert self.state is not None
+        step = {"index": self.state.step_index, "weight": self.state.weight}
         self.audit.append(
-            {
-                "time": _iso(now),
-                "timestamp": now,
-                "rollout": self.rollout,
-                "policy": {"name": self.policy.name, "file": self.policy.source_path},
-                "target": f"{self.policy.target.namespace}/{self.policy.target.virtual_service}",
-                "tick": self.ticks,
-                "step": {"index": self.state.step_index, "weight": self.state.weight},
-                "weights_before": {"baseline": before.baseline, "canary": before.canary},
-                "weights_after": {"baseline": decision.weights.baseline, "canary": decision.weights.canary},
-                "action": decision.action.value,
-                "phase": decision.phase.value,
-                "reason": decision.reason,
-                "actor": self.actor,
-                "judge": self.judge.name,
-                "engine": {"name": "canary", "version": __version__},
-                **extra,
-            }
+            decision_record(
+                self.policy,
+                now,
+                before,
+                decision,
+                rollout=self.rollout,
+                tick=self.ticks,
+                step=step,
+                actor=self.actor,
+                judge=self.judge.name,
+                extra=extra,
+            )
         )
 
     def _apply(self, before: Weights, decision: Decision) -> None:
