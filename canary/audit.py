@@ -114,6 +114,10 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield record
     except FileNotFoundError:
         raise AuditError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise AuditError(f"{path}: not a text file of JSON records") from None
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)

@@ -504,6 +504,9 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # a bug or an unforeseen input: one line and exit 2, never "rolled back" (1)
+        print(f"canary: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
 
 
 __all__ = ["app", "main", "summary"]

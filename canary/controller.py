@@ -16,8 +16,9 @@ from typing import Any
 from canary import __version__, progression
 from canary.audit import AuditSink
 from canary.clock import Clock
+from canary.errors import SourceError, WeightConflict
 from canary.judges import Judge
-from canary.model import Action, Decision, Judgement, Phase, Weights
+from canary.model import Action, Decision, Judgement, Outcome, Phase, Weights
 from canary.policy import Policy
 from canary.progression import RolloutState
 from canary.report import judgement_dict, version_counts
@@ -107,7 +108,7 @@ def manual_change(
         decision_record(policy, now, before, decision, rollout="manual", tick=None, step=None, actor=actor, judge=None)
     )
     if decision.weights != before:
-        router.set_weights(policy.target, decision.weights)
+        router.set_weights(policy.target, decision.weights, expected=before)
     return before, decision
 
 
@@ -156,9 +157,38 @@ class Controller:
             )
         )
 
-    def _apply(self, before: Weights, decision: Decision) -> None:
-        if decision.weights != before:
-            self.router.set_weights(self.policy.target, decision.weights)
+    def _apply(self, now: float, before: Weights, decision: Decision) -> Decision:
+        """Move the weights if the decision says so, unless someone moved them since we read them."""
+        if decision.weights == before:
+            return decision
+        try:
+            self.router.set_weights(self.policy.target, decision.weights, expected=before)
+        except WeightConflict as exc:
+            return self._abort(now, before, f"{exc}; the change to {decision.weights} was not made")
+        return decision
+
+    def _abort(self, now: float, weights: Weights, reason: str, extra: dict[str, Any] | None = None) -> Decision:
+        """Stop the rollout, weights left as they are, with a record saying why."""
+        assert self.state is not None
+        decision = Decision(Action.HOLD, weights, Phase.ABORTED, f"{reason}; stopping")
+        self.state = replace(self.state, phase=Phase.ABORTED)
+        self._record(now, weights, decision, extra or {})
+        return decision
+
+    def _source_failed(self, now: float, before: Weights, exc: SourceError) -> TickReport:
+        """A temporary failure holds the step (the next window starts where the last good one ended); a
+        permanent one (a rejected query, refused credentials) stops the rollout after recording it."""
+        assert self.state is not None
+        if not exc.temporary:
+            decision = self._abort(now, before, f"metrics source failed: {exc}", {"error": str(exc)})
+            return TickReport(self.ticks, now, before, decision, None, self.state.step_index)
+        judgement = Judgement(Outcome.NO_DATA, (), f"metrics source unavailable ({exc}), retrying next tick")
+        step_before = self.state.step_index
+        state, decision = progression.decide(self.state, judgement, now)
+        self._record(now, before, decision, {"error": str(exc), "judgement": judgement_dict(judgement)})
+        self.state = state
+        decision = self._apply(now, before, decision)
+        return TickReport(self.ticks, now, before, decision, judgement, step_before)
 
     def start(self) -> TickReport:
         now = self.clock.now()
@@ -167,7 +197,7 @@ class Controller:
         self.observed_until = now
         self.state = state
         self._record(now, before, decision, {})
-        self._apply(before, decision)
+        decision = self._apply(now, before, decision)
         return TickReport(0, now, before, decision, None, state.step_index)
 
     def tick(self) -> TickReport:
@@ -177,17 +207,15 @@ class Controller:
         now = self.clock.now()
         before = self.router.get_weights(self.policy.target)
         if before != self.state.weights:
-            decision = Decision(
-                Action.HOLD, before, Phase.ABORTED,
-                f"weights changed outside canary: expected {self.state.weights}, found {before}; stopping",
-            )  # fmt: skip
-            self.state = replace(self.state, phase=Phase.ABORTED)
-            self._record(now, before, decision, {})
-            return TickReport(self.ticks, now, before, decision, None, self.state.step_index)
+            reason = f"weights changed outside canary: expected {self.state.weights}, found {before}"
+            return TickReport(self.ticks, now, before, self._abort(now, before, reason), None, self.state.step_index)
         # From where the last window ended: a tick that runs late must not drop what happened meanwhile.
         start = self.observed_until if self.observed_until is not None else now - self.policy.interval_s
+        try:
+            observation = self.source.observe(self.policy.target, self.policy.metrics, start, now)
+        except SourceError as exc:
+            return self._source_failed(now, before, exc)
         self.observed_until = now
-        observation = self.source.observe(self.policy.target, self.policy.metrics, start, now)
         judgement = self.judge.judge(observation, self.state.step_index)
         self.last_judgement = judgement
         step_before = self.state.step_index
@@ -201,7 +229,7 @@ class Controller:
         }
         self._record(now, before, decision, extra)  # on disk before the weights move
         self.state = state
-        self._apply(before, decision)
+        decision = self._apply(now, before, decision)
         return TickReport(self.ticks, now, before, decision, judgement, step_before)
 
     def run(self, on_tick: Callable[[TickReport], None] | None = None) -> RolloutResult:

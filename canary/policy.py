@@ -155,6 +155,8 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
         data = _plain(node, "", lines)
     except _NodeError as bad:
         raise PolicyError(source, bad.path, bad.message, bad.line) from None
+    except RecursionError:
+        raise PolicyError(source, "", "a YAML alias refers to itself (the document never ends)") from None
     return _Reader(source, lines).policy(data)
 
 
@@ -194,14 +196,19 @@ def parse_duration(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None  # YAML's .nan / .inf are not durations
+        try:
+            seconds = float(value)
+        except OverflowError:
+            return None
+        return seconds if math.isfinite(seconds) else None  # YAML's .nan / .inf are not durations
     if not isinstance(value, str) or not value.strip():
         return None
     match = _DURATION.match(value.strip())
     if not match or not any(match.groups()):
         return None
     hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+    total = hours * 3600 + minutes * 60 + seconds + millis / 1000
+    return total if math.isfinite(total) else None
 
 
 class _Reader:
@@ -248,9 +255,18 @@ class _Reader:
         expect: str,
     ) -> float:
         value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not check(float(value)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = math.nan
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(number)
+            or not check(number)
+        ):
             raise self.fail(_join(path, key), f"must be {expect}, got {_describe(value)}")
-        return float(value)
+        return number
 
     def integer(self, data: Mapping[str, Any], path: str, key: str, default: int, minimum: int) -> int:
         value = data.get(key, default)

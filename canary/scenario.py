@@ -17,6 +17,7 @@ from typing import Any, Literal
 from canary.errors import ScenarioError
 
 Expectation = Literal["promote", "rollback"]
+MAX_SECONDS = 30 * 86400  # a month of simulated time at the most
 MAX_RPS = 1e6  # far beyond any one service, and well inside what the simulator's draws can hold
 
 
@@ -99,7 +100,12 @@ class _Fields:
             raise ScenarioError(
                 f"scenario {self.scenario!r}: {_join(self.path, key)} must be a whole number, got {value!r}"
             )
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not low <= value <= high
+        ):
             raise ScenarioError(
                 f"scenario {self.scenario!r}: {_join(self.path, key)} must be a number in [{low:g}, {high:g}], "
                 f"got {value!r}"
@@ -175,8 +181,8 @@ def parse_scenario(data: object) -> Scenario:
         policy=raw.get("policy"),
         rps=f.number("rps", low=0.0, high=MAX_RPS),
         steps=tuple(steps) if steps is not None else None,
-        interval_s=f.number("interval_s", low=1.0) if "interval_s" in raw else None,
-        max_duration_s=f.number("max_duration_s", low=1.0) if "max_duration_s" in raw else None,
+        interval_s=f.number("interval_s", low=1.0, high=MAX_SECONDS) if "interval_s" in raw else None,
+        max_duration_s=f.number("max_duration_s", low=1.0, high=MAX_SECONDS) if "max_duration_s" in raw else None,
         baseline=_behaviour(name, "baseline", raw["baseline"]),
         canary=_behaviour(name, "canary", raw["canary"]),
         pods=Pods()
@@ -200,6 +206,8 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ScenarioError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     except json.JSONDecodeError as exc:
         raise ScenarioError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
     items = data.get("scenarios", [data]) if isinstance(data, dict) else None

@@ -309,3 +309,19 @@ def test_audit_on_a_missing_file(runner: CliRunner, tmp_path: Path) -> None:
         result = invoke(runner, "audit", command, missing)
         assert result.exit_code == 2
         assert one_error_line(result.stderr) == f"canary: {missing}: no such file"
+
+
+def test_an_unexpected_exception_exits_2_never_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 1 means "rolled back" to a pipeline: a bug must never look like one."""
+    import canary.cli
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(canary.cli, "app", broken)
+    with pytest.raises(SystemExit) as caught:
+        canary.cli.main()
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.strip() == "canary: internal error: RuntimeError: boom"

@@ -32,7 +32,7 @@ class AuditFirstRouter:
     def get_weights(self, target: Target) -> Weights:
         return self.inner.get_weights(target)
 
-    def set_weights(self, target: Target, weights: Weights) -> None:
+    def set_weights(self, target: Target, weights: Weights, *, expected: Weights | None = None) -> None:
         records = list(read_records(self.audit_path)) if self.audit_path.exists() else []
         assert records, "weights changed before any audit record was written"
         last = records[-1]
@@ -40,7 +40,7 @@ class AuditFirstRouter:
         assert last["weights_after"] == {"baseline": weights.baseline, "canary": weights.canary}
         assert last["weights_before"] == {"baseline": current.baseline, "canary": current.canary}
         self.checked.append((len(records), weights))
-        self.inner.set_weights(target, weights)
+        self.inner.set_weights(target, weights, expected=expected)
 
 
 class FailingAudit:
@@ -272,3 +272,66 @@ def test_late_ticks_leave_no_gap_between_windows(web_policy: Policy, audit_path:
     assert all(r["window"]["seconds"] == web_policy.interval_s + 7 for r in records)
     counted = sum(r["counts"]["v2"].get("requests", 0) for r in records)
     assert counted == rollout.mesh.served("v2")[0]
+
+
+class FlakySource:
+    """The simulated mesh, failing at chosen ticks the way a metrics backend fails."""
+
+    def __init__(self, inner: Any, failures: dict[int, Exception]) -> None:
+        self.inner, self.failures, self.calls = inner, failures, 0
+
+    def observe(self, target: Target, metrics: Any, start: float, end: float) -> Observation:
+        self.calls += 1
+        if self.calls in self.failures:
+            raise self.failures[self.calls]
+        return self.inner.observe(target, metrics, start, end)
+
+
+def test_a_temporary_source_failure_holds_and_loses_no_window(web_policy: Policy, audit_path: Path) -> None:
+    from canary.errors import SourceUnreachable
+
+    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=2, audit=AuditLog(audit_path))
+    sim.controller.source = FlakySource(sim.mesh, {2: SourceUnreachable("prometheus at 127.0.0.1:9 refused")})
+    result = sim.controller.run()
+    assert result.phase is Phase.PROMOTED
+    records = list(read_records(audit_path))
+    failed = records[2]
+    assert failed["action"] == "hold" and "refused" in failed["error"] and failed["weights_after"]["canary"] == 10
+    assert "retrying next tick" in failed["reason"]
+    # The window after the failure reaches back to the last good one: every request is counted once.
+    assert records[3]["window"]["seconds"] == 2 * web_policy.interval_s
+    counted = sum(r["counts"]["v2"].get("requests", 0) for r in records if "counts" in r)
+    assert counted == sim.mesh.served("v2")[0]
+
+
+def test_a_permanent_source_failure_is_recorded_and_stops_with_the_weights_as_they_are(
+    web_policy: Policy, audit_path: Path
+) -> None:
+    from canary.errors import BadQuery
+
+    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=2, audit=AuditLog(audit_path))
+    sim.controller.source = FlakySource(sim.mesh, {1: BadQuery("metric 'latency': parse error at char 7")})
+    result = sim.controller.run()
+    assert result.phase is Phase.ABORTED
+    last = list(read_records(audit_path))[-1]
+    assert last["phase"] == "aborted" and "parse error" in last["error"]
+    assert last["weights_after"] == {"baseline": 90, "canary": 10}
+    assert sim.router.get_weights(web_policy.target) == Weights(90, 10)
+
+
+def test_a_change_between_read_and_write_is_not_overwritten(web_policy: Policy, audit_path: Path) -> None:
+    """Compare-and-swap: a person's rollback that lands while a tick is judging wins."""
+    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=2, audit=AuditLog(audit_path))
+    sim.controller.start()
+
+    class Meddling:
+        def observe(self, target: Target, metrics: Any, start: float, end: float) -> Observation:
+            sim.router.set_weights(target, Weights(100, 0))  # someone rolls back mid-tick
+            return sim.mesh.observe(target, metrics, start, end)
+
+    sim.controller.source = Meddling()
+    sim.controller.judge.judge = lambda obs, step: Judgement(Outcome.PASS, (), "judged pass")  # type: ignore[method-assign]
+    report = sim.controller.tick()
+    assert report.decision.phase is Phase.ABORTED
+    assert sim.router.get_weights(web_policy.target) == Weights(100, 0)
+    assert "weights changed outside canary" in list(read_records(audit_path))[-1]["reason"]

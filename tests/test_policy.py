@@ -433,3 +433,16 @@ def test_loaded_policy_matches_parsed_text(write_policy: Callable[..., Path]) ->
 def test_every_shipped_policy_is_valid(path: Path) -> None:
     policy = load_policy(path)
     assert policy.metrics and policy.steps[-1] == 100
+
+
+def test_a_self_referencing_alias_is_one_line_not_a_recursion_error() -> None:
+    with pytest.raises(PolicyError, match=r"^x.yaml: a YAML alias refers to itself"):
+        parse_policy("a: &x [*x]\n", "x.yaml")
+
+
+@pytest.mark.parametrize("value", ["1" + "0" * 400, ".inf", ".nan"])
+def test_numbers_too_large_or_not_finite_are_refused(value: str) -> None:
+    text = BASE.replace("alpha: 0.05", f"alpha: {value}")
+    assert text != BASE
+    with pytest.raises(PolicyError, match=r"spec.analysis.alpha: must be a probability in \(0, 0.5\)"):
+        parse_policy(text, "x.yaml")

@@ -314,6 +314,9 @@ class KayentaJudge:
         return Verdict(check.label, _OUTCOME[cmp.classification], summary, figures)
 
     def _score(self, comparisons: list[Comparison], verdicts: tuple[Verdict, ...]) -> Judgement:
+        if all(cmp.classification is Classification.NO_DATA for cmp in comparisons):
+            # Nothing to compare is neither a pass nor a failure: the step holds (Kayenta would score 0).
+            return Judgement(Outcome.NO_DATA, verdicts, "Kayenta-style: no data for any metric; holding")
         total = math.fsum(c.weight for c in self.checks)
         passed = math.fsum(
             c.weight for c, cmp in zip(self.checks, comparisons, strict=True)

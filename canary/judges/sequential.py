@@ -8,7 +8,8 @@ Each check (an error rate, or one latency quantile) keeps two confidence sequenc
   zero, i.e. the canary is shown within tolerance with the traffic of this step.
 Both use the normal-mixture boundary of `canary.stats.confidence`, so looking every interval costs
 nothing: the chance of ever rolling back a canary within tolerance is at most α, split evenly over the
-checks (docs/statistics.md states the method and what it assumes).
+metrics and then over a latency metric's quantiles (docs/statistics.md states the method and what it
+assumes).
 
 Every interval is compared within itself (canary against the baseline over the same minute, with each
 version's observed request count), so service-wide drift and an inexact traffic split cancel out.
@@ -28,6 +29,7 @@ from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcom
 from canary.policy import LatencyMetric, MetricSpec, Policy, QuantileTolerance
 from canary.stats.buckets import (
     common_layout,
+    merge,
     quantile_range,
     rebucket,
     reference_edge,
@@ -199,16 +201,16 @@ class _RatioCheck(_Check):
         )
         conf = f"{100 * (1 - self.alpha):.1f}%"
         lo, hi = fail_ci.lower + self.margin, fail_ci.upper + self.margin
-        if min(self.step_requests) < min_requests:
-            return Verdict(
-                self.label, Outcome.CONTINUE,
-                f"{head}; waiting for {min_requests} requests per version in this step", figures,
-            )  # fmt: skip
-        if fail_ci.lower > 0:
+        if fail_ci.lower > 0:  # the fail sequence is anytime-valid: no minimum of requests needed to act on it
             return Verdict(
                 self.label, Outcome.FAIL,
                 f"{head}: worse than tolerated, the increase is at least +{100 * lo:.2f} pp ({conf} confidence)",
                 figures,
+            )  # fmt: skip
+        if min(self.step_requests) < min_requests:
+            return Verdict(
+                self.label, Outcome.CONTINUE,
+                f"{head}; waiting for {min_requests} requests per version in this step", figures,
             )  # fmt: skip
         if pass_ci.upper < 0:
             return Verdict(
@@ -223,13 +225,7 @@ class _RatioCheck(_Check):
 
 
 def _total_histogram(samples: Mapping[str, Sample], bounds: tuple[float, ...]) -> Histogram | None:
-    hists = [rebucket(s, bounds) for s in samples.values() if isinstance(s, Histogram)]
-    if not hists:
-        return None
-    total = hists[0]
-    for h in hists[1:]:
-        total = total + h
-    return total
+    return merge([rebucket(s, bounds) for s in samples.values() if isinstance(s, Histogram)])
 
 
 def _fmt_range(r: tuple[float, float] | None) -> str:
@@ -247,6 +243,8 @@ class _EdgeTest:
     seq: _Sequences
     reference: float  # the baseline's share slower than x when chosen: scales the weights
     baseline_pods: dict[str, tuple[int, int]] = field(default_factory=dict)  # pod -> (slower, requests)
+    canary_slower: int = 0  # canary requests slower than x, over the intervals where x was an edge
+    canary_seen: int = 0
 
 
 class _QuantileCheck(_Check):
@@ -262,8 +260,7 @@ class _QuantileCheck(_Check):
         super().__init__(label, alpha)
         self.tolerance = tolerance
         self.tests: list[_EdgeTest] = []  # chosen once from the baseline's data, then fixed
-        self.bounds: tuple[float, ...] | None = None
-        self.total: dict[str, Histogram] = {}
+        self.total: dict[str, Histogram] = {}  # running totals, on the edges every interval had
         self.canary_pods: set[str] = set()
         self.layout_note = ""
 
@@ -271,8 +268,6 @@ class _QuantileCheck(_Check):
         layouts = sorted(
             {s.bounds for s in (*window.baseline.values(), *window.canary.values()) if isinstance(s, Histogram)}
         )
-        if self.bounds is not None:
-            layouts.append(self.bounds)
         layout = common_layout(layouts)
         if layout is None:
             return None
@@ -291,9 +286,6 @@ class _QuantileCheck(_Check):
         bounds = self._layout(window)
         if bounds is None:
             return Verdict(self.label, Outcome.NO_DATA, f"{self.label}: the versions' latency buckets share no edge")
-        if bounds != self.bounds:
-            self.bounds = bounds
-            self.total = {k: rebucket(h, bounds) for k, h in self.total.items()}
         base, can = _total_histogram(window.baseline, bounds), _total_histogram(window.canary, bounds)
         if base is not None and can is not None and base.total > 0 and can.total > 0:
             self._accumulate(window, base, can, bounds)
@@ -322,8 +314,8 @@ class _QuantileCheck(_Check):
             self.tests.append(_EdgeTest(bounds[i], _Sequences(rho=rho), min(max(above, 1e-4), 1 - 1e-4)))
 
     def _accumulate(self, window: MetricWindow, base: Histogram, can: Histogram, bounds: tuple[float, ...]) -> None:
-        self.total["baseline"] = self.total["baseline"] + base if "baseline" in self.total else base
-        self.total["canary"] = self.total["canary"] + can if "canary" in self.total else can
+        for key, h in (("baseline", base), ("canary", can)):
+            self.total[key] = (merge([self.total[key], h]) or h) if key in self.total else h
         tb = self.total["baseline"]
         if not self.tests:
             self._choose_edges(tb, bounds)
@@ -339,6 +331,8 @@ class _QuantileCheck(_Check):
             variance = _null_variance(rate_b, rate_b, can.total, base.total)
             weight = _weight(can.total, base.total, test.reference)
             test.seq.add(slower_c / can.total - allowed_b, variance, weight)
+            test.canary_slower += slower_c
+            test.canary_seen += can.total
             for pod, sample in window.baseline.items():
                 if isinstance(sample, Histogram) and sample.total > 0:
                     h = rebucket(sample, bounds)
@@ -347,24 +341,23 @@ class _QuantileCheck(_Check):
         self.canary_pods |= {p for p, s in window.canary.items() if isinstance(s, Histogram) and s.total > 0}
         self.step_requests = (self.step_requests[0] + base.total, self.step_requests[1] + can.total)
 
-    def _intervals(self, test: _EdgeTest, alpha: float) -> tuple[Interval, Interval, float]:
+    def _intervals(self, test: _EdgeTest, edges: int) -> tuple[Interval, Interval, float]:
+        """The fail sequence at α split over the edges (pod term too), the pass sequence at the full α."""
         pods = test.baseline_pods.values()
         tau2 = between_pod_variance([a for a, _ in pods], [n for _, n in pods])
         pod_sd = pod_effect_sd(tau2, len(self.canary_pods), len(test.baseline_pods))
-        fail_ci, pass_ci = test.seq.intervals(alpha, self.z_pod * pod_sd)
+        z_fail = float(norm.isf(self.alpha * POD_SHARE / edges))
+        fail_ci = confidence_sequence(test.seq.fail, test.seq.rho, self.alpha_cs / edges, z_fail * pod_sd)
+        pass_ci = confidence_sequence(test.seq.step, test.seq.rho, self.alpha_cs, self.z_pod * pod_sd)
         return fail_ci, pass_ci, pod_sd
 
     def _verdict(self, tb: Histogram, tc: Histogram, min_requests: int) -> Verdict:
-        assert self.bounds is not None
         q, m = self.tolerance.quantile, self.tolerance.max_increase
-        alpha_fail = self.alpha_cs / len(self.tests)
-        results = [(test, *self._intervals(test, alpha_fail)) for test in self.tests]
-        main, fail_ci, _, pod_sd = results[0]
-        pass_ci = self._intervals(main, self.alpha_cs)[1]  # passes are decided at the nearest edge alone
+        results = [(test, *self._intervals(test, len(self.tests))) for test in self.tests]
+        main, fail_ci, pass_ci, pod_sd = results[0]  # passes are decided at the nearest edge alone
         failing = [(t, ci) for t, ci, _, _ in results if ci.lower > 0]
         shown, shown_ci = failing[0] if failing else (main, fail_ci)
-        index = self.bounds.index(shown.edge) if shown.edge in self.bounds else None
-        share_c = survival_counts(tc)[index] / tc.total if index is not None else math.nan
+        share_c = shown.canary_slower / shown.canary_seen if shown.canary_seen else survival_at(tc, shown.edge)
         share_b = survival_at(tb, shown.edge)
         allowed = survival_at(tb, shown.edge / (1 + m))
         figures: dict[str, object] = {
@@ -394,16 +387,16 @@ class _QuantileCheck(_Check):
             f"{self.layout_note}"
         )
         conf = f"{100 * (1 - self.alpha):.1f}%"
-        if min(self.step_requests) < min_requests:
-            return Verdict(
-                self.label, Outcome.CONTINUE,
-                f"{head}; waiting for {min_requests} requests per version in this step", figures,
-            )  # fmt: skip
-        if failing:
+        if failing:  # the fail sequence is anytime-valid: no minimum of requests needed to act on it
             return Verdict(
                 self.label, Outcome.FAIL,
                 f"{head}: slower than tolerated, by at least {100 * shown_ci.lower:.2f} pp of requests ({conf} "
                 "confidence)", figures,
+            )  # fmt: skip
+        if min(self.step_requests) < min_requests:
+            return Verdict(
+                self.label, Outcome.CONTINUE,
+                f"{head}; waiting for {min_requests} requests per version in this step", figures,
             )  # fmt: skip
         if pass_ci.upper < 0:
             return Verdict(self.label, Outcome.PASS, f"{head}: within tolerance ({conf} confidence)", figures)

@@ -19,7 +19,7 @@ import yaml
 from canary.errors import RouterError
 from canary.model import Weights
 from canary.policy import Target
-from canary.routers.virtualservice import read_weights, with_weights
+from canary.routers.virtualservice import check_expected, read_weights, with_weights
 
 
 class ManifestRouter:
@@ -53,9 +53,10 @@ class ManifestRouter:
         documents = self._documents()
         return read_weights(documents[self._index(documents, target)], target)
 
-    def set_weights(self, target: Target, weights: Weights) -> None:
+    def set_weights(self, target: Target, weights: Weights, *, expected: Weights | None = None) -> None:
         documents = self._documents()
         index = self._index(documents, target)
+        check_expected(documents[index], target, expected)
         documents[index] = with_weights(documents[index], target, weights)
         text = yaml.safe_dump_all(documents, sort_keys=False)
         fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)

@@ -7,7 +7,7 @@ from typing import Any
 from canary.errors import RouterError
 from canary.model import Weights
 from canary.policy import Target
-from canary.routers.virtualservice import read_weights, with_weights
+from canary.routers.virtualservice import check_expected, read_weights, with_weights
 
 
 class MemoryRouter:
@@ -27,7 +27,8 @@ class MemoryRouter:
     def get_weights(self, target: Target) -> Weights:
         return read_weights(self.manifest(target), target)
 
-    def set_weights(self, target: Target, weights: Weights) -> None:
+    def set_weights(self, target: Target, weights: Weights, *, expected: Weights | None = None) -> None:
+        check_expected(self.manifest(target), target, expected)
         updated = with_weights(self.manifest(target), target, weights)
         self._store[(target.namespace, target.virtual_service)] = updated
         self.history.append(weights)

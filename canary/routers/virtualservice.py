@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from canary.errors import RouterError
+from canary.errors import RouterError, WeightConflict
 from canary.model import Weights
 from canary.policy import Target
 
@@ -64,3 +64,15 @@ def with_weights(vs: dict[str, Any], target: Target, weights: Weights) -> dict[s
     _destination(route, target, target.baseline)["weight"] = weights.baseline
     _destination(route, target, target.canary)["weight"] = weights.canary
     return out
+
+
+def check_expected(vs: dict[str, Any], target: Target, expected: Weights | None) -> None:
+    """Compare-and-swap: refuse to write over weights someone changed since they were read."""
+    if expected is None:
+        return
+    current = read_weights(vs, target)
+    if current != expected:
+        raise WeightConflict(
+            f"VirtualService {target.namespace}/{target.virtual_service}: weights changed outside canary "
+            f"(expected {expected}, found {current})"
+        )

@@ -47,9 +47,10 @@ def survival_at(hist: Histogram, x: float) -> float:
             return surv[i]
         if x < edge:
             lo_surv = surv[i - 1] if i > 0 else 1.0
-            if i == 0:  # first bucket, from 0: nothing is known about its shape
-                return lo_surv + (surv[i] - lo_surv) * x / edge
-            w = math.log(x / edges[i - 1]) / math.log(edge / edges[i - 1])
+            lo_edge = edges[i - 1] if i > 0 else 0.0
+            if lo_edge <= 0:  # a bucket from 0 (or below): nothing is known about its shape
+                return lo_surv + (surv[i] - lo_surv) * (x - lo_edge) / (edge - lo_edge)
+            w = math.log(x / lo_edge) / math.log(edge / lo_edge)
             return _between(lo_surv, surv[i], w)
     return surv[-1] if surv else 1.0  # beyond the last finite edge nothing finer is known
 
@@ -134,6 +135,17 @@ def common_layout(layouts: Sequence[tuple[float, ...]]) -> Layout | None:
         return None
     bounds = tuple(sorted(common))
     return Layout(bounds, merged=any(layout != first for layout in layouts[1:]))
+
+
+def merge(histograms: Sequence[Histogram]) -> Histogram | None:
+    """The sum of histograms on the edges they all share; None when there are none or no shared edge."""
+    layout = common_layout([h.bounds for h in histograms])
+    if layout is None:
+        return None
+    total = rebucket(histograms[0], layout.bounds)
+    for h in histograms[1:]:
+        total = total + rebucket(h, layout.bounds)
+    return total
 
 
 def rebucket(hist: Histogram, bounds: tuple[float, ...]) -> Histogram:

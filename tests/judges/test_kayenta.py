@@ -231,6 +231,14 @@ def test_no_data_counts_as_not_passing() -> None:
     assert last.outcome is Outcome.FAIL
 
 
+def test_no_data_for_every_metric_holds_rather_than_rolling_back() -> None:
+    """Kayenta itself would score 0 and fail; canary holds the step, as for every judge."""
+    judge = KayentaJudge(make_policy())
+    empty = Observation(0, 60, {})
+    last = [judge.judge(empty, 0) for _ in range(4)][-1]
+    assert last.outcome is Outcome.NO_DATA
+
+
 def test_a_metric_missing_from_the_observation_is_no_data() -> None:
     judge = KayentaJudge(make_policy())
     only_errors = Observation(0, 60, {"error-rate": window(Ratio(10, 1000), Ratio(10, 1000))})
@@ -317,7 +325,7 @@ def test_never_crashes_or_returns_nan_on_arbitrary_counts(ticks: list[tuple[Obse
     judge = KayentaJudge(make_policy(min_intervals=2))
     for observation, step in sorted(ticks, key=lambda t: t[1]):
         judgement = judge.judge(observation, step)
-        assert judgement.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.CONTINUE)
+        assert judgement.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.CONTINUE, Outcome.NO_DATA)
         assert "nan" not in judgement.summary.lower()
         for verdict in judgement.verdicts:
             assert _finite_everywhere(dict(verdict.figures)), verdict

@@ -193,9 +193,20 @@ def ratio(draw: st.DrawFn) -> Ratio:
     return Ratio(draw(st.integers(0, trials)), trials)
 
 
-histogram = st.lists(st.integers(0, 10**5), min_size=len(ISTIO_LATENCY_BUCKETS_MS) + 1, max_size=20).map(
+full_histogram = st.lists(st.integers(0, 10**5), min_size=len(ISTIO_LATENCY_BUCKETS_MS) + 1, max_size=20).map(
     lambda counts: Histogram(ISTIO_LATENCY_BUCKETS_MS, tuple(counts))
 )
+
+
+@st.composite
+def other_layout(draw: st.DrawFn) -> Histogram:
+    """A layout that differs: some of Istio's edges missing, or a zero edge first."""
+    edges = sorted(draw(st.sets(st.sampled_from((0.0, *ISTIO_LATENCY_BUCKETS_MS)), min_size=1, max_size=8)))
+    counts = draw(st.lists(st.integers(0, 10**5), min_size=len(edges) + 1, max_size=len(edges) + 1))
+    return Histogram(tuple(edges), tuple(counts))
+
+
+histogram = st.one_of(full_histogram, full_histogram, other_layout())
 
 
 def _all_numbers_finite(value: object) -> bool:
@@ -237,3 +248,44 @@ def test_any_non_negative_counts_give_a_verdict_without_nan(ticks: list) -> None
         for verdict in result.verdicts:
             assert _all_numbers_finite(dict(verdict.figures)), verdict
             assert "nan" not in verdict.summary.lower()
+
+
+def test_a_pod_with_another_bucket_layout_never_puts_nan_in_a_verdict_and_decisions_go_on() -> None:
+    """A sidecar upgrade mid-rollout: one canary pod exports without the 100 and 250 ms buckets."""
+    rng = np.random.default_rng(5)
+    judge = SequentialJudge(policy(LATENCY_POLICY))
+    coarse_edges = tuple(e for e in ISTIO_LATENCY_BUCKETS_MS if e not in (100, 250))
+    outcomes = []
+    for tick in range(12):
+        canary = {"c0": lognormal_counts(rng, 3000, 120)}
+        if tick >= 2:
+            full = lognormal_counts(rng, 3000, 120).cumulative()
+            canary["c1"] = Histogram.from_cumulative({e: n for e, n in full.items() if e not in (100, 250)})
+            assert canary["c1"].bounds == coarse_edges
+        obs = Observation(0, 60, {"latency": MetricWindow({"b": lognormal_counts(rng, 6000, 80)}, canary)})
+        verdict = judge.judge(obs, 0).verdicts[0]
+        assert "nan" not in verdict.summary.lower() and _all_numbers_finite(dict(verdict.figures))
+        outcomes.append(verdict.outcome)
+    assert outcomes[-1] is Outcome.FAIL  # +50% is still caught, on the intervals where the edge exists
+
+
+def test_a_bucket_edge_at_zero_does_not_crash() -> None:
+    judge = SequentialJudge(policy(LATENCY_POLICY))
+    bounds = (0.0, 50.0, 100.0, 250.0)
+    obs = Observation(
+        0,
+        60,
+        {
+            "latency": MetricWindow(
+                {"b": Histogram(bounds, (0, 400, 300, 200, 100))}, {"c": Histogram(bounds, (0, 40, 30, 20, 10))}
+            )
+        },
+    )
+    assert judge.judge(obs, 0).outcome in {Outcome.CONTINUE, Outcome.PASS, Outcome.FAIL}
+
+
+def test_a_clear_failure_rolls_back_before_min_requests_is_reached() -> None:
+    """minRequests gates passes only: the fail sequence is valid at any sample size."""
+    judge = SequentialJudge(policy(**{"minRequests: 0": "minRequests: 100000"}))
+    result = judge.judge(ratio_obs(Ratio(100, 10_000), Ratio(5_000, 10_000)), 0)
+    assert result.outcome is Outcome.FAIL
