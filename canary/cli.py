@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 import time
 from enum import StrEnum
@@ -215,6 +216,8 @@ def run(
 ) -> None:
     """Run a rollout to its end (blocking): 0 promoted, 1 rolled back, 2 error, 3 inconclusive."""
     try:
+        if simulate is not None and prometheus_url == os.environ.get("CANARY_PROMETHEUS_URL"):
+            prometheus_url = None  # an explicit --simulate outranks the environment's default URL
         if simulate is not None and prometheus_url:
             raise CanaryError("choose one metrics source: --simulate or --prometheus-url, not both")
         if prometheus_url:

@@ -325,3 +325,11 @@ def test_an_unexpected_exception_exits_2_never_1(
         canary.cli.main()
     assert caught.value.code == 2
     assert capsys.readouterr().err.strip() == "canary: internal error: RuntimeError: boom"
+
+
+def test_simulate_outranks_the_environment_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CANARY_PROMETHEUS_URL", "http://127.0.0.1:9")
+    result = CliRunner().invoke(
+        app, ["run", str(POLICY), "--simulate", "latency-regression", "--audit", str(tmp_path / "a.jsonl")]
+    )
+    assert result.exit_code == 1, result.output
