@@ -3,8 +3,15 @@
 For pipelines that shift traffic themselves (an Argo Rollouts Job or web metric can call it) and for
 auditing a past rollout. The window is cut into the policy's intervals and fed to the judge one interval at
 a time, as the controller would have, so a sequential judge keeps its guarantees; the counts are summed
-over the whole window for the report. Any failing interval fails the analysis; otherwise it passes once
-the judge has passed, and is inconclusive when the evidence never sufficed.
+over the whole window for the report.
+
+The verdict and the judgement reported with it always agree:
+- any failing interval fails the analysis, reported with the first failing judgement (a failure later in
+  the window still counts: an audit must not hide it);
+- otherwise the analysis passes once the judge has passed, reported with the first passing judgement: that
+  is where the judge decided and the controller would have moved on, so later intervals that are only
+  `continue` (a Flagger-style check failing once under its threshold, say) do not take the pass back;
+- otherwise it is inconclusive (the evidence never sufficed), reported with the last judgement.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ class AnalysisResult:
     start: float
     end: float
     intervals: int
-    judgement: Judgement | None  # the deciding judgement: the first failing one, else the last
+    judgement: Judgement | None  # the deciding one: the first failing, else the first passing, else the last
     observation: Observation  # counts summed over the whole window
 
     @property
@@ -50,10 +57,11 @@ def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, e
         observations.append(observation)
         judgements.append(judge.judge(observation, 0))
     failed = [j for j in judgements if j.outcome is Outcome.FAIL]
+    passed = [j for j in judgements if j.outcome is Outcome.PASS]
     if failed:
         verdict, deciding = "fail", failed[0]
-    elif any(j.outcome is Outcome.PASS for j in judgements):
-        verdict, deciding = "pass", judgements[-1]
+    elif passed:
+        verdict, deciding = "pass", passed[0]
     else:
         verdict, deciding = "inconclusive", judgements[-1]
     return AnalysisResult(verdict, start, end, count, deciding, merge(observations))
@@ -89,9 +97,24 @@ def _add(sides: Sequence[Mapping[str, Sample]]) -> dict[str, Sample]:
     return dict(sorted(out.items()))
 
 
+MAX_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second ISO 8601 (and `iso`) can write
+
+
 def parse_time(text: str, now: float) -> float:
-    """`now`, unix seconds, `-30m` (relative to now) or an ISO 8601 time (UTC unless it says otherwise)."""
+    """`now`, unix seconds, `-30m` (relative to now) or an ISO 8601 time (UTC unless it says otherwise).
+
+    ValueError for anything else, and for times before 1970 or after 9999 (`inf`, `nan`, `1e20`).
+    """
     value = text.strip()
+    t = _read_time(value, now)
+    if t is None:
+        raise ValueError(f"cannot read time {text!r}: use now, -30m, unix seconds or 2026-01-01T12:00:00Z")
+    if not 0 <= t <= MAX_TIME:  # also false for NaN
+        raise ValueError(f"time {text!r} is out of range: give a time between 1970 and 9999")
+    return t
+
+
+def _read_time(value: str, now: float) -> float | None:
     if value == "now":
         return now
     if value.startswith("-"):
@@ -105,12 +128,15 @@ def parse_time(text: str, now: float) -> float:
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
     except ValueError:
-        raise ValueError(f"cannot read time {text!r}: use now, -30m, unix seconds or 2026-01-01T12:00:00Z") from None
+        return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()
 
 
 def iso(t: float) -> str:
-    """A time as ISO 8601 in UTC, seconds precision."""
-    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")
+    """A time as ISO 8601 in UTC, seconds precision; the bare number when it has no date (NaN, ±inf, 1e20)."""
+    try:
+        return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{t:g}"

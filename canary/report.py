@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from canary.model import Histogram, Judgement, Observation, Ratio, Verdict
-
-
-def le_label(edge: float) -> str:
-    """A bucket edge as Prometheus prints `le` (Envoy's %g style: 0.5, 100, 1.8e+06, +Inf)."""
-    return "+Inf" if math.isinf(edge) else f"{edge:g}"
+from canary.promql import format_le
 
 
 def version_counts(observation: Observation, baseline: str, canary: str) -> dict[str, dict[str, Any]]:
-    """Per version: requests and errors (from the first ratio metric), and cumulative latency buckets."""
+    """Per version: requests and errors (from the first ratio metric), and cumulative latency buckets.
+
+    Buckets are keyed by `le` as Prometheus prints it (`promql.format_le`): 0.5, 100, 1.234567e+06, +Inf.
+    """
     out: dict[str, dict[str, Any]] = {baseline: {}, canary: {}}
     for name, window in observation.metrics.items():
         for version, samples in ((baseline, window.baseline), (canary, window.canary)):
@@ -33,7 +31,7 @@ def version_counts(observation: Observation, baseline: str, canary: str) -> dict
                 merged = hists[0]
                 for h in hists[1:]:
                     merged = merged + h
-                buckets = {le_label(edge): count for edge, count in merged.cumulative().items()}
+                buckets = {format_le(edge): count for edge, count in merged.cumulative().items()}
                 entry.setdefault("latency_buckets", buckets)
                 entry.setdefault("requests", merged.total)
                 entry.setdefault("metrics", {})[name] = {"latency_buckets": buckets}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
-from canary.analysis import analyze, merge, parse_time
+from canary.analysis import analyze, iso, merge, parse_time
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio
 from canary.policy import Policy, Target
+from canary.report import version_counts
 
 
 class CountingSource:
@@ -51,15 +53,23 @@ def test_window_is_cut_into_policy_intervals_with_a_short_last_one(policy: Polic
 @pytest.mark.parametrize(
     ("outcomes", "verdict", "deciding"),
     [
-        ([Outcome.CONTINUE, Outcome.PASS, Outcome.PASS], "pass", "pass at 1180"),
+        ([Outcome.CONTINUE, Outcome.PASS, Outcome.PASS], "pass", "pass at 1120"),
+        ([Outcome.PASS, Outcome.CONTINUE, Outcome.NO_DATA], "pass", "pass at 1060"),
         ([Outcome.PASS, Outcome.FAIL, Outcome.PASS], "fail", "fail at 1120"),
         ([Outcome.NO_DATA, Outcome.NO_DATA, Outcome.CONTINUE], "inconclusive", "continue at 1180"),
     ],
 )
-def test_any_failure_fails_and_a_pass_passes(policy: Policy, outcomes, verdict, deciding):
+def test_any_failure_fails_and_the_first_pass_passes(policy: Policy, outcomes, verdict, deciding):
     result = analyze(policy, CountingSource(), ScriptedJudge(outcomes), 1000.0, 1180.0)
     assert result.verdict == verdict
     assert result.judgement is not None and result.judgement.summary == deciding
+
+
+@pytest.mark.parametrize("later", [Outcome.CONTINUE, Outcome.NO_DATA, Outcome.PASS])
+def test_reported_judgement_agrees_with_the_verdict(policy: Policy, later: Outcome):
+    result = analyze(policy, CountingSource(), ScriptedJudge([Outcome.PASS, later]), 1000.0, 1120.0)
+    assert result.judgement is not None
+    assert (result.verdict, result.judgement.outcome.value) == ("pass", "pass")
 
 
 def test_empty_window_is_refused(policy: Policy):
@@ -98,3 +108,22 @@ def test_times_read_as_now_relative_unix_or_iso(text: str, seconds: float):
 def test_unreadable_time_says_what_is_accepted():
     with pytest.raises(ValueError, match="use now, -30m, unix seconds or 2026-01-01T12:00:00Z"):
         parse_time("yesterday", now=0.0)
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "1e20", "-1e20", "-99999999h", "0001-01-01T00:00:00+01:00"])
+def test_times_without_a_printable_date_are_refused_with_one_line(text: str):
+    with pytest.raises(ValueError, match="out of range: give a time between 1970 and 9999"):
+        parse_time(text, now=1_000_000.0)
+
+
+def test_iso_never_raises():
+    assert iso(0.0) == "1970-01-01T00:00:00+00:00"
+    assert [iso(t) for t in (math.inf, math.nan, 1e20)] == ["inf", "nan", "1e+20"]
+
+
+def test_counts_key_buckets_by_le_as_prometheus_prints_it():
+    histogram = Histogram.from_cumulative({0.5: 1, 1234567.0: 2, 1_800_000.0: 3, math.inf: 4})
+    observation = Observation(0, 60, {"latency": MetricWindow({}, {"c-0": histogram})})
+    counts = version_counts(observation, "v1", "v2")
+    assert counts["v1"] == {}
+    assert counts["v2"]["latency_buckets"] == {"0.5": 1, "1.234567e+06": 2, "1.8e+06": 3, "+Inf": 4}

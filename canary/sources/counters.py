@@ -12,14 +12,24 @@ Rules, per series (one set of labels):
 - a series whose first sample falls inside the window was born there and counts from zero;
 - NaN samples are skipped; a series with no sample inside the window is not data (never a zero).
 Series are then summed per (version, pod).
+
+A restart resets every series of a process, but only the series whose new value is below the old one show
+it. Where counts of different series must agree, a reset seen in one series is applied to the others: to
+every bucket of a histogram (the series that differ only in `le`), so its buckets stay cumulative, and to
+the events and total series of a custom ratio's (version, pod), so events never exceed total. Error-rate
+series are left to themselves: errors are a subset of the same series, so they cannot disagree, and a single
+series can also start over alone (Envoy's stats eviction, or another pod when the pod label names the
+workload), when counting the others from zero would add requests from before the window.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from canary.model import Histogram, MetricWindow, Ratio, Sample
@@ -61,26 +71,51 @@ def _sample(pair: Any) -> tuple[float, float]:
         raise CountError(f"malformed sample {pair!r}") from exc
 
 
-def window_increase(samples: Iterable[tuple[float, float]], start: float, end: float) -> float | None:
-    """How much a counter grew over (start, end], reset-aware; None when no sample falls in the window."""
+def reset_times(samples: Iterable[tuple[float, float]]) -> list[float]:
+    """The timestamps at which a counter dropped (a reset), NaN and infinite samples skipped."""
+    out: list[float] = []
     previous: float | None = None
+    for timestamp, value in sorted(samples):
+        if not math.isfinite(value):
+            continue
+        if previous is not None and value < previous:
+            out.append(timestamp)
+        previous = value
+    return out
+
+
+def window_increase(
+    samples: Iterable[tuple[float, float]], start: float, end: float, resets: Sequence[float] = ()
+) -> float | None:
+    """How much a counter grew over (start, end], reset-aware; None when no sample falls in the window.
+
+    `resets` (sorted) are reset times seen in other series of the same group: a sample whose interval since
+    this series' previous sample holds one counts its whole value, as if this series had dropped there too.
+    """
+    previous: tuple[float, float] | None = None  # (timestamp, value)
     total = 0.0
     seen = False
     for timestamp, value in sorted(samples):
-        if math.isnan(value) or math.isinf(value):
+        if not math.isfinite(value):
             continue
         if timestamp > end:
             break
         if timestamp <= start:
-            previous = value
+            previous = (timestamp, value)
             continue
         seen = True
-        if previous is None or value < previous:
+        if previous is None or value < previous[1] or _reset_between(resets, previous[0], timestamp):
             total += value  # born inside the window, or restarted: everything since zero is new
         else:
-            total += value - previous
-        previous = value
+            total += value - previous[1]
+        previous = (timestamp, value)
     return total if seen else None
+
+
+def _reset_between(resets: Sequence[float], after: float, until: float) -> bool:
+    """Whether a reset time lies in (after, until]."""
+    i = bisect_right(resets, after)
+    return i < len(resets) and resets[i] <= until
 
 
 def _count(value: float) -> int:
@@ -103,6 +138,38 @@ def _window(baseline: Mapping[str, Sample], canary: Mapping[str, Sample]) -> Met
     return MetricWindow(baseline=dict(sorted(baseline.items())), canary=dict(sorted(canary.items())))
 
 
+def _increases(
+    series: Sequence[Series],
+    version_label: str,
+    baseline: str,
+    canary: str,
+    start: float,
+    end: float,
+    *,
+    group: Callable[[Mapping[str, str]], Hashable] = lambda labels: None,
+) -> Iterator[tuple[str, Series, float]]:
+    """(side, series, its increase over (start, end]) for each series of the two versions with data there.
+
+    A reset seen in any series of a group (same side, same `group` key) resets every series of that group at
+    that time; the default puts no two series in one group.
+    """
+    chosen = [(side, s) for s in series if (side := _side(s.labels.get(version_label, ""), baseline, canary))]
+    found: dict[tuple[str, Hashable], set[float]] = defaultdict(set)
+    for side, s in chosen:
+        if (key := group(s.labels)) is not None:
+            found[(side, key)].update(reset_times(s.samples))
+    resets = {key: sorted(times) for key, times in found.items()}
+    for side, s in chosen:
+        grown = window_increase(s.samples, start, end, resets.get((side, group(s.labels)), []))
+        if grown is not None:
+            yield side, s, grown
+
+
+def _histogram_key(labels: Mapping[str, str]) -> Hashable:
+    """One histogram: its buckets differ only in `le`."""
+    return frozenset((k, v) for k, v in labels.items() if k != "le")
+
+
 def error_window(
     series: Sequence[Series],
     *,
@@ -116,11 +183,7 @@ def error_window(
     """Errors out of requests per version and pod, from raw `istio_requests_total` series."""
     requests: dict[tuple[str, str], float] = defaultdict(float)
     errors: dict[tuple[str, str], float] = defaultdict(float)
-    for s in series:
-        side = _side(s.labels.get(VERSION_LABEL, ""), baseline, canary)
-        grown = window_increase(s.samples, start, end)
-        if side is None or grown is None:
-            continue
+    for side, s, grown in _increases(series, VERSION_LABEL, baseline, canary, start, end):
         key = (side, _pod(s.labels, pod_label))
         requests[key] += grown
         if is_error(s.labels):
@@ -140,13 +203,12 @@ def histogram_window(
     end: float,
     pod_label: str = "pod",
 ) -> MetricWindow:
-    """Requests per latency bucket per version and pod, from raw `..._bucket` series (every `le`)."""
+    """Requests per latency bucket per version and pod, from raw `..._bucket` series (every `le`).
+
+    A reset seen in any bucket of a histogram resets all its buckets, so their counts stay cumulative.
+    """
     cumulative: dict[tuple[str, str], dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    for s in series:
-        side = _side(s.labels.get(VERSION_LABEL, ""), baseline, canary)
-        grown = window_increase(s.samples, start, end)
-        if side is None or grown is None:
-            continue
+    for side, s, grown in _increases(series, VERSION_LABEL, baseline, canary, start, end, group=_histogram_key):
         try:
             le = parse_le(s.labels["le"])
         except (KeyError, ValueError) as exc:
@@ -174,17 +236,15 @@ def custom_window(
 ) -> MetricWindow:
     """Events out of total per version and pod, from a custom ratio's tagged subquery answer.
 
-    A pod with total but no events series has zero events; events without a total, or more events than
-    total, mean the two templates do not describe the same requests.
+    A reset seen in any events or total series of a (version, pod) resets all of them, so events never
+    exceed total through a restart. A pod with total but no events series has zero events; events without a
+    total, or more events than total, mean the two templates do not describe the same requests.
     """
     parts: dict[str, dict[tuple[str, str], float]] = {"events": defaultdict(float), "total": defaultdict(float)}
-    for s in series:
-        side = _side(s.labels.get(CUSTOM_VERSION_LABEL, ""), baseline, canary)
-        part = s.labels.get(PART_LABEL)
-        grown = window_increase(s.samples, start, end)
-        if side is None or part not in parts or grown is None:
-            continue
-        parts[part][(side, _pod(s.labels, pod_label))] += grown
+    tagged = [s for s in series if s.labels.get(PART_LABEL) in parts]
+    by_pod = partial(_pod, pod_label=pod_label)
+    for side, s, grown in _increases(tagged, CUSTOM_VERSION_LABEL, baseline, canary, start, end, group=by_pod):
+        parts[s.labels[PART_LABEL]][(side, _pod(s.labels, pod_label))] += grown
     sides: dict[str, dict[str, Sample]] = {"baseline": {}, "canary": {}}
     for key in parts["events"]:
         if key not in parts["total"]:

@@ -15,8 +15,9 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -73,15 +74,20 @@ class PrometheusSettings:
     delay_s: float = 0.0  # read each window this much in the past, so its last scrapes have landed
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
+        try:
+            parts = urlsplit(self.url)
+            parts.port  # noqa: B018 (parsed lazily: raises on a port that is not a number in range)
+        except ValueError:  # an unclosed '[', a bad port; the URL itself may hold credentials, so not shown
+            raise SourceError("Prometheus URL must look like http://host:9090; this one cannot be parsed") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SourceError(f"Prometheus URL must look like http://host:9090, got {self.safe_url!r}")
         if parts.username or parts.password:
             raise SourceError("put Prometheus credentials in a token or password file or env var, not the URL")
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise SourceError(f"Prometheus timeout must be a positive number of seconds, got {self.timeout_s!r}")
-        if min(self.retries, self.backoff_s, self.lookback_s, self.delay_s) < 0:
-            raise SourceError("Prometheus retries, backoff, lookback and delay must not be negative")
+        amounts = (self.retries, self.backoff_s, self.lookback_s, self.delay_s)
+        if not all(math.isfinite(x) and x >= 0 for x in amounts):
+            raise SourceError("Prometheus retries, backoff, lookback and delay must be finite and not negative")
         if self.bearer_token_file and self.bearer_token_env:
             raise SourceError("give the Prometheus bearer token as a file or an env var, not both")
         if self.basic_auth_password_file and self.basic_auth_password_env:
@@ -93,7 +99,7 @@ class PrometheusSettings:
             raise SourceError("use either a bearer token or basic auth for Prometheus, not both")
         for name, value in self.headers:
             if not _HEADER_NAME.match(name):
-                raise SourceError(f"invalid HTTP header name {name!r}")
+                raise SourceError(f"invalid HTTP header name{_header_hint(name)}")
             if any(c in value for c in "\r\n\0"):
                 raise SourceError(f"the value of header {name} must be one line")
         if not self.pod_label or not self.reporter:
@@ -145,7 +151,7 @@ class PrometheusSettings:
             if not sep:
                 name, sep, value = text.partition("=")
             if not sep or not name.strip():
-                raise SourceError(f"a header must look like 'Name: value', got {text.split(':')[0]!r}…")
+                raise SourceError(f"a header must look like 'Name: value'{_header_hint(text)}")
             pairs.append((name.strip(), value.strip()))
         return cls(
             url=url.strip(),
@@ -164,6 +170,17 @@ class PrometheusSettings:
             reporter=reporter,
             delay_s=delay_s,
         )
+
+
+def _header_hint(text: str) -> str:
+    """Which header a message is about, never its value: the first word, if a header name and more follows.
+
+    `Authorization Bearer s3cr3t` -> ` (starting 'Authorization'; …)`; a lone word may be the secret itself.
+    """
+    words = text.split(maxsplit=1)
+    if len(words) < 2 or not _HEADER_NAME.match(words[0]):
+        return ""
+    return f" (starting {words[0]!r}; the rest is not shown)"
 
 
 def make_retry(retries: int, backoff_s: float) -> Retry:
@@ -284,35 +301,14 @@ class PrometheusSource:
         for metric in metrics:
             result = self.query(queries[metric.name], end, what=f"metric {metric.name!r}")
             try:
-                series = parse_matrix(result)
-                if isinstance(metric, ErrorRateMetric):
-                    out[metric.name] = error_window(
-                        series,
-                        baseline=target.baseline,
-                        canary=target.canary,
-                        start=start,
-                        end=end,
-                        is_error=ERROR_CLASSES[metric.errors].is_error,
-                        pod_label=self.settings.pod_label,
-                    )
-                elif isinstance(metric, LatencyMetric):
-                    out[metric.name] = histogram_window(
-                        series,
-                        baseline=target.baseline,
-                        canary=target.canary,
-                        start=start,
-                        end=end,
-                        pod_label=self.settings.pod_label,
-                    )
-                else:
-                    out[metric.name] = custom_window(
-                        series,
-                        baseline=target.baseline,
-                        canary=target.canary,
-                        start=start,
-                        end=end,
-                        pod_label=self.settings.pod_label,
-                    )
+                out[metric.name] = _counter(metric)(
+                    parse_matrix(result),
+                    baseline=target.baseline,
+                    canary=target.canary,
+                    start=start,
+                    end=end,
+                    pod_label=self.settings.pod_label,
+                )
             except CountError as exc:
                 raise SourceError(f"metric {metric.name!r} from Prometheus at {self.url}: {exc}") from exc
         return Observation(start=start, end=end, metrics=out)
@@ -369,6 +365,15 @@ class PrometheusSource:
                 f"tr{'y' if self.settings.retries == 0 else 'ies'} (HTTP {status}){detail}"
             )
         return SourceError(f"Prometheus at {self.url} answered the {what} query with HTTP {status}{detail}")
+
+
+def _counter(metric: MetricSpec) -> Callable[..., MetricWindow]:
+    """The `counters` function turning a metric's raw series into counts (a kind `queries` accepted)."""
+    if isinstance(metric, ErrorRateMetric):
+        return partial(error_window, is_error=ERROR_CLASSES[metric.errors].is_error)
+    if isinstance(metric, LatencyMetric):
+        return histogram_window
+    return custom_window
 
 
 def _parse_http_error(message: str) -> tuple[int | None, str | None, str | None]:

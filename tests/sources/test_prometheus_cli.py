@@ -93,11 +93,32 @@ def test_analyze_against_an_unreachable_server_is_exit_2_with_one_line():
         (["--start", "yesterday"], "cannot read time 'yesterday'"),
         (["--start", "-5m", "--end", "-10m"], "the window must end after it starts"),
         (["--prometheus-header", "no-separator"], "must look like 'Name: value'"),
+        (["--prometheus-header", "Authorization Bearer s3cr3t"], "(starting 'Authorization'; the rest is not shown)"),
+        (["--end", "inf"], "time 'inf' is out of range"),
+        (["--end", "1e20"], "time '1e20' is out of range"),
+        (["--end", "nan"], "time 'nan' is out of range"),
+        (["--start", "1e20"], "time '1e20' is out of range"),
     ],
 )
 def test_analyze_rejects_bad_options_with_exit_2(args: list[str], message: str):
     code, output = analyze("http://127.0.0.1:9", *args)
     assert code == 2 and message in output
+    assert output.startswith("canary: ") and len(output.strip().splitlines()) == 1 and "s3cr3t" not in output
+
+
+def test_a_url_that_cannot_be_parsed_is_exit_2_with_one_line():
+    code, output = analyze("http://[::1")
+    assert code == 2 and output.strip() == (
+        "canary: Prometheus URL must look like http://host:9090; this one cannot be parsed"
+    )
+
+
+@pytest.mark.parametrize("delay", ["nan", "inf", "-1"])
+def test_run_refuses_a_delay_that_is_not_a_finite_number_of_seconds(delay: str):
+    result = runner.invoke(app, ["run", POLICY, "--prometheus-url", "http://127.0.0.1:9", "--prometheus-delay", delay])
+    assert result.exit_code == 2
+    assert result.output.strip().endswith("delay must be finite and not negative")
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_analyze_needs_a_prometheus_url():

@@ -7,6 +7,7 @@ server that sleeps or answers 503), and bad queries and credentials go to the re
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import threading
@@ -220,12 +221,34 @@ def test_missing_secret_sources_are_clear_errors(tmp_path: Path, monkeypatch: py
         ({"url": "http://x", "basic_auth_user": "u"}, "needs both a user and a password"),
         ({"url": "http://x", "headers": (("X-Bad\nHeader", "v"),)}, "invalid HTTP header name"),
         ({"url": "http://x", "headers": (("X-Ok", "a\r\nInjected: 1"),)}, "must be one line"),
+        ({"url": "http://[::1"}, "cannot be parsed"),
+        ({"url": "http://user:pw@[::1:9090"}, "cannot be parsed"),
+        ({"url": "http://x:99999"}, "cannot be parsed"),
+        ({"url": "http://x", "delay_s": math.nan}, "must be finite and not negative"),
+        ({"url": "http://x", "delay_s": math.inf}, "must be finite and not negative"),
+        ({"url": "http://x", "backoff_s": math.nan}, "must be finite and not negative"),
+        ({"url": "http://x", "lookback_s": -1.0}, "must be finite and not negative"),
     ],
 )
 def test_invalid_settings_are_rejected_with_one_line(kwargs, message):
     with pytest.raises(SourceError, match=message) as caught:
         PrometheusSettings(**kwargs)
     assert "pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("header", "shown"),
+    [
+        ("Authorization Bearer s3cr3t", "(starting 'Authorization'; the rest is not shown)"),
+        ("Authorization Bearer s3cr3t==", "(starting 'Authorization'; the rest is not shown)"),  # split at '='
+        ("s3cr3t", "must look like 'Name: value'"),
+        (" s3cr3t", "must look like 'Name: value'"),
+    ],
+)
+def test_a_malformed_header_never_shows_its_value(header: str, shown: str):
+    with pytest.raises(SourceError) as caught:
+        PrometheusSettings.from_options("http://x", headers=[header])
+    assert shown in str(caught.value) and "s3cr3t" not in str(caught.value)
 
 
 def test_header_options_must_have_a_name_and_value():
