@@ -262,7 +262,7 @@ def analysis_json(result: AnalysisResult, policy: Policy, settings: PrometheusSe
             "intervals": result.intervals,
             "interval_s": policy.interval_s,
         },
-        "counts": version_counts(result.observation, target.baseline, target.canary),
+        "counts": version_counts(result.observation, policy),
         "judgement": judgement_dict(result.judgement) if result.judgement else None,
         "source": {"kind": "prometheus", "url": settings.safe_url},
         "engine_version": __version__,
@@ -315,7 +315,7 @@ def analyze(
             f"canary analyze {policy}: {loaded.target.canary} against {loaded.target.baseline} of "
             f"{loaded.target.host}, {iso(since)} .. {iso(until)} ({result.intervals} intervals)"
         )
-        for version, counts in version_counts(result.observation, loaded.target.baseline, loaded.target.canary).items():
+        for version, counts in version_counts(result.observation, loaded).items():
             typer.echo(
                 f"  {version}: {counts.get('requests', 'no data')} requests, {counts.get('errors', '-')} errors, "
                 f"{counts.get('pods', 0)} pods"

@@ -224,7 +224,7 @@ class Controller:
             self.step_seconds.append(now - self.state.step_started_at)
         extra = {
             "window": {"start": _iso(start), "end": _iso(now), "seconds": now - start},
-            "counts": version_counts(observation, self.policy.target.baseline, self.policy.target.canary),
+            "counts": version_counts(observation, self.policy),
             "judgement": judgement_dict(judgement),
         }
         self._record(now, before, decision, extra)  # on disk before the weights move

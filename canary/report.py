@@ -5,37 +5,41 @@ from __future__ import annotations
 from typing import Any
 
 from canary.model import Histogram, Judgement, Observation, Ratio, Verdict
+from canary.policy import ErrorRateMetric, Policy
 from canary.promql import format_le
+from canary.stats.buckets import merge
 
 
-def version_counts(observation: Observation, baseline: str, canary: str) -> dict[str, dict[str, Any]]:
-    """Per version: requests and errors (from the first ratio metric), and cumulative latency buckets.
-
-    Buckets are keyed by `le` as Prometheus prints it (`promql.format_le`): 0.5, 100, 1.234567e+06, +Inf.
-    """
-    out: dict[str, dict[str, Any]] = {baseline: {}, canary: {}}
-    for name, window in observation.metrics.items():
-        for version, samples in ((baseline, window.baseline), (canary, window.canary)):
+def version_counts(observation: Observation, policy: Policy) -> dict[str, dict[str, Any]]:
+    """Per version: each metric's counts summed over pods, plus `requests` and `errors` from the first
+    error-rate metric (requests from the latency histogram when there is none) and `latency_buckets`
+    from the first latency metric, cumulative, keyed by `le` as Prometheus prints it."""
+    target = policy.target
+    out: dict[str, dict[str, Any]] = {target.baseline: {}, target.canary: {}}
+    for metric in policy.metrics:
+        window = observation.metrics.get(metric.name)
+        if window is None:
+            continue
+        for version, samples in ((target.baseline, window.baseline), (target.canary, window.canary)):
             if not samples:
                 continue
             entry = out[version]
-            first = next(iter(samples.values()))
-            if isinstance(first, Ratio):
-                total = Ratio(sum(s.events for s in samples.values() if isinstance(s, Ratio)),
-                              sum(s.trials for s in samples.values() if isinstance(s, Ratio)))  # fmt: skip
-                entry.setdefault("requests", total.trials)
-                entry.setdefault("errors", total.events)
-                entry.setdefault("metrics", {})[name] = {"events": total.events, "trials": total.trials}
-            elif isinstance(first, Histogram):
-                hists = [s for s in samples.values() if isinstance(s, Histogram) and s.bounds == first.bounds]
-                merged = hists[0]
-                for h in hists[1:]:
-                    merged = merged + h
-                buckets = {format_le(edge): count for edge, count in merged.cumulative().items()}
-                entry.setdefault("latency_buckets", buckets)
-                entry.setdefault("requests", merged.total)
-                entry.setdefault("metrics", {})[name] = {"latency_buckets": buckets}
             entry["pods"] = max(entry.get("pods", 0), len(samples))
+            ratios = [s for s in samples.values() if isinstance(s, Ratio)]
+            merged = merge([s for s in samples.values() if isinstance(s, Histogram)])
+            per_metric = entry.setdefault("metrics", {})
+            if ratios:
+                total = sum(ratios, Ratio(0, 0))
+                per_metric[metric.name] = {"events": total.events, "trials": total.trials}
+                if isinstance(metric, ErrorRateMetric) and "errors" not in entry:
+                    entry["requests"], entry["errors"] = total.trials, total.events
+            elif merged is not None:
+                buckets = {format_le(edge): count for edge, count in merged.cumulative().items()}
+                per_metric[metric.name] = {"latency_buckets": buckets}
+                entry.setdefault("latency_buckets", buckets)
+    for entry in out.values():
+        if "requests" not in entry and "latency_buckets" in entry:
+            entry["requests"] = entry["latency_buckets"]["+Inf"]
     return out
 
 

@@ -121,9 +121,20 @@ def test_iso_never_raises():
     assert [iso(t) for t in (math.inf, math.nan, 1e20)] == ["inf", "nan", "1e+20"]
 
 
-def test_counts_key_buckets_by_le_as_prometheus_prints_it():
+def test_counts_key_buckets_by_le_as_prometheus_prints_it(policy: Policy):
     histogram = Histogram.from_cumulative({0.5: 1, 1234567.0: 2, 1_800_000.0: 3, math.inf: 4})
     observation = Observation(0, 60, {"latency": MetricWindow({}, {"c-0": histogram})})
-    counts = version_counts(observation, "v1", "v2")
+    counts = version_counts(observation, policy)
     assert counts["v1"] == {}
     assert counts["v2"]["latency_buckets"] == {"0.5": 1, "1.234567e+06": 2, "1.8e+06": 3, "+Inf": 4}
+    assert counts["v2"]["requests"] == 4  # no error-rate series: requests from the histogram
+
+
+def test_counts_sum_pods_with_different_layouts_on_their_common_edges(policy: Policy):
+    full = Histogram.from_cumulative({50.0: 1, 100.0: 3, 250.0: 4, math.inf: 5})
+    coarse = Histogram.from_cumulative({100.0: 2, math.inf: 6})
+    errors = MetricWindow({}, {"c-0": Ratio(1, 5), "c-1": Ratio(2, 6)})
+    observation = Observation(0, 60, {"latency": MetricWindow({}, {"c-0": full, "c-1": coarse}), "error-rate": errors})
+    counts = version_counts(observation, policy)["v2"]
+    assert counts["latency_buckets"] == {"100": 5, "+Inf": 11}
+    assert (counts["requests"], counts["errors"], counts["pods"]) == (11, 3, 2)
