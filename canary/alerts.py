@@ -13,6 +13,7 @@ import yaml
 
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy
 from canary.promql import (
+    DEFAULT_REPORTER,
     DURATION_BUCKET,
     ERROR_CLASSES,
     PLACEHOLDERS,
@@ -22,8 +23,6 @@ from canary.promql import (
     render_template,
     selector,
 )
-
-DEFAULT_REPORTER = "destination"
 
 
 def _for(seconds: float) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from canary.judges import Judge
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio, Sample
 from canary.policy import Policy, parse_duration
+from canary.report import iso
 from canary.sources import MetricsSource
 
 EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}
@@ -132,11 +133,3 @@ def _read_time(value: str, now: float) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()
-
-
-def iso(t: float) -> str:
-    """A time as ISO 8601 in UTC, seconds precision; the bare number when it has no date (NaN, ±inf, 1e20)."""
-    try:
-        return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")
-    except (OverflowError, ValueError, OSError):
-        return f"{t:g}"

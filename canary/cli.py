@@ -18,7 +18,7 @@ import typer
 
 from canary import __version__
 from canary.alerts import alert_rules
-from canary.analysis import AnalysisResult, iso, parse_time
+from canary.analysis import AnalysisResult, parse_time
 from canary.app import (
     audit_path_for,
     open_audit,
@@ -35,7 +35,7 @@ from canary.errors import CanaryError
 from canary.model import Phase
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
 from canary.promql import Scope, operator_queries
-from canary.report import judgement_dict, version_counts
+from canary.report import iso, judgement_dict, version_counts
 from canary.scenario import BUILTIN_SCENARIOS, builtin_scenario, resolve_scenario
 from canary.sources.prometheus import PrometheusSettings
 

@@ -7,7 +7,6 @@ are re-read from the router at every tick, so a change made by someone else is n
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from canary.judges import Judge
 from canary.model import Action, Decision, Judgement, Outcome, Phase, Weights
 from canary.policy import Policy
 from canary.progression import RolloutState
-from canary.report import judgement_dict, version_counts
+from canary.report import iso, judgement_dict, version_counts
 from canary.routers import Router
 from canary.sources import MetricsSource
 
@@ -53,10 +52,6 @@ class RolloutResult:
         return self.finished_at - self.started_at
 
 
-def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")
-
-
 def decision_record(
     policy: Policy,
     now: float,
@@ -72,7 +67,7 @@ def decision_record(
 ) -> dict[str, Any]:
     """One audit record: who moved (or held) which weights, when and why, with the evidence in `extra`."""
     return {
-        "time": _iso(now),
+        "time": iso(now),
         "timestamp": now,
         "rollout": rollout,
         "policy": {"name": policy.name, "file": policy.source_path},
@@ -223,7 +218,7 @@ class Controller:
         if state.step_index != step_before or state.phase.finished:
             self.step_seconds.append(now - self.state.step_started_at)
         extra = {
-            "window": {"start": _iso(start), "end": _iso(now), "seconds": now - start},
+            "window": {"start": iso(start), "end": iso(now), "seconds": now - start},
             "counts": version_counts(observation, self.policy),
             "judgement": judgement_dict(judgement),
         }

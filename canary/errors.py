@@ -10,8 +10,6 @@ from __future__ import annotations
 class CanaryError(Exception):
     """Base of every error canary raises on purpose; its message is one line meant for a person."""
 
-    exit_code = 2
-
 
 class PolicyError(CanaryError):
     """A policy file is missing, unreadable or invalid."""

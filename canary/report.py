@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from canary.model import Histogram, Judgement, Observation, Ratio, Verdict
 from canary.policy import ErrorRateMetric, Policy
 from canary.promql import format_le
 from canary.stats.buckets import merge
+
+
+def iso(t: float) -> str:
+    """A time as ISO 8601 in UTC, seconds precision; the bare number when it has no date (NaN, ±inf, 1e20)."""
+    try:
+        return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{t:g}"
 
 
 def version_counts(observation: Observation, policy: Policy) -> dict[str, dict[str, Any]]:

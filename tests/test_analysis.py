@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from canary.analysis import analyze, iso, merge, parse_time
+from canary.analysis import analyze, merge, parse_time
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio
 from canary.policy import Policy, Target
-from canary.report import version_counts
+from canary.report import iso, version_counts
 
 
 class CountingSource:
