@@ -133,6 +133,29 @@ class _Check:
         self.step_requests = (0, 0)
         self.step_index = -1
 
+    def verdict(
+        self,
+        head: str,
+        figures: dict[str, object],
+        min_requests: int,
+        *,
+        fail: str | None,
+        passed: str | None,
+        open_: str,
+    ) -> Verdict:
+        """The decision ladder every check shares: a failure acts at once (the fail sequence is anytime-valid),
+        a pass needs the step's minimum of requests, anything else keeps collecting."""
+        if fail is not None:
+            return Verdict(self.label, Outcome.FAIL, f"{head}: {fail}", figures)
+        if min(self.step_requests) < min_requests:
+            return Verdict(
+                self.label, Outcome.CONTINUE, f"{head}; waiting for {min_requests} requests per version in this step",
+                figures,
+            )  # fmt: skip
+        if passed is not None:
+            return Verdict(self.label, Outcome.PASS, f"{head}: {passed}", figures)
+        return Verdict(self.label, Outcome.CONTINUE, f"{head}: {open_}", figures)
+
     def new_step(self, step: int) -> bool:
         if step != self.step_index:
             self.step_index = step
@@ -201,26 +224,13 @@ class _RatioCheck(_Check):
         )
         conf = f"{100 * (1 - self.alpha):.1f}%"
         lo, hi = fail_ci.lower + self.margin, fail_ci.upper + self.margin
-        if fail_ci.lower > 0:  # the fail sequence is anytime-valid: no minimum of requests needed to act on it
-            return Verdict(
-                self.label, Outcome.FAIL,
-                f"{head}: worse than tolerated, the increase is at least +{100 * lo:.2f} pp ({conf} confidence)",
-                figures,
-            )  # fmt: skip
-        if min(self.step_requests) < min_requests:
-            return Verdict(
-                self.label, Outcome.CONTINUE,
-                f"{head}; waiting for {min_requests} requests per version in this step", figures,
-            )  # fmt: skip
-        if pass_ci.upper < 0:
-            return Verdict(
-                self.label, Outcome.PASS,
-                f"{head}: within tolerance, the increase is at most +{100 * (pass_ci.upper + self.margin):.2f} pp "
-                f"({conf} confidence)", figures,
-            )  # fmt: skip
-        return Verdict(
-            self.label, Outcome.CONTINUE,
-            f"{head}: not yet shown either way (increase between {100 * lo:+.2f} and {100 * hi:+.2f} pp)", figures,
+        return self.verdict(
+            head, figures, min_requests,
+            fail=f"worse than tolerated, the increase is at least +{100 * lo:.2f} pp ({conf} confidence)"
+            if fail_ci.lower > 0 else None,
+            passed=f"within tolerance, the increase is at most +{100 * (pass_ci.upper + self.margin):.2f} pp "
+            f"({conf} confidence)" if pass_ci.upper < 0 else None,
+            open_=f"not yet shown either way (increase between {100 * lo:+.2f} and {100 * hi:+.2f} pp)",
         )  # fmt: skip
 
 
@@ -387,23 +397,13 @@ class _QuantileCheck(_Check):
             f"{self.layout_note}"
         )
         conf = f"{100 * (1 - self.alpha):.1f}%"
-        if failing:  # the fail sequence is anytime-valid: no minimum of requests needed to act on it
-            return Verdict(
-                self.label, Outcome.FAIL,
-                f"{head}: slower than tolerated, by at least {100 * shown_ci.lower:.2f} pp of requests ({conf} "
-                "confidence)", figures,
-            )  # fmt: skip
-        if min(self.step_requests) < min_requests:
-            return Verdict(
-                self.label, Outcome.CONTINUE,
-                f"{head}; waiting for {min_requests} requests per version in this step", figures,
-            )  # fmt: skip
-        if pass_ci.upper < 0:
-            return Verdict(self.label, Outcome.PASS, f"{head}: within tolerance ({conf} confidence)", figures)
-        return Verdict(
-            self.label, Outcome.CONTINUE,
-            f"{head}: not yet shown either way (excess between {100 * fail_ci.lower:+.2f} and "
-            f"{100 * fail_ci.upper:+.2f} pp)", figures,
+        return self.verdict(
+            head, figures, min_requests,
+            fail=f"slower than tolerated, by at least {100 * shown_ci.lower:.2f} pp of requests ({conf} confidence)"
+            if failing else None,
+            passed=f"within tolerance ({conf} confidence)" if pass_ci.upper < 0 else None,
+            open_=f"not yet shown either way (excess between {100 * fail_ci.lower:+.2f} and "
+            f"{100 * fail_ci.upper:+.2f} pp)",
         )  # fmt: skip
 
 
