@@ -13,6 +13,7 @@ from canary.analysis import AnalysisResult, analyze
 from canary.audit import AuditLog, AuditSink
 from canary.clock import Clock, SimulatedClock, SystemClock
 from canary.controller import Controller
+from canary.errors import SourceError
 from canary.judges import make_judge
 from canary.policy import Policy
 from canary.routers import Router
@@ -106,16 +107,26 @@ def prometheus_rollout(
     clock: Clock | None = None,
     judge: str | None = None,
 ) -> PrometheusRollout:
-    """A rollout of `policy` judged on a real Prometheus; an in-memory VirtualService unless given."""
+    """A rollout of `policy` judged on a real Prometheus; an in-memory VirtualService unless given.
+
+    Prometheus is asked once before anything else, so a wrong URL or refused credentials end the command
+    (exit 2) before any weight moves, rather than holding the first step until the deadline.
+    """
     router = router or router_for(policy, None)
+    clock = clock or SystemClock()
     source = PrometheusSource(settings)
+    try:
+        source.query("vector(1)", clock.now(), what="connectivity check")
+    except SourceError:
+        source.close()
+        raise
     controller = Controller(
         policy=policy,
         source=source,
         router=router,
         judge=make_judge(policy, judge),
         audit=audit,
-        clock=clock or SystemClock(),
+        clock=clock,
         actor=f"canary-controller (prometheus {source.url}, {type(router).__name__})",
     )
     return PrometheusRollout(controller, source, router)

@@ -170,3 +170,17 @@ def test_alerts_command_output_passes_promtool(tmp_path: Path):
         ["promtool", "check", "rules", "rules.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_run_against_an_unreachable_server_stops_before_any_weight_moves(tmp_path: Path):
+    """A wrong URL is a configuration error (exit 2) found at once, not a step held until the deadline."""
+    port = free_port()
+    audit = tmp_path / "a.jsonl"
+    result = CliRunner().invoke(
+        app,
+        ["run", str(POLICY), "--prometheus-url", f"http://127.0.0.1:{port}", "--prometheus-retries", "0",
+         "--audit", str(audit)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert not audit.exists() or not audit.read_text()
