@@ -108,7 +108,9 @@ def _weight(n_canary: int, n_baseline: int, reference: float) -> float:
 
 def _missing(label: str, baseline: int, canary: int) -> str:
     """Which version has had no requests to compare yet, in words."""
-    who = "the baseline" if canary else "the canary" if baseline else "either version"
+    if not baseline and not canary:
+        return f"{label}: no requests to either version yet"
+    who = "the baseline" if canary else "the canary"
     return f"{label}: no requests to {who} in an interval where the other had some; nothing to compare yet"
 
 
