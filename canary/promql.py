@@ -19,18 +19,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
 
 import promql_parser
 
 REQUESTS_TOTAL = "istio_requests_total"
 DURATION_BUCKET = "istio_request_duration_milliseconds_bucket"
-REQUEST_BYTES_BUCKET = "istio_request_bytes_bucket"
-RESPONSE_BYTES_BUCKET = "istio_response_bytes_bucket"
-TCP_SENT_BYTES_TOTAL = "istio_tcp_sent_bytes_total"
-TCP_RECEIVED_BYTES_TOTAL = "istio_tcp_received_bytes_total"
-TCP_OPENED_TOTAL = "istio_tcp_connections_opened_total"
-TCP_CLOSED_TOTAL = "istio_tcp_connections_closed_total"
 
 DEFAULT_REPORTER = "destination"  # the server-side proxy: each request counted once
 VERSION_LABEL = "destination_version"
@@ -41,8 +34,6 @@ CUSTOM_VERSION_LABEL = "canary_version"
 
 PLACEHOLDERS = ("service", "namespace", "version", "window")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-ErrorClassName = Literal["5xx", "non-2xx", "grpc"]
 
 
 # ------------------------------------------------------------------------------------------ escaping
