@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -29,7 +30,7 @@ from canary.app import (
 )
 from canary.audit import read_records, verify_chain
 from canary.clock import SystemClock
-from canary.controller import Controller, RolloutResult, manual_change
+from canary.controller import Controller, RolloutResult, manual_change, unfinished_rollout
 from canary.display import Progress, summary
 from canary.errors import CanaryError
 from canary.model import Phase
@@ -159,14 +160,16 @@ def _run_simulated(
     return _follow(rollout.controller, policy.name, output, title)
 
 
-def _follow(controller: Controller, policy_name: str, output: OutputFormat, title: str) -> int:
-    """Run a rollout to its end, showing progress (or printing the JSON outcome); the exit code."""
+def _follow(
+    controller: Controller, policy_name: str, output: OutputFormat, title: str, resume: Sequence[dict[str, Any]] = ()
+) -> int:
+    """Run (or resume) a rollout to its end, showing progress (or printing the JSON outcome); the exit code."""
     if output is OutputFormat.json:
-        result = controller.run()
+        result = controller.run(resume=resume)
         typer.echo(json.dumps(result_json(result, policy_name), indent=2, default=str))
     else:
         progress = Progress(title)
-        result = controller.run(progress.update)
+        result = controller.run(progress.update, resume=resume)
         progress.finish(result)
     return PHASE_EXIT[result.phase]
 
@@ -199,6 +202,9 @@ def run(
     audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
     output: Annotated[OutputFormat, typer.Option(help="text (live progress) or json.")] = OutputFormat.text,
     manifest: Manifest = None,
+    resume: Annotated[
+        bool, typer.Option(help="Carry on this policy's unfinished rollout from the audit log, if there is one.")
+    ] = False,
     prometheus_url: PromUrl = None,
     prometheus_timeout: PromTimeout = 10.0,
     prometheus_retries: PromRetries = 2,
@@ -222,11 +228,13 @@ def run(
             raise CanaryError("choose one metrics source: --simulate or --prometheus-url, not both")
         if prometheus_url:
             settings = _prometheus_settings(prometheus_url, locals())
-            raise typer.Exit(_run_prometheus(policy, settings, audit, output, manifest))
+            raise typer.Exit(_run_prometheus(policy, settings, audit, output, manifest, resume))
         if simulate is None:
             raise CanaryError(
                 "choose a metrics source: --prometheus-url URL, or --simulate SCENARIO (the embedded simulated mesh)"
             )
+        if resume:
+            raise CanaryError("--resume carries on a real rollout: use it with --prometheus-url")
         title = f"canary run {policy} on the simulated mesh ({simulate})"
         raise typer.Exit(_run_simulated(policy, simulate, seed, audit, output, title, manifest))
     except CanaryError as exc:
@@ -234,15 +242,26 @@ def run(
 
 
 def _run_prometheus(
-    policy_file: str, settings: PrometheusSettings, audit: str | None, output: OutputFormat, manifest: str | None
+    policy_file: str,
+    settings: PrometheusSettings,
+    audit: str | None,
+    output: OutputFormat,
+    manifest: str | None,
+    resume: bool,
 ) -> int:
     policy = load_policy(policy_file)
     router = router_for(policy, manifest)
-    rollout = prometheus_rollout(policy, settings, audit=open_audit(policy, audit), router=router)
+    audit_log = open_audit(policy, audit)
+    records = (
+        unfinished_rollout(list(read_records(audit_log.path)), policy) if resume and audit_log.path.exists() else []
+    )
+    rollout = prometheus_rollout(policy, settings, audit=audit_log, router=router)
     where = f"weights in {manifest}" if manifest else "weights in memory"
     title = f"canary run {policy_file} on Prometheus at {settings.safe_url} ({where})"
+    if records:
+        title += f", resuming rollout {records[0]['rollout']} at tick {records[-1]['tick']}"
     try:
-        return _follow(rollout.controller, policy.name, output, title)
+        return _follow(rollout.controller, policy.name, output, title, records)
     finally:
         rollout.source.close()
 

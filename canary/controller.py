@@ -8,19 +8,19 @@ are re-read from the router at every tick, so a change made by someone else is n
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from canary import __version__, progression
 from canary.audit import AuditSink
 from canary.clock import Clock
-from canary.errors import SourceError, WeightConflict
+from canary.errors import CanaryError, SourceError, WeightConflict
 from canary.judges import Judge
 from canary.model import Action, Decision, Judgement, Outcome, Phase, Weights
 from canary.policy import Policy
 from canary.progression import RolloutState
-from canary.report import iso, judgement_dict, version_counts
+from canary.report import iso, judgement_dict, observation_dict, observation_from_dict, version_counts
 from canary.routers import Router
 from canary.sources import MetricsSource
 
@@ -220,6 +220,7 @@ class Controller:
         extra = {
             "window": {"start": iso(start), "end": iso(now), "seconds": now - start},
             "counts": version_counts(observation, self.policy),
+            "observation": observation_dict(observation),  # what the judge saw, so a restart can replay it
             "judgement": judgement_dict(judgement),
         }
         self._record(now, before, decision, extra)  # on disk before the weights move
@@ -227,9 +228,50 @@ class Controller:
         decision = self._apply(now, before, decision)
         return TickReport(self.ticks, now, before, decision, judgement, step_before)
 
-    def run(self, on_tick: Callable[[TickReport], None] | None = None) -> RolloutResult:
-        report = self.start()
-        started = report.now
+    def resume(self, records: Sequence[dict[str, Any]]) -> TickReport:
+        """Carry on a rollout after a restart, from its audit records.
+
+        The judge is fed the recorded observations again, in order, and the state machine replays its
+        decisions; each must come out as recorded (else the policy or the engine changed and the evidence
+        no longer means the same, so nothing is resumed). The next tick re-reads the weights as always,
+        so a change made while canary was down stops the rollout.
+        """
+        first, last = records[0], records[-1]
+        if first.get("action") != Action.START.value or last.get("phase") != Phase.PROGRESSING.value:
+            raise CanaryError(f"rollout {first.get('rollout')} cannot be resumed: it has no start or has finished")
+        self.rollout = str(first["rollout"])
+        self.state, _ = progression.start(
+            self.policy.steps, float(first["timestamp"]), self.policy.max_duration_s, self.policy.on_deadline
+        )
+        self.observed_until = float(first["timestamp"])
+        for record in records[1:]:
+            now = float(record["timestamp"])
+            if "observation" in record:
+                judgement = self.judge.judge(observation_from_dict(record["observation"]), self.state.step_index)
+                self.observed_until = now
+            else:  # a tick whose source failed: nothing was judged
+                judgement = Judgement(Outcome.NO_DATA, (), "metrics source unavailable")
+            state, decision = progression.decide(self.state, judgement, now)
+            recorded = (record.get("action"), record.get("weights_after", {}).get("canary"))
+            if recorded != (decision.action.value, decision.weights.canary):
+                raise CanaryError(
+                    f"rollout {self.rollout} cannot be resumed: at tick {record.get('tick')} the audit log says "
+                    f"{recorded[0]} to {recorded[1]}%, replaying it gives {decision.action.value} to "
+                    f"{decision.weights.canary}% (the policy or the engine changed)"
+                )
+            if state.step_index != self.state.step_index:
+                self.step_seconds.append(now - self.state.step_started_at)
+            self.state, self.last_judgement, self.ticks = state, judgement, int(record["tick"])
+        before = Weights(**last["weights_after"])
+        decision = Decision(Action.HOLD, before, self.state.phase, f"resumed at tick {self.ticks}")
+        return TickReport(self.ticks, float(last["timestamp"]), before, decision, self.last_judgement, 0)
+
+    def run(
+        self, on_tick: Callable[[TickReport], None] | None = None, *, resume: Sequence[dict[str, Any]] = ()
+    ) -> RolloutResult:
+        """Start (or, given an unfinished rollout's audit records, resume) and tick until the end."""
+        report = self.resume(resume) if resume else self.start()
+        started = float(resume[0]["timestamp"]) if resume else report.now
         if on_tick:
             on_tick(report)
         assert self.state is not None
@@ -249,3 +291,13 @@ class Controller:
             audit_path=str(self.audit.path),
             step_seconds=tuple(self.step_seconds),
         )
+
+
+def unfinished_rollout(records: Sequence[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
+    """The records of the policy's last rollout in an audit log, if it has not finished; else none."""
+    ids = [r.get("rollout") for r in records if (r.get("policy") or {}).get("name") == policy.name]
+    ids = [i for i in ids if i != "manual"]
+    if not ids:
+        return []
+    last = [r for r in records if r.get("rollout") == ids[-1]]
+    return last if last[-1].get("phase") == Phase.PROGRESSING.value else []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from canary.model import Histogram, Judgement, Observation, Ratio, Verdict
+from canary.model import Histogram, Judgement, MetricWindow, Observation, Ratio, Sample, Verdict
 from canary.policy import ErrorRateMetric, Policy
 from canary.promql import format_le
 from canary.stats.buckets import merge
@@ -50,6 +50,48 @@ def version_counts(observation: Observation, policy: Policy) -> dict[str, dict[s
         if "requests" not in entry and "latency_buckets" in entry:
             entry["requests"] = entry["latency_buckets"]["+Inf"]
     return out
+
+
+def observation_dict(observation: Observation) -> dict[str, Any]:
+    """Everything a judge saw in one tick, per metric, version and pod, so the audit log can replay it."""
+
+    def sample(s: Sample) -> dict[str, Any]:
+        if isinstance(s, Ratio):
+            return {"events": s.events, "trials": s.trials}
+        return {"bounds": list(s.bounds), "counts": list(s.counts)}
+
+    return {
+        "start": observation.start,
+        "end": observation.end,
+        "metrics": {
+            name: {
+                "baseline": {pod: sample(s) for pod, s in window.baseline.items()},
+                "canary": {pod: sample(s) for pod, s in window.canary.items()},
+            }
+            for name, window in observation.metrics.items()
+        },
+    }
+
+
+def observation_from_dict(data: dict[str, Any]) -> Observation:
+    """The inverse of `observation_dict`."""
+
+    def sample(d: dict[str, Any]) -> Sample:
+        if "trials" in d:
+            return Ratio(int(d["events"]), int(d["trials"]))
+        return Histogram(tuple(float(b) for b in d["bounds"]), tuple(int(c) for c in d["counts"]))
+
+    return Observation(
+        start=float(data["start"]),
+        end=float(data["end"]),
+        metrics={
+            name: MetricWindow(
+                baseline={pod: sample(s) for pod, s in w["baseline"].items()},
+                canary={pod: sample(s) for pod, s in w["canary"].items()},
+            )
+            for name, w in data["metrics"].items()
+        },
+    )
 
 
 def verdict_dict(verdict: Verdict) -> dict[str, Any]:

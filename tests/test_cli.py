@@ -333,3 +333,11 @@ def test_simulate_outranks_the_environment_url(tmp_path: Path, monkeypatch: pyte
         app, ["run", str(POLICY), "--simulate", "latency-regression", "--audit", str(tmp_path / "a.jsonl")]
     )
     assert result.exit_code == 1, result.output
+
+
+def test_resume_is_for_real_rollouts(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["run", str(POLICY), "--simulate", "healthy", "--resume", "--audit", str(tmp_path / "a.jsonl")]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "canary: --resume carries on a real rollout: use it with --prometheus-url"
