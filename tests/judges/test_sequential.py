@@ -289,3 +289,41 @@ def test_a_clear_failure_rolls_back_before_min_requests_is_reached() -> None:
     judge = SequentialJudge(policy(**{"minRequests: 0": "minRequests: 100000"}))
     result = judge.judge(ratio_obs(Ratio(100, 10_000), Ratio(5_000, 10_000)), 0)
     assert result.outcome is Outcome.FAIL
+
+
+def _latency_rollouts(quantile: float, tolerance: float, scale: float, runs: int) -> float:
+    """Share of `runs` rollouts of 40 looks that fail, canary `scale` times slower, service load swinging."""
+    from canary.scenario import Behaviour, Lognormal
+    from canary.sources.simulated import bucket_probabilities
+
+    text = LATENCY_POLICY.replace(
+        "quantiles: [{quantile: 0.5, maxIncrease: 0.1}]",
+        f"quantiles: [{{quantile: {quantile}, maxIncrease: {tolerance}}}]",
+    )
+    rng = np.random.default_rng(21)
+    base, slow = Behaviour(0.0, Lognormal(80, 0.5)), Behaviour(0.0, Lognormal(80 * scale, 0.5))
+    failures = 0
+    for _ in range(runs):
+        judge = SequentialJudge(policy(text))
+        for t in range(40):
+            load = np.array([1 + 0.3 * math.sin(t / 5)])
+            p_b, p_c = bucket_probabilities(base, load)[0], bucket_probabilities(slow, load)[0]
+            b = Histogram(ISTIO_LATENCY_BUCKETS_MS, tuple(int(x) for x in rng.multinomial(5400, p_b)))
+            c = Histogram(ISTIO_LATENCY_BUCKETS_MS, tuple(int(x) for x in rng.multinomial(600, p_c)))
+            if (
+                judge.judge(Observation(0, 60, {"latency": MetricWindow({"b": b}, {"c": c})}), 0).outcome
+                is Outcome.FAIL
+            ):
+                failures += 1
+                break
+    return failures / runs
+
+
+@pytest.mark.parametrize(("quantile", "tolerance"), [(0.5, 0.1), (0.95, 0.1), (0.99, 0.25)])
+def test_latency_at_the_tolerance_boundary_fails_less_than_alpha_and_twice_beyond_it_fails(
+    quantile: float, tolerance: float
+) -> None:
+    """Monte Carlo, fixed seed. Exactly (1 + m) times slower is the least favourable canary within
+    tolerance: at most α = 0.05 may fail (1.5-2% measured). At twice the tolerance nearly all must."""
+    assert _latency_rollouts(quantile, tolerance, 1 + tolerance, runs=200) <= 0.05
+    assert _latency_rollouts(quantile, tolerance, 1 + 2 * tolerance, runs=40) >= 0.95
