@@ -13,7 +13,7 @@ from canary.analysis import AnalysisResult, analyze
 from canary.audit import AuditLog, AuditSink
 from canary.clock import Clock, SimulatedClock, SystemClock
 from canary.controller import Controller
-from canary.errors import SourceError
+from canary.errors import RouterError, SourceError
 from canary.judges import make_judge
 from canary.policy import Policy
 from canary.routers import Router
@@ -46,10 +46,20 @@ def with_scenario(policy: Policy, scenario: Scenario) -> Policy:
     return dataclasses.replace(policy, **changes)  # type: ignore[arg-type]
 
 
-def router_for(policy: Policy, manifest: str | None) -> Router:
-    """The weights live in a manifest file when one is named, else in memory for this process only."""
+def router_for(
+    policy: Policy, manifest: str | None, kubeconfig: str | None = None, context: str | None = None
+) -> Router:
+    """Where the weights live: a manifest file, a cluster's VirtualService (kubeconfig), else in memory."""
+    if manifest and (kubeconfig or context):
+        raise RouterError("choose where the weights live: --manifest or --kubeconfig/--context, not both")
     if manifest:
         return ManifestRouter(manifest)
+    if kubeconfig or context:
+        if not kubeconfig:
+            raise RouterError("--context names a context of a kubeconfig: give --kubeconfig FILE too")
+        from canary.routers.istio import IstioRouter  # here: importing kubernetes takes half a second
+
+        return IstioRouter.from_kubeconfig(kubeconfig, context)
     return MemoryRouter([virtual_service_for(policy.target)])
 
 

@@ -37,6 +37,7 @@ from canary.model import Phase
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
 from canary.promql import Scope, operator_queries
 from canary.report import iso, judgement_dict, version_counts
+from canary.routers import Router
 from canary.scenario import BUILTIN_SCENARIOS, builtin_scenario, resolve_scenario
 from canary.sources.prometheus import PrometheusSettings
 
@@ -96,6 +97,13 @@ Manifest = Annotated[
     str | None,
     typer.Option(help="VirtualService manifest file that holds the weights (default: kept in memory)."),
 ]
+Kubeconfig = Annotated[
+    str | None,
+    typer.Option(
+        help="Move the VirtualService's weights in the cluster this kubeconfig file names (not with --manifest)."
+    ),
+]
+Context = Annotated[str | None, typer.Option(help="The kubeconfig context to use (default: its current context).")]
 
 
 def _prometheus_settings(url: str, params: dict[str, Any]) -> PrometheusSettings:
@@ -152,10 +160,12 @@ def _run_simulated(
     output: OutputFormat,
     title: str,
     manifest: str | None = None,
+    kubeconfig: str | None = None,
+    context: str | None = None,
 ) -> int:
     policy = load_policy(policy_file)
     scenario = resolve_scenario(scenario_spec)
-    router = router_for(policy, manifest)
+    router = router_for(policy, manifest, kubeconfig, context)
     rollout = simulated_rollout(policy, scenario, seed=seed, audit=open_audit(policy, audit), router=router)
     return _follow(rollout.controller, policy.name, output, title)
 
@@ -202,6 +212,8 @@ def run(
     audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
     output: Annotated[OutputFormat, typer.Option(help="text (live progress) or json.")] = OutputFormat.text,
     manifest: Manifest = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
     resume: Annotated[
         bool, typer.Option(help="Carry on this policy's unfinished rollout from the audit log, if there is one.")
     ] = False,
@@ -228,7 +240,8 @@ def run(
             raise CanaryError("choose one metrics source: --simulate or --prometheus-url, not both")
         if prometheus_url:
             settings = _prometheus_settings(prometheus_url, locals())
-            raise typer.Exit(_run_prometheus(policy, settings, audit, output, manifest, resume))
+            weights = (manifest, kubeconfig, context)
+            raise typer.Exit(_run_prometheus(policy, settings, audit, output, weights, resume))
         if simulate is None:
             raise CanaryError(
                 "choose a metrics source: --prometheus-url URL, or --simulate SCENARIO (the embedded simulated mesh)"
@@ -236,7 +249,7 @@ def run(
         if resume:
             raise CanaryError("--resume carries on a real rollout: use it with --prometheus-url")
         title = f"canary run {policy} on the simulated mesh ({simulate})"
-        raise typer.Exit(_run_simulated(policy, simulate, seed, audit, output, title, manifest))
+        raise typer.Exit(_run_simulated(policy, simulate, seed, audit, output, title, manifest, kubeconfig, context))
     except CanaryError as exc:
         raise _fail(str(exc)) from None
 
@@ -246,17 +259,19 @@ def _run_prometheus(
     settings: PrometheusSettings,
     audit: str | None,
     output: OutputFormat,
-    manifest: str | None,
+    weights: tuple[str | None, str | None, str | None],
     resume: bool,
 ) -> int:
+    """`weights` is where they live: (manifest, kubeconfig, context)."""
     policy = load_policy(policy_file)
-    router = router_for(policy, manifest)
+    router = router_for(policy, *weights)
     audit_log = open_audit(policy, audit)
     records = (
         unfinished_rollout(list(read_records(audit_log.path)), policy) if resume and audit_log.path.exists() else []
     )
     rollout = prometheus_rollout(policy, settings, audit=audit_log, router=router)
-    where = f"weights in {manifest}" if manifest else "weights in memory"
+    manifest, kubeconfig, _ = weights
+    where = "weights in " + (manifest or (kubeconfig and f"the cluster of {kubeconfig}") or "memory")
     title = f"canary run {policy_file} on Prometheus at {settings.safe_url} ({where})"
     if records:
         title += f", resuming rollout {records[0]['rollout']} at tick {records[-1]['tick']}"
@@ -397,12 +412,26 @@ def _actor(given: str | None) -> str:
         return "user:unknown"
 
 
-def _manual(policy: str, manifest: str, audit: str | None, actor: str | None, reason: str, promote: bool) -> None:
+def _stored_router(policy: Policy, manifest: str | None, kubeconfig: str | None, context: str | None) -> Router:
+    """The router of a command that acts on weights someone keeps: in memory there would be nothing to see."""
+    if not (manifest or kubeconfig or context):
+        raise CanaryError("say where the weights live: --manifest FILE or --kubeconfig FILE")
+    return router_for(policy, manifest, kubeconfig, context)
+
+
+def _manual(
+    policy: str,
+    weights: tuple[str | None, str | None, str | None],
+    audit: str | None,
+    actor: str | None,
+    reason: str,
+    promote: bool,
+) -> None:
     try:
         loaded = load_policy(policy)
         before, decision = manual_change(
             policy=loaded,
-            router=router_for(loaded, manifest),
+            router=_stored_router(loaded, *weights),
             audit=open_audit(loaded, audit),
             clock=SystemClock(),
             promote=promote,
@@ -419,43 +448,51 @@ def _manual(policy: str, manifest: str, audit: str | None, actor: str | None, re
 
 ManualActor = Annotated[str | None, typer.Option(help="Who acts, for the audit log (default: user:$USER).")]
 ManualReason = Annotated[str, typer.Option(help="Why, for the audit log.")]
-RequiredManifest = Annotated[str, typer.Option(help="VirtualService manifest file that holds the weights.")]
+StoredManifest = Annotated[
+    str | None, typer.Option(help="VirtualService manifest file that holds the weights (or --kubeconfig).")
+]
 
 
 @app.command()
 def promote(
     policy: Annotated[str, typer.Argument(help="Policy file.")],
-    manifest: RequiredManifest,
+    manifest: StoredManifest = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
     audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
     actor: ManualActor = None,
     reason: ManualReason = "",
 ) -> None:
     """Send all traffic to the canary by hand; the audit record is written before the weights change."""
-    _manual(policy, manifest, audit, actor, reason, promote=True)
+    _manual(policy, (manifest, kubeconfig, context), audit, actor, reason, promote=True)
 
 
 @app.command()
 def rollback(
     policy: Annotated[str, typer.Argument(help="Policy file.")],
-    manifest: RequiredManifest,
+    manifest: StoredManifest = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
     audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
     actor: ManualActor = None,
     reason: ManualReason = "",
 ) -> None:
     """Send all traffic back to the baseline by hand; recorded before the weights change."""
-    _manual(policy, manifest, audit, actor, reason, promote=False)
+    _manual(policy, (manifest, kubeconfig, context), audit, actor, reason, promote=False)
 
 
 @app.command()
 def status(
     policy: Annotated[str, typer.Argument(help="Policy file.")],
-    manifest: RequiredManifest,
+    manifest: StoredManifest = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
     output: Annotated[OutputFormat, typer.Option(help="text or json.")] = OutputFormat.text,
 ) -> None:
     """Print the current baseline/canary weights of the policy's route."""
     try:
         loaded = load_policy(policy)
-        weights = router_for(loaded, manifest).get_weights(loaded.target)
+        weights = _stored_router(loaded, manifest, kubeconfig, context).get_weights(loaded.target)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     target = loaded.target

@@ -1,0 +1,138 @@
+"""A router that moves the weights of an Istio VirtualService in a Kubernetes cluster.
+
+The one module that imports `kubernetes`. It reads the VirtualService through the API server, changes the
+two destinations' weights with the same pure rules as the other routers (`routers/virtualservice.py`),
+and writes it back with a PUT carrying the resourceVersion it read: if anyone wrote in between, the API
+server answers 409 and the write becomes a `WeightConflict`, so canary never overwrites a change it has
+not seen. Every client error becomes one line naming the VirtualService, with the cause chained; server
+trouble (5xx) is marked temporary, to tell it from a refusal that no retry will cure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, NoReturn, cast
+
+import urllib3.exceptions
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from canary.errors import RouterError, WeightConflict
+from canary.model import Weights
+from canary.policy import Target
+from canary.routers.virtualservice import check_expected, read_weights, with_weights
+
+GROUP = "networking.istio.io"
+PLURAL = "virtualservices"
+REQUEST_TIMEOUT_S = 10.0
+
+
+class RouterServerError(RouterError):
+    """The API server failed (5xx): worth another try later, unlike a refusal or a missing object."""
+
+    temporary = True
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """An API client from a kubeconfig file (and context), or in-cluster config when none is given in a pod."""
+    try:
+        if kubeconfig is not None:
+            made = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, persist_config=False
+            )
+            return cast(client.ApiClient, made)
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            if context is not None:
+                raise RouterError("--context needs a kubeconfig; in-cluster config has no contexts")
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            return client.ApiClient(configuration)
+    except (ConfigException, OSError, ValueError) as exc:
+        where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "in-cluster config"
+        raise RouterError(f"{where}: cannot configure a Kubernetes client: {_one_line(str(exc))}") from exc
+    raise RouterError("no Kubernetes configuration: give a kubeconfig file, or run in a pod (KUBERNETES_SERVICE_HOST)")
+
+
+class IstioRouter:
+    def __init__(self, api: client.ApiClient, *, version: str = "v1beta1") -> None:
+        self.api = api
+        self.version = version
+        self._objects = client.CustomObjectsApi(api)
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None = None, context: str | None = None) -> IstioRouter:
+        return cls(api_client(kubeconfig, context))
+
+    def close(self) -> None:
+        self.api.close()  # type: ignore[no-untyped-call]
+
+    def get_weights(self, target: Target) -> Weights:
+        return read_weights(self._read(target), target)
+
+    def set_weights(self, target: Target, weights: Weights, *, expected: Weights | None = None) -> None:
+        vs = self._read(target)
+        check_expected(vs, target, expected)
+        updated = with_weights(vs, target, weights)  # keeps metadata.resourceVersion: the PUT is conditional
+        try:
+            self._objects.replace_namespaced_custom_object(
+                GROUP, self.version, target.namespace, PLURAL, target.virtual_service, updated,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )  # fmt: skip
+        except ApiException as exc:
+            _raise_for(exc, target, "write")
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, target) from exc
+
+    def _read(self, target: Target) -> dict[str, Any]:
+        try:
+            found = self._objects.get_namespaced_custom_object(
+                GROUP, self.version, target.namespace, PLURAL, target.virtual_service,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )  # fmt: skip
+        except ApiException as exc:
+            _raise_for(exc, target, "read")
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, target) from exc
+        if not isinstance(found, dict):
+            raise RouterError(f"VirtualService {_name(target)}: the API server answered {type(found).__name__}")
+        return cast(dict[str, Any], found)
+
+
+def _name(target: Target) -> str:
+    return f"{target.namespace}/{target.virtual_service}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _status_message(exc: ApiException) -> str:
+    """The message of the Status the API server sent, else the HTTP reason."""
+    try:
+        status = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        status = None
+    message = status.get("message") if isinstance(status, dict) else None
+    return _one_line(str(message or exc.reason or "no message"))
+
+
+def _raise_for(exc: ApiException, target: Target, doing: str) -> NoReturn:
+    name, code, message = _name(target), exc.status, _status_message(exc)
+    if code == 404:
+        raise RouterError(f"VirtualService {name} not found (is Istio's CRD installed, the namespace right?)") from exc
+    if code == 409:
+        raise WeightConflict(f"VirtualService {name}: changed by someone else between canary's read and write") from exc
+    if code in (401, 403):
+        raise RouterError(f"VirtualService {name}: the API server refused our credentials ({code}: {message})") from exc
+    if code == 422:
+        raise RouterError(f"VirtualService {name}: the API server rejected the change: {message}") from exc
+    if isinstance(code, int) and code >= 500:
+        raise RouterServerError(f"VirtualService {name}: the API server failed ({code}: {message}), try again") from exc
+    raise RouterError(f"VirtualService {name}: cannot {doing} ({code}: {message})") from exc
+
+
+def _unreachable(exc: urllib3.exceptions.HTTPError, target: Target) -> RouterError:
+    reason = getattr(exc, "reason", None) or exc
+    return RouterError(f"VirtualService {_name(target)}: the API server is unreachable: {_one_line(str(reason))}")
