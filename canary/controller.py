@@ -15,7 +15,7 @@ from typing import Any
 from canary import __version__, progression
 from canary.audit import AuditSink
 from canary.clock import Clock
-from canary.errors import CanaryError, SourceError, WeightConflict
+from canary.errors import CanaryError, RouterError, SourceError, WeightConflict
 from canary.judges import Judge
 from canary.model import Action, Decision, Judgement, Outcome, Phase, Weights
 from canary.policy import Policy
@@ -103,7 +103,25 @@ def manual_change(
         decision_record(policy, now, before, decision, rollout="manual", tick=None, step=None, actor=actor, judge=None)
     )
     if decision.weights != before:
-        router.set_weights(policy.target, decision.weights, expected=before)
+        try:
+            router.set_weights(policy.target, decision.weights, expected=before)
+        except RouterError as exc:  # the record above announced a change that did not happen: say so
+            failed = Decision(Action.HOLD, before, Phase.ABORTED, f"the change to {decision.weights} failed: {exc}")
+            audit.append(
+                decision_record(
+                    policy,
+                    clock.now(),
+                    before,
+                    failed,
+                    rollout="manual",
+                    tick=None,
+                    step=None,
+                    actor=actor,
+                    judge=None,
+                    extra={"error": str(exc), "reverts": "manual"},
+                )
+            )
+            raise
     return before, decision
 
 
@@ -152,15 +170,42 @@ class Controller:
             )
         )
 
-    def _apply(self, now: float, before: Weights, decision: Decision) -> Decision:
-        """Move the weights if the decision says so, unless someone moved them since we read them."""
+    def _apply(self, now: float, before: Weights, decision: Decision, previous: RolloutState | None) -> Decision:
+        """Move the weights if the decision says so, unless someone moved them since we read them.
+
+        If the router fails, the record just written announced a change that did not happen: a second
+        record says so and the rollout stands where it was (`previous`), to try again at the next tick
+        when the failure is temporary, or to stop when it is not.
+        """
         if decision.weights == before:
             return decision
         try:
             self.router.set_weights(self.policy.target, decision.weights, expected=before)
         except WeightConflict as exc:
             return self._abort(now, before, f"{exc}; the change to {decision.weights} was not made")
+        except RouterError as exc:
+            extra = {"error": str(exc), "reverts": self.ticks}
+            if previous is not None:
+                self.state = previous
+            if previous is None or not exc.temporary:
+                return self._abort(now, before, f"the change to {decision.weights} failed: {exc}", extra)
+            held = Decision(
+                Action.HOLD, before, previous.phase, f"the change to {decision.weights} failed ({exc}); retrying"
+            )
+            self._record(now, before, held, extra)
+            return held
         return decision
+
+    def _router_unavailable(self, now: float, exc: RouterError) -> TickReport:
+        """The weights could not be read: hold without judging (the window waits for the next tick), or stop."""
+        assert self.state is not None
+        assumed = self.state.weights
+        if not exc.temporary:
+            decision = self._abort(now, assumed, f"traffic router failed: {exc}", {"error": str(exc)})
+            return TickReport(self.ticks, now, assumed, decision, None, self.state.step_index)
+        decision = Decision(Action.HOLD, assumed, self.state.phase, f"traffic router unavailable ({exc}); retrying")
+        self._record(now, assumed, decision, {"error": str(exc), "weights_unverified": True})
+        return TickReport(self.ticks, now, assumed, decision, None, self.state.step_index)
 
     def _abort(self, now: float, weights: Weights, reason: str, extra: dict[str, Any] | None = None) -> Decision:
         """Stop the rollout, weights left as they are, with a record saying why."""
@@ -181,8 +226,8 @@ class Controller:
         step_before = self.state.step_index
         state, decision = progression.decide(self.state, judgement, now)
         self._record(now, before, decision, {"error": str(exc), "judgement": judgement_dict(judgement)})
-        self.state = state
-        decision = self._apply(now, before, decision)
+        previous, self.state = self.state, state
+        decision = self._apply(now, before, decision, previous)
         return TickReport(self.ticks, now, before, decision, judgement, step_before)
 
     def start(self) -> TickReport:
@@ -192,7 +237,7 @@ class Controller:
         self.observed_until = now
         self.state = state
         self._record(now, before, decision, {})
-        decision = self._apply(now, before, decision)
+        decision = self._apply(now, before, decision, None)
         return TickReport(0, now, before, decision, None, state.step_index)
 
     def tick(self) -> TickReport:
@@ -200,7 +245,12 @@ class Controller:
             raise RuntimeError("start() the rollout before ticking it")
         self.ticks += 1
         now = self.clock.now()
-        before = self.router.get_weights(self.policy.target)
+        try:
+            before = self.router.get_weights(self.policy.target)
+        except WeightConflict:
+            raise
+        except RouterError as exc:
+            return self._router_unavailable(now, exc)
         if before != self.state.weights:
             reason = f"weights changed outside canary: expected {self.state.weights}, found {before}"
             return TickReport(self.ticks, now, before, self._abort(now, before, reason), None, self.state.step_index)
@@ -224,8 +274,8 @@ class Controller:
             "judgement": judgement_dict(judgement),
         }
         self._record(now, before, decision, extra)  # on disk before the weights move
-        self.state = state
-        decision = self._apply(now, before, decision)
+        previous, self.state = self.state, state
+        decision = self._apply(now, before, decision, previous)
         return TickReport(self.ticks, now, before, decision, judgement, step_before)
 
     def resume(self, records: Sequence[dict[str, Any]]) -> TickReport:
@@ -244,8 +294,15 @@ class Controller:
             self.policy.steps, float(first["timestamp"]), self.policy.max_duration_s, self.policy.on_deadline
         )
         self.observed_until = float(first["timestamp"])
+        previous = self.state
         for record in records[1:]:
             now = float(record["timestamp"])
+            self.ticks = int(record["tick"])
+            if "reverts" in record:  # a weight change that failed: the rollout stood where it was
+                self.state = previous
+                continue
+            if record.get("weights_unverified"):  # the router could not be read: nothing was judged
+                continue
             if "observation" in record:
                 judgement = self.judge.judge(observation_from_dict(record["observation"]), self.state.step_index)
                 self.observed_until = now
@@ -261,7 +318,8 @@ class Controller:
                 )
             if state.step_index != self.state.step_index:
                 self.step_seconds.append(now - self.state.step_started_at)
-            self.state, self.last_judgement, self.ticks = state, judgement, int(record["tick"])
+            previous = self.state
+            self.state, self.last_judgement = state, judgement
         before = Weights(**last["weights_after"])
         decision = Decision(Action.HOLD, before, self.state.phase, f"resumed at tick {self.ticks}")
         return TickReport(self.ticks, float(last["timestamp"]), before, decision, self.last_judgement, 0)
