@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -194,6 +195,8 @@ def demo(
 ) -> None:
     """Roll out a simulated canary end to end on the embedded mesh (no cluster, no Prometheus)."""
     try:
+        if not Path(policy).exists():
+            raise CanaryError(f"{policy}: no such file (run the demo from the repository, or pass --policy FILE)")
         described = builtin_scenario(str(scenario.value))
         title = f"canary demo: scenario {described.name!r} on the simulated mesh ({described.rps:g} requests/s)"
         raise typer.Exit(_run_simulated(policy, str(scenario.value), seed, audit, output, title))

@@ -341,3 +341,14 @@ def test_resume_is_for_real_rollouts(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert result.stderr.strip() == "canary: --resume carries on a real rollout: use it with --prometheus-url"
+
+
+def test_demo_outside_the_repository_says_where_the_policy_is_expected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "canary: policies/web-app.yaml: no such file (run the demo from the repository, or pass --policy FILE)"
+    )
