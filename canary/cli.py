@@ -244,6 +244,8 @@ def run(
         if prometheus_url:
             settings = _prometheus_settings(prometheus_url, locals())
             weights = (manifest, kubeconfig, context)
+            if resume and not (manifest or kubeconfig):
+                raise CanaryError("--resume needs the weights where a restart finds them: --manifest or --kubeconfig")
             raise typer.Exit(_run_prometheus(policy, settings, audit, output, weights, resume))
         if simulate is None:
             raise CanaryError(

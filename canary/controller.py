@@ -105,7 +105,13 @@ def manual_change(
     if decision.weights != before:
         try:
             router.set_weights(policy.target, decision.weights, expected=before)
-        except RouterError as exc:  # the record above announced a change that did not happen: say so
+        except RouterError as exc:
+            try:
+                if router.get_weights(policy.target) == decision.weights:
+                    return before, decision  # the write was made; only its answer was lost
+            except RouterError:
+                pass
+            # The record above announced a change that did not happen: say so.
             failed = Decision(Action.HOLD, before, Phase.ABORTED, f"the change to {decision.weights} failed: {exc}")
             audit.append(
                 decision_record(
@@ -181,12 +187,16 @@ class Controller:
             return decision
         try:
             self.router.set_weights(self.policy.target, decision.weights, expected=before)
-        except WeightConflict as exc:
-            return self._abort(now, before, f"{exc}; the change to {decision.weights} was not made")
         except RouterError as exc:
+            current = self._current()
+            if current == decision.weights:  # the write was made; only its answer was lost
+                return decision
             extra = {"error": str(exc), "reverts": self.ticks}
             if previous is not None:
                 self.state = previous
+            if isinstance(exc, WeightConflict):
+                reason = f"{exc}; the change to {decision.weights} was not made"
+                return self._abort(now, current or before, reason, extra)
             if previous is None or not exc.temporary:
                 return self._abort(now, before, f"the change to {decision.weights} failed: {exc}", extra)
             held = Decision(
@@ -196,15 +206,25 @@ class Controller:
             return held
         return decision
 
+    def _current(self) -> Weights | None:
+        """The route's weights now, or None when they cannot be read either."""
+        try:
+            return self.router.get_weights(self.policy.target)
+        except RouterError:
+            return None
+
     def _router_unavailable(self, now: float, exc: RouterError) -> TickReport:
-        """The weights could not be read: hold without judging (the window waits for the next tick), or stop."""
+        """The weights could not be read: hold without judging (the window waits for the next tick), or stop
+        when the failure is permanent or the deadline has come."""
         assert self.state is not None
         assumed = self.state.weights
-        if not exc.temporary:
-            decision = self._abort(now, assumed, f"traffic router failed: {exc}", {"error": str(exc)})
+        unverified = {"error": str(exc), "weights_unverified": True}
+        if not exc.temporary or now >= self.state.deadline:
+            why = "traffic router failed" if not exc.temporary else "traffic router still unavailable at the deadline"
+            decision = self._abort(now, assumed, f"{why}: {exc}", unverified)
             return TickReport(self.ticks, now, assumed, decision, None, self.state.step_index)
         decision = Decision(Action.HOLD, assumed, self.state.phase, f"traffic router unavailable ({exc}); retrying")
-        self._record(now, assumed, decision, {"error": str(exc), "weights_unverified": True})
+        self._record(now, assumed, decision, unverified)
         return TickReport(self.ticks, now, assumed, decision, None, self.state.step_index)
 
     def _abort(self, now: float, weights: Weights, reason: str, extra: dict[str, Any] | None = None) -> Decision:
@@ -265,8 +285,6 @@ class Controller:
         self.last_judgement = judgement
         step_before = self.state.step_index
         state, decision = progression.decide(self.state, judgement, now)
-        if state.step_index != step_before or state.phase.finished:
-            self.step_seconds.append(now - self.state.step_started_at)
         extra = {
             "window": {"start": iso(start), "end": iso(now), "seconds": now - start},
             "counts": version_counts(observation, self.policy),
@@ -275,7 +293,10 @@ class Controller:
         }
         self._record(now, before, decision, extra)  # on disk before the weights move
         previous, self.state = self.state, state
-        decision = self._apply(now, before, decision, previous)
+        applied = self._apply(now, before, decision, previous)
+        if applied is decision and (state.step_index != step_before or state.phase.finished):
+            self.step_seconds.append(now - previous.step_started_at)
+        decision = applied
         return TickReport(self.ticks, now, before, decision, judgement, step_before)
 
     def resume(self, records: Sequence[dict[str, Any]]) -> TickReport:
@@ -320,9 +341,23 @@ class Controller:
                 self.step_seconds.append(now - self.state.step_started_at)
             previous = self.state
             self.state, self.last_judgement = state, judgement
-        before = Weights(**last["weights_after"])
-        decision = Decision(Action.HOLD, before, self.state.phase, f"resumed at tick {self.ticks}")
-        return TickReport(self.ticks, float(last["timestamp"]), before, decision, self.last_judgement, 0)
+        announced, was = Weights(**last["weights_after"]), Weights(**last["weights_before"])
+        if "reverts" not in last and announced != was and self._current() == was:
+            # canary stopped between the record and the write: the change announced was never made.
+            self.state = previous
+            now = self.clock.now()
+            decision = Decision(
+                Action.HOLD,
+                was,
+                previous.phase,
+                f"the change to {announced} recorded at tick {self.ticks} was never made",
+            )
+            self._record(now, was, decision, {"reverts": self.ticks})
+            return TickReport(self.ticks, now, was, decision, self.last_judgement, self.state.step_index)
+        decision = Decision(Action.HOLD, announced, self.state.phase, f"resumed at tick {self.ticks}")
+        return TickReport(
+            self.ticks, float(last["timestamp"]), announced, decision, self.last_judgement, self.state.step_index
+        )
 
     def run(
         self, on_tick: Callable[[TickReport], None] | None = None, *, resume: Sequence[dict[str, Any]] = ()

@@ -223,6 +223,7 @@ class KubeApiServer:
             }
             self._store[(stored["metadata"]["namespace"], meta["name"])] = stored
         self._failures: list[tuple[str | None, ApiError]] = []
+        self._failures_after_commit: list[tuple[str | None, ApiError]] = []
         self._after_get: list[Callable[[], None]] = []
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, content type
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -294,6 +295,14 @@ class KubeApiServer:
         with self._lock:
             self._failures.append((method, ApiError(code, reason, message or HTTPStatus(code).description)))
 
+    def fail_after_commit(self, code: int, message: str = "", *, method: str | None = "PUT") -> None:
+        """The next write (of `method`) is made, then answered with `code`: a gateway timing out on its way back."""
+        reason = REASONS.get(code) or HTTPStatus(code).phrase.replace(" ", "")
+        with self._lock:
+            self._failures_after_commit.append(
+                (method, ApiError(code, reason, message or HTTPStatus(code).description))
+            )
+
     def after_next_get(self, action: Callable[[], None]) -> None:
         """Run `action` once the next successful GET has read the object, before the client gets the answer."""
         with self._lock:
@@ -341,9 +350,20 @@ class KubeApiServer:
             _validate(wanted, key[1])
             wanted.setdefault("metadata", {})
             sent_version = wanted["metadata"].get("resourceVersion")
+            if method == "PUT" and not sent_version:  # custom resources allow no unconditional update
+                raise ApiError(
+                    422, "Invalid",
+                    f'{RESOURCE} "{key[1]}" is invalid: metadata.resourceVersion: Invalid value: 0x0: '
+                    "must be specified for an update",
+                )  # fmt: skip
             if sent_version and sent_version != current["metadata"]["resourceVersion"]:
                 raise _conflict(key[1])
-            return 200, self._as(version, self._commit(key, wanted))
+            stored = self._commit(key, wanted)
+            for i, (only, failure) in enumerate(self._failures_after_commit):
+                if only in (None, method):
+                    del self._failures_after_commit[i]
+                    return failure.code, failure.status()  # the write is made; the answer says otherwise
+            return 200, self._as(version, stored)
 
     def _patched(self, current: dict[str, Any], content_type: str | None, patch: Any) -> Any:
         kind = (content_type or "").split(";", 1)[0].strip()

@@ -352,3 +352,13 @@ def test_demo_outside_the_repository_says_where_the_policy_is_expected(
     assert result.stderr.strip() == (
         "canary: policies/web-app.yaml: no such file (run the demo from the repository, or pass --policy FILE)"
     )
+
+
+def test_resume_needs_weights_that_survive_a_restart(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["run", str(POLICY), "--prometheus-url", "http://127.0.0.1:9", "--resume", "--audit", str(tmp_path / "a")]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "canary: --resume needs the weights where a restart finds them: --manifest or --kubeconfig"
+    )

@@ -410,3 +410,31 @@ def test_unfinished_rollout_picks_the_policys_last_rollout_only_while_it_progres
     assert unfinished_rollout(done + running + other + manual, web_policy) == running
     assert unfinished_rollout(running + done, web_policy) == []
     assert unfinished_rollout(other, web_policy) == []
+
+
+def test_resume_after_a_crash_between_the_record_and_the_write(web_policy: Policy, tmp_path: Path) -> None:
+    """The last record announced 10% -> 50% but the process died before writing it: the resumed rollout
+    says so in a record and carries on from 10%, instead of blaming someone else for the weights."""
+    from canary.controller import unfinished_rollout
+    from canary.judges import make_judge
+
+    path = tmp_path / "a.jsonl"
+    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=9, audit=AuditLog(path))
+    sim.controller.start()
+    while sim.controller.state is not None and sim.controller.state.step_index == 0:
+        sim.clock.sleep(web_policy.interval_s)
+        sim.controller.tick()
+    sim.router.set_weights(web_policy.target, Weights(90, 10))  # the write that never happened
+    policy = sim.controller.policy
+    fresh = Controller(
+        policy=policy, source=sim.mesh, router=sim.router, judge=make_judge(policy), audit=AuditLog(path),
+        clock=sim.clock,
+    )  # fmt: skip
+    report = fresh.resume(unfinished_rollout(list(read_records(path)), policy))
+    last = list(read_records(path))[-1]
+    assert last["reverts"] == last["tick"] and "was never made" in last["reason"]
+    assert report.decision.weights == Weights(90, 10) and fresh.state is not None and fresh.state.step_index == 0
+    while not fresh.state.phase.finished:
+        sim.clock.sleep(web_policy.interval_s)
+        fresh.tick()
+    assert fresh.state.phase is Phase.PROMOTED

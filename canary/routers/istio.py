@@ -15,6 +15,7 @@ import os
 from typing import Any, NoReturn, cast
 
 import urllib3.exceptions
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -38,18 +39,21 @@ class RouterServerError(RouterError):
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """An API client from a kubeconfig file (and context), or in-cluster config when none is given in a pod."""
     try:
+        # No transparent retries: a PUT resent after a lost answer would meet its own write as a conflict.
+        # The controller retries at the next tick, after reading what the route holds.
+        configuration = client.Configuration()
+        configuration.retries = False
         if kubeconfig is not None:
             made = config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context, persist_config=False
+                config_file=kubeconfig, context=context, persist_config=False, client_configuration=configuration
             )
             return cast(client.ApiClient, made)
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             if context is not None:
                 raise RouterError("--context needs a kubeconfig; in-cluster config has no contexts")
-            configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             return client.ApiClient(configuration)
-    except (ConfigException, OSError, ValueError) as exc:
+    except (ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError) as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "in-cluster config"
         raise RouterError(f"{where}: cannot configure a Kubernetes client: {_one_line(str(exc))}") from exc
     raise RouterError("no Kubernetes configuration: give a kubeconfig file, or run in a pod (KUBERNETES_SERVICE_HOST)")
@@ -128,6 +132,8 @@ def _raise_for(exc: ApiException, target: Target, doing: str) -> NoReturn:
         raise RouterError(f"VirtualService {name}: the API server refused our credentials ({code}: {message})") from exc
     if code == 422:
         raise RouterError(f"VirtualService {name}: the API server rejected the change: {message}") from exc
+    if code == 429:  # API Priority and Fairness throttling: come back later
+        raise RouterServerError(f"VirtualService {name}: the API server is throttling requests ({message})") from exc
     if isinstance(code, int) and code >= 500:
         raise RouterServerError(f"VirtualService {name}: the API server failed ({code}: {message}), try again") from exc
     raise RouterError(f"VirtualService {name}: cannot {doing} ({code}: {message})") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kube_api_server import KubeApiServer
 
@@ -60,11 +61,11 @@ def test_an_unreadable_route_holds_without_judging(
     sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=1, audit=AuditLog(audit), router=router)
     sim.controller.start()
     sim.clock.sleep(web_policy.interval_s)
-    kube_api.fail_next(503, "apiserver restarting", method="GET")
+    kube_api.fail_next(429, "too many requests, please try again later", method="GET")  # APF throttling
     report = sim.controller.tick()
     assert report.decision.phase is Phase.PROGRESSING
     last = list(read_records(audit))[-1]
-    assert last["weights_unverified"] is True and "apiserver restarting" in last["error"]
+    assert last["weights_unverified"] is True and "throttling" in last["error"]
     assert "observation" not in last
 
 
@@ -100,3 +101,46 @@ def test_a_manual_rollback_that_fails_says_so_in_the_log(
     records = list(read_records(audit.path))
     assert [r["action"] for r in records] == ["rollback", "hold"]
     assert records[-1]["reverts"] == "manual" and weights_in(kube_api) == [50, 50]
+
+
+def test_a_write_whose_answer_is_lost_counts_as_made(
+    web_policy: Policy, kube_api: KubeApiServer, router: IstioRouter, tmp_path: Path
+) -> None:
+    """The API server commits, then a gateway answers 504: canary reads the route back and goes on."""
+    audit = tmp_path / "a.jsonl"
+    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=1, audit=AuditLog(audit), router=router)
+    kube_api.fail_after_commit(504, "gateway timeout")
+    report = sim.controller.start()
+    assert report.decision.phase is Phase.PROGRESSING and weights_in(kube_api) == [90, 10]
+    assert [r["action"] for r in read_records(audit)] == ["start"]
+
+
+def test_a_conflicting_write_leaves_state_record_and_route_in_agreement(
+    web_policy: Policy, kube_api: KubeApiServer, router: IstioRouter, tmp_path: Path
+) -> None:
+    """Someone pauses the rollout at 95/5 between canary's read and its write: the API server refuses the
+    write (409); canary stops, records what the route really holds, and stays at the step it was on."""
+    from canary.model import Judgement, Outcome
+
+    audit = tmp_path / "a.jsonl"
+    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=1, audit=AuditLog(audit), router=router)
+    sim.controller.start()
+
+    def pause(vs: dict[str, Any]) -> None:
+        for dest, weight in zip(vs["spec"]["http"][0]["route"], (95, 5), strict=True):
+            dest["weight"] = weight
+
+    def judged_pass(obs: Any, step: int) -> Judgement:
+        # Called after the tick's own read: the next read is the one the write is based on.
+        kube_api.after_next_get(lambda: kube_api.edit("default", "web-app", pause))
+        return Judgement(Outcome.PASS, (), "judged pass")
+
+    sim.controller.judge.judge = judged_pass  # type: ignore[method-assign]
+    sim.clock.sleep(web_policy.interval_s)
+    report = sim.controller.tick()
+    last = list(read_records(audit))[-1]
+    assert report.decision.phase is Phase.ABORTED and last["phase"] == "aborted"
+    assert "changed by someone else" in last["reason"]
+    assert last["weights_after"] == {"baseline": 95, "canary": 5} and weights_in(kube_api) == [95, 5]
+    assert sim.controller.state is not None and sim.controller.state.step_index == 0
+    assert sim.controller.step_seconds == []

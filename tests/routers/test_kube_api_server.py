@@ -98,16 +98,19 @@ def test_a_stale_resource_version_is_a_409_status(objects: client.CustomObjectsA
     }
 
 
-def test_a_put_without_resource_version_is_unconditional_and_a_no_op_keeps_the_version(
+def test_a_put_without_resource_version_is_refused_and_a_no_op_keeps_the_version(
     objects: client.CustomObjectsApi, kube_api: KubeApiServer
 ) -> None:
+    """Custom resources allow no unconditional update, as on a real API server."""
     vs = objects.get_namespaced_custom_object(*ARGS, "web-app")
     same = objects.replace_namespaced_custom_object(*ARGS, "web-app", vs)
     assert same["metadata"]["resourceVersion"] == vs["metadata"]["resourceVersion"]
     del vs["metadata"]["resourceVersion"]
     vs["spec"]["http"][0]["route"][1]["weight"] = 5
-    written = objects.replace_namespaced_custom_object(*ARGS, "web-app", vs)
-    assert written["metadata"]["generation"] == 2 and weights(written) == [100, 5]
+    with pytest.raises(ApiException) as caught:
+        objects.replace_namespaced_custom_object(*ARGS, "web-app", vs)
+    assert caught.value.status == 422 and "must be specified for an update" in caught.value.body
+    assert weights(kube_api.get("default", "web-app")) == [100, 0]
 
 
 @pytest.mark.parametrize(
