@@ -140,5 +140,7 @@ def _raise_for(exc: ApiException, target: Target, doing: str) -> NoReturn:
 
 
 def _unreachable(exc: urllib3.exceptions.HTTPError, target: Target) -> RouterError:
+    """Temporary: an API server restarting (an upgrade, a failover) must hold a rollout, not end it. A
+    wrong address still fails at once, because the controller's first read is not retried."""
     reason = getattr(exc, "reason", None) or exc
-    return RouterError(f"VirtualService {_name(target)}: the API server is unreachable: {_one_line(str(reason))}")
+    return RouterServerError(f"VirtualService {_name(target)}: the API server is unreachable: {_one_line(str(reason))}")

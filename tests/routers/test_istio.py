@@ -144,6 +144,7 @@ def test_an_unreachable_server_is_a_router_error(tmp_path: Path, web_policy: Pol
     message = one_line(caught.value)
     assert message.startswith("VirtualService default/web-app: the API server is unreachable: ")
     assert "Connection refused" in message
+    assert caught.value.temporary  # a restarting API server holds a rollout rather than ending it
 
 
 def test_a_simulated_rollout_promotes_and_leaves_all_traffic_on_the_canary(

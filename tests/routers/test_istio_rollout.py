@@ -144,3 +144,37 @@ def test_a_conflicting_write_leaves_state_record_and_route_in_agreement(
     assert last["weights_after"] == {"baseline": 95, "canary": 5} and weights_in(kube_api) == [95, 5]
     assert sim.controller.state is not None and sim.controller.state.step_index == 0
     assert sim.controller.step_seconds == []
+
+
+def test_a_wrong_api_server_address_fails_before_anything_is_recorded(web_policy: Policy, tmp_path: Path) -> None:
+    """Unreachable counts as temporary during a rollout, but the first read is not retried: exit 2 at once."""
+    import pytest
+
+    closed = KubeApiServer([])
+    path = closed.kubeconfig(tmp_path / "kubeconfig")
+    closed.stop()
+    router = IstioRouter.from_kubeconfig(str(path))
+    audit = tmp_path / "a.jsonl"
+    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=1, audit=AuditLog(audit), router=router)
+    try:
+        with pytest.raises(RouterError, match="unreachable"):
+            sim.controller.run()
+    finally:
+        router.close()
+    assert not audit.exists() or not audit.read_text()
+
+
+def test_a_manual_rollback_whose_answer_is_lost_is_not_reported_as_failed(
+    web_policy: Policy, kube_api: KubeApiServer, router: IstioRouter, tmp_path: Path
+) -> None:
+    from canary.clock import SystemClock
+    from canary.controller import manual_change
+
+    router.set_weights(web_policy.target, Weights(50, 50))
+    kube_api.fail_after_commit(504, "gateway timeout")
+    audit = AuditLog(tmp_path / "a.jsonl")
+    manual_change(
+        policy=web_policy, router=router, audit=audit, clock=SystemClock(), promote=False, actor="b", reason=""
+    )
+    assert [r["action"] for r in read_records(audit.path)] == ["rollback"]
+    assert weights_in(kube_api) == [100, 0]
