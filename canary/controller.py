@@ -197,7 +197,7 @@ class Controller:
             if isinstance(exc, WeightConflict):
                 reason = f"{exc}; the change to {decision.weights} was not made"
                 return self._abort(now, current or before, reason, extra)
-            if previous is None or not exc.temporary:
+            if previous is None or not exc.temporary or now >= previous.deadline:
                 return self._abort(now, before, f"the change to {decision.weights} failed: {exc}", extra)
             held = Decision(
                 Action.HOLD, before, previous.phase, f"the change to {decision.weights} failed ({exc}); retrying"

@@ -178,3 +178,18 @@ def test_a_manual_rollback_whose_answer_is_lost_is_not_reported_as_failed(
     )
     assert [r["action"] for r in read_records(audit.path)] == ["rollback"]
     assert weights_in(kube_api) == [100, 0]
+
+
+def test_writes_failing_past_the_deadline_end_the_rollout(
+    web_policy: Policy, kube_api: KubeApiServer, router: IstioRouter, tmp_path: Path
+) -> None:
+    """An API server that keeps failing writes cannot keep a rollout going forever."""
+    audit = tmp_path / "a.jsonl"
+    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=1, audit=AuditLog(audit), router=router)
+    sim.controller.start()
+    for _ in range(500):
+        kube_api.fail_next(503, "etcd unavailable", method="PUT")
+    result = sim.controller.run(resume=list(read_records(audit)))
+    assert result.phase is Phase.ABORTED
+    assert result.finished_at >= sim.controller.state.deadline  # type: ignore[union-attr]
+    assert weights_in(kube_api) == [90, 10]
