@@ -1,6 +1,6 @@
 """Detection benchmark: whole rollouts in simulated time, through the engine's real decision path.
 
-policy -> simulated mesh -> judge -> progression -> controller -> in-memory router, for each scenario
+policy -> simulated mesh -> judge -> transition -> runner -> in-memory router, for each scenario
 and each judge, with known ground truth. Reports how often each judge promoted, rolled back on
 evidence, or reached the deadline without a decision, and how long it took.
 
@@ -36,7 +36,7 @@ from canary.app import SIM_START, simulated_rollout
 from canary.audit import MemoryAudit
 from canary.judges.sequential import check_labels, combine
 from canary.model import Histogram, Judgement, Observation, Outcome, Phase, Ratio, Verdict
-from canary.policy import LatencyMetric, Policy, load_policy
+from canary.policy import LatencyMetric, MetricSpec, Policy, load_policy
 from canary.scenario import Behaviour, Scenario, load_scenarios
 from canary.sources.simulated import bucket_probabilities
 
@@ -66,11 +66,18 @@ def _tolerated(behaviour: Behaviour, policy: Policy) -> Behaviour:
     )
 
 
+@dataclass(frozen=True)
+class OracleState:
+    llr: float = 0.0
+    step: int = -1
+
+
 class OracleJudge:
     """Wald's SPRT between the canary's true behaviour and the nearest hypothesis on the other side of
     the tolerance, on the canary's error and latency-bucket counts. It knows what no real judge knows."""
 
     name = "oracle"
+    state_type = OracleState
 
     def __init__(self, policy: Policy, scenario: Scenario, alpha: float = 0.05, beta: float = 0.05) -> None:
         self.policy = policy
@@ -82,29 +89,31 @@ class OracleJudge:
         self.p_true, self.p_other = truth.error_rate, other.error_rate
         self.truth, self.other, self.diurnal = truth, other, scenario.diurnal
         self.upper = math.log((1 - beta) / alpha)
-        self.llr = 0.0
-        self.step = -1
         self.labels = [label for m in policy.metrics for label in check_labels(m)]
 
-    def judge(self, observation: Observation, step: int) -> Judgement:
-        if step != self.step and self.healthy:
-            self.llr = 0.0  # a step is passed afresh, as the real judges must
-        self.step = step
+    def start(self) -> OracleState:
+        return OracleState()
+
+    def refuses(self, metric: MetricSpec) -> str | None:
+        return None
+
+    def judge(self, state: OracleState, observation: Observation, step: int) -> tuple[OracleState, Judgement]:
+        llr = 0.0 if step != state.step and self.healthy else state.llr  # a step is passed afresh
         for window in observation.metrics.values():
             for sample in window.canary.values():
                 if isinstance(sample, Ratio) and sample.trials:
                     e, n = sample.events, sample.trials
-                    self.llr += _binomial_llr(e, n, self.p_true, self.p_other)
+                    llr += _binomial_llr(e, n, self.p_true, self.p_other)
                 elif isinstance(sample, Histogram) and sample.total:
                     counts = np.asarray(sample.counts, dtype=float)
                     b_true, b_other = self._buckets(observation)
-                    self.llr += float((counts * (np.log(b_true) - np.log(b_other))).sum())
-        decided = self.llr >= self.upper
+                    llr += float((counts * (np.log(b_true) - np.log(b_other))).sum())
+        decided = llr >= self.upper
         outcome = Outcome.CONTINUE
         if decided:
             outcome = Outcome.PASS if self.healthy else Outcome.FAIL
-        verdicts = [Verdict(label, outcome, f"oracle log-likelihood ratio {self.llr:.2f}") for label in self.labels]
-        return combine(verdicts)
+        verdicts = [Verdict(label, outcome, f"oracle log-likelihood ratio {llr:.2f}") for label in self.labels]
+        return OracleState(llr, step), combine(verdicts)
 
     def _buckets(self, observation: Observation) -> tuple[np.ndarray, np.ndarray]:
         """Bucket probabilities of both hypotheses, with the service-wide load factor the mesh applied."""
@@ -137,10 +146,10 @@ class Run:
 def run_one(scenario: Scenario, policy: Policy, judge: str, seed: int) -> Run:
     if judge == "oracle":
         rollout = simulated_rollout(policy, scenario, seed=seed, audit=MemoryAudit())
-        rollout.controller.judge = OracleJudge(rollout.controller.policy, scenario)
+        rollout.runner.judge = OracleJudge(rollout.runner.policy, scenario)
     else:
         rollout = simulated_rollout(policy, scenario, seed=seed, audit=MemoryAudit(), judge=ENGINE_JUDGE[judge])
-    result = rollout.controller.run()
+    result = rollout.runner.run()
     outcome = {Phase.PROMOTED: "promote", Phase.ROLLED_BACK: "rollback"}.get(result.phase, "inconclusive")
     return Run(outcome, result.duration_s, result.step_seconds)
 

@@ -53,10 +53,12 @@ def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, e
     edges = [min(start + i * policy.interval_s, end) for i in range(count)] + [end]
     observations: list[Observation] = []
     judgements: list[Judgement] = []
+    evidence = judge.start()
     for a, b in itertools.pairwise(edges):
         observation = source.observe(policy.target, policy.metrics, a, b)
         observations.append(observation)
-        judgements.append(judge.judge(observation, 0))
+        evidence, judgement = judge.judge(evidence, observation, 0)
+        judgements.append(judgement)
     failed = [j for j in judgements if j.outcome is Outcome.FAIL]
     passed = [j for j in judgements if j.outcome is Outcome.PASS]
     if failed:

@@ -1,6 +1,7 @@
-"""The one place that chooses concrete parts: which source, router, judge, clock and audit sink.
+"""The one place that chooses concrete parts: which source, router, judge, clock and audit log.
 
-Everything else receives its collaborators; nothing reaches for a global client.
+Everything else receives its collaborators; nothing reaches for a global client. The policy × judge ×
+source combination is checked here, before anything is built that could move a weight.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from pathlib import Path
 from canary.analysis import AnalysisResult, analyze
 from canary.audit import AuditLog, AuditSink
 from canary.clock import Clock, SimulatedClock, SystemClock
-from canary.controller import Controller
-from canary.errors import RouterError, SourceError
-from canary.judges import make_judge
+from canary.controller import DEFAULT_LOCK_TIMEOUT_S, CancelFlag, Runner
+from canary.errors import PolicyError, RouterError, SourceError
+from canary.judges import Judge, make_judge
 from canary.policy import Policy
 from canary.routers import Router
 from canary.routers.manifest import ManifestRouter
-from canary.routers.memory import MemoryRouter, virtual_service_for
+from canary.routers.memory import MemoryRouter, seed_objects
 from canary.scenario import Scenario
+from canary.sources import MetricsSource
 from canary.sources.prometheus import PrometheusSettings, PrometheusSource
 from canary.sources.simulated import SimulatedMesh
 
@@ -32,6 +34,10 @@ def audit_path_for(policy: Policy, override: str | None) -> Path:
     if policy.audit_path:
         return Path(policy.audit_path)
     return Path("audit") / f"{policy.name}.jsonl"
+
+
+def open_audit(policy: Policy, override: str | None, actor: str = "canary") -> AuditLog:
+    return AuditLog(audit_path_for(policy, override), actor=actor)
 
 
 def with_scenario(policy: Policy, scenario: Scenario) -> Policy:
@@ -60,12 +66,24 @@ def router_for(
         from canary.routers.istio import IstioRouter  # here: importing kubernetes takes half a second
 
         return IstioRouter.from_kubeconfig(kubeconfig, context)
-    return MemoryRouter([virtual_service_for(policy.target)])
+    vs, dr = seed_objects(policy.target)
+    return MemoryRouter([vs], [dr])
+
+
+def judge_for(policy: Policy, kind: str | None = None, source: MetricsSource | None = None) -> Judge:
+    """The policy's judge, once the judge and the source have said they can handle every metric."""
+    judge = make_judge(policy, kind)
+    for i, metric in enumerate(policy.metrics):
+        for part in (judge, source):
+            problem = part.refuses(metric) if part is not None else None
+            if problem is not None:
+                raise PolicyError(policy.source_path, f"spec.metrics[{i}]", f"{metric.name!r}: {problem}")
+    return judge
 
 
 @dataclass
 class SimulatedRollout:
-    controller: Controller
+    runner: Runner
     mesh: SimulatedMesh
     router: Router
     clock: SimulatedClock
@@ -79,31 +97,33 @@ def simulated_rollout(
     audit: AuditSink,
     judge: str | None = None,
     router: Router | None = None,
+    cancel: CancelFlag | None = None,
+    start: float | None = None,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> SimulatedRollout:
-    """A rollout of `policy` on the embedded simulated mesh; an in-memory VirtualService unless given."""
+    """A rollout of `policy` on the embedded simulated mesh; an in-memory VirtualService unless given.
+    Simulated time starts at `start` (a resumed rollout's last record), else at SIM_START."""
     policy = with_scenario(policy, scenario)
-    clock = SimulatedClock(SIM_START)
+    clock = SimulatedClock(max(start or SIM_START, SIM_START))
     router = router or router_for(policy, None)
     mesh = SimulatedMesh(scenario, router, policy.target, start=clock.now(), seed=seed)
-    controller = Controller(
+    runner = Runner(
         policy=policy,
         source=mesh,
         router=router,
-        judge=make_judge(policy, judge),
+        judge=judge_for(policy, judge, mesh),
         audit=audit,
         clock=clock,
         actor="canary-controller (simulated mesh)",
+        lock_timeout_s=lock_timeout_s,
+        cancel=cancel,
     )
-    return SimulatedRollout(controller, mesh, router, clock)
-
-
-def open_audit(policy: Policy, override: str | None) -> AuditLog:
-    return AuditLog(audit_path_for(policy, override))
+    return SimulatedRollout(runner, mesh, router, clock)
 
 
 @dataclass
 class PrometheusRollout:
-    controller: Controller
+    runner: Runner
     source: PrometheusSource
     router: Router
 
@@ -116,6 +136,8 @@ def prometheus_rollout(
     router: Router | None = None,
     clock: Clock | None = None,
     judge: str | None = None,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    cancel: CancelFlag | None = None,
 ) -> PrometheusRollout:
     """A rollout of `policy` judged on a real Prometheus; an in-memory VirtualService unless given.
 
@@ -126,20 +148,36 @@ def prometheus_rollout(
     clock = clock or SystemClock()
     source = PrometheusSource(settings)
     try:
+        chosen = judge_for(policy, judge, source)
         source.query("vector(1)", clock.now(), what="connectivity check")
-    except SourceError:
+    except (SourceError, PolicyError):
         source.close()
         raise
-    controller = Controller(
+    runner = Runner(
         policy=policy,
         source=source,
         router=router,
-        judge=make_judge(policy, judge),
+        judge=chosen,
         audit=audit,
         clock=clock,
         actor=f"canary-controller (prometheus {source.url}, {type(router).__name__})",
+        lock_timeout_s=lock_timeout_s,
+        cancel=cancel,
     )
-    return PrometheusRollout(controller, source, router)
+    return PrometheusRollout(runner, source, router)
+
+
+def manual_runner(policy: Policy, router: Router, audit: AuditSink, *, lock_timeout_s: float) -> Runner:
+    """What a person's promote or rollback runs through: the same chain, no metrics source."""
+    return Runner(
+        policy=policy,
+        source=None,
+        router=router,
+        judge=make_judge(policy),
+        audit=audit,
+        clock=SystemClock(),
+        lock_timeout_s=lock_timeout_s,
+    )
 
 
 def prometheus_analysis(
@@ -147,4 +185,4 @@ def prometheus_analysis(
 ) -> AnalysisResult:
     """`canary analyze`: judge the canary over [start, end] from Prometheus, touching no weights."""
     with PrometheusSource(settings) as source:
-        return analyze(policy, source, make_judge(policy, judge), start, end)
+        return analyze(policy, source, judge_for(policy, judge, source), start, end)

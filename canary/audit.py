@@ -1,141 +1,473 @@
-"""The audit log: one JSON line per decision, appended and flushed to disk before the weight change it
-justifies, each line chained to the previous one by a SHA-256 hash so a removed or edited line shows.
+"""The audit log on disk: one sealed JSON line per record, appended under a lock, never lost or torn.
+
+- **One writer at a time.** Every command that appends holds an exclusive lock on the log (`LOG.lock`
+  beside it, `flock`, released by the kernel if the process dies) for its whole read → check → record →
+  write → record sequence; a second command waits up to its timeout, then fails with a clear conflict.
+- **Whole lines.** An append is one `write` of the whole line, then `fsync`; a write the disk cut short
+  is truncated back, so a failed append leaves the log as it was.
+- **A torn last line never blocks.** A last line without its newline that is a complete, chained record
+  gets its newline; anything else there (a crash mid-write, a full disk before this version, zeros after a
+  power cut) is moved to `LOG.torn`, the log is cut back to its last whole line and a note says so.
+- **Anchored.** `verify` checks every line's hash and link, that every change has its outcome, and, given
+  the head the route holds (or one a command printed), that the log ends there.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import errno
+import fcntl
 import json
-import math
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import BinaryIO, Protocol
 
-from canary.errors import AuditError
+from canary.errors import AuditError, ConflictError
+from canary.records import (
+    GENESIS,
+    DecisionRecord,
+    NoteRecord,
+    OutcomeRecord,
+    Record,
+    Sealed,
+    applied_outcome,
+    chain_holds,
+    decode,
+    seal,
+)
 
-GENESIS = "0" * 64
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN or infinity: write them as null / strings rather than invalid JSON."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
-def _digest(prev: str, body: dict[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256((prev + canonical).encode()).hexdigest()
-
-
-def _seal(prev: str, record: dict[str, Any]) -> dict[str, Any]:
-    """The record as written: JSON-safe, chained to the previous record's hash."""
-    body: dict[str, Any] = _clean({k: v for k, v in record.items() if k not in ("hash", "prev_hash")})
-    body["prev_hash"] = prev
-    body["hash"] = _digest(prev, body)
-    return body
+READ_BLOCK = 1 << 16
+LOCK_POLL_S = 0.05
 
 
 class AuditSink(Protocol):
     @property
     def path(self) -> Path: ...
 
-    def append(self, record: dict[str, Any]) -> dict[str, Any]: ...
+    def locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]: ...
+
+    @property
+    def head(self) -> str: ...
+
+    def last(self) -> Sealed | None: ...
+
+    def open_change(self) -> Sealed | None: ...
+
+    def append(self, record: Record) -> Sealed: ...
+
+    def append_sealed(self, sealed: Sealed) -> None: ...
+
+    def contains(self, digest: str) -> bool: ...
 
 
 class MemoryAudit:
-    """Builds and chains the same records without touching disk (the benchmark's thousands of rollouts)."""
+    """The same chain without a disk (the benchmark's thousands of rollouts)."""
 
     def __init__(self) -> None:
         self.path = Path("<memory>")
-        self.records: list[dict[str, Any]] = []
-        self._prev = GENESIS
+        self.records: list[Sealed] = []
 
-    def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        body = _seal(self._prev, record)
-        self._prev = body["hash"]
-        self.records.append(body)
-        return body
+    @contextlib.contextmanager
+    def locked(self, timeout_s: float) -> Iterator[None]:
+        yield
+
+    @property
+    def head(self) -> str:
+        return self.records[-1].hash if self.records else GENESIS
+
+    def last(self) -> Sealed | None:
+        return self.records[-1] if self.records else None
+
+    def open_change(self) -> Sealed | None:
+        return _open_change(reversed(self.records))
+
+    def append(self, record: Record) -> Sealed:
+        sealed = seal(record, self.head)
+        self.records.append(sealed)
+        return sealed
+
+    def append_sealed(self, sealed: Sealed) -> None:
+        if sealed.prev_hash != self.head:
+            raise AuditError(f"{self.path}: the record does not follow the log's head")
+        self.records.append(sealed)
+
+    def contains(self, digest: str) -> bool:
+        return any(s.hash == digest for s in self.records)
 
 
 class AuditLog:
-    """Append-only JSON lines; `append` returns only once the line is on disk."""
+    """Append-only JSON lines. Appends need the lock; `append` returns once the line is on disk."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, actor: str = "canary") -> None:
         self.path = Path(path)
+        self.actor = actor  # who the notes the log writes about itself are from
+        self._last: Sealed | None = None  # the last record, while the lock is held (None if it does not decode)
+        self._head = GENESIS
+        self._locked = False
+        self._notes: list[NoteRecord] = []  # what the log says about itself, appended at the next safe point
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot create the audit directory: {exc.strerror}") from exc
-        self._prev = GENESIS
-        if self.path.exists():
-            last = None
-            for record in read_records(self.path):
-                last = record
-            if last is not None:
-                self._prev = str(last.get("hash", GENESIS))
 
-    def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        body = _seal(self._prev, record)
-        line = json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n"
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    @property
+    def torn_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".torn")
+
+    @contextlib.contextmanager
+    def locked(self, timeout_s: float) -> Iterator[None]:
+        """Hold the log's lock (waiting up to `timeout_s`), with the tail checked and repaired."""
+        if self._locked:
+            raise RuntimeError("the audit lock is not reentrant")
         try:
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(line)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise AuditError(f"{self.lock_path}: cannot open the lock file: {exc.strerror}") from None
+        try:
+            deadline = time.monotonic() + max(timeout_s, 0.0)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ConflictError(
+                            f"{self.path}: another canary command holds its lock ({self.lock_path}); "
+                            f"waited {timeout_s:g}s (--lock-timeout)"
+                        ) from None
+                    time.sleep(LOCK_POLL_S)
+            self._locked = True
+            try:
+                self._repair_tail()
+                yield
+                self._flush_notes()
+            finally:
+                self._locked = False
+                self._last, self._head, self._notes = None, GENESIS, []
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @property
+    def head(self) -> str:
+        self._need_lock()
+        return self._head
+
+    def last(self) -> Sealed | None:
+        self._need_lock()
+        return self._last
+
+    def open_change(self) -> Sealed | None:
+        """The last change whose outcome is not recorded (only records that write nothing may follow it)."""
+        self._need_lock()
+        return _open_change(self._backwards())
+
+    def _backwards(self) -> Iterator[Sealed]:
+        """The log's records from the last to the first, read block by block from the end."""
+        try:
+            with self.path.open("rb") as fh:
+                end = fh.seek(0, os.SEEK_END)
+                rest = b""
+                while end > 0:
+                    start = max(0, end - READ_BLOCK)
+                    fh.seek(start)
+                    chunk = fh.read(end - start) + rest
+                    lines = chunk.split(b"\n")
+                    rest = lines.pop(0) if start > 0 else b""
+                    for line in reversed(lines):
+                        if line.strip():
+                            sealed = _parse(line)
+                            if sealed is None:
+                                return  # a line that is no record: nothing before it can be trusted here
+                            yield sealed
+                    end = start
+        except FileNotFoundError:
+            return
+
+    def append(self, record: Record) -> Sealed:
+        self._flush_notes()
+        sealed = seal(record, self.head)
+        self._write(sealed)
+        return sealed
+
+    def append_sealed(self, sealed: Sealed) -> None:
+        """Append a record sealed beforehand (the outcome a route's state already names). Notes wait until it
+        is written, so they never come between a change and the outcome it was sealed to follow."""
+        if sealed.prev_hash != self.head:
+            raise AuditError(f"{self.path}: the record does not follow the log's head")
+        self._write(sealed)
+        self._flush_notes()
+
+    def _flush_notes(self) -> None:
+        notes, self._notes = self._notes, []
+        for note in notes:
+            self._write(seal(note, self.head))
+
+    def contains(self, digest: str) -> bool:
+        return any(s.hash == digest for s in read_records(self.path)) if self.path.exists() else False
+
+    def _need_lock(self) -> None:
+        if not self._locked:
+            raise RuntimeError("append to the audit log only while holding its lock")
+
+    def _write(self, sealed: Sealed) -> None:
+        self._need_lock()
+        line = sealed.encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot append the audit record: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, "the disk took only part of the record")
+                os.fsync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # no torn line left behind
+                raise AuditError(f"{self.path}: cannot append the audit record: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        self._last, self._head = sealed, sealed.hash
+
+    # ------------------------------------------------------------------------------------ the tail
+
+    def _repair_tail(self) -> None:
+        """Find the head, after mending a torn last line (set aside in the side file, with a note)."""
+        self._last, self._head = None, GENESIS
+        try:
+            with self.path.open("rb") as fh:
+                end = fh.seek(0, os.SEEK_END)
+                data = _tail(fh, end) if end else b""
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot read: {exc.strerror}") from None
+        if not data:
+            return
+        lines = data.split(b"\n")
+        unterminated = lines.pop()  # b"" when the file ends with a newline
+        if unterminated:
+            prev_line = lines[-1] if lines else b""
+            whole = _parse(unterminated)
+            if whole is not None and whole.prev_hash == _hash_of(prev_line):
+                self._append_raw(b"\n")  # a complete record whose newline was lost
+                self._last, self._head = whole, whole.hash
+                return
+            torn, keep = unterminated, end - len(unterminated)
+        elif _json_object(lines[-1]) is None:  # a whole last line that is no JSON at all (zeros, garbage)
+            torn, keep = lines[-1] + b"\n", end - len(lines[-1]) - 1
+            lines.pop()
+            prev_line = lines[-1] if lines else b""
+        else:
+            self._last, self._head = _parse(lines[-1]), _hash_of(lines[-1])
+            return
+        self._set_aside(torn, keep)
+        self._last, self._head = _parse(prev_line), _hash_of(prev_line)
+        self._notes.append(
+            NoteRecord(
+                time=time.time(),
+                reason=f"a torn last line ({len(torn)} bytes at offset {keep}) was set aside in {self.torn_path.name}",
+                actor=self.actor,
+                details={"offset": keep, "bytes": len(torn), "file": str(self.torn_path)},
+            )
+        )
+
+    def _append_raw(self, data: bytes) -> None:
+        try:
+            with self.path.open("ab") as fh:
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
-            raise AuditError(f"{self.path}: cannot append the audit record: {exc.strerror}") from exc
-        self._prev = body["hash"]
-        return body
+            raise AuditError(f"{self.path}: cannot repair the last line: {exc.strerror}") from None
+
+    def _set_aside(self, torn: bytes, keep: int) -> None:
+        try:
+            with self.torn_path.open("ab") as side:
+                side.write(torn if torn.endswith(b"\n") else torn + b"\n")
+                side.flush()
+                os.fsync(side.fileno())
+            with self.path.open("r+b") as fh:
+                fh.truncate(keep)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot set the torn last line aside: {exc.strerror}") from None
 
 
-def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
+def _open_change(newest_first: Iterable[Sealed]) -> Sealed | None:
+    for sealed in newest_first:
+        record = sealed.record
+        if isinstance(record, OutcomeRecord):
+            return None
+        if isinstance(record, DecisionRecord) and record.writes:
+            return sealed
+    return None
+
+
+def _tail(fh: BinaryIO, end: int) -> bytes:
+    """The file's last two lines (more when a block holds more), from a line start or the file's start."""
+    start, data = end, b""
+    while start > 0:
+        start = max(0, start - READ_BLOCK)
+        fh.seek(start)
+        data = fh.read(end - start)
+        body = data[:-1] if data.endswith(b"\n") else data
+        if body.count(b"\n") >= 2:
+            return data[data.index(b"\n") + 1 :]  # drop the partial line the block began in
+    return data
+
+
+def _json_object(line: bytes) -> dict[str, object] | None:
     try:
-        with Path(path).open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
+        data = json.loads(line)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _hash_of(line: bytes) -> str:
+    """The hash a line says it has (what the next record must chain to), GENESIS for no line."""
+    data = _json_object(line) if line else None
+    value = data.get("hash") if data is not None else None
+    return value if isinstance(value, str) else GENESIS
+
+
+def _parse(line: bytes) -> Sealed | None:
+    """The line as a record whose own hash checks out, else None."""
+    data = _json_object(line)
+    if data is None or not isinstance(data.get("prev_hash"), str) or not chain_holds(data, str(data["prev_hash"])):
+        return None
+    try:
+        return decode(data, "")
+    except AuditError:
+        return None
+
+
+def read_records(path: str | Path) -> Iterator[Sealed]:
+    """Every record, decoded; AuditError names the first line that is not one."""
+    for number, data in _lines(path):
+        if data is None:
+            raise AuditError(f"{path}:{number}: not a JSON record")
+        sealed = decode(data, f"{path}:{number}")
+        yield Sealed(sealed.record, sealed.prev_hash, sealed.hash, number)
+
+
+def _lines(path: str | Path) -> Iterator[tuple[int, dict[str, object] | None]]:
+    try:
+        with Path(path).open("rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                if not raw.strip():
                     continue
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise AuditError(f"{path}:{number}: not a JSON record: {exc.msg}") from None
-                if not isinstance(record, dict):
-                    raise AuditError(f"{path}:{number}: not a JSON object")
-                yield record
+                    data = json.loads(raw)
+                except (UnicodeDecodeError, ValueError):
+                    yield number, None
+                    continue
+                yield number, data if isinstance(data, dict) else None
     except FileNotFoundError:
         raise AuditError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise AuditError(f"{path}: not a text file of JSON records") from None
+    except IsADirectoryError:
+        raise AuditError(f"{path}: is a directory, not an audit log") from None
     except OSError as exc:
         raise AuditError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+# ---------------------------------------------------------------------------------------- verifying
 
 
 @dataclass(frozen=True)
 class ChainCheck:
     records: int
-    broken_at: int | None  # 1-based line of the first record whose hash does not verify
+    head: str  # the last record's hash (GENESIS for an empty log)
+    problem: str | None  # why the log does not verify
+    line: int | None = None  # where
+    note: str | None = None  # something worth saying about a log that verifies
 
     @property
     def ok(self) -> bool:
-        return self.broken_at is None
+        return self.problem is None
 
 
-def verify_chain(path: str | Path) -> ChainCheck:
-    prev = GENESIS
-    count = 0
-    for count, record in enumerate(read_records(path), start=1):
-        body = {k: v for k, v in record.items() if k != "hash"}
-        if record.get("prev_hash") != prev or _digest(prev, body) != record.get("hash"):
-            return ChainCheck(count, count)
-        prev = str(record["hash"])
-    return ChainCheck(count, None)
+def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool = False) -> ChainCheck:
+    """Check every line's hash and link, that every change has its outcome, and the end against `head`.
+
+    A `head` a person gives (one a command printed) must be the last record's hash. The head a route holds
+    (`route_head`) may be followed by records that changed nothing on it (changes that failed, holds, notes).
+    """
+    prev, count, last_line = GENESIS, 0, 0
+    open_change: Sealed | None = None
+    after_head: list[Sealed] = []
+    seen_head = head is None or head == GENESIS
+    for number, data in _lines(path):
+        last_line = number
+        if data is None:
+            return ChainCheck(count, prev, "not a JSON record (edited, or torn by a crash)", number)
+        if not chain_holds(data, prev):
+            return ChainCheck(count, prev, "the hash chain breaks here (a record was edited, removed or moved)", number)
+        try:
+            decoded = decode(data, f"{path}:{number}")
+        except AuditError as exc:
+            return ChainCheck(count, prev, str(exc).split(": ", 1)[-1], number)
+        sealed = Sealed(decoded.record, decoded.prev_hash, decoded.hash, number)
+        count, prev = count + 1, sealed.hash
+        record = sealed.record
+        if isinstance(record, OutcomeRecord):
+            if open_change is None or record.of != open_change.hash:
+                return ChainCheck(count, prev, "an outcome of no change waiting for one", number)
+            open_change = None
+        elif isinstance(record, DecisionRecord) and record.writes:
+            if open_change is not None:
+                return ChainCheck(count, prev, "a change recorded before the outcome of the one before it", number)
+            open_change = sealed  # records that write nothing (a hold while the route was unreadable) may follow
+        if seen_head:
+            after_head.append(sealed)
+        elif sealed.hash == head:
+            seen_head = True
+    if count == 0:
+        return ChainCheck(0, GENESIS, "holds no records")
+    if not _ends_with_newline(path):
+        return ChainCheck(count, prev, "the last line has no newline (torn by a crash?)", last_line)
+    pending = "the last change has no recorded outcome yet (the next command records it)"
+    if head is None or head == prev:
+        return ChainCheck(count, prev, None, note=pending if open_change is not None else None)
+    if route_head and open_change is not None and head == seal(applied_outcome(open_change), prev).hash:
+        return ChainCheck(
+            count, prev, "the route holds the last change but the log lacks its outcome (removed, or a crash kept "
+            "it off: the next command on this route records it)", last_line,
+        )  # fmt: skip
+    if not seen_head:
+        return ChainCheck(count, prev, f"does not lead to the head {head[:16]}: cut short, or re-hashed after an edit")
+    if not route_head:
+        return ChainCheck(count, prev, f"{len(after_head)} records follow the head {head[:16]} (appended after it)")
+    changed = [s for s in after_head if _claims_change(s.record)]
+    if changed:
+        return ChainCheck(
+            count, prev, "a record after the route's head says a change was applied that the route does not hold",
+            changed[0].line,
+        )  # fmt: skip
+    return ChainCheck(count, prev, None, note=f"{len(after_head)} records after the route's head changed nothing on it")
+
+
+def _claims_change(record: Record) -> bool:
+    return isinstance(record, OutcomeRecord) and record.result == "applied"
+
+
+def _ends_with_newline(path: str | Path) -> bool:
+    try:
+        with Path(path).open("rb") as fh:
+            if fh.seek(0, os.SEEK_END) == 0:
+                return True
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"\n"
+    except OSError:
+        return True  # reading the lines reports the problem

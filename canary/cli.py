@@ -1,17 +1,22 @@
 """The command line: parse, build (through app), call, and map outcomes and errors to exit codes.
 
-Exit codes: 0 promoted / pass, 1 rolled back / fail, 2 configuration or infrastructure error,
-3 inconclusive at the deadline. A user mistake is one line on stderr, never a traceback.
+Exit codes: 0 promoted / pass, 1 rolled back / fail, 2 configuration or infrastructure error, 3
+inconclusive at the deadline, 4 cancelled by a signal (the weights left as they stood; `run --resume`
+carries on). A user mistake is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import getpass
+import inspect
 import json
 import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+import unicodedata
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +28,8 @@ from canary.alerts import alert_rules
 from canary.analysis import AnalysisResult, parse_time
 from canary.app import (
     audit_path_for,
+    judge_for,
+    manual_runner,
     open_audit,
     prometheus_analysis,
     prometheus_rollout,
@@ -30,25 +37,27 @@ from canary.app import (
     simulated_rollout,
 )
 from canary.audit import read_records, verify_chain
-from canary.clock import SystemClock
-from canary.controller import Controller, RolloutResult, manual_change, unfinished_rollout
+from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner
 from canary.display import Progress, summary
 from canary.errors import CanaryError
 from canary.model import Phase
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
 from canary.promql import Scope, operator_queries
+from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
 from canary.report import iso, judgement_dict, version_counts
 from canary.routers import Router
 from canary.scenario import BUILTIN_SCENARIOS, builtin_scenario, resolve_scenario
 from canary.sources.prometheus import PrometheusSettings
+from canary.sources.simulated import SimulatedMesh
 
-EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_CANCELLED = 0, 1, 2, 3, 4
 PHASE_EXIT = {
     Phase.PROMOTED: EXIT_PROMOTED,
     Phase.ROLLED_BACK: EXIT_ROLLED_BACK,
     Phase.INCONCLUSIVE: EXIT_INCONCLUSIVE,
     Phase.ABORTED: EXIT_ERROR,
     Phase.PROGRESSING: EXIT_ERROR,
+    Phase.CANCELLED: EXIT_CANCELLED,
 }
 
 app = typer.Typer(
@@ -70,33 +79,93 @@ class OutputFormat(StrEnum):
 Scenario = StrEnum("Scenario", {name: name for name in BUILTIN_SCENARIOS})  # type: ignore[misc]
 
 
-# Connection options of the Prometheus source, shared by `run` and `analyze`. Secrets come from files or
-# environment variables only, so they never appear in a process list or a shell history.
-PromUrl = Annotated[
-    str | None, typer.Option("--prometheus-url", envvar="CANARY_PROMETHEUS_URL", help="Prometheus base URL.")
-]
-PromTimeout = Annotated[float, typer.Option("--prometheus-timeout", help="Seconds per query.")]
-PromRetries = Annotated[int, typer.Option("--prometheus-retries", help="Retries on connection errors and 5xx.")]
-PromTokenFile = Annotated[str | None, typer.Option("--prometheus-token-file", help="File with a bearer token.")]
-PromTokenEnv = Annotated[str | None, typer.Option("--prometheus-token-env", help="Env var with a bearer token.")]
-PromUser = Annotated[str | None, typer.Option("--prometheus-user", help="Basic auth user.")]
-PromPasswordFile = Annotated[str | None, typer.Option("--prometheus-password-file", help="File with the password.")]
-PromPasswordEnv = Annotated[str | None, typer.Option("--prometheus-password-env", help="Env var with the password.")]
-PromCaFile = Annotated[str | None, typer.Option("--prometheus-ca-file", help="CA bundle for TLS.")]
-PromInsecure = Annotated[bool, typer.Option("--prometheus-insecure", help="Do not verify TLS certificates.")]
-PromHeader = Annotated[
-    list[str] | None, typer.Option("--prometheus-header", help="Extra header 'Name: value' (repeatable).")
-]
-PromPodLabel = Annotated[str, typer.Option("--prometheus-pod-label", help="Label naming the pod.")]
-PromReporter = Annotated[str, typer.Option("--prometheus-reporter", help="Istio reporter to count.")]
-PromDelay = Annotated[
-    float, typer.Option("--prometheus-delay", help="Read each window this many seconds late (scrape lag).")
-]
+# ------------------------------------------------------------------------------ Prometheus options
 
+# The connection options of the Prometheus source, declared once and added to every command that reads
+# Prometheus by `prometheus_options`. Secrets come from files or environment variables only, so they
+# never appear in a process list or a shell history.
+_PROMETHEUS_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("url", Annotated[str | None, typer.Option("--prometheus-url", envvar="CANARY_PROMETHEUS_URL",
+                                               help="Prometheus base URL.")], None),
+    ("timeout", Annotated[float, typer.Option("--prometheus-timeout", help="Seconds per query.")], 10.0),
+    ("retries", Annotated[int, typer.Option("--prometheus-retries", help="Retries on connection errors and 5xx.")], 2),
+    ("token_file", Annotated[str | None, typer.Option("--prometheus-token-file", help="File with a bearer token.")],
+     None),
+    ("token_env", Annotated[str | None, typer.Option("--prometheus-token-env", help="Env var with a bearer token.")],
+     None),
+    ("user", Annotated[str | None, typer.Option("--prometheus-user", help="Basic auth user.")], None),
+    ("password_file", Annotated[str | None, typer.Option("--prometheus-password-file",
+                                                         help="File with the password.")], None),
+    ("password_env", Annotated[str | None, typer.Option("--prometheus-password-env",
+                                                        help="Env var with the password.")], None),
+    ("ca_file", Annotated[str | None, typer.Option("--prometheus-ca-file", help="CA bundle for TLS.")], None),
+    ("insecure", Annotated[bool, typer.Option("--prometheus-insecure", help="Do not verify TLS certificates.")],
+     False),
+    ("header", Annotated[list[str] | None, typer.Option("--prometheus-header",
+                                                        help="Extra header 'Name: value' (repeatable).")], None),
+    ("pod_label", Annotated[str, typer.Option("--prometheus-pod-label", help="Label naming the pod.")], "pod"),
+    ("reporter", Annotated[str, typer.Option("--prometheus-reporter", help="Istio reporter to count.")],
+     "destination"),
+    ("delay", Annotated[float, typer.Option("--prometheus-delay",
+                                            help="Read each window this many seconds late (scrape lag).")], 0.0),
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PrometheusOptions:
+    """The --prometheus-* options as given."""
+
+    values: dict[str, Any]
+
+    @property
+    def url(self) -> str | None:
+        url = self.values["url"]
+        return str(url) if url else None
+
+    def settings(self) -> PrometheusSettings:
+        o = self.values
+        assert self.url is not None
+        return PrometheusSettings.from_options(
+            self.url,
+            timeout_s=o["timeout"],
+            retries=o["retries"],
+            bearer_token_file=o["token_file"],
+            bearer_token_env=o["token_env"],
+            basic_auth_user=o["user"],
+            basic_auth_password_file=o["password_file"],
+            basic_auth_password_env=o["password_env"],
+            ca_file=o["ca_file"],
+            insecure=o["insecure"],
+            headers=o["header"] or (),
+            pod_label=o["pod_label"],
+            reporter=o["reporter"],
+            delay_s=o["delay"],
+        )
+
+
+def prometheus_options(command: Any) -> Any:
+    """Give a command the --prometheus-* options; it receives them as `prometheus: PrometheusOptions`."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "prometheus"]
+    added = [
+        inspect.Parameter(f"prometheus_{name}", inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default in _PROMETHEUS_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        values = {name: kwargs.pop(f"prometheus_{name}") for name, _, _ in _PROMETHEUS_OPTIONS}
+        return command(**kwargs, prometheus=PrometheusOptions(values))
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+    return wrapper
+
+
+# ------------------------------------------------------------------------------ shared options
 
 Manifest = Annotated[
     str | None,
-    typer.Option(help="VirtualService manifest file that holds the weights (default: kept in memory)."),
+    typer.Option(help="VirtualService manifest file that holds the weights and the rollout state."),
 ]
 Kubeconfig = Annotated[
     str | None,
@@ -105,38 +174,38 @@ Kubeconfig = Annotated[
     ),
 ]
 Context = Annotated[str | None, typer.Option(help="The kubeconfig context to use (default: its current context).")]
-
-
-def _prometheus_settings(url: str, params: dict[str, Any]) -> PrometheusSettings:
-    """Settings from a command's `prometheus_*` parameters (pass `locals()`), named once for all commands."""
-    options = {k.removeprefix("prometheus_"): v for k, v in params.items() if k.startswith("prometheus_")}
-    return PrometheusSettings.from_options(
-        url,
-        timeout_s=options["timeout"],
-        retries=options["retries"],
-        bearer_token_file=options["token_file"],
-        bearer_token_env=options["token_env"],
-        basic_auth_user=options["user"],
-        basic_auth_password_file=options["password_file"],
-        basic_auth_password_env=options["password_env"],
-        ca_file=options["ca_file"],
-        insecure=options["insecure"],
-        headers=options["header"] or (),
-        pod_label=options["pod_label"],
-        reporter=options["reporter"],
-        delay_s=options.get("delay", 0.0),
-    )
+AuditFile = Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")]
+LockTimeout = Annotated[
+    float,
+    typer.Option(help="Seconds to wait for another canary command on the same audit log to finish."),
+]
+Output = Annotated[OutputFormat, typer.Option(help="text or json.")]
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    typer.echo(f"canary: {message}", err=True)
+    typer.echo(f"canary: {safe(message)}", err=True)
     return typer.Exit(code)
+
+
+def safe(text: object) -> str:
+    """Text from a record or a person, fit for a terminal: control and invisible formatting characters
+    (a newline in a --reason, an ANSI escape, a bidi override) are shown escaped, so none can forge a line."""
+    out = []
+    for ch in str(text):
+        if ch in "\n\t\r" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------ rollouts
 
 
 def result_json(result: RolloutResult, policy_name: str) -> dict[str, Any]:
     return {
         "outcome": result.phase.value,
-        "exit_code": PHASE_EXIT[result.phase],
+        "exit_code": exit_code(result),
         "policy": policy_name,
         "rollout": result.rollout,
         "reason": result.decision.reason,
@@ -149,8 +218,35 @@ def result_json(result: RolloutResult, policy_name: str) -> dict[str, Any]:
         "step_seconds": list(result.step_seconds),
         "judgement": judgement_dict(result.judgement) if result.judgement else None,
         "audit": result.audit_path,
+        "audit_head": result.audit_head,
+        "stopped": result.stopped,
         "engine_version": __version__,
     }
+
+
+def exit_code(result: RolloutResult) -> int:
+    return EXIT_ERROR if result.stopped else PHASE_EXIT[result.phase]
+
+
+def _follow(runner: Runner, policy_name: str, output: OutputFormat, title: str, resume: bool, restart: bool) -> int:
+    """Run (or resume) a rollout to its end, showing progress (or printing the JSON outcome); the exit code.
+    SIGTERM and SIGINT end the current tick cleanly and record the rollout as cancelled."""
+    restore = runner.cancel_flag.install()
+    try:
+        if output is OutputFormat.json:
+            result = runner.run(resume=resume, restart=restart)
+            typer.echo(json.dumps(result_json(result, policy_name), indent=2, default=str))
+        else:
+            progress = Progress(title)
+            try:
+                result = runner.run(progress.update, resume=resume, restart=restart)
+            except BaseException:
+                progress.stop()
+                raise
+            progress.finish(result)
+    finally:
+        restore()
+    return exit_code(result)
 
 
 def _run_simulated(
@@ -160,29 +256,26 @@ def _run_simulated(
     audit: str | None,
     output: OutputFormat,
     title: str,
-    manifest: str | None = None,
-    kubeconfig: str | None = None,
-    context: str | None = None,
+    weights: tuple[str | None, str | None, str | None] = (None, None, None),
+    resume: bool = False,
+    restart: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> int:
+    """`weights` is where they live: (manifest, kubeconfig, context)."""
     policy = load_policy(policy_file)
     scenario = resolve_scenario(scenario_spec)
-    router = router_for(policy, manifest, kubeconfig, context)
-    rollout = simulated_rollout(policy, scenario, seed=seed, audit=open_audit(policy, audit), router=router)
-    return _follow(rollout.controller, policy.name, output, title)
+    router = router_for(policy, *weights)
+    rollout = simulated_rollout(
+        policy, scenario, seed=seed, audit=open_audit(policy, audit), router=router,
+        start=_simulated_start(router, policy) if resume else None, lock_timeout_s=lock_timeout,
+    )  # fmt: skip
+    return _follow(rollout.runner, policy.name, output, title, resume, restart)
 
 
-def _follow(
-    controller: Controller, policy_name: str, output: OutputFormat, title: str, resume: Sequence[dict[str, Any]] = ()
-) -> int:
-    """Run (or resume) a rollout to its end, showing progress (or printing the JSON outcome); the exit code."""
-    if output is OutputFormat.json:
-        result = controller.run(resume=resume)
-        typer.echo(json.dumps(result_json(result, policy_name), indent=2, default=str))
-    else:
-        progress = Progress(title)
-        result = controller.run(progress.update, resume=resume)
-        progress.finish(result)
-    return PHASE_EXIT[result.phase]
+def _simulated_start(router: Router, policy: Policy) -> float | None:
+    """A resumed simulated rollout goes on from the simulated time its route's state was written at."""
+    state = router.read(policy.target).state
+    return state.last.time if state is not None else None
 
 
 @app.command()
@@ -190,7 +283,7 @@ def demo(
     scenario: Annotated[Scenario, typer.Option(help="Which built-in simulated canary to roll out.")] = "healthy",  # type: ignore[assignment]
     policy: Annotated[str, typer.Option(help="Policy file.")] = "policies/web-app.yaml",
     seed: Annotated[int, typer.Option(help="Random seed of the simulated mesh.")] = 1,
-    audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
+    audit: AuditFile = None,
     output: Annotated[OutputFormat, typer.Option(help="text (live progress) or json.")] = OutputFormat.text,
 ) -> None:
     """Roll out a simulated canary end to end on the embedded mesh (no cluster, no Prometheus)."""
@@ -205,6 +298,7 @@ def demo(
 
 
 @app.command()
+@prometheus_options
 def run(
     policy: Annotated[str, typer.Argument(help="Policy file (YAML, kind CanaryPolicy).")],
     simulate: Annotated[
@@ -212,49 +306,49 @@ def run(
         typer.Option(help="Run on the simulated mesh: a built-in scenario name or a scenario JSON file."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the simulated mesh.")] = 1,
-    audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
+    audit: AuditFile = None,
     output: Annotated[OutputFormat, typer.Option(help="text (live progress) or json.")] = OutputFormat.text,
     manifest: Manifest = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
     resume: Annotated[
-        bool, typer.Option(help="Carry on this policy's unfinished rollout from the audit log, if there is one.")
+        bool,
+        typer.Option(
+            help="Carry on the rollout the route's state holds (after a crash or a cancel); start one "
+            "if there is none; report an ended one without changing anything."
+        ),
     ] = False,
-    prometheus_url: PromUrl = None,
-    prometheus_timeout: PromTimeout = 10.0,
-    prometheus_retries: PromRetries = 2,
-    prometheus_token_file: PromTokenFile = None,
-    prometheus_token_env: PromTokenEnv = None,
-    prometheus_user: PromUser = None,
-    prometheus_password_file: PromPasswordFile = None,
-    prometheus_password_env: PromPasswordEnv = None,
-    prometheus_ca_file: PromCaFile = None,
-    prometheus_insecure: PromInsecure = False,
-    prometheus_header: PromHeader = None,
-    prometheus_pod_label: PromPodLabel = "pod",
-    prometheus_reporter: PromReporter = "destination",
-    prometheus_delay: PromDelay = 0.0,
+    restart: Annotated[
+        bool, typer.Option(help="Abandon the open rollout the route's state holds (recorded) and start a new one.")
+    ] = False,
+    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
+    *,
+    prometheus: PrometheusOptions,
 ) -> None:
-    """Run a rollout to its end (blocking): 0 promoted, 1 rolled back, 2 error, 3 inconclusive."""
+    """Run a rollout to its end (blocking): 0 promoted, 1 rolled back, 2 error, 3 inconclusive, 4 cancelled."""
     try:
-        if simulate is not None and prometheus_url == os.environ.get("CANARY_PROMETHEUS_URL"):
-            prometheus_url = None  # an explicit --simulate outranks the environment's default URL
-        if simulate is not None and prometheus_url:
+        url = prometheus.url
+        if simulate is not None and url == os.environ.get("CANARY_PROMETHEUS_URL"):
+            url = None  # an explicit --simulate outranks the environment's default URL
+        if simulate is not None and url:
             raise CanaryError("choose one metrics source: --simulate or --prometheus-url, not both")
-        if prometheus_url:
-            settings = _prometheus_settings(prometheus_url, locals())
-            weights = (manifest, kubeconfig, context)
-            if resume and not (manifest or kubeconfig):
-                raise CanaryError("--resume needs the weights where a restart finds them: --manifest or --kubeconfig")
-            raise typer.Exit(_run_prometheus(policy, settings, audit, output, weights, resume))
+        if resume and restart:
+            raise CanaryError("choose --resume (carry on the open rollout) or --restart (start over), not both")
+        if (resume or restart) and not (manifest or kubeconfig):
+            flag = "--resume" if resume else "--restart"
+            raise CanaryError(f"{flag} needs the route's state where a restart finds it: --manifest or --kubeconfig")
+        weights = (manifest, kubeconfig, context)
+        if url:
+            settings = PrometheusOptions({**prometheus.values, "url": url}).settings()
+            raise typer.Exit(_run_prometheus(policy, settings, audit, output, weights, resume, restart, lock_timeout))
         if simulate is None:
             raise CanaryError(
                 "choose a metrics source: --prometheus-url URL, or --simulate SCENARIO (the embedded simulated mesh)"
             )
-        if resume:
-            raise CanaryError("--resume carries on a real rollout: use it with --prometheus-url")
         title = f"canary run {policy} on the simulated mesh ({simulate})"
-        raise typer.Exit(_run_simulated(policy, simulate, seed, audit, output, title, manifest, kubeconfig, context))
+        raise typer.Exit(
+            _run_simulated(policy, simulate, seed, audit, output, title, weights, resume, restart, lock_timeout)
+        )
     except CanaryError as exc:
         raise _fail(str(exc)) from None
 
@@ -266,22 +360,20 @@ def _run_prometheus(
     output: OutputFormat,
     weights: tuple[str | None, str | None, str | None],
     resume: bool,
+    restart: bool,
+    lock_timeout: float,
 ) -> int:
     """`weights` is where they live: (manifest, kubeconfig, context)."""
     policy = load_policy(policy_file)
     router = router_for(policy, *weights)
-    audit_log = open_audit(policy, audit)
-    records = (
-        unfinished_rollout(list(read_records(audit_log.path)), policy) if resume and audit_log.path.exists() else []
+    rollout = prometheus_rollout(
+        policy, settings, audit=open_audit(policy, audit), router=router, lock_timeout_s=lock_timeout
     )
-    rollout = prometheus_rollout(policy, settings, audit=audit_log, router=router)
     manifest, kubeconfig, _ = weights
     where = "weights in " + (manifest or (kubeconfig and f"the cluster of {kubeconfig}") or "memory")
     title = f"canary run {policy_file} on Prometheus at {settings.safe_url} ({where})"
-    if records:
-        title += f", resuming rollout {records[0]['rollout']} at tick {records[-1]['tick']}"
     try:
-        return _follow(rollout.controller, policy.name, output, title, records)
+        return _follow(rollout.runner, policy.name, output, title, resume, restart)
     finally:
         rollout.source.close()
 
@@ -309,32 +401,22 @@ def analysis_json(result: AnalysisResult, policy: Policy, settings: PrometheusSe
 
 
 @app.command()
+@prometheus_options
 def analyze(
     policy: Annotated[str, typer.Argument(help="Policy file (YAML, kind CanaryPolicy).")],
     start: Annotated[
         str | None, typer.Option(help="Window start: now, -30m, unix seconds or ISO 8601 (default: 10 intervals ago).")
     ] = None,
     end: Annotated[str, typer.Option(help="Window end: now, -5m, unix seconds or ISO 8601.")] = "now",
-    output: Annotated[OutputFormat, typer.Option(help="text or json.")] = OutputFormat.text,
-    prometheus_url: PromUrl = None,
-    prometheus_timeout: PromTimeout = 10.0,
-    prometheus_retries: PromRetries = 2,
-    prometheus_token_file: PromTokenFile = None,
-    prometheus_token_env: PromTokenEnv = None,
-    prometheus_user: PromUser = None,
-    prometheus_password_file: PromPasswordFile = None,
-    prometheus_password_env: PromPasswordEnv = None,
-    prometheus_ca_file: PromCaFile = None,
-    prometheus_insecure: PromInsecure = False,
-    prometheus_header: PromHeader = None,
-    prometheus_pod_label: PromPodLabel = "pod",
-    prometheus_reporter: PromReporter = "destination",
+    output: Output = OutputFormat.text,
+    *,
+    prometheus: PrometheusOptions,
 ) -> None:
     """Judge v2 against v1 over a past or current window; no weights move. 0 pass, 1 fail, 3 inconclusive, 2 error."""
     try:
-        if not prometheus_url:
+        if not prometheus.url:
             raise CanaryError("canary analyze reads Prometheus: give --prometheus-url URL")
-        settings = _prometheus_settings(prometheus_url, locals())
+        settings = prometheus.settings()
         loaded = load_policy(policy)
         now = time.time()
         try:
@@ -425,29 +507,44 @@ def _stored_router(policy: Policy, manifest: str | None, kubeconfig: str | None,
 
 
 def _manual(
+    command: str,
     policy: str,
     weights: tuple[str | None, str | None, str | None],
     audit: str | None,
     actor: str | None,
     reason: str,
-    promote: bool,
+    output: OutputFormat,
+    lock_timeout: float,
 ) -> None:
     try:
         loaded = load_policy(policy)
-        before, decision = manual_change(
-            policy=loaded,
-            router=_stored_router(loaded, *weights),
-            audit=open_audit(loaded, audit),
-            clock=SystemClock(),
-            promote=promote,
-            actor=_actor(actor),
-            reason=reason,
+        who = _actor(actor)
+        runner = manual_runner(
+            loaded, _stored_router(loaded, *weights), open_audit(loaded, audit, who), lock_timeout_s=lock_timeout
         )
+        applied = runner.manual("promote" if command == "promote" else "rollback", actor=who, reason=reason)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
+    target = loaded.target
+    before, after = applied.before, applied.decision.weights
+    if output is OutputFormat.json:
+        doc = {
+            "target": f"{target.namespace}/{target.virtual_service}",
+            "action": applied.decision.action.value,
+            "rollout": applied.state.rollout,
+            "phase": applied.state.phase.value,
+            "weights_before": {"baseline": before.baseline, "canary": before.canary} if before else None,
+            "weights_after": {"baseline": after.baseline, "canary": after.canary},
+            "actor": who,
+            "audit": str(audit_path_for(loaded, audit)),
+            "audit_head": applied.head,
+        }
+        typer.echo(json.dumps(doc))
+        return
     typer.echo(
-        f"{loaded.target.namespace}/{loaded.target.virtual_service}: canary {before.canary}% -> "
-        f"{decision.weights.canary}% ({decision.action.value}, recorded in {audit_path_for(loaded, audit)})"
+        f"{target.namespace}/{target.virtual_service}: canary {before.canary if before else '?'}% -> {after.canary}% "
+        f"({applied.decision.action.value} by {safe(who)}, rollout {applied.state.rollout}; recorded in "
+        f"{audit_path_for(loaded, audit)}, head {applied.head})"
     )
 
 
@@ -464,12 +561,15 @@ def promote(
     manifest: StoredManifest = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
-    audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
+    audit: AuditFile = None,
     actor: ManualActor = None,
     reason: ManualReason = "",
+    output: Output = OutputFormat.text,
+    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
 ) -> None:
-    """Send all traffic to the canary by hand; the audit record is written before the weights change."""
-    _manual(policy, (manifest, kubeconfig, context), audit, actor, reason, promote=True)
+    """Send all traffic to the canary by hand; recorded before and after the weights change. A rollout
+    running on the route ends promoted at its next tick."""
+    _manual("promote", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
 
 
 @app.command()
@@ -478,12 +578,15 @@ def rollback(
     manifest: StoredManifest = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
-    audit: Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")] = None,
+    audit: AuditFile = None,
     actor: ManualActor = None,
     reason: ManualReason = "",
+    output: Output = OutputFormat.text,
+    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
 ) -> None:
-    """Send all traffic back to the baseline by hand; recorded before the weights change."""
-    _manual(policy, (manifest, kubeconfig, context), audit, actor, reason, promote=False)
+    """Send all traffic back to the baseline by hand; recorded before and after the weights change. A rollout
+    running on the route ends rolled back at its next tick."""
+    _manual("rollback", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
 
 
 @app.command()
@@ -492,36 +595,64 @@ def status(
     manifest: StoredManifest = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
-    output: Annotated[OutputFormat, typer.Option(help="text or json.")] = OutputFormat.text,
+    output: Output = OutputFormat.text,
 ) -> None:
-    """Print the current baseline/canary weights of the policy's route."""
+    """Print the route's weights and the rollout state beside them."""
     try:
         loaded = load_policy(policy)
-        weights = _stored_router(loaded, manifest, kubeconfig, context).get_weights(loaded.target)
+        read = _stored_router(loaded, manifest, kubeconfig, context).read(loaded.target)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
-    target = loaded.target
+    target, weights, state = loaded.target, read.weights, read.state
     if output is OutputFormat.json:
-        doc = {"target": f"{target.namespace}/{target.virtual_service}", target.baseline: weights.baseline,
-               target.canary: weights.canary}  # fmt: skip
+        doc: dict[str, Any] = {
+            "target": f"{target.namespace}/{target.virtual_service}",
+            target.baseline: weights.baseline,
+            target.canary: weights.canary,
+            "rollout": None,
+        }
+        if state is not None:
+            doc["rollout"] = {
+                "id": state.rollout, "phase": state.phase.value, "step": state.step_index, "steps": list(state.steps),
+                "tick": state.tick, "started": iso(state.started_at), "deadline": iso(state.deadline),
+                "last": {"time": iso(state.last.time), "action": state.last.action.value,
+                         "reason": state.last.reason, "actor": state.last.actor},
+                "audit_head": state.audit_head,
+            }  # fmt: skip
+        if read.state_error:
+            doc["state_error"] = read.state_error
         typer.echo(json.dumps(doc))
-    else:
+        return
+    typer.echo(
+        f"{target.namespace}/{target.virtual_service}: {target.baseline} {weights.baseline}%, "
+        f"{target.canary} {weights.canary}%"
+    )
+    if state is not None:
         typer.echo(
-            f"{target.namespace}/{target.virtual_service}: {target.baseline} {weights.baseline}%, "
-            f"{target.canary} {weights.canary}%"
+            f"rollout {state.rollout}: {state.phase.value}, step {state.step_index + 1} of {len(state.steps)} "
+            f"({state.weight}%), tick {state.tick}; last: {state.last.action.value} by {safe(state.last.actor)} "
+            f"at {iso(state.last.time)}: {safe(state.last.reason)}"
         )
+        typer.echo(f"audit head {state.audit_head}")
+    if read.state_error:
+        typer.echo(f"rollout state unreadable: {safe(read.state_error)}")
 
 
 @app.command()
 def validate(policy: Annotated[str, typer.Argument(help="Policy file to check.")]) -> None:
-    """Check a policy file; prints one line naming file, field and line on the first mistake."""
+    """Check a policy, and that its judge can judge every metric; one line naming file, field and line on
+    the first mistake."""
     try:
         loaded = load_policy(policy)
+        judge_for(loaded)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     metrics = ", ".join(m.name for m in loaded.metrics)
     steps = " -> ".join(f"{s}%" for s in loaded.steps)
     typer.echo(f"{policy}: valid CanaryPolicy {loaded.name!r}: steps {steps}, metrics {metrics}")
+    simulated = [m.name for m in loaded.metrics if SimulatedMesh.refuses(m)]
+    if simulated:
+        typer.echo(f"note: {', '.join(simulated)} needs Prometheus; the simulated mesh (--simulate) cannot serve it")
 
 
 @audit_app.command("show")
@@ -530,40 +661,80 @@ def audit_show(
     rollout: Annotated[str | None, typer.Option(help="Only this rollout id.")] = None,
     output: Annotated[OutputFormat, typer.Option(help="text or json (one record per line).")] = OutputFormat.text,
 ) -> None:
-    """Print the decisions of an audit log: when, who, what moved, and why."""
+    """Print an audit log: when, who, what moved, why, and whether the change was made."""
     try:
-        for record in read_records(file):
-            if rollout and record.get("rollout") != rollout:
+        for sealed in read_records(file):
+            record = sealed.record
+            if rollout and getattr(record, "rollout", None) != rollout:
                 continue
             if output is OutputFormat.json:
-                typer.echo(json.dumps(record, sort_keys=True))
+                typer.echo(sealed.encode().decode().rstrip("\n"))
                 continue
-            before, after = record.get("weights_before", {}), record.get("weights_after", {})
-            tick = f" tick {record['tick']}" if record.get("tick") is not None else ""
-            typer.echo(
-                f"{record.get('time')} {record.get('rollout')}{tick} "
-                f"{record.get('action')}: canary {before.get('canary')}% -> {after.get('canary')}% "
-                f"by {record.get('actor')}: {record.get('reason')}"
-            )
-            for verdict in (record.get("judgement") or {}).get("verdicts", []):
-                typer.echo(f"    {verdict.get('outcome'):>8}  {verdict.get('summary')}")
+            for line in _show(record):
+                typer.echo(line)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
+
+
+def _show(record: DecisionRecord | OutcomeRecord | NoteRecord) -> list[str]:
+    """A record in plain lines; every value from the record is made safe for a terminal."""
+    if isinstance(record, OutcomeRecord):
+        return [f"    {record.result}: {safe(record.reason)}"]
+    if isinstance(record, NoteRecord):
+        return [f"{iso(record.time)} note by {safe(record.actor)}: {safe(record.reason)}"]
+    before = f"{record.weights_before.canary}%" if record.weights_before else "?"
+    after = f"{record.weights_after.canary}%" if record.weights_after else "?"
+    tick = f" tick {record.tick}" if record.tick is not None else ""
+    lines = [
+        f"{iso(record.time)} {safe(record.rollout)}{tick} {record.action.value}: canary {before} -> {after} "
+        f"by {safe(record.actor)}: {safe(record.reason)}"
+    ]
+    for verdict in (record.judgement or {}).get("verdicts", []):
+        if isinstance(verdict, dict):
+            lines.append(f"    {safe(verdict.get('outcome')):>8}  {safe(verdict.get('summary'))}")
+    return lines
 
 
 @audit_app.command("verify")
-def audit_verify(file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")]) -> None:
-    """Check the hash chain: exit 0 when no record was removed or edited."""
+def audit_verify(
+    file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
+    head: Annotated[str | None, typer.Option(help="The head hash a command printed: the log must end there.")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="Policy naming the route whose state holds the head (with --manifest/--kubeconfig)."),
+    ] = None,
+    manifest: Manifest = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Check the hash chain and that every change has its outcome; with --head, or the route's head
+    (--policy with --manifest or --kubeconfig), that the log is not cut short, extended or re-hashed."""
     try:
-        check = verify_chain(file)
+        route_head = None
+        if manifest or kubeconfig or context:
+            if head is not None:
+                raise CanaryError("check against --head HASH or against the route's head, not both")
+            if policy is None:
+                raise CanaryError("the route's head is read from the policy's route: give --policy FILE too")
+            loaded = load_policy(policy)
+            read = router_for(loaded, manifest, kubeconfig, context).read(loaded.target)
+            if read.state is None:
+                raise CanaryError(f"{read.state_error or 'the route holds no rollout state'}: no head to check against")
+            route_head = read.state.audit_head
+        check = verify_chain(file, head or route_head, route_head=route_head is not None)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     if not check.ok:
-        raise _fail(f"{file}:{check.broken_at}: the hash chain breaks here (a record was edited or removed)", 1)
-    typer.echo(f"{file}: {check.records} records, hash chain intact")
+        where = f"{file}:{check.line}" if check.line else file
+        raise _fail(f"{where}: {check.problem}", 1)
+    against = " ending at the route's head" if route_head else (" ending at the given head" if head else "")
+    note = f" ({check.note})" if check.note else ""
+    typer.echo(f"{file}: {check.records} records, hash chain intact{against}, head {check.head}{note}")
 
 
 def main() -> None:
+    # A full disk or a file size limit must fail a write (and be recorded or reported), not kill the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         app()
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Protocol
 
@@ -11,6 +12,10 @@ class Clock(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
+        """Sleep, unless `stop` is set first; True when it was."""
+        ...
+
 
 class SystemClock:
     def now(self) -> float:
@@ -18,6 +23,9 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(max(seconds, 0.0))
+
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
+        return stop.wait(max(seconds, 0.0))
 
 
 class SimulatedClock:
@@ -31,3 +39,9 @@ class SimulatedClock:
 
     def sleep(self, seconds: float) -> None:
         self._now += max(seconds, 0.0)
+
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
+        if stop.is_set():
+            return True
+        self.sleep(seconds)
+        return stop.is_set()

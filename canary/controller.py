@@ -1,28 +1,57 @@
-"""The controller: one tick = read weights, observe, judge, decide, write the audit record, apply.
+"""The runner: read the route, call the transition, record, write, record. Nothing else decides.
 
-All the deciding is done by pure code (judges, progression); this module only sequences the I/O, in an
-order that never loses evidence: the audit record is on disk before the weights change, and the weights
-are re-read from the router at every tick, so a change made by someone else is noticed, not overwritten.
+Every command that changes a route (a rollout's start and ticks, a cancel, a person's promote or
+rollback) does one sequence under the audit log's lock:
+
+    read the route (weights + state + revision) → settle a change the log left without an outcome →
+    transition(state, event) → append its records (fsync) → write weights and state in one conditional
+    write → append the outcome: applied, or failed with the reason.
+
+The state written carries the hash of the "applied" outcome (fixed before the write), so after a crash
+between the write and that record, the next command reads the route, sees the state, and records the
+outcome exactly; if the route does not hold it, the change is recorded as not made. The runner keeps
+nothing between ticks that the route does not hold: a restart reads the route and goes on, and a
+person's command during a rollout is seen at the next tick.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import signal
+import threading
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
-from canary import __version__, progression
+from canary import failpoints
 from canary.audit import AuditSink
 from canary.clock import Clock
-from canary.errors import CanaryError, RouterError, SourceError, WeightConflict
+from canary.errors import CanaryError, ConflictError, RouterError, SourceError
 from canary.judges import Judge
-from canary.model import Action, Decision, Judgement, Outcome, Phase, Weights
-from canary.policy import Policy
-from canary.progression import RolloutState
-from canary.report import iso, judgement_dict, observation_dict, observation_from_dict, version_counts
-from canary.routers import Router
+from canary.model import Action, Decision, Judgement, Phase, Weights
+from canary.policy import Policy, Target
+from canary.records import DecisionRecord, NoteRecord, OutcomeRecord, Sealed, applied_outcome, seal
+from canary.routers import Router, RouteRead
 from canary.sources import MetricsSource
+from canary.state import RolloutState, policy_digest
+from canary.transition import (
+    Cancel,
+    Context,
+    Crash,
+    Event,
+    Manual,
+    Observed,
+    Resume,
+    RouterUnavailable,
+    SourceFailed,
+    Start,
+    Transition,
+    transition,
+    write_failed,
+)
+
+DEFAULT_LOCK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -45,104 +74,76 @@ class RolloutResult:
     finished_at: float
     judgement: Judgement | None
     audit_path: str
-    step_seconds: tuple[float, ...]  # time spent at each step reached
+    audit_head: str
+    step_seconds: tuple[float, ...]  # time spent at each step left
+    stopped: bool = False  # the command stopped with the rollout still open on the route (exit 2)
 
     @property
     def duration_s(self) -> float:
         return self.finished_at - self.started_at
 
 
-def decision_record(
-    policy: Policy,
-    now: float,
-    before: Weights,
-    decision: Decision,
-    *,
-    rollout: str,
-    tick: int | None,
-    step: dict[str, int] | None,
-    actor: str,
-    judge: str | None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One audit record: who moved (or held) which weights, when and why, with the evidence in `extra`."""
-    return {
-        "time": iso(now),
-        "timestamp": now,
-        "rollout": rollout,
-        "policy": {"name": policy.name, "file": policy.source_path},
-        "target": f"{policy.target.namespace}/{policy.target.virtual_service}",
-        "tick": tick,
-        "step": step,
-        "weights_before": {"baseline": before.baseline, "canary": before.canary},
-        "weights_after": {"baseline": decision.weights.baseline, "canary": decision.weights.canary},
-        "action": decision.action.value,
-        "phase": decision.phase.value,
-        "reason": decision.reason,
-        "actor": actor,
-        "judge": judge,
-        "engine": {"name": "canary", "version": __version__},
-        **(extra or {}),
-    }
+@dataclass(frozen=True)
+class Applied:
+    """What one command did: the decision, the route's weights before it, the log's head after."""
+
+    before: Weights | None
+    decision: Decision
+    state: RolloutState
+    head: str
+    written: bool  # the route holds the decision (False: recorded only, or the write failed)
+    stop: bool
+    error: str | None = None  # why the write failed
 
 
-def manual_change(
-    *, policy: Policy, router: Router, audit: AuditSink, clock: Clock, promote: bool, actor: str, reason: str
-) -> tuple[Weights, Decision]:
-    """A person's promotion (canary to 100%) or rollback (to 0%): recorded first, then applied.
+class CancelFlag:
+    """Set by SIGTERM/SIGINT: the current tick ends cleanly, then the rollout is recorded as cancelled."""
 
-    A controller running against the same route notices the change at its next tick and stops.
-    """
-    now = clock.now()
-    before = router.get_weights(policy.target)
-    if promote:
-        decision = Decision(Action.PROMOTE, Weights.canary_at(100), Phase.PROMOTED, reason or "promoted by hand")
-    else:
-        decision = Decision(Action.ROLLBACK, Weights.canary_at(0), Phase.ROLLED_BACK, reason or "rolled back by hand")
-    audit.append(
-        decision_record(policy, now, before, decision, rollout="manual", tick=None, step=None, actor=actor, judge=None)
-    )
-    if decision.weights != before:
-        try:
-            router.set_weights(policy.target, decision.weights, expected=before)
-        except RouterError as exc:
-            try:
-                if router.get_weights(policy.target) == decision.weights:
-                    return before, decision  # the write was made; only its answer was lost
-            except RouterError:
-                pass
-            # The record above announced a change that did not happen: say so.
-            failed = Decision(Action.HOLD, before, Phase.ABORTED, f"the change to {decision.weights} failed: {exc}")
-            audit.append(
-                decision_record(
-                    policy,
-                    clock.now(),
-                    before,
-                    failed,
-                    rollout="manual",
-                    tick=None,
-                    step=None,
-                    actor=actor,
-                    judge=None,
-                    extra={"error": str(exc), "reverts": "manual"},
-                )
-            )
-            raise
-    return before, decision
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal = ""
+
+    def set(self, name: str) -> None:
+        self.signal = self.signal or name
+        self.event.set()
+
+    @property
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def install(self) -> Callable[[], None]:
+        """Catch SIGTERM and SIGINT until the returned function restores the previous handlers; a second
+        signal is left to the previous handler (the process ends at once, which the state survives)."""
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum: int, frame: object) -> None:
+            self.set(signal.Signals(signum).name)
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        for s in previous:
+            signal.signal(s, handler)
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
 
 
-class Controller:
+class Runner:
     def __init__(
         self,
         *,
         policy: Policy,
-        source: MetricsSource,
+        source: MetricsSource | None,
         router: Router,
         judge: Judge,
         audit: AuditSink,
         clock: Clock,
         actor: str = "canary-controller",
-        rollout_id: str | None = None,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        cancel: CancelFlag | None = None,
     ) -> None:
         self.policy = policy
         self.source = source
@@ -151,246 +152,317 @@ class Controller:
         self.audit = audit
         self.clock = clock
         self.actor = actor
-        self.rollout = rollout_id or uuid.uuid4().hex[:12]
-        self.state: RolloutState | None = None
-        self.ticks = 0
-        self.step_seconds: list[float] = []
+        self.lock_timeout_s = lock_timeout_s
+        self.cancel_flag = cancel or CancelFlag()
+        self.digest = policy_digest(policy)
+        self.state: RolloutState | None = None  # the last state this command read or wrote
+        self.head = ""
         self.last_judgement: Judgement | None = None
-        self.observed_until: float | None = None  # end of the last window read: windows never leave gaps
+        self.last_decision: Decision | None = None  # this command's last, for a result it stops with
 
-    def _record(self, now: float, before: Weights, decision: Decision, extra: dict[str, Any]) -> None:
-        assert self.state is not None
-        step = {"index": self.state.step_index, "weight": self.state.weight}
-        self.audit.append(
-            decision_record(
-                self.policy,
-                now,
-                before,
-                decision,
-                rollout=self.rollout,
-                tick=self.ticks,
-                step=step,
-                actor=self.actor,
-                judge=self.judge.name,
-                extra=extra,
-            )
+    @property
+    def target(self) -> Target:
+        return self.policy.target
+
+    def _ctx(self, actor: str | None = None) -> Context:
+        return Context(self.policy, self.judge, actor or self.actor, self.digest)
+
+    # ------------------------------------------------------------------------------- one locked step
+
+    def _read(self) -> RouteRead:
+        """The route as it stands, with a change the log left open settled from what the route holds."""
+        read = self.router.read(self.target, self.judge.state_type)
+        last = self.audit.open_change()
+        if last is not None and isinstance(last.record, DecisionRecord) and self._ours(last):
+            applied = seal(applied_outcome(last), last.hash)
+            if read.state is not None and read.state.audit_head == applied.hash:
+                self.audit.append_sealed(applied)  # exactly the record the route's state names
+            else:
+                self.audit.append(
+                    OutcomeRecord(
+                        time=self.clock.now(),
+                        rollout=last.record.rollout,
+                        of=last.hash,
+                        result="failed",
+                        weights=read.weights,
+                        reason=f"not made: the route does not hold it (it holds {read.weights}); found by the next "
+                        "command (the one that recorded it stopped, or could not read the route back)",
+                    )
+                )
+        return read
+
+    def _ours(self, sealed: Sealed) -> bool:
+        record = sealed.record
+        t = self.target
+        return isinstance(record, DecisionRecord) and (record.target.namespace, record.target.virtual_service) == (
+            t.namespace,
+            t.virtual_service,
         )
 
-    def _apply(self, now: float, before: Weights, decision: Decision, previous: RolloutState | None) -> Decision:
-        """Move the weights if the decision says so, unless someone moved them since we read them.
+    def _anchored(self, read: RouteRead) -> str | None:
+        """Why the log is not this route's history (None when it is): the route's head is not in it."""
+        state = read.state
+        if state is None or not state.audit_head or state.audit_head == self.audit.head:
+            return None
+        if self.audit.contains(state.audit_head):
+            return None  # changes after it failed and never reached the route
+        return (
+            f"{self.audit.path} does not hold the head the route's state was written with "
+            f"({state.audit_head[:16]}, rollout {state.rollout}): the log was cut short or replaced, or is "
+            "another route's"
+        )
 
-        If the router fails, the record just written announced a change that did not happen: a second
-        record says so and the rollout stands where it was (`previous`), to try again at the next tick
-        when the failure is temporary, or to stop when it is not.
-        """
-        if decision.weights == before:
-            return decision
-        try:
-            self.router.set_weights(self.policy.target, decision.weights, expected=before)
-        except RouterError as exc:
-            current = self._current()
-            if current == decision.weights:  # the write was made; only its answer was lost
-                return decision
-            extra = {"error": str(exc), "reverts": self.ticks}
-            if previous is not None:
-                self.state = previous
-            if isinstance(exc, WeightConflict):
-                reason = f"{exc}; the change to {decision.weights} was not made"
-                return self._abort(now, current or before, reason, extra)
-            if previous is None or not exc.temporary or now >= previous.deadline:
-                return self._abort(now, before, f"the change to {decision.weights} failed: {exc}", extra)
-            held = Decision(
-                Action.HOLD, before, previous.phase, f"the change to {decision.weights} failed ({exc}); retrying"
+    def _commit(self, read: RouteRead | None, t: Transition) -> Applied:
+        """Append the transition's records; if it writes, write the route and record the outcome."""
+        sealed: Sealed | None = None
+        for record in t.records:
+            sealed = self.audit.append(record)
+        self.last_judgement = t.judgement or self.last_judgement
+        if read is None or sealed is None or not t.writes:
+            self.head = self.audit.head
+            before = read.weights if read is not None else None
+            return Applied(
+                before, t.decision, read.state if read and read.state else t.state, self.head, False, t.stops
             )
-            self._record(now, before, held, extra)
-            return held
-        return decision
-
-    def _current(self) -> Weights | None:
-        """The route's weights now, or None when they cannot be read either."""
+        applied = seal(applied_outcome(sealed), sealed.hash)
+        state = dataclasses.replace(t.state, audit_head=applied.hash)
+        failpoints.point("before-write")
         try:
-            return self.router.get_weights(self.policy.target)
+            self.router.write(self.target, read, state.weights, state)
+        except RouterError as exc:
+            made = self._holds(applied.hash)
+            if made is not True:
+                outcome, stop = write_failed(t, str(exc), temporary=exc.temporary, now=self.clock.now())
+                if made is False:
+                    self.audit.append(dataclasses.replace(outcome, of=sealed.hash))
+                # else nobody can tell yet: the change stays open, and the next command that reads the
+                # route records what it finds there
+                self.head = self.audit.head
+                return Applied(read.weights, t.decision, read.state or state, self.head, False, stop, str(exc))
+        failpoints.point("after-write")
+        self.audit.append_sealed(applied)
+        failpoints.point("after-outcome")
+        self.head, self.state = applied.hash, state
+        return Applied(read.weights, t.decision, state, self.head, True, t.stops)
+
+    def _holds(self, head: str) -> bool | None:
+        """After a write that failed: did it land all the same (an answer lost on its way back)? None when the
+        route cannot be read back either."""
+        try:
+            again = self.router.read(self.target)
         except RouterError:
             return None
+        return again.state is not None and again.state.audit_head == head
 
-    def _router_unavailable(self, now: float, exc: RouterError) -> TickReport:
-        """The weights could not be read: hold without judging (the window waits for the next tick), or stop
-        when the failure is permanent or the deadline has come."""
-        assert self.state is not None
-        assumed = self.state.weights
-        unverified = {"error": str(exc), "weights_unverified": True}
-        if not exc.temporary or now >= self.state.deadline:
-            why = "traffic router failed" if not exc.temporary else "traffic router still unavailable at the deadline"
-            decision = self._abort(now, assumed, f"{why}: {exc}", unverified)
-            return TickReport(self.ticks, now, assumed, decision, None, self.state.step_index)
-        decision = Decision(Action.HOLD, assumed, self.state.phase, f"traffic router unavailable ({exc}); retrying")
-        self._record(now, assumed, decision, unverified)
-        return TickReport(self.ticks, now, assumed, decision, None, self.state.step_index)
+    # ------------------------------------------------------------------------------- commands
 
-    def _abort(self, now: float, weights: Weights, reason: str, extra: dict[str, Any] | None = None) -> Decision:
-        """Stop the rollout, weights left as they are, with a record saying why."""
-        assert self.state is not None
-        decision = Decision(Action.HOLD, weights, Phase.ABORTED, f"{reason}; stopping")
-        self.state = replace(self.state, phase=Phase.ABORTED)
-        self._record(now, weights, decision, extra or {})
-        return decision
+    def manual(self, command: Literal["promote", "rollback"], *, actor: str, reason: str) -> Applied:
+        """A person's promote (canary to 100%) or rollback (to 0%): joins the route's chain; a rollout
+        running on the route sees it at its next tick and ends with it."""
+        with self.audit.locked(self.lock_timeout_s):
+            read = self._read()
+            for problem in (read.state_error, self._anchored(read)):
+                if problem:
+                    self.audit.append(NoteRecord(self.clock.now(), f"{problem}; {command} goes ahead", actor))
+            state = read.state if read.state_error is None else None
+            event = Manual(self.clock.now(), read.weights, command, reason)
+            applied = self._commit(read, transition(state, event, self._ctx(actor)))
+        if not applied.written:
+            raise RouterError(f"the {command} was not made ({applied.error}); recorded in {self.audit.path}")
+        return applied
 
-    def _source_failed(self, now: float, before: Weights, exc: SourceError) -> TickReport:
-        """A temporary failure holds the step (the next window starts where the last good one ended); a
-        permanent one (a rejected query, refused credentials) stops the rollout after recording it."""
-        assert self.state is not None
-        if not exc.temporary:
-            decision = self._abort(now, before, f"metrics source failed: {exc}", {"error": str(exc)})
-            return TickReport(self.ticks, now, before, decision, None, self.state.step_index)
-        judgement = Judgement(Outcome.NO_DATA, (), f"metrics source unavailable ({exc}), retrying next tick")
-        step_before = self.state.step_index
-        state, decision = progression.decide(self.state, judgement, now)
-        self._record(now, before, decision, {"error": str(exc), "judgement": judgement_dict(judgement)})
-        previous, self.state = self.state, state
-        decision = self._apply(now, before, decision, previous)
-        return TickReport(self.ticks, now, before, decision, judgement, step_before)
-
-    def start(self) -> TickReport:
+    def open(self, *, resume: bool = False, restart: bool = False) -> TickReport | RolloutResult:
+        """Start a rollout, or carry on the open one (`resume`), or abandon it for a new one (`restart`).
+        An ended rollout with `resume` is reported as it stands; nothing changes."""
         now = self.clock.now()
-        before = self.router.get_weights(self.policy.target)
-        state, decision = progression.start(self.policy.steps, now, self.policy.max_duration_s, self.policy.on_deadline)
-        self.observed_until = now
-        self.state = state
-        self._record(now, before, decision, {})
-        decision = self._apply(now, before, decision, None)
-        return TickReport(0, now, before, decision, None, state.step_index)
+        with self.audit.locked(self.lock_timeout_s):
+            read = self._read()
+            state = read.state
+            if read.state_error is not None and not restart:
+                raise ConflictError(f"{read.state_error}; start over with --restart, or roll back")
+            problem = self._anchored(read)
+            if problem is not None and not restart:
+                raise ConflictError(f"{problem}; give --audit the route's log, or start over with --restart")
+            if resume and state is not None and state.phase.ended and state.policy == self.policy.name:
+                self.state, self.head = state, self.audit.head
+                return self._result(state, stopped=False)
+            event: Event
+            if resume and state is not None and not state.phase.ended:
+                event = Resume(now, read.weights)
+            else:
+                if read.state_error is not None:
+                    state = None
+                subsets = self.router.subsets_problem(self.target)
+                if subsets is not None:
+                    raise ConflictError(
+                        f"VirtualService {self.target.namespace}/{self.target.virtual_service}: {subsets}"
+                    )
+                event = Start(now, uuid.uuid4().hex[:12], read.weights, restart=restart)
+            applied = self._commit(read, transition(state, event, self._ctx()))
+        if not applied.written:
+            raise RouterError(f"the rollout was not started ({applied.error}); recorded in {self.audit.path}")
+        return self._report(applied)
 
-    def tick(self) -> TickReport:
-        if self.state is None:
-            raise RuntimeError("start() the rollout before ticking it")
-        self.ticks += 1
+    def tick(self) -> TickReport | RolloutResult:
+        """One analysis interval. Returns the result instead when someone else ended the rollout."""
+        assert self.state is not None, "open() the rollout before ticking it"
         now = self.clock.now()
         try:
-            before = self.router.get_weights(self.policy.target)
-        except WeightConflict:
-            raise
+            pre = self.router.read(self.target, self.judge.state_type)
         except RouterError as exc:
-            return self._router_unavailable(now, exc)
-        if before != self.state.weights:
-            reason = f"weights changed outside canary: expected {self.state.weights}, found {before}"
-            return TickReport(self.ticks, now, before, self._abort(now, before, reason), None, self.state.step_index)
-        # From where the last window ended: a tick that runs late must not drop what happened meanwhile.
-        start = self.observed_until if self.observed_until is not None else now - self.policy.interval_s
+            return self._unavailable(RouterUnavailable(now, str(exc), exc.temporary))
+        if (ended := self._taken_over(pre)) is not None:
+            return ended
+        assert pre.state is not None
+        event: Event
         try:
-            observation = self.source.observe(self.policy.target, self.policy.metrics, start, now)
+            assert self.source is not None
+            observation = self.source.observe(self.target, self.policy.metrics, pre.state.observed_until, now)
+            event = Observed(now, pre.weights, observation)
         except SourceError as exc:
-            return self._source_failed(now, before, exc)
-        self.observed_until = now
-        judgement = self.judge.judge(observation, self.state.step_index)
-        self.last_judgement = judgement
-        step_before = self.state.step_index
-        state, decision = progression.decide(self.state, judgement, now)
-        extra = {
-            "window": {"start": iso(start), "end": iso(now), "seconds": now - start},
-            "counts": version_counts(observation, self.policy),
-            "observation": observation_dict(observation),  # what the judge saw, so a restart can replay it
-            "judgement": judgement_dict(judgement),
-        }
-        self._record(now, before, decision, extra)  # on disk before the weights move
-        previous, self.state = self.state, state
-        applied = self._apply(now, before, decision, previous)
-        if applied is decision and (state.step_index != step_before or state.phase.finished):
-            self.step_seconds.append(now - previous.step_started_at)
-        decision = applied
-        return TickReport(self.ticks, now, before, decision, judgement, step_before)
+            event = SourceFailed(now, pre.weights, str(exc), exc.temporary)
+        with self.audit.locked(self.lock_timeout_s):
+            read = self._read()
+            if (ended := self._taken_over(read)) is not None:
+                return ended
+            assert read.state is not None
+            if read.state.observed_until != pre.state.observed_until:
+                return self._report_hold(read)  # another command judged this window: judge the next one
+            if isinstance(event, Observed | SourceFailed):
+                event = dataclasses.replace(event, weights=read.weights)
+            applied = self._commit(read, transition(read.state, event, self._ctx()))
+        return self._report(applied)
 
-    def resume(self, records: Sequence[dict[str, Any]]) -> TickReport:
-        """Carry on a rollout after a restart, from its audit records.
-
-        The judge is fed the recorded observations again, in order, and the state machine replays its
-        decisions; each must come out as recorded (else the policy or the engine changed and the evidence
-        no longer means the same, so nothing is resumed). The next tick re-reads the weights as always,
-        so a change made while canary was down stops the rollout.
-        """
-        first, last = records[0], records[-1]
-        if first.get("action") != Action.START.value or last.get("phase") != Phase.PROGRESSING.value:
-            raise CanaryError(f"rollout {first.get('rollout')} cannot be resumed: it has no start or has finished")
-        self.rollout = str(first["rollout"])
-        self.state, _ = progression.start(
-            self.policy.steps, float(first["timestamp"]), self.policy.max_duration_s, self.policy.on_deadline
-        )
-        self.observed_until = float(first["timestamp"])
-        previous = self.state
-        for record in records[1:]:
-            now = float(record["timestamp"])
-            self.ticks = int(record["tick"])
-            if "reverts" in record:  # a weight change that failed: the rollout stood where it was
-                self.state = previous
-                continue
-            if record.get("weights_unverified"):  # the router could not be read: nothing was judged
-                continue
-            if "observation" in record:
-                judgement = self.judge.judge(observation_from_dict(record["observation"]), self.state.step_index)
-                self.observed_until = now
-            else:  # a tick whose source failed: nothing was judged
-                judgement = Judgement(Outcome.NO_DATA, (), "metrics source unavailable")
-            state, decision = progression.decide(self.state, judgement, now)
-            recorded = (record.get("action"), record.get("weights_after", {}).get("canary"))
-            if recorded != (decision.action.value, decision.weights.canary):
-                raise CanaryError(
-                    f"rollout {self.rollout} cannot be resumed: at tick {record.get('tick')} the audit log says "
-                    f"{recorded[0]} to {recorded[1]}%, replaying it gives {decision.action.value} to "
-                    f"{decision.weights.canary}% (the policy or the engine changed)"
-                )
-            if state.step_index != self.state.step_index:
-                self.step_seconds.append(now - self.state.step_started_at)
-            previous = self.state
-            self.state, self.last_judgement = state, judgement
-        announced, was = Weights(**last["weights_after"]), Weights(**last["weights_before"])
-        if "reverts" not in last and announced != was and self._current() == was:
-            # canary stopped between the record and the write: the change announced was never made.
-            self.state = previous
-            now = self.clock.now()
-            decision = Decision(
-                Action.HOLD,
-                was,
-                previous.phase,
-                f"the change to {announced} recorded at tick {self.ticks} was never made",
+    def _taken_over(self, read: RouteRead) -> RolloutResult | None:
+        """The rollout was ended or replaced by someone else (a person's promote or rollback, a --restart):
+        this command ends with what the route now says."""
+        assert self.state is not None
+        state = read.state
+        if state is not None and state.rollout == self.state.rollout and state.phase is Phase.PROGRESSING:
+            return None
+        if state is None or state.rollout != self.state.rollout:
+            raise ConflictError(
+                f"VirtualService {self.target.namespace}/{self.target.virtual_service} no longer holds rollout "
+                f"{self.state.rollout}" + (f" (it holds {state.rollout})" if state else "") + "; stopping"
             )
-            self._record(now, was, decision, {"reverts": self.ticks})
-            return TickReport(self.ticks, now, was, decision, self.last_judgement, self.state.step_index)
-        decision = Decision(Action.HOLD, announced, self.state.phase, f"resumed at tick {self.ticks}")
-        return TickReport(
-            self.ticks, float(last["timestamp"]), announced, decision, self.last_judgement, self.state.step_index
-        )
+        self.state, self.head = state, state.audit_head
+        return self._result(state, stopped=False)
+
+    def cancel(self) -> TickReport | RolloutResult:
+        """Record that a signal ended the command; the weights stay as they stand."""
+        assert self.state is not None
+        now = self.clock.now()
+        name = self.cancel_flag.signal or "a signal"
+        try:
+            with self.audit.locked(self.lock_timeout_s):
+                read = self._read()
+                if (ended := self._taken_over(read)) is not None:
+                    return ended
+                applied = self._commit(read, transition(read.state, Cancel(now, read.weights, name), self._ctx()))
+        except RouterError as exc:
+            return self._unavailable(RouterUnavailable(now, f"cancelled ({name}), {exc}", False))
+        return self._report(applied)
+
+    def _unavailable(self, event: RouterUnavailable) -> TickReport:
+        """The route cannot be read: record it against the last state this command knew; write nothing.
+        While a change waits for its outcome (its write's answer was lost) nothing is appended after it: the
+        outcome sealed before the write must still be able to follow it once the route can be read."""
+        assert self.state is not None
+        t = transition(self.state, event, self._ctx())
+        with self.audit.locked(self.lock_timeout_s):
+            if self.audit.open_change() is None:
+                return self._report(self._commit(None, t))
+        return self._report(Applied(None, t.decision, self.state, self.head, False, t.stops))
+
+    def crashed(self, exc: BaseException) -> None:
+        """An unexpected error during a tick: end the rollout with a record saying so (best effort)."""
+        if self.state is None or self.state.phase is not Phase.PROGRESSING:
+            return
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            with self.audit.locked(self.lock_timeout_s):
+                read = self._read()
+                if read.state is None or read.state.rollout != self.state.rollout or read.state.phase.ended:
+                    return
+                self._commit(read, transition(read.state, Crash(self.clock.now(), read.weights, error), self._ctx()))
+        except Exception:
+            return
 
     def run(
-        self, on_tick: Callable[[TickReport], None] | None = None, *, resume: Sequence[dict[str, Any]] = ()
+        self, on_tick: Callable[[TickReport], None] | None = None, *, resume: bool = False, restart: bool = False
     ) -> RolloutResult:
-        """Start (or, given an unfinished rollout's audit records, resume) and tick until the end."""
-        report = self.resume(resume) if resume else self.start()
-        started = float(resume[0]["timestamp"]) if resume else report.now
+        """Start (or resume) and tick until the rollout ends, is cancelled, or cannot go on."""
+        opened = self.open(resume=resume, restart=restart)
+        if isinstance(opened, RolloutResult):
+            return opened
+        report = opened
         if on_tick:
             on_tick(report)
+        try:
+            while self.state is not None and self.state.phase is Phase.PROGRESSING:
+                if report.decision.action is Action.STOP:
+                    return self._result(self.state, stopped=True)
+                if self._sleep(self.policy.interval_s):
+                    cancelled = self.cancel()
+                    if isinstance(cancelled, RolloutResult):
+                        return cancelled
+                    if on_tick:
+                        on_tick(cancelled)
+                    return self._result(self.state, stopped=cancelled.decision.phase is not Phase.CANCELLED)
+                ticked = self.tick()
+                if isinstance(ticked, RolloutResult):
+                    return ticked
+                report = ticked
+                if on_tick:
+                    on_tick(report)
+        except CanaryError:
+            raise
+        except Exception as exc:
+            self.crashed(exc)
+            raise
         assert self.state is not None
-        while not self.state.phase.finished:
-            self.clock.sleep(self.policy.interval_s)
-            report = self.tick()
-            if on_tick:
-                on_tick(report)
-        return RolloutResult(
-            rollout=self.rollout,
-            phase=self.state.phase,
-            decision=report.decision,
-            ticks=self.ticks,
-            started_at=started,
-            finished_at=report.now,
-            judgement=self.last_judgement,
-            audit_path=str(self.audit.path),
-            step_seconds=tuple(self.step_seconds),
+        return self._result(self.state, stopped=report.decision.action is Action.STOP)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait for the next tick; True when a signal asked to stop."""
+        return self.cancel_flag.is_set or self.clock.wait(seconds, self.cancel_flag.event)
+
+    # ------------------------------------------------------------------------------- reports
+
+    def _report(self, applied: Applied) -> TickReport:
+        self.state = applied.state
+        before = applied.before if applied.before is not None else applied.state.weights
+        decision = applied.decision
+        if not applied.written and applied.stop and decision.action is not Action.STOP:
+            decision = Decision(Action.STOP, before, applied.state.phase, f"{decision.reason} (not made; stopping)")
+        elif not applied.written and decision.weights != before:
+            decision = Decision(Action.HOLD, before, applied.state.phase, f"{decision.reason} (not made; retrying)")
+        self.last_decision = decision
+        return TickReport(
+            applied.state.tick, self.clock.now(), before, decision, self.last_judgement, applied.state.step_index
         )
 
+    def _report_hold(self, read: RouteRead) -> TickReport:
+        assert read.state is not None
+        self.state = read.state
+        decision = Decision(Action.HOLD, read.weights, read.state.phase, "another command judged this interval")
+        return TickReport(read.state.tick, self.clock.now(), read.weights, decision, None, read.state.step_index)
 
-def unfinished_rollout(records: Sequence[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
-    """The records of the policy's last rollout in an audit log, if it has not finished; else none."""
-    ids = [r.get("rollout") for r in records if (r.get("policy") or {}).get("name") == policy.name]
-    ids = [i for i in ids if i != "manual"]
-    if not ids:
-        return []
-    last = [r for r in records if r.get("rollout") == ids[-1]]
-    return last if last[-1].get("phase") == Phase.PROGRESSING.value else []
+    def _result(self, state: RolloutState, *, stopped: bool) -> RolloutResult:
+        last = state.last
+        decision = Decision(last.action, state.weights, state.phase, last.reason)
+        if stopped and self.last_decision is not None:
+            decision = self.last_decision  # why this command stopped, which the route's state cannot say
+        return RolloutResult(
+            rollout=state.rollout,
+            phase=state.phase,
+            decision=decision,
+            ticks=state.tick,
+            started_at=state.started_at,
+            finished_at=last.time,
+            judgement=self.last_judgement,
+            audit_path=str(self.audit.path),
+            audit_head=self.head or state.audit_head,
+            step_seconds=state.step_seconds,
+            stopped=stopped,
+        )

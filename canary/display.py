@@ -18,7 +18,8 @@ _PHASE_WORDS = {
     Phase.ROLLED_BACK: "ROLLED BACK",
     Phase.INCONCLUSIVE: "INCONCLUSIVE at the deadline",
     Phase.ABORTED: "ABORTED",
-    Phase.PROGRESSING: "progressing",
+    Phase.PROGRESSING: "STOPPED with the rollout open",
+    Phase.CANCELLED: "CANCELLED",
 }
 
 
@@ -68,9 +69,13 @@ class Progress:
         else:
             print(tick_line(report), file=self.stream, flush=True)
 
-    def finish(self, result: RolloutResult) -> None:
+    def stop(self) -> None:
         if self._live is not None:
             self._live.stop()
+            self._live = None
+
+    def finish(self, result: RolloutResult) -> None:
+        self.stop()
         print(summary(result), file=self.stream, flush=True)
 
 
@@ -81,5 +86,5 @@ def summary(result: RolloutResult) -> str:
     ]
     if result.judgement is not None:
         lines += [f"  - {v.summary}" for v in result.judgement.verdicts]
-    lines.append(f"  audit log: {result.audit_path} (rollout {result.rollout})")
+    lines.append(f"  audit log: {result.audit_path} (rollout {result.rollout}, head {result.audit_head})")
     return "\n".join(lines)

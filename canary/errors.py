@@ -59,3 +59,11 @@ class WeightConflict(RouterError):
 
 class AuditError(CanaryError):
     """The audit log could not be written or does not verify."""
+
+
+class StateError(CanaryError):
+    """A rollout state read from a route cannot be decoded; the router adds where it was read from."""
+
+
+class ConflictError(CanaryError):
+    """Another command holds the audit log's lock, or the route is not in the state a command needs."""

@@ -148,27 +148,33 @@ class Verdict:
 
 class Phase(enum.StrEnum):
     PROGRESSING = "progressing"
+    CANCELLED = "cancelled"  # stopped by a signal, weights left as they stood: `run --resume` carries on
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled-back"
     INCONCLUSIVE = "inconclusive"  # the deadline came without evidence either way
-    ABORTED = "aborted"  # something outside canary changed the weights
+    ABORTED = "aborted"  # stopped for good: someone else changed the weights, a permanent failure, a bug
 
     @property
-    def finished(self) -> bool:
-        return self is not Phase.PROGRESSING
+    def ended(self) -> bool:
+        """Over for good: `run --resume` reports the outcome and changes nothing."""
+        return self not in (Phase.PROGRESSING, Phase.CANCELLED)
 
 
 class Action(enum.StrEnum):
+    START = "start"
     HOLD = "hold"
     ADVANCE = "advance"
     PROMOTE = "promote"
     ROLLBACK = "rollback"
-    START = "start"
+    CANCEL = "cancel"  # a signal ended the command; the rollout can be resumed
+    RESUME = "resume"  # a command carried on an open rollout
+    ABORT = "abort"  # the rollout ends where it stands
+    STOP = "stop"  # the command stops, the route could not be written: the rollout stays open on it
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What progression decided at one tick and why."""
+    """What the transition decided and why."""
 
     action: Action
     weights: Weights

@@ -53,7 +53,7 @@ def version_counts(observation: Observation, policy: Policy) -> dict[str, dict[s
 
 
 def observation_dict(observation: Observation) -> dict[str, Any]:
-    """Everything a judge saw in one tick, per metric, version and pod, so the audit log can replay it."""
+    """Everything a judge saw in one tick, per metric, version and pod, so an audit can re-check it."""
 
     def sample(s: Sample) -> dict[str, Any]:
         if isinstance(s, Ratio):

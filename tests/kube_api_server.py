@@ -1,7 +1,9 @@
-"""A small Kubernetes API server for Istio VirtualServices on 127.0.0.1, to test the Istio router over HTTP.
+"""A small Kubernetes API server for Istio's networking resources on 127.0.0.1, to test the Istio router over HTTP.
 
-It answers the real `kubernetes` client the way a real API server answers for a custom resource at
-`/apis/networking.istio.io/{v1beta1|v1}/namespaces/{ns}/virtualservices/{name}`: GET; PUT (replace, with
+It answers the real `kubernetes` client the way a real API server answers for custom resources at
+`/apis/networking.istio.io/{version}/namespaces/{ns}/{virtualservices|destinationrules}[/{name}]`, for the
+versions it is told to serve (Istio 1.22 and later serve v1alpha3, v1beta1 and v1; older ones lack v1):
+discovery (`/apis/networking.istio.io/{version}`, 404 for a version not served); LIST; GET; PUT (replace, with
 optimistic concurrency on `metadata.resourceVersion`: stale → 409, absent → unconditional); PATCH as
 `application/merge-patch+json` (RFC 7386) or `application/json-patch+json` (RFC 6902: add, remove,
 replace, test), 415 for a strategic merge patch (custom resources have no patch strategy); a new
@@ -10,9 +12,10 @@ as `Status` objects shaped like the real server's. Invalid objects (no spec, a w
 integer) get 422; a name that does not match the URL gets 400, as the real server answers.
 
 Tests reach in through `get`, `edit` (a write by someone else, bumping the resourceVersion),
-`fail_next` (the next request, or the next PUT, gets an error status) and `after_next_get` (run something between a
-client's GET and its next request, e.g. a concurrent write). `KubeApiServer` is a context manager that
-always stops the server and waits for its threads.
+`fail_next` (the next request, or the next PUT, gets an error status), `fail_after_commit` (the write is
+made, the answer is an error), `garble_next` (a 200 whose body is not JSON) and `after_next_get` (run
+something between a client's GET and its next request, e.g. a concurrent write). `KubeApiServer` is a
+context manager that always stops the server and waits for its threads.
 """
 
 from __future__ import annotations
@@ -32,16 +35,20 @@ from typing import Any
 import yaml
 
 GROUP = "networking.istio.io"
-VERSIONS = ("v1beta1", "v1")
+VERSIONS = ("v1alpha3", "v1beta1", "v1")
+KINDS = {"virtualservices": "VirtualService", "destinationrules": "DestinationRule"}
 RESOURCE = f"virtualservices.{GROUP}"
 PATH = re.compile(
-    rf"^/apis/{re.escape(GROUP)}/(?P<version>v1beta1|v1)/namespaces/(?P<ns>[^/]+)/virtualservices/(?P<name>[^/]+)$"
+    rf"^/apis/{re.escape(GROUP)}/(?P<version>v1alpha3|v1beta1|v1)/namespaces/(?P<ns>[^/]+)/"
+    r"(?P<plural>virtualservices|destinationrules)(?:/(?P<name>[^/]+))?$"
 )
+ANNOTATIONS_LIMIT = 256 * 1024
+DISCOVERY = re.compile(rf"^/apis/{re.escape(GROUP)}/(?P<version>[^/]+)$")
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "istio"
 
-Key = tuple[str, str]
+Key = tuple[str, str, str]  # plural, namespace, name
 REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
            422: "Invalid", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}  # fmt: skip
 
@@ -68,15 +75,15 @@ class ApiError(Exception):
         return body
 
 
-def _not_found(name: str) -> ApiError:
-    details = {"name": name, "group": GROUP, "kind": "virtualservices"}
-    return ApiError(404, "NotFound", f'{RESOURCE} "{name}" not found', details)
+def _not_found(name: str, plural: str = "virtualservices") -> ApiError:
+    details = {"name": name, "group": GROUP, "kind": plural}
+    return ApiError(404, "NotFound", f'{plural}.{GROUP} "{name}" not found', details)
 
 
-def _conflict(name: str) -> ApiError:
-    details = {"name": name, "group": GROUP, "kind": "virtualservices"}
+def _conflict(name: str, plural: str = "virtualservices") -> ApiError:
+    details = {"name": name, "group": GROUP, "kind": plural}
     message = (
-        f'Operation cannot be fulfilled on {RESOURCE} "{name}": the object has been modified; '
+        f'Operation cannot be fulfilled on {plural}.{GROUP} "{name}": the object has been modified; '
         "please apply your changes to the latest version and try again"
     )
     return ApiError(409, "Conflict", message, details)
@@ -98,6 +105,12 @@ def _validate(obj: Any, name: str) -> None:
     if meta.get("name", name) != name:
         message = f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
         raise ApiError(400, "BadRequest", message)
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
+        raise _invalid(name, "metadata.annotations", "Invalid value: annotation values must be strings")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+    if size > ANNOTATIONS_LIMIT:  # the real server's total limit (apimachinery ValidateAnnotations)
+        raise _invalid(name, "metadata.annotations", f"Too long: must have at most {ANNOTATIONS_LIMIT} bytes")
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         raise _invalid(name, "spec", "Required value")
@@ -204,12 +217,14 @@ def json_patch(doc: Any, operations: Any) -> Any:
 
 
 class KubeApiServer:
-    """VirtualServices served over HTTP on 127.0.0.1 at a free port; `with KubeApiServer(objs) as api: ...`."""
+    """Istio networking objects served over HTTP on 127.0.0.1 at a free port; `with KubeApiServer(objs) as api:`."""
 
-    def __init__(self, objects: Iterable[dict[str, Any]]) -> None:
+    def __init__(self, objects: Iterable[dict[str, Any]], *, served: tuple[str, ...] = VERSIONS) -> None:
         self._lock = threading.Lock()
         self._versions = itertools.count(1000)
+        self.served = served
         self._store: dict[Key, dict[str, Any]] = {}
+        plurals = {kind: plural for plural, kind in KINDS.items()}
         for obj in objects:
             meta = obj["metadata"]
             stored = copy.deepcopy(obj)
@@ -221,19 +236,19 @@ class KubeApiServer:
                 "creationTimestamp": "2026-01-01T00:00:00Z",
                 "resourceVersion": str(next(self._versions)),
             }
-            self._store[(stored["metadata"]["namespace"], meta["name"])] = stored
+            self._store[(plurals[obj["kind"]], stored["metadata"]["namespace"], meta["name"])] = stored
         self._failures: list[tuple[str | None, ApiError]] = []
-        self._failures_after_commit: list[tuple[str | None, ApiError]] = []
+        self._failures_after_commit: list[tuple[str | None, ApiError | bytes]] = []
         self._after_get: list[Callable[[], None]] = []
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, content type
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def with_fixtures(cls) -> KubeApiServer:
-        """Seeded with every VirtualService in fixtures/istio (the real manifests canary is tested on)."""
-        docs = [d for p in sorted(FIXTURES.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
-        return cls(d for d in docs if isinstance(d, dict) and d.get("kind") == "VirtualService")
+    def with_fixtures(cls, *, served: tuple[str, ...] = VERSIONS) -> KubeApiServer:
+        """Seeded with every VirtualService and DestinationRule in fixtures/istio, as `kubectl apply` would
+        (the real manifests canary is tested on)."""
+        return cls(fixture_objects(), served=served)
 
     @property
     def port(self) -> int:
@@ -278,16 +293,16 @@ class KubeApiServer:
 
     # --- test hooks
 
-    def get(self, namespace: str, name: str) -> dict[str, Any]:
+    def get(self, namespace: str, name: str, plural: str = "virtualservices") -> dict[str, Any]:
         with self._lock:
-            return copy.deepcopy(self._store[(namespace, name)])
+            return copy.deepcopy(self._store[(plural, namespace, name)])
 
     def edit(self, namespace: str, name: str, change: Callable[[dict[str, Any]], None]) -> None:
         """A write by another client: `change` edits the stored object in place; the resourceVersion moves."""
         with self._lock:
-            obj = copy.deepcopy(self._store[(namespace, name)])
+            obj = copy.deepcopy(self._store[("virtualservices", namespace, name)])
             change(obj)
-            self._commit((namespace, name), obj)
+            self._commit(("virtualservices", namespace, name), obj)
 
     def fail_next(self, code: int, message: str = "", *, method: str | None = None) -> None:
         """The next request (of `method`, when given) gets `code` as a Status, e.g. 503, or a webhook's 422."""
@@ -303,6 +318,11 @@ class KubeApiServer:
                 (method, ApiError(code, reason, message or HTTPStatus(code).description))
             )
 
+    def garble_next(self, body: bytes = b"<html>upstream reset</html>", *, method: str | None = "PUT") -> None:
+        """The next write (of `method`) is made, then answered 200 with a body that is not JSON."""
+        with self._lock:
+            self._failures_after_commit.append((method, body))
+
     def after_next_get(self, action: Callable[[], None]) -> None:
         """Run `action` once the next successful GET has read the object, before the client gets the answer."""
         with self._lock:
@@ -316,6 +336,7 @@ class KubeApiServer:
         meta = obj["metadata"]
         for field in ("name", "namespace", "uid", "creationTimestamp"):  # server-owned, kept as stored
             meta[field] = old["metadata"][field]
+        obj["apiVersion"] = old.get("apiVersion")  # stored at one version, served at whichever is asked for
         generation = old["metadata"]["generation"]
         meta["generation"] = generation + 1 if obj.get("spec") != old.get("spec") else generation
         meta["resourceVersion"] = old["metadata"]["resourceVersion"]
@@ -327,43 +348,73 @@ class KubeApiServer:
 
     def _lookup(self, key: Key) -> dict[str, Any]:
         if key not in self._store:
-            raise _not_found(key[1])
+            raise _not_found(key[2], key[0])
         return self._store[key]
 
-    def handle(self, method: str, path: str, content_type: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
+    def handle(
+        self, method: str, path: str, content_type: str | None, body: bytes
+    ) -> tuple[int, dict[str, Any] | bytes]:
         with self._lock:
             self.requests.append((method, path, content_type))
             for i, (only, failure) in enumerate(self._failures):
                 if only in (None, method):
                     del self._failures[i]
                     return failure.code, failure.status()
-            match = PATH.match(path.split("?", 1)[0])
-            if match is None:
+            bare = path.split("?", 1)[0]
+            discovery = DISCOVERY.match(bare)
+            if discovery is not None and method == "GET":
+                return 200, self._discovery(discovery["version"])
+            match = PATH.match(bare)
+            if match is None or match["version"] not in self.served:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
-            version, key = match["version"], (match["ns"], match["name"])
+            version, plural = match["version"], match["plural"]
+            if match["name"] is None:
+                if method != "GET":
+                    raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on {plural}")
+                return 200, self._list(version, plural, match["ns"])
+            key = (plural, match["ns"], match["name"])
             if method == "GET":
                 return 200, self._as(version, copy.deepcopy(self._lookup(key)))
             if method not in ("PUT", "PATCH"):
-                raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on {RESOURCE}")
+                raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on {plural}")
             current = self._lookup(key)
             wanted = self._patched(current, content_type, _decode(body)) if method == "PATCH" else _decode(body)
-            _validate(wanted, key[1])
+            _validate(wanted, key[2])
             wanted.setdefault("metadata", {})
             sent_version = wanted["metadata"].get("resourceVersion")
             if method == "PUT" and not sent_version:  # custom resources allow no unconditional update
                 raise ApiError(
                     422, "Invalid",
-                    f'{RESOURCE} "{key[1]}" is invalid: metadata.resourceVersion: Invalid value: 0x0: '
+                    f'{plural}.{GROUP} "{key[2]}" is invalid: metadata.resourceVersion: Invalid value: 0x0: '
                     "must be specified for an update",
                 )  # fmt: skip
             if sent_version and sent_version != current["metadata"]["resourceVersion"]:
-                raise _conflict(key[1])
+                raise _conflict(key[2], plural)
             stored = self._commit(key, wanted)
             for i, (only, failure) in enumerate(self._failures_after_commit):
                 if only in (None, method):
                     del self._failures_after_commit[i]
+                    if isinstance(failure, bytes):
+                        return 200, failure  # the write is made; the answer is garbage
                     return failure.code, failure.status()  # the write is made; the answer says otherwise
             return 200, self._as(version, stored)
+
+    def _discovery(self, version: str) -> dict[str, Any]:
+        if version not in self.served:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        resources = [
+            {"name": plural, "singularName": kind.lower(), "namespaced": True, "kind": kind,
+             "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]}
+            for plural, kind in KINDS.items()
+        ]  # fmt: skip
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{GROUP}/{version}",
+                "resources": resources}  # fmt: skip
+
+    def _list(self, version: str, plural: str, namespace: str) -> dict[str, Any]:
+        items = [self._as(version, copy.deepcopy(o)) for (p, ns, _), o in sorted(self._store.items()) if
+                 p == plural and ns == namespace]  # fmt: skip
+        return {"apiVersion": f"{GROUP}/{version}", "kind": f"{KINDS[plural]}List",
+                "metadata": {"resourceVersion": str(next(self._versions))}, "items": items}  # fmt: skip
 
     def _patched(self, current: dict[str, Any], content_type: str | None, patch: Any) -> Any:
         kind = (content_type or "").split(";", 1)[0].strip()
@@ -397,6 +448,12 @@ class KubeApiServer:
             action()
 
 
+def fixture_objects() -> list[dict[str, Any]]:
+    """Every VirtualService and DestinationRule in fixtures/istio, verbatim."""
+    docs = [d for p in sorted(FIXTURES.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
+    return [d for d in docs if isinstance(d, dict) and d.get("kind") in KINDS.values()]
+
+
 def _decode(body: bytes) -> Any:
     try:
         return json.loads(body or b"null")
@@ -415,7 +472,7 @@ def _handler_for(api: KubeApiServer) -> type[BaseHTTPRequestHandler]:
                 code, doc = exc.code, exc.status()
             if self.command == "GET" and code == 200:
                 api.run_after_get()  # before the answer leaves, so the client's next request sees the change
-            data = json.dumps(doc).encode()
+            data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

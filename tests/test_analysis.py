@@ -9,7 +9,7 @@ import pytest
 
 from canary.analysis import analyze, merge, parse_time
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio
-from canary.policy import Policy, Target
+from canary.policy import MetricSpec, Policy, Target
 from canary.report import iso, version_counts
 
 
@@ -26,14 +26,23 @@ class CountingSource:
 
 
 class ScriptedJudge:
+    """Answers the outcomes it was given, in order; its evidence is the number of intervals it judged."""
+
     name = "scripted"
+    state_type = int
 
     def __init__(self, outcomes: list[Outcome]) -> None:
         self.outcomes = list(outcomes)
 
-    def judge(self, observation: Observation, step: int) -> Judgement:
-        outcome = self.outcomes.pop(0)
-        return Judgement(outcome, (), f"{outcome.value} at {observation.end:g}")
+    def start(self) -> int:
+        return 0
+
+    def judge(self, state: int, observation: Observation, step: int) -> tuple[int, Judgement]:
+        outcome = self.outcomes[state]
+        return state + 1, Judgement(outcome, (), f"{outcome.value} at {observation.end:g}")
+
+    def refuses(self, metric: MetricSpec) -> str | None:
+        return None
 
 
 @pytest.fixture

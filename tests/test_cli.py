@@ -1,4 +1,6 @@
-"""The CLI's contract: exit codes, one-line errors on stderr, JSON outcomes, plain lines off a terminal.
+"""The CLI's contract: exit codes (0 promoted, 1 rolled back, 2 error, 3 inconclusive, 4 cancelled), one-line
+errors on stderr, JSON outcomes, plain lines off a terminal; `run --resume/--restart/--lock-timeout`; the audit
+head commands print and `audit verify` checks; `audit show` and `status` never let a record forge a line.
 
 Checked in-process with typer's CliRunner and as the installed console script in a subprocess.
 """
@@ -8,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,11 +21,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from canary.audit import read_records
+import canary.display
+from canary.audit import AuditLog, read_records
 from canary.cli import app
+from canary.controller import TickReport
+from canary.model import Action, Weights
+from canary.records import DecisionRecord, OutcomeRecord
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "policies" / "web-app.yaml"
+SEED_VS = REPO / "fixtures" / "istio" / "web-app-virtualservice.yaml"
 BIN = Path(sys.executable).parent
 ANSI = re.compile(r"\x1b\[")
 BAD_POLICY = POLICY.read_text().replace("steps: [10, 50, 100]", "steps: [10, 50]")
@@ -55,6 +64,26 @@ def one_error_line(stderr: str) -> str:
     assert len(lines) == 1, f"expected one line on stderr, got {stderr!r}"
     assert "Traceback" not in stderr
     return lines[0]
+
+
+def decisions_and_outcomes(audit: Path) -> list[tuple[DecisionRecord, OutcomeRecord]]:
+    """The log as (decision, outcome) pairs, checking that every decision writes and is followed by its outcome."""
+    sealed = list(read_records(audit))
+    assert len(sealed) % 2 == 0, "every change is followed by exactly one outcome"
+    pairs = []
+    for decision, outcome in zip(sealed[0::2], sealed[1::2], strict=True):
+        assert isinstance(decision.record, DecisionRecord) and decision.record.writes
+        assert isinstance(outcome.record, OutcomeRecord) and outcome.record.of == decision.hash
+        pairs.append((decision.record, outcome.record))
+    return pairs
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    """The seed's VirtualService (90/10) in a file: weights and rollout state that outlive a command."""
+    path = tmp_path / "web-app-virtualservice.yaml"
+    shutil.copy(SEED_VS, path)
+    return path
 
 
 def scenario_file(tmp_path: Path, **data: Any) -> Path:
@@ -145,7 +174,10 @@ def test_demo_json_outcomes(
     assert out["exit_code"] == code
     assert out["final_weights"] == {"baseline": 100 - canary, "canary": canary}
     assert out["audit"] == str(audit)
-    assert len(list(read_records(audit))) == out["ticks"] + 1
+    pairs = decisions_and_outcomes(audit)
+    assert len(pairs) == out["ticks"] + 1  # the start, then one decision per tick
+    assert all(outcome.result == "applied" for _, outcome in pairs)
+    assert out["audit_head"] == list(read_records(audit))[-1].hash
 
 
 def test_demo_as_a_subprocess_with_the_default_policy(tmp_path: Path) -> None:
@@ -243,7 +275,7 @@ def produced_log(runner: CliRunner, tmp_path: Path) -> tuple[Path, dict[str, Any
     return audit, json.loads(result.stdout)
 
 
-def test_audit_show_prints_each_decision_and_its_verdicts(
+def test_audit_show_prints_each_decision_its_verdicts_and_its_outcome(
     runner: CliRunner, produced_log: tuple[Path, dict[str, Any]]
 ) -> None:
     audit, out = produced_log
@@ -251,13 +283,16 @@ def test_audit_show_prints_each_decision_and_its_verdicts(
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     decisions = [line for line in lines if not line.startswith("    ")]
-    assert len(decisions) == out["ticks"] + 1
+    outcomes = [line for line in lines if line.startswith("    applied: ")]
+    assert len(decisions) == len(outcomes) == out["ticks"] + 1
     assert decisions[0] == (
         f"2026-01-01T00:00:00+00:00 {out['rollout']} tick 0 start: canary 0% -> 10% "
-        "by canary-controller (simulated mesh): rollout started: canary at 10%"
+        "by canary-controller (simulated mesh): rollout started: canary at 10% (from 100/0)"
     )
+    assert lines[1] == "    applied: the route holds 90/10"
     assert f"tick {out['ticks']} promote: canary 50% -> 100%" in decisions[-1]
-    verdicts = [line.split() for line in lines if line.startswith("    ")]
+    assert lines[-1] == "    applied: the route holds 0/100"
+    verdicts = [line.split() for line in lines if line.startswith("    ") and not line.startswith("    applied: ")]
     assert {v[0] for v in verdicts} <= {"pass", "fail", "continue", "no-data"}
     assert {v[1] for v in verdicts} == {"error-rate:", "latency"}
 
@@ -269,25 +304,66 @@ def test_audit_show_filters_by_rollout_and_prints_json(
     assert invoke(runner, "audit", "show", audit, "--rollout", "someone-else").stdout == ""
     result = invoke(runner, "audit", "show", audit, "--rollout", out["rollout"], "--output", "json")
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert records == list(read_records(audit))
+    assert records == [json.loads(line) for line in audit.read_text().splitlines()]  # the lines as stored
+    assert [r["kind"] for r in records[:2]] == ["decision", "outcome"]
 
 
 def test_audit_verify_passes_then_fails_after_an_edit(
     runner: CliRunner, produced_log: tuple[Path, dict[str, Any]]
 ) -> None:
     audit, out = produced_log
+    records = 2 * (out["ticks"] + 1)
     result = invoke(runner, "audit", "verify", audit)
     assert result.exit_code == 0
-    assert result.stdout == f"{audit}: {out['ticks'] + 1} records, hash chain intact\n"
+    assert result.stdout == f"{audit}: {records} records, hash chain intact, head {out['audit_head']}\n"
     lines = audit.read_text().splitlines(keepends=True)
-    lines[2] = lines[2].replace('"action":"hold"', '"action":"advance"')
+    lines[2] = lines[2].replace('"action":"hold"', '"action":"advance"')  # the first tick's decision
     assert lines[2] != audit.read_text().splitlines(keepends=True)[2], "the edit must change the record"
     audit.write_text("".join(lines))
     tampered = invoke(runner, "audit", "verify", audit)
     assert tampered.exit_code == 1
     assert one_error_line(tampered.stderr) == (
-        f"canary: {audit}:3: the hash chain breaks here (a record was edited or removed)"
+        f"canary: {audit}:3: the hash chain breaks here (a record was edited, removed or moved)"
     )
+
+
+def test_audit_verify_with_the_head_a_run_printed(runner: CliRunner, produced_log: tuple[Path, dict[str, Any]]) -> None:
+    """The head a command prints is where the log must end: a log cut short, or added to, no longer does."""
+    audit, out = produced_log
+    ok = invoke(runner, "audit", "verify", audit, "--head", out["audit_head"])
+    assert ok.exit_code == 0 and "hash chain intact ending at the given head" in ok.stdout
+    earlier = list(read_records(audit))[-3].hash
+    extended = invoke(runner, "audit", "verify", audit, "--head", earlier)
+    assert extended.exit_code == 1
+    assert one_error_line(extended.stderr) == (
+        f"canary: {audit}: 2 records follow the head {earlier[:16]} (appended after it)"
+    )
+    audit.write_text("".join(audit.read_text().splitlines(keepends=True)[:-2]))
+    cut = invoke(runner, "audit", "verify", audit, "--head", out["audit_head"])
+    assert cut.exit_code == 1
+    assert one_error_line(cut.stderr) == (
+        f"canary: {audit}: does not lead to the head {out['audit_head'][:16]}: cut short, or re-hashed after an edit"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--head", "HEAD", "--manifest", "MANIFEST", "--policy", "POLICY"],
+         "check against --head HASH or against the route's head, not both"),
+        (["--manifest", "MANIFEST"], "the route's head is read from the policy's route: give --policy FILE too"),
+        (["--policy", "POLICY", "--manifest", "MANIFEST"],
+         "the route holds no rollout state: no head to check against"),
+    ],
+)  # fmt: skip
+def test_audit_verify_against_a_route_needs_its_policy_and_its_state(
+    runner: CliRunner, produced_log: tuple[Path, dict[str, Any]], manifest: Path, args: list[str], message: str
+) -> None:
+    audit, out = produced_log
+    given = {"HEAD": out["audit_head"], "MANIFEST": str(manifest), "POLICY": str(POLICY)}
+    result = invoke(runner, "audit", "verify", audit, *(given.get(a, a) for a in args))
+    assert result.exit_code == 2
+    assert one_error_line(result.stderr) == f"canary: {message}"
 
 
 def test_audit_commands_as_subprocesses(produced_log: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
@@ -299,7 +375,7 @@ def test_audit_commands_as_subprocesses(produced_log: tuple[Path, dict[str, Any]
     verified = cli("audit", "verify", audit, cwd=tmp_path)
     assert (verified.returncode, verified.stdout.strip()) == (
         0,
-        f"{audit}: {out['ticks'] + 1} records, hash chain intact",
+        f"{audit}: {2 * (out['ticks'] + 1)} records, hash chain intact, head {out['audit_head']}",
     )
 
 
@@ -335,12 +411,28 @@ def test_simulate_outranks_the_environment_url(tmp_path: Path, monkeypatch: pyte
     assert result.exit_code == 1, result.output
 
 
-def test_resume_is_for_real_rollouts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--resume", "--restart"])
+def test_resume_and_restart_need_the_routes_state_where_a_restart_finds_it(tmp_path: Path, flag: str) -> None:
+    """In memory, a command's route dies with it: there is nothing to resume or restart."""
     result = CliRunner().invoke(
-        app, ["run", str(POLICY), "--simulate", "healthy", "--resume", "--audit", str(tmp_path / "a.jsonl")]
+        app, ["run", str(POLICY), "--simulate", "healthy", flag, "--audit", str(tmp_path / "a.jsonl")]
     )
     assert result.exit_code == 2
-    assert result.stderr.strip() == "canary: --resume carries on a real rollout: use it with --prometheus-url"
+    assert result.stderr.strip() == (
+        f"canary: {flag} needs the route's state where a restart finds it: --manifest or --kubeconfig"
+    )
+
+
+def test_resume_and_restart_together_are_refused(tmp_path: Path, manifest: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["run", str(POLICY), "--simulate", "healthy", "--resume", "--restart", "--manifest", str(manifest),
+              "--audit", str(tmp_path / "a.jsonl")],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "canary: choose --resume (carry on the open rollout) or --restart (start over), not both"
+    )
+    assert manifest.read_bytes() == SEED_VS.read_bytes()
 
 
 def test_demo_outside_the_repository_says_where_the_policy_is_expected(
@@ -354,11 +446,184 @@ def test_demo_outside_the_repository_says_where_the_policy_is_expected(
     )
 
 
-def test_resume_needs_weights_that_survive_a_restart(tmp_path: Path) -> None:
+def test_resume_on_prometheus_needs_the_routes_state_too(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["run", str(POLICY), "--prometheus-url", "http://127.0.0.1:9", "--resume", "--audit", str(tmp_path / "a")]
     )
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "canary: --resume needs the weights where a restart finds them: --manifest or --kubeconfig"
+        "canary: --resume needs the route's state where a restart finds it: --manifest or --kubeconfig"
     )
+
+
+# ----------------------------------------------------------------------------------------- rollouts that outlive a run
+
+
+def sigterm_after(monkeypatch: pytest.MonkeyPatch, ticks: int) -> None:
+    """Send this process SIGTERM once the run has shown `ticks` progress lines, as a pod's shutdown would."""
+    shown: list[TickReport] = []
+    update = canary.display.Progress.update
+
+    def update_then_signal(self: canary.display.Progress, report: TickReport) -> None:
+        update(self, report)
+        shown.append(report)
+        if len(shown) == ticks:
+            assert callable(signal.getsignal(signal.SIGTERM)), "the run must catch SIGTERM before it is sent"
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(canary.display.Progress, "update", update_then_signal)
+
+
+def test_a_signal_cancels_the_run_with_exit_4_and_run_resume_carries_it_on(
+    runner: CliRunner, tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit = tmp_path / "a.jsonl"
+    args = ["run", POLICY, "--simulate", "healthy", "--manifest", manifest, "--audit", audit]
+    sigterm_after(monkeypatch, 3)
+    cancelled = invoke(runner, *args)
+    monkeypatch.undo()
+    assert cancelled.exit_code == 4, cancelled.output
+    assert any(line.startswith("CANCELLED after ") for line in cancelled.stdout.splitlines())
+    last, outcome = decisions_and_outcomes(audit)[-1]
+    assert last.action is Action.CANCEL and "SIGTERM" in last.reason and outcome.result == "applied"
+    status = invoke(runner, "status", POLICY, "--manifest", manifest).stdout.splitlines()
+    assert status[0] == "default/web-app: v1 90%, v2 10%"
+    assert status[1].startswith(f"rollout {last.rollout}: cancelled, step 1 of 3 (10%), tick 2; last: cancel by ")
+    resumed = invoke(runner, *args, "--resume", "--output", "json")
+    assert resumed.exit_code == 0, resumed.output
+    out = json.loads(resumed.stdout)
+    assert (out["outcome"], out["rollout"]) == ("promoted", last.rollout)
+    actions = [d.action for d, _ in decisions_and_outcomes(audit)]
+    assert actions.count(Action.START) == 1 and actions.count(Action.RESUME) == 1
+
+
+def test_run_resume_on_an_ended_rollout_reports_it_and_changes_nothing(
+    runner: CliRunner, tmp_path: Path, manifest: Path
+) -> None:
+    audit = tmp_path / "a.jsonl"
+    args = ["run", POLICY, "--simulate", "latency-regression", "--manifest", manifest, "--audit", audit]
+    first = invoke(runner, *args, "--output", "json")
+    assert first.exit_code == 1, first.output
+    held, logged = manifest.read_bytes(), audit.read_bytes()
+    again = invoke(runner, *args, "--resume", "--output", "json")
+    assert again.exit_code == 1, "the exit code says how the rollout ended"
+    assert json.loads(again.stdout)["rollout"] == json.loads(first.stdout)["rollout"]
+    assert json.loads(again.stdout)["outcome"] == "rolled-back"
+    assert (manifest.read_bytes(), audit.read_bytes()) == (held, logged)
+
+
+def test_a_run_on_an_open_rollout_is_refused_and_restart_abandons_it_for_a_new_one(
+    runner: CliRunner, tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit = tmp_path / "a.jsonl"
+    args = ["run", POLICY, "--simulate", "healthy", "--manifest", manifest, "--audit", audit]
+    sigterm_after(monkeypatch, 2)
+    assert invoke(runner, *args).exit_code == 4
+    monkeypatch.undo()
+    old = decisions_and_outcomes(audit)[0][0].rollout
+    refused = invoke(runner, *args)
+    assert refused.exit_code == 2
+    assert one_error_line(refused.stderr).startswith(f"canary: VirtualService default/web-app holds rollout {old} ")
+    restarted = invoke(runner, *args, "--restart", "--output", "json")
+    assert restarted.exit_code == 0, restarted.output
+    new = json.loads(restarted.stdout)["rollout"]
+    assert new != old
+    records = [s.record for s in read_records(audit)]
+    abandon = next(r for r in records if isinstance(r, DecisionRecord) and r.action is Action.ABORT)
+    assert abandon.rollout == old and not abandon.writes and "--restart" in abandon.reason
+    assert verify_chain_ok(runner, audit, manifest)
+
+
+def verify_chain_ok(runner: CliRunner, audit: Path, manifest: Path) -> bool:
+    result = invoke(runner, "audit", "verify", audit, "--policy", POLICY, "--manifest", manifest)
+    return bool(result.exit_code == 0 and "ending at the route's head" in result.stdout)
+
+
+class InstantWaits:
+    """canary.audit's clock while a test holds the lock: each look at the clock is a second later and sleeps
+    return at once, so waiting out a lock timeout costs nothing (the timeout logic itself is unchanged)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        pass
+
+    def time(self) -> float:
+        return 1_767_225_600.0
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["rollback", POLICY], id="rollback"),
+        pytest.param(
+            ["run", POLICY, "--simulate", "healthy"],
+            id="run-simulate",
+        ),
+    ],
+)
+def test_a_second_command_on_the_same_log_waits_its_lock_timeout_then_fails_in_one_line(
+    runner: CliRunner, tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    import canary.audit
+
+    audit = tmp_path / "a.jsonl"
+    holder = AuditLog(audit)
+    with holder.locked(5):  # another canary command, mid-step
+        monkeypatch.setattr(canary.audit, "time", InstantWaits())
+        result = invoke(runner, *command, "--manifest", manifest, "--audit", audit, "--lock-timeout", "0")
+        monkeypatch.undo()
+    assert result.exit_code == 2
+    assert one_error_line(result.stderr) == (
+        f"canary: {audit}: another canary command holds its lock ({holder.lock_path}); waited 0s (--lock-timeout)"
+    )
+    assert manifest.read_bytes() == SEED_VS.read_bytes() and not audit.exists()
+
+
+# ----------------------------------------------------------------------------------------- by hand
+
+
+@pytest.mark.parametrize(("verb", "after"), [("promote", Weights(0, 100)), ("rollback", Weights(100, 0))])
+def test_promote_and_rollback_print_the_audit_head_as_json(
+    runner: CliRunner, tmp_path: Path, manifest: Path, verb: str, after: Weights
+) -> None:
+    audit = tmp_path / "a.jsonl"
+    result = invoke(runner, verb, POLICY, "--manifest", manifest, "--audit", audit, "--actor", "alice",
+                    "--reason", "pager alert", "--output", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["action"] == verb and doc["actor"] == "alice" and doc["target"] == "default/web-app"
+    assert doc["weights_before"] == {"baseline": 90, "canary": 10}
+    assert doc["weights_after"] == {"baseline": after.baseline, "canary": after.canary}
+    ((decision, outcome),) = decisions_and_outcomes(audit)
+    assert (decision.actor, decision.reason, outcome.result) == ("alice", "pager alert", "applied")
+    assert doc["audit_head"] == list(read_records(audit))[-1].hash and doc["audit"] == str(audit)
+    verified = invoke(runner, "audit", "verify", audit, "--head", doc["audit_head"])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_audit_show_and_status_escape_control_characters_from_a_record(
+    runner: CliRunner, tmp_path: Path, manifest: Path
+) -> None:
+    """A --reason with a newline, an ANSI escape or a bidi override cannot forge a line or repaint the terminal."""
+    audit = tmp_path / "a.jsonl"
+    reason = "pager\n2026-01-01T00:00:00+00:00 forged promote: canary 0% -> 100%\x1b[2J\u202e"
+    done = invoke(runner, "rollback", POLICY, "--manifest", manifest, "--audit", audit, "--actor", "eve\rmallory",
+                  "--reason", reason)  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "\r" not in done.stdout and "eve\\rmallory" in done.stdout
+    shown = invoke(runner, "audit", "show", audit)
+    assert shown.exit_code == 0
+    lines = shown.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("    applied: ")
+    assert lines[0].endswith(
+        "by eve\\rmallory: pager\\n2026-01-01T00:00:00+00:00 forged promote: canary 0% -> 100%\\x1b[2J\\u202e"
+    )
+    status = invoke(runner, "status", POLICY, "--manifest", manifest).stdout
+    assert "\x1b" not in status and "\u202e" not in status and "\r" not in status
+    assert len(status.splitlines()) == 3  # weights, rollout, audit head: the reason adds no line

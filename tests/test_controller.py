@@ -1,440 +1,420 @@
-"""The controller's I/O order and its audit trail, on the real simulated mesh, memory router and judge."""
+"""The runner's order of work and what it leaves behind, on the real simulated mesh, memory router and judge:
+intent on disk before every write, one outcome after it, the state on the route, and every way a command can
+stop (a crash at any line, a cancel, someone else's change, a person's command) leaving a true state."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
+import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import decisions, judged, memory_router
 
-from canary import __version__
-from canary.app import SIM_START, SimulatedRollout, simulated_rollout
-from canary.audit import AuditLog, _seal, read_records, verify_chain
-from canary.controller import Controller
-from canary.errors import AuditError
-from canary.model import Action, Judgement, Observation, Outcome, Phase, Weights
-from canary.policy import Policy, Target
+from canary.app import simulated_rollout
+from canary.audit import AuditLog, read_records, verify_chain
+from canary.controller import RolloutResult, Runner, TickReport
+from canary.errors import AuditError, ConflictError, RouterError, SourceError, SourceUnreachable
+from canary.model import Action, Observation, Phase, Weights
+from canary.policy import MetricSpec, Policy, Target
+from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
+from canary.routers import RouteRead
 from canary.routers.memory import MemoryRouter
 from canary.scenario import builtin_scenario
+from canary.sources.simulated import SimulatedMesh
+from canary.state import RolloutState
 
 
-class AuditFirstRouter:
-    """Wraps the real router; on every weight change it reads the audit file and checks the justifying
-    record is already on disk, with the very weights being applied."""
+class Died(BaseException):
+    """The process stopping dead at a chosen line (a BaseException, as SIGKILL leaves no handler a chance)."""
 
-    def __init__(self, inner: MemoryRouter, audit_path: Path) -> None:
+
+class Wrapped:
+    """The real memory router with a hook before or after each write."""
+
+    def __init__(self, inner: MemoryRouter) -> None:
         self.inner = inner
-        self.audit_path = audit_path
-        self.checked: list[tuple[int, Weights]] = []  # (records on disk at the change, weights applied)
+        self.before: Any = None
+        self.after: Any = None
 
-    def get_weights(self, target: Target) -> Weights:
-        return self.inner.get_weights(target)
+    def read(self, target: Target, evidence: type | None = None) -> RouteRead:
+        return self.inner.read(target, evidence)
 
-    def set_weights(self, target: Target, weights: Weights, *, expected: Weights | None = None) -> None:
-        records = list(read_records(self.audit_path)) if self.audit_path.exists() else []
-        assert records, "weights changed before any audit record was written"
-        last = records[-1]
-        current = self.inner.get_weights(target)
-        assert last["weights_after"] == {"baseline": weights.baseline, "canary": weights.canary}
-        assert last["weights_before"] == {"baseline": current.baseline, "canary": current.canary}
-        self.checked.append((len(records), weights))
-        self.inner.set_weights(target, weights, expected=expected)
+    def write(self, target: Target, read: RouteRead, weights: Weights, state: RolloutState) -> None:
+        if self.before:
+            self.before(weights, state)
+        self.inner.write(target, read, weights, state)
+        if self.after:
+            self.after(weights, state)
 
-
-class FailingAudit:
-    """An audit sink whose disk is gone."""
-
-    path = Path("<failing>")
-
-    def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        raise AuditError("disk full")
+    def subsets_problem(self, target: Target) -> str | None:
+        return self.inner.subsets_problem(target)
 
 
-class ScriptedJudge:
-    """A judge that answers from a list, then repeats the last answer."""
+def rollout(
+    policy: Policy, audit_path: Path, scenario: str = "healthy", seed: int = 3, router: Any = None
+) -> tuple[Runner, SimulatedMesh, MemoryRouter]:
+    memory = memory_router(policy.target)
+    sim = simulated_rollout(
+        policy,
+        builtin_scenario(scenario),
+        seed=seed,
+        audit=AuditLog(audit_path),
+        router=router(memory) if router else memory,
+    )
+    return sim.runner, sim.mesh, memory
 
-    name = "scripted"
 
-    def __init__(self, *outcomes: Outcome) -> None:
-        self.outcomes = list(outcomes)
-
-    def judge(self, observation: Observation, step: int) -> Judgement:
-        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
-        return Judgement(outcome, (), f"scripted {outcome.value}")
+def again(runner: Runner, audit_path: Path) -> Runner:
+    """A fresh command on the same route, log, mesh and clock: what a restart is."""
+    return Runner(policy=runner.policy, source=runner.source, router=runner.router, judge=runner.judge,
+                  audit=AuditLog(audit_path), clock=runner.clock, actor=runner.actor)  # fmt: skip
 
 
-def rollout(policy: Policy, audit_path: Path, scenario: str = "healthy", seed: int = 3) -> SimulatedRollout:
-    return simulated_rollout(policy, builtin_scenario(scenario), seed=seed, audit=AuditLog(audit_path))
+def sealed(audit_path: Path) -> list[Any]:
+    return [s.record for s in read_records(audit_path)]
+
+
+# --------------------------------------------------------------------------------------- order of work
 
 
 @pytest.mark.parametrize("scenario", ["healthy", "latency-regression"])
-def test_every_weight_change_is_preceded_by_its_audit_record(
+def test_every_write_follows_its_intent_on_disk_and_precedes_its_outcome(
     web_policy: Policy, audit_path: Path, scenario: str
 ) -> None:
-    sim = rollout(web_policy, audit_path, scenario)
-    guard = AuditFirstRouter(sim.router, audit_path)
-    sim.controller.router = guard
-    result = sim.controller.run()
-    assert guard.checked, "the rollout never changed the weights, so nothing was checked"
-    assert [w for _, w in guard.checked] == sim.router.history
-    assert guard.checked[-1][1] == result.decision.weights
+    seen: list[tuple[Weights, int]] = []
+
+    def check(weights: Weights, state: RolloutState) -> None:
+        last = sealed(audit_path)[-1]
+        assert isinstance(last, DecisionRecord) and last.writes, "the write came before its intent was on disk"
+        assert last.weights_after == weights == state.weights
+        seen.append((weights, len(sealed(audit_path))))
+
+    runner, _, memory = rollout(web_policy, audit_path, scenario, router=Wrapped)
+    assert isinstance(runner.router, Wrapped)
+    runner.router.before = check
+    result = runner.run()
+    assert seen and result.phase in (Phase.PROMOTED, Phase.ROLLED_BACK)
+    records = sealed(audit_path)
+    assert [type(r) for r in records] == [DecisionRecord, OutcomeRecord] * (result.ticks + 1)
+    assert all(isinstance(o, OutcomeRecord) and o.result == "applied" for o in records[1::2])
+    changes = [w for i, (w, _) in enumerate(seen) if i == 0 or w != seen[i - 1][0]]
+    assert changes == memory.history, "every weight the route took was written after its intent"
+    assert verify_chain(audit_path, result.audit_head).ok
 
 
-def test_one_audit_record_per_tick_plus_the_start(web_policy: Policy, audit_path: Path) -> None:
-    result = rollout(web_policy, audit_path).controller.run()
-    records = list(read_records(audit_path))
-    assert len(records) == result.ticks + 1
-    assert [r["tick"] for r in records] == list(range(result.ticks + 1))
-    assert records[0]["action"] == "start"
-    assert {r["rollout"] for r in records} == {result.rollout}
+def test_the_route_holds_the_state_and_the_head_of_the_log(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, memory = rollout(web_policy, audit_path)
+    result = runner.run()
+    state = memory.read(web_policy.target).state
+    assert state is not None and state.phase is Phase.PROMOTED and state.rollout == result.rollout
+    assert state.audit_head == result.audit_head == list(read_records(audit_path))[-1].hash
+    assert state.tick == result.ticks and state.weights == Weights(0, 100)
 
 
-def test_audit_record_holds_the_decision_inputs_and_outputs(web_policy: Policy, audit_path: Path) -> None:
-    sim = rollout(web_policy, audit_path)
-    sim.controller.run()
-    records = list(read_records(audit_path))
-    first_tick = records[1]
-    assert first_tick["time"] == dt.datetime.fromtimestamp(SIM_START + 60, tz=dt.UTC).isoformat(timespec="seconds")
-    assert first_tick["timestamp"] == SIM_START + 60
-    assert first_tick["step"] == {"index": 0, "weight": 10}
-    assert first_tick["weights_before"] == {"baseline": 90, "canary": 10}
-    assert first_tick["weights_after"] == {"baseline": 90, "canary": 10}
-    assert first_tick["actor"] == "canary-controller (simulated mesh)"
-    assert first_tick["engine"] == {"name": "canary", "version": __version__}
-    assert first_tick["policy"]["name"] == "web-app"
-    assert first_tick["window"]["seconds"] == 60
-    verdicts = first_tick["judgement"]["verdicts"]
-    assert [v["metric"] for v in verdicts] == ["error-rate", "latency p50", "latency p95", "latency p99"]
-    assert all(v["outcome"] in {o.value for o in Outcome} and v["summary"] and v["figures"] for v in verdicts)
-    # The counts in the record are the ones the mesh actually served in that window.
-    for version in ("v1", "v2"):
-        served = [s for s in sim.mesh.slices if s.start >= SIM_START and s.end <= SIM_START + 60]
-        requests = sum(int(s.requests[version].sum()) for s in served)
-        errors = sum(int(s.errors[version].sum()) for s in served)
-        counts = first_tick["counts"][version]
-        assert (counts["requests"], counts["errors"]) == (requests, errors)
-        assert counts["metrics"]["error-rate"] == {"events": errors, "trials": requests}
-        assert counts["latency_buckets"]["+Inf"] == requests
-    assert first_tick["counts"]["v2"]["pods"] == 2
+def test_a_decision_record_holds_the_inputs_and_outputs(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, _ = rollout(web_policy, audit_path)
+    result = runner.run()
+    start, *ticks = decisions(audit_path)
+    assert start.action is Action.START and start.weights_after == Weights(90, 10) and start.tick == 0
+    for n, record in enumerate(ticks, start=1):
+        assert record.tick == n and record.window is not None and record.judge == "sequential"
+        assert record.counts is not None and set(record.counts) == {"v1", "v2"}
+        assert record.observation is not None and record.judgement is not None
+        assert record.policy.name == "web-app" and record.policy.digest == runner.digest
+        assert record.actor == "canary-controller (simulated mesh)" and record.engine.startswith("canary ")
+    assert ticks[-1].action is Action.PROMOTE and len(ticks) == result.ticks
 
 
-def test_every_record_after_the_start_names_step_weights_counts_and_verdicts(
+def test_windows_follow_each_other_without_a_gap_even_when_a_tick_runs_late(
     web_policy: Policy, audit_path: Path
 ) -> None:
-    rollout(web_policy, audit_path, "error-regression").controller.run()
-    required = {"time", "step", "weights_before", "weights_after", "counts", "judgement", "actor", "engine"}
-    for record in list(read_records(audit_path))[1:]:
-        assert required <= set(record), f"tick {record['tick']} lacks {required - set(record)}"
+    runner, _, _ = rollout(web_policy, audit_path)
+    opened = runner.open()
+    assert isinstance(opened, TickReport)
+    for late in (60, 95, 60, 200):
+        runner.clock.sleep(late)
+        runner.tick()
+    windows = [r.window for r in judged(audit_path)]
+    assert len(windows) == 4
+    for a, b in itertools.pairwise(windows):
+        assert a is not None and b is not None and b.start == a.end
+    assert windows[-1] is not None and windows[-1].end - windows[-1].start == 200
 
 
-def test_an_outside_weight_change_aborts_and_is_recorded(web_policy: Policy, audit_path: Path) -> None:
-    sim = rollout(web_policy, audit_path)
-    controller = sim.controller
-    controller.start()
-    sim.router.set_weights(web_policy.target, Weights.canary_at(30))  # someone edits the VirtualService
-    report = controller.tick()
-    assert report.decision.phase is Phase.ABORTED
-    assert controller.state is not None and controller.state.phase is Phase.ABORTED
-    assert sim.router.get_weights(web_policy.target) == Weights.canary_at(30), "canary overwrote the change"
-    assert sim.router.history == [Weights.canary_at(10), Weights.canary_at(30)]
-    last = list(read_records(audit_path))[-1]
-    assert last["phase"] == "aborted"
-    assert last["weights_before"] == {"baseline": 70, "canary": 30}
-    assert last["reason"] == "weights changed outside canary: expected 90/10, found 70/30; stopping"
+# --------------------------------------------------------------------------------------- failures
 
 
-def test_run_stops_at_an_outside_change(web_policy: Policy, audit_path: Path) -> None:
-    """The weights are re-read at every tick: a change between ticks ends the run as aborted."""
-    sim = rollout(web_policy, audit_path)
-
-    def meddle(report: Any) -> None:
-        if report.tick == 2:
-            sim.router.set_weights(web_policy.target, Weights.canary_at(0))
-
-    result = sim.controller.run(meddle)
-    assert result.phase is Phase.ABORTED
-    assert result.ticks == 3
-    assert sim.router.get_weights(web_policy.target) == Weights.canary_at(0)
-
-
-def test_no_data_holds_until_the_deadline_then_the_policy_rule(web_policy: Policy, audit_path: Path) -> None:
-    sim = rollout(web_policy, audit_path)
-    sim.controller.judge = ScriptedJudge(Outcome.NO_DATA)
-    result = sim.controller.run()
-    assert result.phase is Phase.INCONCLUSIVE
-    assert result.ticks == web_policy.max_duration_s / web_policy.interval_s
-    assert result.decision.weights == Weights.canary_at(0)
-    actions = [r["action"] for r in read_records(audit_path)]
-    assert actions == ["start"] + ["hold"] * (result.ticks - 1) + ["rollback"]
-
-
-def test_a_failed_audit_write_leaves_the_weights_alone(web_policy: Policy) -> None:
-    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=1, audit=FailingAudit())
-    with pytest.raises(AuditError):
-        sim.controller.start()
-    assert sim.router.get_weights(web_policy.target) == Weights.canary_at(0)
-    assert sim.router.history == []
-
-
-def test_tick_before_start_is_refused(web_policy: Policy) -> None:
-    controller: Controller = simulated_rollout(
-        web_policy, builtin_scenario("healthy"), seed=1, audit=FailingAudit()
-    ).controller
-    with pytest.raises(RuntimeError, match="start"):
-        controller.tick()
-
-
-# ----------------------------------------------------------------------------------------- hash chain
-
-
-@pytest.fixture
-def audit_log(web_policy: Policy, audit_path: Path) -> Path:
-    rollout(web_policy, audit_path).controller.run()
-    return audit_path
-
-
-def test_the_chain_verifies_on_an_untouched_log(audit_log: Path) -> None:
-    check = verify_chain(audit_log)
-    assert check.ok
-    assert check.records == len(audit_log.read_text().splitlines())
-
-
-def test_a_second_rollout_appends_to_the_same_chain(web_policy: Policy, audit_log: Path) -> None:
-    before = len(audit_log.read_text().splitlines())
-    rollout(web_policy, audit_log, "error-regression").controller.run()
-    check = verify_chain(audit_log)
-    assert check.ok and check.records > before
-
-
-def edit_line(path: Path, number: int, change: Any) -> None:
-    lines = path.read_text().splitlines(keepends=True)
-    record = json.loads(lines[number - 1])
-    change(record)
-    lines[number - 1] = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
-    path.write_text("".join(lines))
-
-
-def test_an_edited_record_breaks_the_chain_at_its_line(audit_log: Path) -> None:
-    edit_line(audit_log, 3, lambda r: r["weights_after"].update(canary=100, baseline=0))
-    check = verify_chain(audit_log)
-    assert not check.ok
-    assert check.broken_at == 3
-
-
-def test_an_edited_record_with_a_recomputed_hash_breaks_the_next_line(audit_log: Path) -> None:
-    """Re-sealing a forged record does not help: the next record still names the old hash."""
-
-    def forge(record: dict[str, Any]) -> None:
-        record["reason"] = "approved by hand"
-        record.update(_seal(record["prev_hash"], record))
-
-    edit_line(audit_log, 2, forge)
-    assert verify_chain(audit_log).broken_at == 3
-
-
-def test_a_removed_record_breaks_the_chain_at_the_gap(audit_log: Path) -> None:
-    lines = audit_log.read_text().splitlines(keepends=True)
-    del lines[1]
-    audit_log.write_text("".join(lines))
-    check = verify_chain(audit_log)
-    assert check.broken_at == 2
-
-
-def test_a_line_that_is_not_json_is_named(audit_log: Path) -> None:
-    with audit_log.open("a") as fh:
-        fh.write("{not json\n")
-    with pytest.raises(AuditError, match=rf"^{audit_log}:\d+: not a JSON record"):
-        verify_chain(audit_log)
-
-
-def test_actions_recorded_match_the_router_history(web_policy: Policy, audit_path: Path) -> None:
-    sim = rollout(web_policy, audit_path)
-    sim.controller.run()
-    moved = [r for r in read_records(audit_path) if r["weights_after"] != r["weights_before"]]
-    assert [r["weights_after"]["canary"] for r in moved] == [w.canary for w in sim.router.history]
-    assert [r["action"] for r in moved] == [Action.START, Action.ADVANCE, Action.PROMOTE]
-
-
-def test_late_ticks_leave_no_gap_between_windows(web_policy: Policy, audit_path: Path) -> None:
-    """A tick that runs late (a slow query, a busy machine) reads from where the last window ended, so
-    every request served is counted once."""
-    rollout = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=4, audit=AuditLog(audit_path))
-    late = rollout.clock.sleep
-
-    def oversleep(seconds: float) -> None:
-        late(seconds + 7)
-
-    rollout.clock.sleep = oversleep  # type: ignore[method-assign]
-    rollout.controller.run()
-    records = [r for r in read_records(audit_path) if "counts" in r]
-    assert all(r["window"]["seconds"] == web_policy.interval_s + 7 for r in records)
-    counted = sum(r["counts"]["v2"].get("requests", 0) for r in records)
-    assert counted == rollout.mesh.served("v2")[0]
-
-
-class FlakySource:
-    """The simulated mesh, failing at chosen ticks the way a metrics backend fails."""
-
-    def __init__(self, inner: Any, failures: dict[int, Exception]) -> None:
-        self.inner, self.failures, self.calls = inner, failures, 0
-
-    def observe(self, target: Target, metrics: Any, start: float, end: float) -> Observation:
-        self.calls += 1
-        if self.calls in self.failures:
-            raise self.failures[self.calls]
-        return self.inner.observe(target, metrics, start, end)
+def test_someone_elses_weight_change_aborts_the_rollout_and_stays(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, memory = rollout(web_policy, audit_path)
+    runner.open()
+    memory.edit(web_policy.target, Weights(70, 30))
+    runner.clock.sleep(60)
+    report = runner.tick()
+    assert isinstance(report, TickReport) and report.decision.phase is Phase.ABORTED
+    assert memory.read(web_policy.target).weights == Weights(70, 30)
+    last = decisions(audit_path)[-1]
+    assert last.action is Action.ABORT and "expected 90/10, found 70/30" in last.reason
+    state = memory.read(web_policy.target).state
+    assert state is not None and state.phase is Phase.ABORTED
 
 
 def test_a_temporary_source_failure_holds_and_loses_no_window(web_policy: Policy, audit_path: Path) -> None:
-    from canary.errors import SourceUnreachable
+    runner, mesh, _ = rollout(web_policy, audit_path)
+    runner.open()
+    real = mesh.observe
+    calls = {"n": 0}
 
-    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=2, audit=AuditLog(audit_path))
-    sim.controller.source = FlakySource(sim.mesh, {2: SourceUnreachable("prometheus at 127.0.0.1:9 refused")})
-    result = sim.controller.run()
-    assert result.phase is Phase.PROMOTED
-    records = list(read_records(audit_path))
-    failed = records[2]
-    assert failed["action"] == "hold" and "refused" in failed["error"] and failed["weights_after"]["canary"] == 10
-    assert "retrying next tick" in failed["reason"]
-    # The window after the failure reaches back to the last good one: every request is counted once.
-    assert records[3]["window"]["seconds"] == 2 * web_policy.interval_s
-    counted = sum(r["counts"]["v2"].get("requests", 0) for r in records if "counts" in r)
-    assert counted == sim.mesh.served("v2")[0]
+    def flaky(target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SourceUnreachable("connection refused")
+        return real(target, metrics, start, end)
+
+    mesh.observe = flaky  # type: ignore[method-assign]
+    for _ in range(3):
+        runner.clock.sleep(60)
+        runner.tick()
+    records = decisions(audit_path)
+    assert records[2].error == "connection refused" and records[2].action is Action.HOLD and records[2].window is None
+    assert records[3].window is not None and records[1].window is not None
+    assert records[3].window.start == records[1].window.end, "the window after the failure covers what it missed"
 
 
-def test_a_permanent_source_failure_is_recorded_and_stops_with_the_weights_as_they_are(
-    web_policy: Policy, audit_path: Path
+def test_a_permanent_source_failure_stops_with_the_weights_as_they_are(web_policy: Policy, audit_path: Path) -> None:
+    runner, mesh, memory = rollout(web_policy, audit_path)
+
+    def rejected(*args: object) -> Observation:
+        raise SourceError("bad query: parse error")
+
+    mesh.observe = rejected  # type: ignore[method-assign]
+    result = runner.run()
+    assert result.phase is Phase.ABORTED and memory.read(web_policy.target).weights == Weights(90, 10)
+    assert "metrics source failed: bad query" in decisions(audit_path)[-1].reason
+
+
+def test_an_unexpected_error_during_a_tick_ends_the_rollout_with_a_record(web_policy: Policy, audit_path: Path) -> None:
+    runner, mesh, memory = rollout(web_policy, audit_path)
+
+    def broken(*args: object) -> Observation:
+        raise ZeroDivisionError("a bug")
+
+    mesh.observe = broken  # type: ignore[method-assign]
+    with pytest.raises(ZeroDivisionError):
+        runner.run()
+    last = decisions(audit_path)[-1]
+    assert last.action is Action.ABORT and last.error == "ZeroDivisionError: a bug"
+    state = memory.read(web_policy.target).state
+    assert state is not None and state.phase is Phase.ABORTED and state.weights == Weights(90, 10)
+
+
+def test_an_audit_log_that_cannot_be_written_moves_no_weight(web_policy: Policy, tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    runner, _, memory = rollout(web_policy, folder / "a.jsonl")
+
+    class Full(AuditLog):
+        def append(self, record: Any) -> Any:
+            raise AuditError("disk full")
+
+    runner.audit = Full(folder / "a.jsonl")
+    with pytest.raises(AuditError, match="disk full"):
+        runner.run()
+    assert memory.history == [] and memory.read(web_policy.target).state is None
+
+
+def test_a_failed_write_is_recorded_as_not_made_and_retried(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, memory = rollout(web_policy, audit_path, router=Wrapped)
+    assert isinstance(runner.router, Wrapped)
+    runner.open()
+    failures = {"left": 1}
+
+    def once(weights: Weights, state: RolloutState) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RouterError("503 etcd leader changed") from None
+
+    runner.router.before = once
+    runner.clock.sleep(60)
+    report = runner.tick()
+    assert isinstance(report, TickReport) and report.decision.phase is Phase.PROGRESSING
+    outcome = sealed(audit_path)[-1]
+    assert isinstance(outcome, OutcomeRecord) and outcome.result == "failed" and "503" in outcome.reason
+    state = memory.read(web_policy.target).state
+    assert state is not None and state.tick == 0, "the route still holds the state before the failed write"
+    while isinstance(report, TickReport) and report.decision.phase is Phase.PROGRESSING:
+        runner.clock.sleep(60)
+        report = runner.tick()
+    assert isinstance(report, TickReport) and report.decision.phase is Phase.PROMOTED
+    assert verify_chain(audit_path, runner.head).ok
+
+
+def test_a_change_made_between_read_and_write_is_never_overwritten(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, memory = rollout(web_policy, audit_path, router=Wrapped)
+    assert isinstance(runner.router, Wrapped)
+    runner.open()
+    runner.router.before = lambda w, s: memory.edit(web_policy.target, Weights(60, 40))
+    runner.clock.sleep(60)
+    runner.tick()
+    assert memory.read(web_policy.target).weights == Weights(60, 40)
+    outcome = sealed(audit_path)[-1]
+    assert (
+        isinstance(outcome, OutcomeRecord)
+        and outcome.result == "failed"
+        and "changed by someone else" in outcome.reason
+    )
+
+
+# --------------------------------------------------------------------------------------- restarts
+
+
+def test_a_restarted_command_carries_on_from_the_routes_state_as_if_never_stopped(
+    web_policy: Policy, tmp_path: Path
 ) -> None:
-    from canary.errors import BadQuery
-
-    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=2, audit=AuditLog(audit_path))
-    sim.controller.source = FlakySource(sim.mesh, {1: BadQuery("metric 'latency': parse error at char 7")})
-    result = sim.controller.run()
-    assert result.phase is Phase.ABORTED
-    last = list(read_records(audit_path))[-1]
-    assert last["phase"] == "aborted" and "parse error" in last["error"]
-    assert last["weights_after"] == {"baseline": 90, "canary": 10}
-    assert sim.router.get_weights(web_policy.target) == Weights(90, 10)
-
-
-def test_a_change_between_read_and_write_is_not_overwritten(web_policy: Policy, audit_path: Path) -> None:
-    """Compare-and-swap: a person's rollback that lands while a tick is judging wins."""
-    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=2, audit=AuditLog(audit_path))
-    sim.controller.start()
-
-    class Meddling:
-        def observe(self, target: Target, metrics: Any, start: float, end: float) -> Observation:
-            sim.router.set_weights(target, Weights(100, 0))  # someone rolls back mid-tick
-            return sim.mesh.observe(target, metrics, start, end)
-
-    sim.controller.source = Meddling()
-    sim.controller.judge.judge = lambda obs, step: Judgement(Outcome.PASS, (), "judged pass")  # type: ignore[method-assign]
-    report = sim.controller.tick()
-    assert report.decision.phase is Phase.ABORTED
-    assert sim.router.get_weights(web_policy.target) == Weights(100, 0)
-    assert "weights changed outside canary" in list(read_records(audit_path))[-1]["reason"]
+    """The judge's evidence is in the state: a restart reads it from the route, replays nothing, and takes the
+    same decisions as a rollout that never stopped."""
+    whole, _, _ = rollout(web_policy, tmp_path / "whole.jsonl")
+    expected = whole.run()
+    cut, _, _ = rollout(web_policy, tmp_path / "cut.jsonl")
+    cut.open()
+    for _ in range(4):
+        cut.clock.sleep(60)
+        cut.tick()
+    result = again(cut, tmp_path / "cut.jsonl").run(resume=True)
+    assert (result.phase, result.ticks, result.rollout) == (expected.phase, expected.ticks, cut.state.rollout)  # type: ignore[union-attr]
+    actions = [(r.action, r.weights_after) for r in decisions(tmp_path / "cut.jsonl") if r.action is not Action.RESUME]
+    assert actions == [(r.action, r.weights_after) for r in decisions(tmp_path / "whole.jsonl")]
+    assert verify_chain(tmp_path / "cut.jsonl", result.audit_head).ok
 
 
-def _decisions(path: Path) -> list[tuple[Any, ...]]:
-    return [(r["tick"], r["action"], r["weights_after"]["canary"], r["phase"]) for r in read_records(path)]
+def test_resume_of_an_ended_rollout_reports_it_and_changes_nothing(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, memory = rollout(web_policy, audit_path)
+    done = runner.run()
+    size, before = audit_path.stat().st_size, memory.read(web_policy.target)
+    result = again(runner, audit_path).run(resume=True)
+    assert (result.phase, result.rollout) == (Phase.PROMOTED, done.rollout)
+    assert audit_path.stat().st_size == size and memory.read(web_policy.target).revision == before.revision
 
 
-@pytest.mark.parametrize("crash_after", [0, 3, 12])
-def test_a_restarted_controller_resumes_from_the_audit_log_as_if_never_stopped(
-    web_policy: Policy, tmp_path: Path, crash_after: int
-) -> None:
-    """The judge's evidence is rebuilt by replaying the recorded observations: the resumed rollout takes
-    exactly the decisions the uninterrupted one took (same seed, same traffic)."""
-    from canary.controller import unfinished_rollout
-    from canary.judges import make_judge
+def test_an_open_rollout_is_not_restarted_by_accident(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, _ = rollout(web_policy, audit_path)
+    runner.open()
+    runner.clock.sleep(60)
+    runner.tick()
+    with pytest.raises(ConflictError, match=r"--resume.*--restart"):
+        again(runner, audit_path).open()
+    fresh = again(runner, audit_path).open(restart=True)
+    assert isinstance(fresh, TickReport) and fresh.decision.action is Action.START
+    abandon = decisions(audit_path)[-2]
+    assert abandon.rollout == runner.state.rollout and abandon.action is Action.ABORT  # type: ignore[union-attr]
 
-    whole = tmp_path / "whole.jsonl"
-    simulated_rollout(web_policy, builtin_scenario("healthy"), seed=9, audit=AuditLog(whole)).controller.run()
 
-    cut = tmp_path / "cut.jsonl"
-    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=9, audit=AuditLog(cut))
-    sim.controller.start()
-    for _ in range(crash_after):
-        sim.clock.sleep(web_policy.interval_s)
-        sim.controller.tick()
-    # The process dies here; a new one finds the unfinished rollout in the audit log.
-    records = unfinished_rollout(list(read_records(cut)), sim.controller.policy)
-    assert records and records[0]["rollout"] == sim.controller.rollout
-    fresh = Controller(
-        policy=sim.controller.policy, source=sim.mesh, router=sim.router,
-        judge=make_judge(sim.controller.policy), audit=AuditLog(cut), clock=sim.clock,
-    )  # fmt: skip
-    result = fresh.run(resume=records)
+def test_a_death_between_the_intent_and_its_write_is_resolved_as_not_made(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, memory = rollout(web_policy, audit_path, router=Wrapped)
+    assert isinstance(runner.router, Wrapped)
+    runner.open()
+    for _ in range(30):
+        runner.clock.sleep(60)
+        report = runner.tick()
+        if isinstance(report, TickReport) and report.decision.action is Action.ADVANCE:
+            break
+
+    def die(weights: Weights, state: RolloutState) -> None:
+        raise Died
+
+    runner.router.before = die
+    runner.clock.sleep(60)
+    with pytest.raises(Died):
+        runner.tick()
+    assert isinstance(sealed(audit_path)[-1], DecisionRecord), "the intent is the last record"
+    held = memory.read(web_policy.target)
+    resumed = again(runner, audit_path)
+    resumed.router = memory
+    resumed.run(resume=True)
+    records = sealed(audit_path)
+    lost = next(i for i, r in enumerate(records) if isinstance(r, OutcomeRecord) and r.result == "failed")
+    assert "not made: the route does not hold it" in records[lost].reason
+    assert records[lost].weights == held.weights
+    assert verify_chain(audit_path).ok
+
+
+def test_a_death_between_the_write_and_its_outcome_is_resolved_as_made(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, memory = rollout(web_policy, audit_path, router=Wrapped)
+    assert isinstance(runner.router, Wrapped)
+    runner.open()
+
+    def die(weights: Weights, state: RolloutState) -> None:
+        raise Died
+
+    runner.router.after = die
+    runner.clock.sleep(60)
+    with pytest.raises(Died):
+        runner.tick()
+    state = memory.read(web_policy.target).state
+    assert state is not None and state.tick == 1
+    assert not verify_chain(audit_path, state.audit_head, route_head=True).ok, "the outcome is not on disk yet"
+    resumed = again(runner, audit_path)
+    resumed.router = memory
+    result = resumed.run(resume=True)
+    outcome = sealed(audit_path)[3]
+    assert isinstance(outcome, OutcomeRecord) and outcome.result == "applied"
+    assert verify_chain(audit_path, result.audit_head).ok
+
+
+def test_a_log_that_is_not_the_routes_history_is_refused(web_policy: Policy, tmp_path: Path) -> None:
+    runner, _, _ = rollout(web_policy, tmp_path / "a.jsonl")
+    runner.open()
+    other = again(runner, tmp_path / "b.jsonl")
+    with pytest.raises(ConflictError, match="does not hold the head the route's state was written with"):
+        other.open(resume=True)
+    assert not (tmp_path / "b.jsonl").exists() or not list(read_records(tmp_path / "b.jsonl"))
+
+
+def test_a_torn_last_line_is_set_aside_and_the_rollout_goes_on(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, _ = rollout(web_policy, audit_path)
+    runner.open()
+    with audit_path.open("ab") as fh:
+        fh.write(b'{"schema":1,"kind":"decision","tim')
+    result = again(runner, audit_path).run(resume=True)
     assert result.phase is Phase.PROMOTED
-    assert _decisions(cut) == _decisions(whole)
-    assert verify_chain(cut).ok
-    assert unfinished_rollout(list(read_records(cut)), sim.controller.policy) == []
+    notes = [r for r in sealed(audit_path) if isinstance(r, NoteRecord)]
+    assert len(notes) == 1 and "torn last line" in notes[0].reason
+    assert verify_chain(audit_path, result.audit_head).ok
 
 
-def test_resuming_refuses_a_log_the_policy_no_longer_explains(web_policy: Policy, tmp_path: Path) -> None:
-    import dataclasses
-
-    from canary.judges import make_judge
-
-    path = tmp_path / "a.jsonl"
-    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=9, audit=AuditLog(path))
-    sim.controller.start()
-    while sim.controller.state is not None and sim.controller.state.step_index == 0:
-        sim.clock.sleep(web_policy.interval_s)
-        sim.controller.tick()
-    records = list(read_records(path))
-    assert records[-1]["action"] == "advance"
-    stricter = dataclasses.replace(sim.controller.policy, min_requests=10**9)
-    fresh = Controller(
-        policy=stricter, source=sim.mesh, router=sim.router, judge=make_judge(stricter), audit=AuditLog(path),
-        clock=sim.clock,
-    )  # fmt: skip
-    from canary.errors import CanaryError
-
-    with pytest.raises(CanaryError, match=r"cannot be resumed: at tick \d+ the audit log says advance to 50%"):
-        fresh.resume(records)
+# --------------------------------------------------------------------------------------- people and signals
 
 
-def test_unfinished_rollout_picks_the_policys_last_rollout_only_while_it_progresses(web_policy: Policy) -> None:
-    from canary.controller import unfinished_rollout
+@pytest.mark.parametrize(("command", "phase", "weights"), [
+    ("rollback", Phase.ROLLED_BACK, Weights(100, 0)),
+    ("promote", Phase.PROMOTED, Weights(0, 100)),
+])  # fmt: skip
+def test_a_persons_command_during_a_rollout_joins_the_chain_and_ends_it(
+    web_policy: Policy, audit_path: Path, command: Any, phase: Phase, weights: Weights
+) -> None:
+    runner, _, memory = rollout(web_policy, audit_path)
+    runner.open()
+    person = again(runner, audit_path)
+    applied = person.manual(command, actor="user:ana", reason="paged")
+    assert applied.written and memory.read(web_policy.target).weights == weights
+    runner.clock.sleep(60)
+    ended = runner.tick()
+    assert isinstance(ended, RolloutResult) and ended.phase is phase
+    assert "paged" in ended.decision.reason
+    manual = decisions(audit_path)[-1]
+    assert (manual.actor, manual.rollout, manual.action.value) == ("user:ana", runner.state.rollout, command)  # type: ignore[union-attr]
+    assert verify_chain(audit_path, applied.head).ok
 
-    def rec(rollout: str, phase: str, name: str = "web-app") -> dict[str, Any]:
-        return {"rollout": rollout, "phase": phase, "policy": {"name": name}}
 
-    done = [rec("a", "progressing"), rec("a", "promoted")]
-    running = [rec("b", "progressing"), rec("b", "progressing")]
-    other = [rec("c", "progressing", name="checkout")]
-    manual = [rec("manual", "rolled-back")]
-    assert unfinished_rollout(done + running + other + manual, web_policy) == running
-    assert unfinished_rollout(running + done, web_policy) == []
-    assert unfinished_rollout(other, web_policy) == []
-
-
-def test_resume_after_a_crash_between_the_record_and_the_write(web_policy: Policy, tmp_path: Path) -> None:
-    """The last record announced 10% -> 50% but the process died before writing it: the resumed rollout
-    says so in a record and carries on from 10%, instead of blaming someone else for the weights."""
-    from canary.controller import unfinished_rollout
-    from canary.judges import make_judge
-
-    path = tmp_path / "a.jsonl"
-    sim = simulated_rollout(web_policy, builtin_scenario("healthy"), seed=9, audit=AuditLog(path))
-    sim.controller.start()
-    while sim.controller.state is not None and sim.controller.state.step_index == 0:
-        sim.clock.sleep(web_policy.interval_s)
-        sim.controller.tick()
-    sim.router.set_weights(web_policy.target, Weights(90, 10))  # the write that never happened
-    policy = sim.controller.policy
-    fresh = Controller(
-        policy=policy, source=sim.mesh, router=sim.router, judge=make_judge(policy), audit=AuditLog(path),
-        clock=sim.clock,
-    )  # fmt: skip
-    report = fresh.resume(unfinished_rollout(list(read_records(path)), policy))
-    last = list(read_records(path))[-1]
-    assert last["reverts"] == last["tick"] and "was never made" in last["reason"]
-    assert report.decision.weights == Weights(90, 10) and fresh.state is not None and fresh.state.step_index == 0
-    while not fresh.state.phase.finished:
-        sim.clock.sleep(web_policy.interval_s)
-        fresh.tick()
-    assert fresh.state.phase is Phase.PROMOTED
+def test_a_cancel_is_recorded_leaves_the_weights_and_can_be_resumed(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, memory = rollout(web_policy, audit_path)
+    runner.open()
+    runner.clock.sleep(60)
+    runner.tick()
+    runner.cancel_flag.set("SIGTERM")
+    result = runner.run(resume=True)
+    assert result.phase is Phase.CANCELLED and memory.read(web_policy.target).weights == Weights(90, 10)
+    last = decisions(audit_path)[-1]
+    assert last.action is Action.CANCEL and "SIGTERM" in last.reason
+    carried = again(runner, audit_path).run(resume=True)
+    assert carried.phase is Phase.PROMOTED and carried.rollout == result.rollout
+    assert verify_chain(audit_path, carried.audit_head).ok

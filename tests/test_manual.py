@@ -1,4 +1,5 @@
-"""Weights in a manifest file: the router, and promotion, rollback and status by hand from the CLI."""
+"""Promotion, rollback and status by hand from the CLI, on weights and state kept in a manifest file: each
+change recorded as intended and as applied, joined to the route's chain, its head printed and checkable."""
 
 from __future__ import annotations
 
@@ -7,17 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import decisions
 from typer.testing import CliRunner
 
-from canary.app import simulated_rollout
-from canary.audit import AuditLog, read_records, verify_chain
+from canary.audit import read_records, verify_chain
 from canary.cli import app
-from canary.errors import RouterError
-from canary.model import Phase, Weights
-from canary.policy import Policy
+from canary.model import Action, Phase, Weights
+from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
 from canary.routers.manifest import ManifestRouter
-from canary.scenario import builtin_scenario
+from canary.state import ANNOTATION
 
 ROOT = Path(__file__).resolve().parent.parent
 VS = ROOT / "fixtures" / "istio" / "web-app-virtualservice.yaml"
@@ -34,99 +33,116 @@ def manifest(tmp_path: Path) -> Path:
     return path
 
 
-def test_reads_and_writes_only_the_named_virtual_service(manifest: Path, web_policy: Policy) -> None:
-    router = ManifestRouter(manifest)
-    assert router.get_weights(web_policy.target) == Weights(100, 0)
-    router.set_weights(web_policy.target, Weights(90, 10))
-    docs = list(yaml.safe_load_all(manifest.read_text()))
-    assert [d["kind"] for d in docs] == ["DestinationRule", "VirtualService"]
-    assert docs[0] == yaml.safe_load(DR.read_text())
-    assert [r["weight"] for r in docs[1]["spec"]["http"][0]["route"]] == [90, 10]
-    assert ManifestRouter(manifest).get_weights(web_policy.target) == Weights(90, 10)
+def weights(manifest: Path) -> Weights:
+    from canary.policy import load_policy
+
+    return ManifestRouter(manifest).read(load_policy(POLICY).target).weights
 
 
-def test_a_write_leaves_no_temporary_file_behind(manifest: Path, web_policy: Policy) -> None:
-    ManifestRouter(manifest).set_weights(web_policy.target, Weights(50, 50))
-    assert sorted(p.name for p in manifest.parent.iterdir()) == [manifest.name]
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (None, "no such file"),
-        ("kind: [", ":1: not valid YAML"),
-        ("kind: Service\nmetadata: {name: web-app}\n", "no VirtualService default/web-app in the file"),
-    ],
-)
-def test_bad_manifests_are_router_errors(tmp_path: Path, web_policy: Policy, content: str | None, message: str) -> None:
-    path = tmp_path / "vs.yaml"
-    if content is not None:
-        path.write_text(content)
-    with pytest.raises(RouterError, match=message):
-        ManifestRouter(path).get_weights(web_policy.target)
-
-
-def test_a_simulated_rollout_moves_the_weights_in_the_file(manifest: Path, web_policy: Policy, tmp_path: Path) -> None:
-    rollout = simulated_rollout(
-        web_policy, builtin_scenario("healthy"), seed=1, audit=AuditLog(tmp_path / "a.jsonl"),
-        router=ManifestRouter(manifest),
-    )  # fmt: skip
-    result = rollout.controller.run()
-    assert result.phase is Phase.PROMOTED
-    assert ManifestRouter(manifest).get_weights(web_policy.target) == Weights(0, 100)
-
-
-def test_manual_rollback_is_recorded_and_names_the_actor(manifest: Path, web_policy: Policy, tmp_path: Path) -> None:
+def test_a_manual_rollback_is_recorded_as_intended_and_applied_and_prints_the_head(
+    manifest: Path, tmp_path: Path
+) -> None:
     audit = tmp_path / "a.jsonl"
-    ManifestRouter(manifest).set_weights(web_policy.target, Weights(50, 50))
     result = runner.invoke(
         app, ["rollback", POLICY, "--manifest", str(manifest), "--audit", str(audit), "--actor", "alice",
               "--reason", "pager alert"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "canary 50% -> 0% (rollback" in result.stdout
-    (record,) = read_records(audit)
-    assert record["actor"] == "alice" and record["reason"] == "pager alert" and record["action"] == "rollback"
-    assert record["weights_before"] == {"baseline": 50, "canary": 50}
-    assert record["weights_after"] == {"baseline": 100, "canary": 0}
-    assert verify_chain(audit).ok
-    status = runner.invoke(app, ["status", POLICY, "--manifest", str(manifest), "--output", "json"])
-    assert json.loads(status.stdout) == {"target": "default/web-app", "v1": 100, "v2": 0}
-
-
-def test_manual_promotion_sends_all_traffic_to_the_canary(manifest: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["promote", POLICY, "--manifest", str(manifest), "--audit", str(tmp_path / "a.jsonl")])
-    assert result.exit_code == 0, result.output
-    status = runner.invoke(app, ["status", POLICY, "--manifest", str(manifest)])
-    assert status.stdout.strip() == "default/web-app: v1 0%, v2 100%"
-
-
-def test_a_controller_notices_a_manual_rollback_and_stops(manifest: Path, web_policy: Policy, tmp_path: Path) -> None:
-    audit = tmp_path / "a.jsonl"
-    rollout = simulated_rollout(
-        web_policy, builtin_scenario("healthy"), seed=1, audit=AuditLog(audit), router=ManifestRouter(manifest)
+    intent, outcome = (s.record for s in read_records(audit))
+    assert isinstance(intent, DecisionRecord) and isinstance(outcome, OutcomeRecord)
+    assert (intent.actor, intent.reason, intent.action, intent.writes) == (
+        "alice",
+        "pager alert",
+        Action.ROLLBACK,
+        True,
     )
-    rollout.controller.start()
-    runner.invoke(app, ["rollback", POLICY, "--manifest", str(manifest), "--audit", str(audit)])
-    report = rollout.controller.tick()
-    assert report.decision.phase is Phase.ABORTED
-    assert "weights changed outside canary" in report.decision.reason
-    assert [r["action"] for r in read_records(audit)] == ["start", "rollback", "hold"]
+    assert intent.weights_before == Weights(90, 10) and intent.weights_after == Weights(100, 0)
+    assert outcome.result == "applied"
+    head = list(read_records(audit))[-1].hash
+    assert "canary 10% -> 0% (rollback by alice" in result.stdout and f"head {head}" in result.stdout
+    assert weights(manifest) == Weights(100, 0)
+    assert verify_chain(audit, head).ok
 
 
-def test_manual_verbs_on_a_missing_manifest_fail_with_one_line(tmp_path: Path) -> None:
+def test_status_shows_the_weights_and_the_rollout_state(manifest: Path, tmp_path: Path) -> None:
+    audit = tmp_path / "a.jsonl"
+    done = runner.invoke(app, ["promote", POLICY, "--manifest", str(manifest), "--audit", str(audit),
+                               "--output", "json"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    made = json.loads(done.stdout)
+    assert made["weights_after"] == {"baseline": 0, "canary": 100} and made["phase"] == "promoted"
+    status = runner.invoke(app, ["status", POLICY, "--manifest", str(manifest), "--output", "json"])
+    doc = json.loads(status.stdout)
+    assert (doc["v1"], doc["v2"]) == (0, 100)
+    assert doc["rollout"]["phase"] == "promoted" and doc["rollout"]["audit_head"] == made["audit_head"]
+    text = runner.invoke(app, ["status", POLICY, "--manifest", str(manifest)]).stdout.splitlines()
+    assert text[0] == "default/web-app: v1 0%, v2 100%"
+    assert text[1].startswith(f"rollout {made['rollout']}: promoted") and text[2] == f"audit head {made['audit_head']}"
+
+
+def test_verify_checks_the_log_against_the_head_the_route_holds(manifest: Path, tmp_path: Path) -> None:
+    audit = tmp_path / "a.jsonl"
+    for verb in ("promote", "rollback"):
+        assert runner.invoke(app, [verb, POLICY, "--manifest", str(manifest), "--audit", str(audit)]).exit_code == 0
+    ok = runner.invoke(app, ["audit", "verify", str(audit), "--policy", POLICY, "--manifest", str(manifest)])
+    assert ok.exit_code == 0 and "4 records, hash chain intact ending at the route's head" in ok.stdout
+    lines = audit.read_text().splitlines(keepends=True)
+    audit.write_text("".join(lines[:2]))  # the last change cut off
+    cut = runner.invoke(app, ["audit", "verify", str(audit), "--policy", POLICY, "--manifest", str(manifest)])
+    assert cut.exit_code == 1 and "does not lead to the head" in cut.stderr
+
+
+def test_a_run_sees_a_persons_rollback_and_ends_rolled_back(manifest: Path, tmp_path: Path) -> None:
+    from canary.app import simulated_rollout
+    from canary.audit import AuditLog
+    from canary.policy import load_policy
+    from canary.scenario import builtin_scenario
+
+    audit = tmp_path / "a.jsonl"
+    policy = load_policy(POLICY)
+    sim = simulated_rollout(policy, builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
+                            router=ManifestRouter(manifest))  # fmt: skip
+    sim.runner.open()
+    assert runner.invoke(app, ["rollback", POLICY, "--manifest", str(manifest), "--audit", str(audit)]).exit_code == 0
+    sim.clock.sleep(60)
+    ended = sim.runner.tick()
+    assert getattr(ended, "phase", None) is Phase.ROLLED_BACK
+    assert [r.action for r in decisions(audit)] == [Action.START, Action.ROLLBACK]
+    assert decisions(audit)[1].rollout == decisions(audit)[0].rollout, "the person's change joins the rollout"
+
+
+def test_manual_verbs_on_a_missing_manifest_fail_with_one_line_and_record_nothing(tmp_path: Path) -> None:
     audit = tmp_path / "a.jsonl"
     result = runner.invoke(app, ["rollback", POLICY, "--manifest", str(tmp_path / "nope.yaml"), "--audit", str(audit)])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"canary: {tmp_path / 'nope.yaml'}: no such file"
-    assert not audit.exists() or not list(read_records(audit))  # nothing recorded for a change that did not happen
+    assert not audit.exists() or not list(read_records(audit))
 
 
-def test_run_with_a_manifest_leaves_the_promoted_weights_in_it(manifest: Path, tmp_path: Path) -> None:
+def test_a_rollback_still_works_on_a_damaged_state_annotation(manifest: Path, tmp_path: Path) -> None:
+    audit = tmp_path / "a.jsonl"
+    manifest.write_text(manifest.read_text().replace("  name: web-app\nspec:\n  hosts:", f"  name: web-app\n"
+                        f"  annotations:\n    {ANNOTATION}: '{{broken'\nspec:\n  hosts:"))  # fmt: skip
+    assert "annotations" in manifest.read_text()
+    result = runner.invoke(app, ["rollback", POLICY, "--manifest", str(manifest), "--audit", str(audit)])
+    assert result.exit_code == 0, result.output
+    assert weights(manifest) == Weights(100, 0)
+    note = next(s.record for s in read_records(audit) if isinstance(s.record, NoteRecord))
+    assert "not JSON" in note.reason and "rollback goes ahead" in note.reason
+
+
+def test_run_with_a_manifest_leaves_the_promoted_weights_and_state_in_it(manifest: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy.yaml"
     shutil.copy(manifest, copy)
     result = runner.invoke(
         app, ["run", POLICY, "--simulate", "healthy", "--manifest", str(copy), "--audit", str(tmp_path / "a.jsonl")]
     )
     assert result.exit_code == 0, result.output
-    assert "v2 100%" in runner.invoke(app, ["status", POLICY, "--manifest", str(copy)]).stdout
+    status = runner.invoke(app, ["status", POLICY, "--manifest", str(copy)]).stdout
+    assert "v2 100%" in status and ": promoted" in status
+    again = runner.invoke(app, ["run", POLICY, "--simulate", "healthy", "--manifest", str(copy), "--resume",
+                                "--audit", str(tmp_path / "a.jsonl"), "--output", "json"])  # fmt: skip
+    assert again.exit_code == 0 and json.loads(again.stdout)["outcome"] == "promoted"
+    fresh = runner.invoke(app, ["run", POLICY, "--simulate", "healthy", "--manifest", str(copy),
+                                "--audit", str(tmp_path / "a.jsonl")])  # fmt: skip
+    assert fresh.exit_code == 2 and "already sends all traffic to v2" in fresh.stderr

@@ -1,161 +1,298 @@
-"""Reading and setting the canary weights on real VirtualService manifests (the seed's, and broken ones)."""
+"""What a VirtualService means for canary (the pure rules every router shares), and the memory and manifest
+routers: the route canary moves on the seed's own VirtualService and on bookinfo's, weights and state in one
+conditional write, and writes that keep what the user had."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import memory_router
 
-from canary.errors import RouterError
+from canary.errors import RouterError, WeightConflict
 from canary.model import Weights
 from canary.policy import Target
-from canary.routers.memory import MemoryRouter, virtual_service_for
-from canary.routers.virtualservice import read_weights, with_weights
+from canary.routers.manifest import ManifestRouter
+from canary.routers.memory import MemoryRouter, seed_objects
+from canary.routers.virtualservice import (
+    fqdn,
+    read_route,
+    read_weights,
+    route_index,
+    subsets_problem,
+    with_route,
+    with_weights,
+)
+from canary.state import ANNOTATION, RolloutState, decode_state
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "istio" / "web-app-virtualservice.yaml"
-HOST = "web-app.default.svc.cluster.local"
-TARGET = Target(namespace="default", virtual_service="web-app", host=HOST, baseline="v1", canary="v2")
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures" / "istio"
+WEB = Target("default", "web-app", "web-app.default.svc.cluster.local", "v1", "v2")
+REVIEWS = Target("default", "reviews", "reviews.default.svc.cluster.local", "v1", "v2")
+
+
+def load(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((FIXTURES / name).read_text())
+    return doc
 
 
 @pytest.fixture
-def vs() -> dict[str, Any]:
-    manifest = yaml.safe_load(FIXTURE.read_text())
-    assert isinstance(manifest, dict)
-    return manifest
+def seed() -> dict[str, Any]:
+    """The seed's VirtualService, verbatim: header-match route first, then the unnamed 90/10 split."""
+    return load("web-app-virtualservice.yaml")
 
 
-def destination(subset: str, weight: int | None) -> dict[str, Any]:
-    dest: dict[str, Any] = {"destination": {"host": HOST, "subset": subset}}
-    if weight is not None:
-        dest["weight"] = weight
-    return dest
+@pytest.fixture
+def state(tmp_path: Path) -> RolloutState:
+    from canary.app import simulated_rollout
+    from canary.audit import MemoryAudit
+    from canary.policy import load_policy
+    from canary.scenario import builtin_scenario
+
+    policy = load_policy(ROOT / "policies" / "web-app.yaml")
+    router = memory_router(policy.target)
+    rollout = simulated_rollout(policy, builtin_scenario("healthy"), seed=1, audit=MemoryAudit(), router=router)
+    rollout.runner.open()
+    made = router.read(policy.target).state
+    assert made is not None
+    return made
 
 
-def test_reads_the_seed_manifest_as_all_baseline(vs: dict[str, Any]) -> None:
-    assert read_weights(vs, TARGET) == Weights(baseline=100, canary=0)
+# ------------------------------------------------------------------------------------------ the route
 
 
-@pytest.mark.parametrize("canary", [0, 10, 50, 100])
-def test_with_weights_round_trips(vs: dict[str, Any], canary: int) -> None:
-    updated = with_weights(vs, TARGET, Weights.canary_at(canary))
-    assert read_weights(updated, TARGET) == Weights.canary_at(canary)
-    route = updated["spec"]["http"][0]["route"]
-    assert [(d["destination"]["subset"], d["weight"]) for d in route] == [("v1", 100 - canary), ("v2", canary)]
+def test_short_host_names_resolve_in_the_namespace_as_istio_resolves_them() -> None:
+    assert fqdn("web-app", "default") == "web-app.default.svc.cluster.local"
+    assert fqdn("web-app.default.svc.cluster.local", "other") == "web-app.default.svc.cluster.local"
+    assert fqdn("web-app.default", "other") == "web-app.default", "a dotted name is taken as written"
 
 
-def test_with_weights_does_not_mutate_its_input(vs: dict[str, Any]) -> None:
-    original = copy.deepcopy(vs)
-    updated = with_weights(vs, TARGET, Weights.canary_at(50))
-    assert vs == original
-    assert updated is not vs
-    assert updated["spec"]["http"][0]["route"] is not vs["spec"]["http"][0]["route"]
+def test_the_seeds_split_is_found_past_its_header_match_route(seed: dict[str, Any]) -> None:
+    assert route_index(seed, WEB) == 1
+    assert read_weights(seed, WEB) == Weights(90, 10)
 
 
-def test_with_weights_keeps_everything_else(vs: dict[str, Any]) -> None:
-    updated = with_weights(vs, TARGET, Weights.canary_at(10))
-    assert updated["metadata"] == vs["metadata"]
-    assert updated["spec"]["hosts"] == vs["spec"]["hosts"]
-    assert updated["spec"]["http"][0]["name"] == "primary"
+def test_bookinfos_reviews_split_is_found(tmp_path: Path) -> None:
+    vs = load("reviews-virtualservice.yaml")
+    assert route_index(vs, REVIEWS) == 0 and read_weights(vs, REVIEWS) == Weights(90, 10)
 
 
-def with_second_route(vs: dict[str, Any]) -> dict[str, Any]:
-    """The seed manifest with a header-matched route first and the weighted 'primary' route second."""
-    vs = copy.deepcopy(vs)
-    testers = {
-        "name": "testers",
-        "match": [{"headers": {"x-canary": {"exact": "always"}}}],
-        "route": [destination("v1", 0), destination("v2", 100)],
-    }
-    vs["spec"]["http"].insert(0, testers)
-    return vs
+def test_a_write_changes_the_two_weights_and_nothing_else(seed: dict[str, Any], state: RolloutState) -> None:
+    before = copy.deepcopy(seed)
+    after = with_route(seed, WEB, Weights(50, 50), state)
+    assert seed == before, "the input is not changed"
+    assert after["spec"]["http"][0] == before["spec"]["http"][0], "the header-match route is untouched"
+    assert after["spec"]["hosts"] == before["spec"]["hosts"]
+    assert [d["weight"] for d in after["spec"]["http"][1]["route"]] == [50, 50]
+    assert [d["destination"] for d in after["spec"]["http"][1]["route"]] == [
+        d["destination"] for d in before["spec"]["http"][1]["route"]
+    ]
+    assert decode_state(after["metadata"]["annotations"][ANNOTATION]) is not None
+    restored = with_weights(after, WEB, Weights(90, 10))
+    del restored["metadata"]["annotations"]
+    assert restored == before
 
 
-def test_named_route_is_the_one_read_and_written(vs: dict[str, Any]) -> None:
-    two = with_second_route(vs)
-    primary = replace(TARGET, route="primary")
-    assert read_weights(two, primary) == Weights.canary_at(0)
-    updated = with_weights(two, primary, Weights.canary_at(10))
-    assert read_weights(updated, primary) == Weights.canary_at(10)
-    assert updated["spec"]["http"][0] == two["spec"]["http"][0], "the other route must not change"
+def test_retries_timeouts_mirrors_and_other_hosts_are_never_touched(seed: dict[str, Any], state: RolloutState) -> None:
+    """The seed's VirtualService with Istio's documented retries, timeout and mirror fields added to its routes,
+    and a route to another host."""
+    vs = copy.deepcopy(seed)
+    split = vs["spec"]["http"][1]
+    split.update(retries={"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx"}, timeout="10s",
+                 mirror={"host": "web-app", "subset": "v2"}, mirrorPercentage={"value": 5.0})  # fmt: skip
+    vs["spec"]["http"].append({"route": [{"destination": {"host": "other", "subset": "v1"}, "weight": 100}]})
+    after = with_route(vs, WEB, Weights(0, 100), state)
+    for key in ("retries", "timeout", "mirror", "mirrorPercentage"):
+        assert after["spec"]["http"][1][key] == split[key]
+    assert after["spec"]["http"][2] == vs["spec"]["http"][2]
 
 
-def test_without_a_route_name_the_first_route_is_used(vs: dict[str, Any]) -> None:
-    assert read_weights(with_second_route(vs), TARGET) == Weights.canary_at(100)
+def test_a_named_route_is_the_one_moved(seed: dict[str, Any]) -> None:
+    seed["spec"]["http"][1]["name"] = "split"
+    named = Target(**{**WEB.__dict__, "route": "split"})
+    assert route_index(seed, named) == 1
+    with pytest.raises(RouterError, match="no http route named 'primary'"):
+        route_index(seed, Target(**{**WEB.__dict__, "route": "primary"}))
+    header_only = Target(**{**WEB.__dict__, "route": "header"})
+    seed["spec"]["http"][0]["name"] = "header"
+    with pytest.raises(RouterError, match="http route 'header' has no destination with subset 'v1'"):
+        route_index(seed, header_only)
 
 
-def test_an_unknown_route_name_is_an_error(vs: dict[str, Any]) -> None:
-    target = replace(TARGET, route="canary")
+def test_two_plain_splits_are_refused_with_the_candidates_listed(seed: dict[str, Any]) -> None:
+    seed["spec"]["http"].append(copy.deepcopy(seed["spec"]["http"][1]) | {"name": "again"})
     with pytest.raises(RouterError) as caught:
-        read_weights(vs, target)
-    assert str(caught.value) == "VirtualService default/web-app: no http route named 'canary'"
-
-
-def test_a_missing_subset_is_an_error(vs: dict[str, Any]) -> None:
-    target = replace(TARGET, canary="v3")
-    with pytest.raises(RouterError) as caught:
-        read_weights(vs, target)
-    assert str(caught.value) == "VirtualService default/web-app: no destination with subset 'v3'"
-    with pytest.raises(RouterError, match="no destination with subset 'v3'"):
-        with_weights(vs, target, Weights.canary_at(10))
-
-
-def test_weights_not_summing_to_100_are_an_error(vs: dict[str, Any]) -> None:
-    vs["spec"]["http"][0]["route"] = [destination("v1", 80), destination("v2", 10)]
-    with pytest.raises(RouterError) as caught:
-        read_weights(vs, TARGET)
+        route_index(seed, WEB)
     assert str(caught.value) == (
-        "VirtualService default/web-app: weights of v1 and v2 sum to 90, other destinations hold 0; "
-        "canary needs the two to sum to 100"
+        "VirtualService default/web-app: 2 http routes split 'v1' and 'v2' (spec.http[1], spec.http[2] ('again')); "
+        "name the one to shift in spec.target.route"
     )
 
 
-def test_a_third_destination_holding_traffic_is_an_error(vs: dict[str, Any]) -> None:
-    vs["spec"]["http"][0]["route"] = [destination("v1", 80), destination("v2", 10), destination("v0", 10)]
-    with pytest.raises(RouterError, match="sum to 90, other destinations hold 10"):
-        read_weights(vs, TARGET)
+def test_a_split_of_another_host_does_not_count(seed: dict[str, Any]) -> None:
+    other = Target("default", "web-app", "api.default.svc.cluster.local", "v1", "v2")
+    with pytest.raises(RouterError, match="no http route without `match` sends traffic to both subsets"):
+        route_index(seed, other)
+    elsewhere = Target("prod", "web-app", "web-app.default.svc.cluster.local", "v1", "v2")
+    seed["metadata"]["namespace"] = "prod"  # `web-app` now means web-app.prod
+    with pytest.raises(RouterError, match="no http route without `match`"):
+        route_index(seed, elsewhere)
 
 
-def test_a_destination_without_weight_counts_as_zero(vs: dict[str, Any]) -> None:
-    vs["spec"]["http"][0]["route"] = [destination("v1", 100), destination("v2", None)]
-    assert read_weights(vs, TARGET) == Weights.canary_at(0)
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda r: r[1].update(weight=20), "sum to 110"),
+    (lambda r: r.append({"destination": {"host": "web-app", "subset": "v3"}, "weight": 5}), "others hold 5"),
+    (lambda r: r[0].update(weight=None), r"spec.http\[1\].route\[0\].weight must be a whole number in 0..100, got No"),
+    (lambda r: r[0].update(weight="90"), r"route\[0\].weight must be a whole number"),
+    (lambda r: r[1].update(weight=True), r"route\[1\].weight must be a whole number"),
+])  # fmt: skip
+def test_weights_canary_cannot_read_are_one_clear_error(seed: dict[str, Any], change: Any, message: str) -> None:
+    change(seed["spec"]["http"][1]["route"])
+    with pytest.raises(RouterError, match=message):
+        read_weights(seed, WEB)
 
 
-@pytest.mark.parametrize("http", [[], None, "primary"], ids=["empty", "null", "not-a-list"])
-def test_no_http_routes_is_an_error(vs: dict[str, Any], http: object) -> None:
-    vs["spec"]["http"] = http
-    with pytest.raises(RouterError) as caught:
-        read_weights(vs, TARGET)
-    assert str(caught.value) == "VirtualService default/web-app: spec.http has no routes"
+def test_a_destination_without_weight_counts_as_zero(seed: dict[str, Any]) -> None:
+    route = seed["spec"]["http"][1]["route"]
+    del route[1]["weight"]
+    route[0]["weight"] = 100
+    assert read_weights(seed, WEB) == Weights(100, 0)
 
 
-def test_a_route_without_destinations_is_an_error(vs: dict[str, Any]) -> None:
-    del vs["spec"]["http"][0]["route"]
-    with pytest.raises(RouterError) as caught:
-        read_weights(vs, TARGET)
-    assert str(caught.value) == "VirtualService default/web-app: the http route has no destinations"
+@pytest.mark.parametrize("http", [None, [], "x"])
+def test_no_http_routes_is_an_error(seed: dict[str, Any], http: object) -> None:
+    seed["spec"]["http"] = http
+    with pytest.raises(RouterError, match=r"spec\.http has no routes"):
+        read_weights(seed, WEB)
 
 
-def test_the_memory_router_holds_the_seed_shape(vs: dict[str, Any]) -> None:
-    """The simulated mesh's VirtualService is the one the seed deploys."""
-    assert virtual_service_for(TARGET) == vs
+def test_a_damaged_state_annotation_is_reported_not_raised(seed: dict[str, Any]) -> None:
+    seed["metadata"]["annotations"] = {ANNOTATION: "{not json"}
+    read = read_route(seed, WEB, "1", None)
+    assert read.state is None and read.weights == Weights(90, 10)
+    assert read.state_error is not None and read.state_error.startswith(
+        f"VirtualService default/web-app: annotation {ANNOTATION}: not JSON"
+    )
 
 
-def test_memory_router_sets_reads_and_records_history(vs: dict[str, Any]) -> None:
-    router = MemoryRouter([vs])
-    router.set_weights(TARGET, Weights.canary_at(10))
-    router.set_weights(TARGET, Weights.canary_at(50))
-    assert router.get_weights(TARGET) == Weights.canary_at(50)
-    assert router.history == [Weights.canary_at(10), Weights.canary_at(50)]
-    assert read_weights(vs, TARGET) == Weights.canary_at(0), "the manifest handed in must stay untouched"
+def test_destination_rules_must_hold_both_subsets() -> None:
+    rule = load("web-app-destinationrule.yaml")
+    assert subsets_problem([rule], WEB) is None
+    assert subsets_problem([load("reviews-destinationrule.yaml")], REVIEWS) is None
+    assert subsets_problem([], WEB) == (
+        "no DestinationRule for web-app.default.svc.cluster.local in namespace default: "
+        "Istio cannot route to its subsets"
+    )
+    rule["spec"]["subsets"] = rule["spec"]["subsets"][:1]
+    assert subsets_problem([rule], WEB) == (
+        "DestinationRule default/web-app for web-app.default.svc.cluster.local has no subset 'v2' (subsets: v1)"
+    )
 
 
-def test_memory_router_names_a_missing_virtual_service(vs: dict[str, Any]) -> None:
-    router = MemoryRouter([vs])
-    other = replace(TARGET, virtual_service="shop")
-    with pytest.raises(RouterError) as caught:
-        router.get_weights(other)
-    assert str(caught.value) == "VirtualService default/shop not found"
+# ------------------------------------------------------------------------------------------ memory router
+
+
+def test_the_memory_router_writes_only_at_the_revision_it_read(state: RolloutState) -> None:
+    router = memory_router(WEB)
+    first = router.read(WEB)
+    router.write(WEB, first, Weights(90, 10), state)
+    assert router.read(WEB).weights == Weights(90, 10) and router.read(WEB).state == state
+    with pytest.raises(WeightConflict):
+        router.write(WEB, first, Weights(50, 50), state)  # stale: someone wrote since
+    assert router.history == [Weights(90, 10)]
+    assert ANNOTATION in router.manifest(WEB)["metadata"]["annotations"]
+
+
+def test_the_memory_router_holds_the_seeds_shape_and_its_destination_rule() -> None:
+    vs, dr = seed_objects(WEB)
+    assert vs["spec"]["http"][0]["match"] and route_index(vs, WEB) == 1
+    assert MemoryRouter([vs], [dr]).subsets_problem(WEB) is None
+    with pytest.raises(RouterError, match="VirtualService default/other not found"):
+        MemoryRouter([vs]).read(Target("default", "other", "x", "v1", "v2"))
+
+
+# ------------------------------------------------------------------------------------------ manifest router
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    """The seed's DestinationRule and VirtualService in one multi-document file, as a GitOps repo holds them."""
+    path = tmp_path / "web-app.yaml"
+    path.write_text(
+        (FIXTURES / "web-app-destinationrule.yaml").read_text()
+        + "---\n"
+        + (FIXTURES / "web-app-virtualservice.yaml").read_text()
+    )
+    return path
+
+
+def test_the_manifest_router_writes_weights_and_state_together(manifest: Path, state: RolloutState) -> None:
+    router = ManifestRouter(manifest)
+    read = router.read(WEB)
+    assert read.weights == Weights(90, 10) and read.state is None
+    router.write(WEB, read, Weights(50, 50), state)
+    docs = list(yaml.safe_load_all(manifest.read_text()))
+    assert [d["kind"] for d in docs] == ["DestinationRule", "VirtualService"]
+    assert docs[0] == load("web-app-destinationrule.yaml")
+    again = ManifestRouter(manifest).read(WEB)
+    assert again.weights == Weights(50, 50) and again.state == decode_state(
+        docs[1]["metadata"]["annotations"][ANNOTATION]
+    )
+    assert sorted(p.name for p in manifest.parent.iterdir()) == [manifest.name], "no temporary file left"
+
+
+def test_the_manifest_router_refuses_to_write_over_a_change_it_has_not_read(
+    manifest: Path, state: RolloutState
+) -> None:
+    router = ManifestRouter(manifest)
+    read = router.read(WEB)
+    manifest.write_text(manifest.read_text().replace("weight: 90", "weight: 80").replace("weight: 10", "weight: 20"))
+    with pytest.raises(WeightConflict):
+        router.write(WEB, read, Weights(50, 50), state)
+    assert router.read(WEB).weights == Weights(80, 20)
+
+
+def test_a_write_keeps_the_files_mode_and_follows_a_symlink(manifest: Path, state: RolloutState) -> None:
+    os.chmod(manifest, 0o664)
+    link = manifest.with_name("link.yaml")
+    link.symlink_to(manifest.name)
+    router = ManifestRouter(link)
+    router.write(WEB, router.read(WEB), Weights(50, 50), state)
+    assert link.is_symlink() and ManifestRouter(manifest).read(WEB).weights == Weights(50, 50)
+    assert stat.S_IMODE(manifest.stat().st_mode) == 0o664
+
+
+def test_a_read_only_manifest_is_refused_not_replaced(manifest: Path, state: RolloutState) -> None:
+    os.chmod(manifest, 0o444)
+    router = ManifestRouter(manifest)
+    with pytest.raises(RouterError, match="the file is read-only; canary does not replace it"):
+        router.write(WEB, router.read(WEB), Weights(50, 50), state)
+    assert router.read(WEB).weights == Weights(90, 10)
+
+
+def test_the_manifest_router_checks_destination_rules_when_the_file_has_them(manifest: Path, tmp_path: Path) -> None:
+    assert ManifestRouter(manifest).subsets_problem(WEB) is None
+    alone = tmp_path / "vs.yaml"
+    alone.write_text((FIXTURES / "web-app-virtualservice.yaml").read_text())
+    assert ManifestRouter(alone).subsets_problem(WEB) is None, "a GitOps repository may keep them elsewhere"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "no such file"),
+    ("kind: [", ":1: not valid YAML"),
+    ("kind: Service\nmetadata: {name: web-app}\n", "no VirtualService default/web-app in the file"),
+    (b"\xff\xfe", "not a text file"),
+])  # fmt: skip
+def test_bad_manifests_are_router_errors(tmp_path: Path, content: str | bytes | None, message: str) -> None:
+    path = tmp_path / "m.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(RouterError, match=message):
+        ManifestRouter(path).read(WEB)

@@ -1,23 +1,33 @@
-"""Judges turn one interval's counts into verdicts. Each keeps its evidence between ticks.
+"""Judges turn one interval's counts into verdicts, carrying their evidence from tick to tick as a value.
 
-`judge(observation, step)` is called once per analysis interval with that interval's counts and the index
-of the current step in `policy.steps`; a judge resets whatever must be shown afresh at each step.
+`judge(state, observation, step)` is pure: it returns the new evidence and the judgement and leaves its
+input untouched, so the evidence can live in the rollout state on the route and a restart carries on
+from it (no replay). `state_type` is the evidence's dataclass, for the codec that persists it. `step` is
+the index of the current step in `policy.steps`; a judge resets whatever must be shown afresh at each step.
+`refuses(metric)` says why a judge cannot judge a metric (checked before any weight moves).
 `sequential` is canary's own anytime-valid judge; `kayenta` and `flagger` reproduce peers' judges for
 teams migrating from them and for the detection benchmark.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from canary.model import Judgement, Observation
-from canary.policy import Policy
+from canary.policy import JUDGES, MetricSpec, Policy
 
 
 class Judge(Protocol):
     name: str
 
-    def judge(self, observation: Observation, step: int) -> Judgement: ...
+    @property
+    def state_type(self) -> type: ...
+
+    def start(self) -> Any: ...
+
+    def judge(self, state: Any, observation: Observation, step: int) -> tuple[Any, Judgement]: ...
+
+    def refuses(self, metric: MetricSpec) -> str | None: ...
 
 
 def make_judge(policy: Policy, kind: str | None = None) -> Judge:
@@ -35,4 +45,4 @@ def make_judge(policy: Policy, kind: str | None = None) -> Judge:
         from canary.judges.flagger import FlaggerJudge
 
         return FlaggerJudge(policy)
-    raise ValueError(f"unknown judge {chosen!r} (expected sequential, kayenta or flagger)")
+    raise ValueError(f"unknown judge {chosen!r} (expected {', '.join(JUDGES)})")

@@ -16,8 +16,8 @@ Each interval, as Flagger's analysis loop does:
   metric and counts one per analysis run); the count is never reset within a rollout, and reaching
   `threshold` (5) rolls the canary back;
 - an interval in which every check passes advances the canary one step, as Flagger's step weights do.
-Metrics of other kinds have no Flagger built-in check and are not judged here; a policy with
-neither an error-rate nor a latency metric is refused.
+Metrics of other kinds have no Flagger built-in check: a policy naming one is refused (`refuses`, checked by
+`canary validate` and before a rollout moves any weight) rather than judged on part of its metrics.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from canary.judges.kayenta import interval_quantile
 from canary.model import Judgement, Observation, Outcome, Ratio, Sample, Verdict
-from canary.policy import ErrorRateMetric, LatencyMetric, Policy
+from canary.policy import ErrorRateMetric, LatencyMetric, MetricSpec, Policy
 
 P99 = 0.99
 
@@ -46,10 +46,16 @@ class _Check:
     kind: str  # "request-success-rate" or "request-duration"
 
 
+@dataclass
+class FlaggerState:
+    failed_checks: int = 0  # intervals with a failed check, over the whole rollout
+
+
 class FlaggerJudge:
     """Fixed canary-only thresholds each interval; rollback after `threshold` failed intervals."""
 
     name = "flagger"
+    state_type = FlaggerState
 
     def __init__(self, policy: Policy) -> None:
         self.settings = policy.analysis.flagger
@@ -59,26 +65,32 @@ class FlaggerJudge:
                 self.checks.append(_Check(f"{metric.name} success rate", metric.name, "request-success-rate"))
             elif isinstance(metric, LatencyMetric):
                 self.checks.append(_Check(f"{metric.name} p99", metric.name, "request-duration"))
-        if not self.checks:
-            # With nothing to check every interval would pass: refuse rather than promote blindly.
-            raise ValueError("the Flagger-style judge needs an error-rate or a latency metric in the policy")
-        self.failed_checks = 0
 
-    def judge(self, observation: Observation, step: int) -> Judgement:
+    def refuses(self, metric: MetricSpec) -> str | None:
+        if isinstance(metric, ErrorRateMetric | LatencyMetric):
+            return None
+        return "the flagger judge has built-in checks for error-rate and latency metrics only"
+
+    def start(self) -> FlaggerState:
+        return FlaggerState()
+
+    def judge(self, state: FlaggerState, observation: Observation, step: int) -> tuple[FlaggerState, Judgement]:
         verdicts = tuple(self._check(check, observation) for check in self.checks)
         interval_failed = any(v.outcome is not Outcome.PASS for v in verdicts)
-        if interval_failed:
-            self.failed_checks += 1
+        failed = state.failed_checks + (1 if interval_failed else 0)
+        new = FlaggerState(failed_checks=failed)
         s = self.settings
-        count = f"{self.failed_checks} of {s.threshold} failed checks"
+        count = f"{failed} of {s.threshold} failed checks"
         failing = [v.metric for v in verdicts if v.outcome is not Outcome.PASS]
-        if self.failed_checks >= s.threshold:
-            return Judgement(
+        if failed >= s.threshold:
+            return new, Judgement(
                 Outcome.FAIL, verdicts, f"Flagger-style checks: {count}, threshold reached ({', '.join(failing)})"
             )
         if not interval_failed:
-            return Judgement(Outcome.PASS, verdicts, f"Flagger-style checks all passed this interval ({count})")
-        return Judgement(Outcome.CONTINUE, verdicts, f"Flagger-style checks failed: {', '.join(failing)} ({count})")
+            return new, Judgement(Outcome.PASS, verdicts, f"Flagger-style checks all passed this interval ({count})")
+        return new, Judgement(
+            Outcome.CONTINUE, verdicts, f"Flagger-style checks failed: {', '.join(failing)} ({count})"
+        )
 
     def _check(self, check: _Check, observation: Observation) -> Verdict:
         window = observation.metrics.get(check.metric)

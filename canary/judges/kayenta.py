@@ -38,9 +38,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from canary.codec import clone
 from canary.judges.sequential import check_labels
 from canary.model import Histogram, Judgement, Observation, Outcome, Ratio, Sample, Verdict
-from canary.policy import LatencyMetric, Policy
+from canary.policy import LatencyMetric, MetricSpec, Policy
 from canary.stats.buckets import common_layout, interpolated_quantile, rebucket
 from canary.stats.mannwhitney import MannWhitney, NoData, mann_whitney
 
@@ -155,7 +156,7 @@ def interval_quantile(samples: Mapping[str, Sample], q: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Check:
     label: str
     metric: str
@@ -163,8 +164,6 @@ class _Check:
     critical: bool
     allowed: Allowed
     quantile: float | None = None  # None: a ratio (error rate)
-    canary: list[float] = field(default_factory=list)
-    baseline: list[float] = field(default_factory=list)
 
     def value(self, samples: Mapping[str, Sample]) -> float | None:
         return interval_ratio(samples) if self.quantile is None else interval_quantile(samples, self.quantile)
@@ -191,10 +190,29 @@ _OUTCOME = {
 }
 
 
+@dataclass
+class Series:
+    """One check's values per interval in the current step."""
+
+    canary: list[float] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)
+
+
+@dataclass
+class KayentaState:
+    """The judge's evidence between ticks: the current step's series, per check label."""
+
+    step: int = -1
+    intervals: int = 0
+    series: dict[str, Series] = field(default_factory=dict)
+    last_score: float | None = None  # None until a step has min_intervals intervals
+
+
 class KayentaJudge:
     """Kayenta's Mann-Whitney classification and weighted score, recomputed every interval."""
 
     name = "kayenta"
+    state_type = KayentaState
 
     def __init__(self, policy: Policy, *, direction: Direction = "increase") -> None:
         self.settings = policy.analysis.kayenta
@@ -221,37 +239,40 @@ class KayentaJudge:
                         labels[0], metric.name, metric.weight, metric.critical, Allowed(absolute=metric.max_increase)
                     )
                 )
-        self.step = -1
-        self.intervals = 0
-        self.last_score: float | None = None  # None until a step has min_intervals intervals
 
-    def judge(self, observation: Observation, step: int) -> Judgement:
-        if step != self.step:
-            self.step, self.intervals = step, 0
-            for check in self.checks:
-                check.canary.clear()
-                check.baseline.clear()
-        self.intervals += 1
+    def refuses(self, metric: MetricSpec) -> str | None:
+        return None  # every metric gives one value per interval and version
+
+    def start(self) -> KayentaState:
+        return KayentaState(series={check.label: Series() for check in self.checks})
+
+    def judge(self, state: KayentaState, observation: Observation, step: int) -> tuple[KayentaState, Judgement]:
+        st = clone(state)
+        if step != st.step:
+            st.step, st.intervals = step, 0
+            st.series = {check.label: Series() for check in self.checks}
+        st.intervals += 1
         for check in self.checks:
             window = observation.metrics.get(check.metric)
             if window is None:
                 continue
-            for series, samples in ((check.canary, window.canary), (check.baseline, window.baseline)):
+            series = st.series[check.label]
+            for values, samples in ((series.canary, window.canary), (series.baseline, window.baseline)):
                 value = check.value(samples)
                 if value is not None:
-                    series.append(value)
+                    values.append(value)
         needed = self.settings.min_intervals
-        self.last_score = None
-        if self.intervals < needed:
-            verdicts = tuple(self._waiting(check, needed) for check in self.checks)
-            return Judgement(
+        st.last_score = None
+        if st.intervals < needed:
+            verdicts = tuple(self._waiting(st, check, needed) for check in self.checks)
+            return st, Judgement(
                 Outcome.CONTINUE, verdicts,
-                f"Kayenta-style score: {self.intervals} of {needed} intervals in this step, too few to score",
+                f"Kayenta-style score: {st.intervals} of {needed} intervals in this step, too few to score",
             )  # fmt: skip
         comparisons = [
             classify(
-                check.canary,
-                check.baseline,
+                st.series[check.label].canary,
+                st.series[check.label].baseline,
                 check.allowed,
                 confidence=self.settings.confidence,
                 tolerance=self.settings.effect,
@@ -259,22 +280,24 @@ class KayentaJudge:
             )
             for check in self.checks
         ]
-        verdicts = tuple(self._verdict(ch, cmp) for ch, cmp in zip(self.checks, comparisons, strict=True))
-        return self._score(comparisons, verdicts)
+        verdicts = tuple(self._verdict(st, ch, cmp) for ch, cmp in zip(self.checks, comparisons, strict=True))
+        return st, self._score(st, comparisons, verdicts)
 
-    def _waiting(self, check: _Check, needed: int) -> Verdict:
+    def _waiting(self, st: KayentaState, check: _Check, needed: int) -> Verdict:
+        series = st.series[check.label]
         return Verdict(
             check.label, Outcome.CONTINUE,
-            f"{check.label}: {self.intervals} of {needed} intervals in this step "
-            f"({len(check.canary)} canary and {len(check.baseline)} baseline values)",
-            {"intervals": self.intervals, "canary_values": list(check.canary),
-             "baseline_values": list(check.baseline)},
+            f"{check.label}: {st.intervals} of {needed} intervals in this step "
+            f"({len(series.canary)} canary and {len(series.baseline)} baseline values)",
+            {"intervals": st.intervals, "canary_values": list(series.canary),
+             "baseline_values": list(series.baseline)},
         )  # fmt: skip
 
-    def _verdict(self, check: _Check, cmp: Comparison) -> Verdict:
+    def _verdict(self, st: KayentaState, check: _Check, cmp: Comparison) -> Verdict:
+        series = st.series[check.label]
         figures: dict[str, object] = {
             "classification": cmp.classification.value,
-            "intervals": self.intervals,
+            "intervals": st.intervals,
             "canary_mean": cmp.canary_mean,
             "baseline_mean": cmp.baseline_mean,
             "ratio": (
@@ -283,12 +306,12 @@ class KayentaJudge:
             "allowed_ratio": check.allowed.ratio(cmp.baseline_mean) if cmp.baseline_mean is not None else None,
             "weight": check.weight,
             "critical": check.critical,
-            "canary_values": list(check.canary),
-            "baseline_values": list(check.baseline),
+            "canary_values": list(series.canary),
+            "baseline_values": list(series.baseline),
         }
         head = (
             f"{check.label}: canary {check.fmt(cmp.canary_mean)} vs baseline {check.fmt(cmp.baseline_mean)} "
-            f"(mean per interval, {len(check.canary)} and {len(check.baseline)} intervals)"
+            f"(mean per interval, {len(series.canary)} and {len(series.baseline)} intervals)"
         )
         if cmp.test is None:
             return Verdict(
@@ -313,7 +336,7 @@ class KayentaJudge:
         )
         return Verdict(check.label, _OUTCOME[cmp.classification], summary, figures)
 
-    def _score(self, comparisons: list[Comparison], verdicts: tuple[Verdict, ...]) -> Judgement:
+    def _score(self, st: KayentaState, comparisons: list[Comparison], verdicts: tuple[Verdict, ...]) -> Judgement:
         if all(cmp.classification is Classification.NO_DATA for cmp in comparisons):
             # Nothing to compare is neither a pass nor a failure: the step holds (Kayenta would score 0).
             return Judgement(Outcome.NO_DATA, verdicts, "Kayenta-style: no data for any metric; holding")
@@ -329,7 +352,7 @@ class KayentaJudge:
         ]  # fmt: skip
         if critical:
             score = 0.0
-        self.last_score = score
+        st.last_score = score
         s = self.settings
         failing = [
             f"{cmp.classification.value} on {c.label}"
@@ -340,7 +363,7 @@ class KayentaJudge:
         if critical:
             detail += f"; critical metric failed: {', '.join(critical)}"
         head = (
-            f"Kayenta-style score {score:.1f} over {self.intervals} intervals "
+            f"Kayenta-style score {score:.1f} over {st.intervals} intervals "
             f"(pass ≥ {s.pass_score:g}, marginal ≥ {s.marginal:g}){detail}"
         )
         if score < s.marginal:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from scipy.stats import norm
 
+from canary.codec import clone
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio, Sample, Verdict
 from canary.policy import LatencyMetric, MetricSpec, Policy, QuantileTolerance
 from canary.stats.buckets import (
@@ -44,8 +45,8 @@ POD_SHARE = 0.25  # share of a check's α spent on the pod term
 
 
 @dataclass
-class _Sequences:
-    """The two confidence sequences of one effect, and what widens them."""
+class Sequences:
+    """The two confidence sequences of one effect (part of the judge's persisted state)."""
 
     rho: float
     fail: Evidence = field(default_factory=Evidence)
@@ -118,8 +119,38 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+@dataclass
+class RatioState:
+    """What a ratio check carries from tick to tick: its sequences and running totals."""
+
+    seq: Sequences
+    baseline: Ratio = field(default_factory=lambda: Ratio(0, 0))
+    canary: Ratio = field(default_factory=lambda: Ratio(0, 0))
+    baseline_pods: dict[str, Ratio] = field(default_factory=dict)
+    canary_pods: list[str] = field(default_factory=list)  # sorted: every canary pod seen with requests
+    reference: float | None = None  # the rate weights are scaled by, fixed at the first data
+    step_requests: tuple[int, int] = (0, 0)  # (baseline, canary) requests in the current step
+    step_index: int = -1
+
+
+def _seen(pods: list[str], window: Mapping[str, Sample], kind: type) -> list[str]:
+    """The pods seen so far plus those of this window that served requests."""
+    fresh = {
+        p for p, s in window.items() if isinstance(s, kind) and (s.trials if isinstance(s, Ratio) else s.total) > 0
+    }
+    return sorted(set(pods) | fresh)
+
+
+@dataclass
+class SequentialState:
+    """The judge's evidence between ticks, per check label: what a restart needs to carry on."""
+
+    ratios: dict[str, RatioState] = field(default_factory=dict)
+    quantiles: dict[str, QuantileState] = field(default_factory=dict)
+
+
 class _Check:
-    """One line of the judge's report."""
+    """One line of the judge's report: its configuration (from the policy); the evidence is passed in."""
 
     label: str
     alpha_cs: float  # level of each confidence sequence
@@ -132,13 +163,12 @@ class _Check:
         # luck of the canary's pods. With homogeneous pods the pod term is zero and costs little.
         self.alpha_cs = alpha * (1 - POD_SHARE)
         self.z_pod = float(norm.isf(alpha * POD_SHARE))
-        self.step_requests = (0, 0)
-        self.step_index = -1
 
     def verdict(
         self,
         head: str,
         figures: dict[str, object],
+        step_requests: tuple[int, int],
         min_requests: int,
         *,
         fail: str | None,
@@ -149,7 +179,7 @@ class _Check:
         a pass needs the step's minimum of requests, anything else keeps collecting."""
         if fail is not None:
             return Verdict(self.label, Outcome.FAIL, f"{head}: {fail}", figures)
-        if min(self.step_requests) < min_requests:
+        if min(step_requests) < min_requests:
             return Verdict(
                 self.label, Outcome.CONTINUE, f"{head}; waiting for {min_requests} requests per version in this step",
                 figures,
@@ -158,13 +188,6 @@ class _Check:
             return Verdict(self.label, Outcome.PASS, f"{head}: {passed}", figures)
         return Verdict(self.label, Outcome.CONTINUE, f"{head}: {open_}", figures)
 
-    def new_step(self, step: int) -> bool:
-        if step != self.step_index:
-            self.step_index = step
-            self.step_requests = (0, 0)
-            return True
-        return False
-
 
 class _RatioCheck(_Check):
     """Canary rate − baseline rate − margin, per interval; higher is worse."""
@@ -172,41 +195,42 @@ class _RatioCheck(_Check):
     def __init__(self, label: str, margin: float, alpha: float) -> None:
         super().__init__(label, alpha)
         self.margin = margin
-        self.seq = _Sequences(rho=1.0 / max(margin, TINY_EFFECT) ** 2)
-        self.total = {"baseline": Ratio(0, 0), "canary": Ratio(0, 0)}
-        self.baseline_pods: dict[str, Ratio] = {}
-        self.canary_pods: set[str] = set()
-        self.reference: float | None = None  # the rate weights are scaled by, fixed at the first data
 
-    def update(self, window: MetricWindow, step: int, min_requests: int) -> Verdict:
-        if self.new_step(step):
-            self.seq.step = Evidence()
+    def start_in(self, state: SequentialState) -> None:
+        state.ratios[self.label] = RatioState(seq=Sequences(rho=1.0 / max(self.margin, TINY_EFFECT) ** 2))
+
+    def update_in(self, state: SequentialState, window: MetricWindow, step: int, min_requests: int) -> Verdict:
+        return self.update(state.ratios[self.label], window, step, min_requests)
+
+    def update(self, st: RatioState, window: MetricWindow, step: int, min_requests: int) -> Verdict:
+        if step != st.step_index:
+            st.step_index, st.step_requests, st.seq.step = step, (0, 0), Evidence()
         base, can = _total_ratio(window.baseline), _total_ratio(window.canary)
         if base.trials > 0 and can.trials > 0:
-            self.total["baseline"] += base
-            self.total["canary"] += can
+            st.baseline += base
+            st.canary += can
             for pod, sample in window.baseline.items():
                 if isinstance(sample, Ratio) and sample.trials > 0:
-                    self.baseline_pods[pod] = self.baseline_pods.get(pod, Ratio(0, 0)) + sample
-            self.canary_pods |= {p for p, s in window.canary.items() if isinstance(s, Ratio) and s.trials > 0}
-            tb, tc = self.total["baseline"], self.total["canary"]
-            if self.reference is None:
-                self.reference = _shrunk(base.events + can.events, base.trials + can.trials)
+                    st.baseline_pods[pod] = st.baseline_pods.get(pod, Ratio(0, 0)) + sample
+            st.canary_pods = _seen(st.canary_pods, window.canary, Ratio)
+            tb = st.baseline
+            if st.reference is None:
+                st.reference = _shrunk(base.events + can.events, base.trials + can.trials)
             rate_b = _baseline_rate((base.events, base.trials), (tb.events, tb.trials))
             variance = _null_variance(rate_b + self.margin, rate_b, can.trials, base.trials)
             estimate = can.events / can.trials - base.events / base.trials - self.margin
-            self.seq.add(estimate, variance, _weight(can.trials, base.trials, self.reference))
-            self.step_requests = (self.step_requests[0] + base.trials, self.step_requests[1] + can.trials)
-        tb, tc = self.total["baseline"], self.total["canary"]
+            st.seq.add(estimate, variance, _weight(can.trials, base.trials, st.reference))
+            st.step_requests = (st.step_requests[0] + base.trials, st.step_requests[1] + can.trials)
+        tb, tc = st.baseline, st.canary
         if tb.trials == 0 or tc.trials == 0:
             return Verdict(self.label, Outcome.NO_DATA, _missing(self.label, base.trials, can.trials))
         tau2 = between_pod_variance(
-            [r.events for r in self.baseline_pods.values()], [r.trials for r in self.baseline_pods.values()]
+            [r.events for r in st.baseline_pods.values()], [r.trials for r in st.baseline_pods.values()]
         )
-        pod_sd = pod_effect_sd(tau2, len(self.canary_pods), len(self.baseline_pods))
-        fail_ci, pass_ci = self.seq.intervals(self.alpha_cs, self.z_pod * pod_sd)
+        pod_sd = pod_effect_sd(tau2, len(st.canary_pods), len(st.baseline_pods))
+        fail_ci, pass_ci = st.seq.intervals(self.alpha_cs, self.z_pod * pod_sd)
         rate_b, rate_c = tb.events / tb.trials, tc.events / tc.trials
-        diff = self.seq.fail.estimate + self.margin
+        diff = st.seq.fail.estimate + self.margin
         figures: dict[str, object] = {
             "baseline": {"errors": tb.events, "requests": tb.trials, "rate": rate_b},
             "canary": {"errors": tc.events, "requests": tc.trials, "rate": rate_c},
@@ -214,10 +238,10 @@ class _RatioCheck(_Check):
             "difference_cs": [fail_ci.lower + self.margin, fail_ci.upper + self.margin],
             "step_difference_cs": [pass_ci.lower + self.margin, pass_ci.upper + self.margin],
             "max_increase": self.margin,
-            "e_value": self.seq.e_value(),
+            "e_value": st.seq.e_value(),
             "pod_sd": pod_sd,
             "confidence": 1 - self.alpha,
-            "step_requests": {"baseline": self.step_requests[0], "canary": self.step_requests[1]},
+            "step_requests": {"baseline": st.step_requests[0], "canary": st.step_requests[1]},
         }
         figures["p_value"] = min(1.0, 1.0 / float(figures["e_value"]))  # type: ignore[arg-type]
         head = (
@@ -227,7 +251,7 @@ class _RatioCheck(_Check):
         conf = f"{100 * (1 - self.alpha):.1f}%"
         lo, hi = fail_ci.lower + self.margin, fail_ci.upper + self.margin
         return self.verdict(
-            head, figures, min_requests,
+            head, figures, st.step_requests, min_requests,
             fail=f"worse than tolerated, the increase is at least +{100 * lo:.2f} pp ({conf} confidence)"
             if fail_ci.lower > 0 else None,
             passed=f"within tolerance, the increase is at most +{100 * (pass_ci.upper + self.margin):.2f} pp "
@@ -248,15 +272,28 @@ def _fmt_range(r: tuple[float, float] | None) -> str:
 
 
 @dataclass
-class _EdgeTest:
+class EdgeTest:
     """The sequences of one bucket edge x: canary share slower than x − baseline share slower than x/(1+m)."""
 
     edge: float
-    seq: _Sequences
+    seq: Sequences
     reference: float  # the baseline's share slower than x when chosen: scales the weights
     baseline_pods: dict[str, tuple[int, int]] = field(default_factory=dict)  # pod -> (slower, requests)
     canary_slower: int = 0  # canary requests slower than x, over the intervals where x was an edge
     canary_seen: int = 0
+
+
+@dataclass
+class QuantileState:
+    """What a latency check carries from tick to tick: its edge tests and running totals."""
+
+    tests: list[EdgeTest] = field(default_factory=list)  # chosen once from the baseline's data, then fixed
+    baseline: Histogram | None = None  # running totals, on the edges every interval had
+    canary: Histogram | None = None
+    canary_pods: list[str] = field(default_factory=list)
+    layout_note: str = ""
+    step_requests: tuple[int, int] = (0, 0)
+    step_index: int = -1
 
 
 class _QuantileCheck(_Check):
@@ -271,12 +308,14 @@ class _QuantileCheck(_Check):
     def __init__(self, label: str, tolerance: QuantileTolerance, alpha: float) -> None:
         super().__init__(label, alpha)
         self.tolerance = tolerance
-        self.tests: list[_EdgeTest] = []  # chosen once from the baseline's data, then fixed
-        self.total: dict[str, Histogram] = {}  # running totals, on the edges every interval had
-        self.canary_pods: set[str] = set()
-        self.layout_note = ""
 
-    def _layout(self, window: MetricWindow) -> tuple[float, ...] | None:
+    def start_in(self, state: SequentialState) -> None:
+        state.quantiles[self.label] = QuantileState()
+
+    def update_in(self, state: SequentialState, window: MetricWindow, step: int, min_requests: int) -> Verdict:
+        return self.update(state.quantiles[self.label], window, step, min_requests)
+
+    def _layout(self, st: QuantileState, window: MetricWindow) -> tuple[float, ...] | None:
         layouts = sorted(
             {s.bounds for s in (*window.baseline.values(), *window.canary.values()) if isinstance(s, Histogram)}
         )
@@ -284,36 +323,39 @@ class _QuantileCheck(_Check):
         if layout is None:
             return None
         if layout.merged:
-            self.layout_note = "; bucket layouts differ between series, compared on their common edges"
+            st.layout_note = "; bucket layouts differ between series, compared on their common edges"
         return layout.bounds
 
-    def update(self, window: MetricWindow, step: int, min_requests: int) -> Verdict:
-        if self.new_step(step):
-            for test in self.tests:
+    def update(self, st: QuantileState, window: MetricWindow, step: int, min_requests: int) -> Verdict:
+        if step != st.step_index:
+            st.step_index, st.step_requests = step, (0, 0)
+            for test in st.tests:
                 test.seq.step = Evidence()
-        if not self.total and not any(
-            isinstance(s, Histogram) for s in (*window.baseline.values(), *window.canary.values())
+        if (
+            st.baseline is None
+            and st.canary is None
+            and not any(isinstance(s, Histogram) for s in (*window.baseline.values(), *window.canary.values()))
         ):
             return Verdict(self.label, Outcome.NO_DATA, f"{self.label}: no latency series for either version yet")
-        bounds = self._layout(window)
+        bounds = self._layout(st, window)
         if bounds is None:
             return Verdict(self.label, Outcome.NO_DATA, f"{self.label}: the versions' latency buckets share no edge")
         base, can = _total_histogram(window.baseline, bounds), _total_histogram(window.canary, bounds)
         if base is not None and can is not None and base.total > 0 and can.total > 0:
-            self._accumulate(window, base, can, bounds)
-        tb, tc = self.total.get("baseline"), self.total.get("canary")
+            self._accumulate(st, window, base, can, bounds)
+        tb, tc = st.baseline, st.canary
         if tb is None or tc is None:
             n_b, n_c = (h.total if h is not None else 0 for h in (base, can))
             return Verdict(self.label, Outcome.NO_DATA, _missing(self.label, n_b, n_c))
-        if not self.tests:
+        if not st.tests:
             return Verdict(
                 self.label, Outcome.CONTINUE,
                 f"{self.label}: {tb.total} baseline requests so far, too few to place the "
                 f"{self.tolerance.quantile:g} quantile in a bucket",
             )  # fmt: skip
-        return self._verdict(tb, tc, min_requests)
+        return self._verdict(st, tb, tc, min_requests)
 
-    def _choose_edges(self, tb: Histogram, bounds: tuple[float, ...]) -> None:
+    def _choose_edges(self, st: QuantileState, tb: Histogram, bounds: tuple[float, ...]) -> None:
         q, m = self.tolerance.quantile, self.tolerance.max_increase
         # Place the quantile once the baseline has enough requests beyond it to tell buckets apart.
         index = reference_edge(tb, q) if tb.total * (1 - q) >= 10 else None
@@ -323,16 +365,18 @@ class _QuantileCheck(_Check):
             above = survival_at(tb, bounds[i])
             allowed = survival_at(tb, bounds[i] / (1 + m))
             rho = 1.0 / max(allowed - above, TINY_EFFECT) ** 2
-            self.tests.append(_EdgeTest(bounds[i], _Sequences(rho=rho), min(max(above, 1e-4), 1 - 1e-4)))
+            st.tests.append(EdgeTest(bounds[i], Sequences(rho=rho), min(max(above, 1e-4), 1 - 1e-4)))
 
-    def _accumulate(self, window: MetricWindow, base: Histogram, can: Histogram, bounds: tuple[float, ...]) -> None:
-        for key, h in (("baseline", base), ("canary", can)):
-            self.total[key] = (merge([self.total[key], h]) or h) if key in self.total else h
-        tb = self.total["baseline"]
-        if not self.tests:
-            self._choose_edges(tb, bounds)
+    def _accumulate(
+        self, st: QuantileState, window: MetricWindow, base: Histogram, can: Histogram, bounds: tuple[float, ...]
+    ) -> None:
+        st.baseline = (merge([st.baseline, base]) or base) if st.baseline is not None else base
+        st.canary = (merge([st.canary, can]) or can) if st.canary is not None else can
+        tb = st.baseline
+        if not st.tests:
+            self._choose_edges(st, tb, bounds)
         m = self.tolerance.max_increase
-        for test in self.tests:
+        for test in st.tests:
             if test.edge not in bounds:
                 continue  # the edge vanished with a layout change: no honest comparison this interval
             index = bounds.index(test.edge)
@@ -350,22 +394,22 @@ class _QuantileCheck(_Check):
                     h = rebucket(sample, bounds)
                     prev = test.baseline_pods.get(pod, (0, 0))
                     test.baseline_pods[pod] = (prev[0] + survival_counts(h)[index], prev[1] + h.total)
-        self.canary_pods |= {p for p, s in window.canary.items() if isinstance(s, Histogram) and s.total > 0}
-        self.step_requests = (self.step_requests[0] + base.total, self.step_requests[1] + can.total)
+        st.canary_pods = _seen(st.canary_pods, window.canary, Histogram)
+        st.step_requests = (st.step_requests[0] + base.total, st.step_requests[1] + can.total)
 
-    def _intervals(self, test: _EdgeTest, edges: int) -> tuple[Interval, Interval, float]:
+    def _intervals(self, st: QuantileState, test: EdgeTest, edges: int) -> tuple[Interval, Interval, float]:
         """The fail sequence at α split over the edges (pod term too), the pass sequence at the full α."""
         pods = test.baseline_pods.values()
         tau2 = between_pod_variance([a for a, _ in pods], [n for _, n in pods])
-        pod_sd = pod_effect_sd(tau2, len(self.canary_pods), len(test.baseline_pods))
+        pod_sd = pod_effect_sd(tau2, len(st.canary_pods), len(test.baseline_pods))
         z_fail = float(norm.isf(self.alpha * POD_SHARE / edges))
         fail_ci = confidence_sequence(test.seq.fail, test.seq.rho, self.alpha_cs / edges, z_fail * pod_sd)
         pass_ci = confidence_sequence(test.seq.step, test.seq.rho, self.alpha_cs, self.z_pod * pod_sd)
         return fail_ci, pass_ci, pod_sd
 
-    def _verdict(self, tb: Histogram, tc: Histogram, min_requests: int) -> Verdict:
+    def _verdict(self, st: QuantileState, tb: Histogram, tc: Histogram, min_requests: int) -> Verdict:
         q, m = self.tolerance.quantile, self.tolerance.max_increase
-        results = [(test, *self._intervals(test, len(self.tests))) for test in self.tests]
+        results = [(test, *self._intervals(st, test, len(st.tests))) for test in st.tests]
         main, fail_ci, pass_ci, pod_sd = results[0]  # passes are decided at the nearest edge alone
         failing = [(t, ci) for t, ci, _, _ in results if ci.lower > 0]
         shown, shown_ci = failing[0] if failing else (main, fail_ci)
@@ -376,7 +420,7 @@ class _QuantileCheck(_Check):
             "quantile": q,
             "max_increase": m,
             "edge_ms": shown.edge,
-            "edges_ms": [t.edge for t in self.tests],
+            "edges_ms": [t.edge for t in st.tests],
             "canary_share_slower": share_c,
             "baseline_share_slower": share_b,
             "allowed_share_slower": allowed,
@@ -389,18 +433,18 @@ class _QuantileCheck(_Check):
             "baseline_quantile_bucket_ms": list(quantile_range(tb, q) or ()),
             "canary_quantile_bucket_ms": list(quantile_range(tc, q) or ()),
             "requests": {"baseline": tb.total, "canary": tc.total},
-            "step_requests": {"baseline": self.step_requests[0], "canary": self.step_requests[1]},
+            "step_requests": {"baseline": st.step_requests[0], "canary": st.step_requests[1]},
         }
         figures["p_value"] = min(1.0, 1.0 / float(figures["e_value"]))  # type: ignore[arg-type]
         head = (
             f"{self.label}: {_pct(share_c)} of canary requests slower than {shown.edge:g} ms, where "
             f"+{100 * m:.0f}% on the baseline allows {_pct(allowed)} (baseline {_pct(share_b)}); "
             f"p{100 * q:g} canary {_fmt_range(quantile_range(tc, q))}, baseline {_fmt_range(quantile_range(tb, q))}"
-            f"{self.layout_note}"
+            f"{st.layout_note}"
         )
         conf = f"{100 * (1 - self.alpha):.1f}%"
         return self.verdict(
-            head, figures, min_requests,
+            head, figures, st.step_requests, min_requests,
             fail=f"slower than tolerated, by at least {100 * shown_ci.lower:.2f} pp of requests ({conf} confidence)"
             if failing else None,
             passed=f"within tolerance ({conf} confidence)" if pass_ci.upper < 0 else None,
@@ -417,6 +461,7 @@ def check_labels(metric: MetricSpec) -> list[str]:
 
 class SequentialJudge:
     name = "sequential"
+    state_type = SequentialState
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -431,15 +476,25 @@ class SequentialJudge:
             else:
                 self.checks.append((metric.name, _RatioCheck(metric.name, metric.max_increase, alpha)))
 
-    def judge(self, observation: Observation, step: int) -> Judgement:
+    def refuses(self, metric: MetricSpec) -> str | None:
+        return None  # every metric kind is a ratio or a latency check
+
+    def start(self) -> SequentialState:
+        state = SequentialState()
+        for _, check in self.checks:
+            check.start_in(state)
+        return state
+
+    def judge(self, state: SequentialState, observation: Observation, step: int) -> tuple[SequentialState, Judgement]:
+        new = clone(state)
         verdicts = []
         for metric_name, check in self.checks:
             window = observation.metrics.get(metric_name)
             if window is None:
                 verdicts.append(Verdict(check.label, Outcome.NO_DATA, f"{check.label}: the source returned nothing"))
                 continue
-            verdicts.append(check.update(window, step, self.policy.min_requests))
-        return combine(verdicts)
+            verdicts.append(check.update_in(new, window, step, self.policy.min_requests))
+        return new, combine(verdicts)
 
 
 def combine(verdicts: list[Verdict]) -> Judgement:

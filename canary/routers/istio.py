@@ -1,10 +1,11 @@
 """A router that moves the weights of an Istio VirtualService in a Kubernetes cluster.
 
 The one module that imports `kubernetes`. It reads the VirtualService through the API server, changes the
-two destinations' weights with the same pure rules as the other routers (`routers/virtualservice.py`),
-and writes it back with a PUT carrying the resourceVersion it read: if anyone wrote in between, the API
-server answers 409 and the write becomes a `WeightConflict`, so canary never overwrites a change it has
-not seen. Every client error becomes one line naming the VirtualService, with the cause chained; server
+two destinations' weights and the rollout state annotation with the same pure rules as the other routers
+(`routers/virtualservice.py`), and writes it back with one PUT carrying the resourceVersion it read: if
+anyone wrote in between, the API server answers 409 and the write becomes a `WeightConflict`, so canary
+never overwrites a change it has not seen, and weights and state are never written apart. Every client
+error becomes one line naming the VirtualService, with the cause chained; server
 trouble (5xx) is marked temporary, to tell it from a refusal that no retry will cure.
 """
 
@@ -23,9 +24,11 @@ from kubernetes.config.config_exception import ConfigException
 from canary.errors import RouterError, WeightConflict
 from canary.model import Weights
 from canary.policy import Target
-from canary.routers.virtualservice import check_expected, read_weights, with_weights
+from canary.routers.virtualservice import RouteRead, read_route, subsets_problem, with_route
+from canary.state import RolloutState
 
 GROUP = "networking.istio.io"
+VERSIONS = ("v1", "v1beta1")  # preferred first
 PLURAL = "virtualservices"
 REQUEST_TIMEOUT_S = 10.0
 
@@ -60,9 +63,12 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> cli
 
 
 class IstioRouter:
-    def __init__(self, api: client.ApiClient, *, version: str = "v1beta1") -> None:
+    """The VirtualService through the API server, at networking.istio.io/v1 where the server serves it
+    (Istio 1.22 and later), else v1beta1; asked once, at the first call."""
+
+    def __init__(self, api: client.ApiClient, *, version: str | None = None) -> None:
         self.api = api
-        self.version = version
+        self._version = version
         self._objects = client.CustomObjectsApi(api)
 
     @classmethod
@@ -72,36 +78,94 @@ class IstioRouter:
     def close(self) -> None:
         self.api.close()  # type: ignore[no-untyped-call]
 
-    def get_weights(self, target: Target) -> Weights:
-        return read_weights(self._read(target), target)
+    def version(self, target: Target) -> str:
+        if self._version is None:
+            for candidate in VERSIONS:
+                try:
+                    self._call(
+                        target, "discover the Istio API of", self._objects.get_api_resources, GROUP, candidate,
+                        instead={404: _NotServed},
+                    )  # fmt: skip
+                except _NotServed:
+                    continue
+                self._version = candidate
+                break
+            else:
+                raise RouterError(
+                    f"VirtualService {_name(target)}: the API server serves no {GROUP} "
+                    f"({' or '.join(VERSIONS)}): is Istio installed?"
+                )
+        return self._version
 
-    def set_weights(self, target: Target, weights: Weights, *, expected: Weights | None = None) -> None:
-        vs = self._read(target)
-        check_expected(vs, target, expected)
-        updated = with_weights(vs, target, weights)  # keeps metadata.resourceVersion: the PUT is conditional
-        try:
-            self._objects.replace_namespaced_custom_object(
-                GROUP, self.version, target.namespace, PLURAL, target.virtual_service, updated,
-                _request_timeout=REQUEST_TIMEOUT_S,
-            )  # fmt: skip
-        except ApiException as exc:
-            _raise_for(exc, target, "write")
-        except urllib3.exceptions.HTTPError as exc:
-            raise _unreachable(exc, target) from exc
+    def read(self, target: Target, evidence: type | None = None) -> RouteRead:
+        vs = self._object(target, "read", self._objects.get_namespaced_custom_object, target.virtual_service)
+        revision = (vs.get("metadata") or {}).get("resourceVersion")
+        if not isinstance(revision, str) or not revision:
+            raise RouterError(f"VirtualService {_name(target)}: the API server sent no metadata.resourceVersion")
+        return read_route(vs, target, revision, evidence)
 
-    def _read(self, target: Target) -> dict[str, Any]:
+    def write(self, target: Target, read: RouteRead, weights: Weights, state: RolloutState) -> None:
+        # The object as read keeps its metadata.resourceVersion: the PUT is conditional, a 409 if anyone wrote.
+        updated = with_route(read.document, target, weights, state)
+        answer = self._object(
+            target, "write", self._objects.replace_namespaced_custom_object, target.virtual_service, updated
+        )
+        if not isinstance(answer.get("metadata"), dict):
+            raise RouterServerError(
+                f"VirtualService {_name(target)}: the API server's answer to the write has no metadata; "
+                "whether the write was made is read back"
+            )
+
+    def subsets_problem(self, target: Target) -> str | None:
+        """Both subsets in a DestinationRule for the host; None also when listing them is not allowed (a
+        service account may lack `list destinationrules`: canary cannot know, and does not block on it)."""
         try:
-            found = self._objects.get_namespaced_custom_object(
-                GROUP, self.version, target.namespace, PLURAL, target.virtual_service,
-                _request_timeout=REQUEST_TIMEOUT_S,
+            found = self._call(
+                target, "list the DestinationRules of", self._objects.list_namespaced_custom_object,
+                GROUP, self.version(target), target.namespace, "destinationrules",
+                instead={401: _Refused, 403: _Refused, 404: _Refused},
             )  # fmt: skip
-        except ApiException as exc:
-            _raise_for(exc, target, "read")
-        except urllib3.exceptions.HTTPError as exc:
-            raise _unreachable(exc, target) from exc
+        except _Refused:
+            return None
+        items = found.get("items") if isinstance(found, dict) else None
+        return subsets_problem(items if isinstance(items, list) else [], target)
+
+    def _object(self, target: Target, doing: str, call: Any, *args: Any) -> dict[str, Any]:
+        """A VirtualService call (get or replace) whose answer must be an object."""
+        found = self._call(target, doing, call, GROUP, self.version(target), target.namespace, PLURAL, *args)
         if not isinstance(found, dict):
-            raise RouterError(f"VirtualService {_name(target)}: the API server answered {type(found).__name__}")
+            raise RouterServerError(
+                f"VirtualService {_name(target)}: the API server answered {type(found).__name__}, not an object"
+            )
         return cast(dict[str, Any], found)
+
+    @staticmethod
+    def _call(
+        target: Target, doing: str, call: Any, *args: Any, instead: dict[int, type[Exception]] | None = None
+    ) -> Any:
+        """One API call with canary's error vocabulary: every failure is one line naming the VirtualService.
+        `instead` maps a status the caller handles itself to the exception it catches."""
+        try:
+            return call(*args, _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as exc:
+            if instead and exc.status in instead:
+                raise instead[exc.status] from exc
+            _raise_for(exc, target, doing)
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, target) from exc
+        except (ValueError, TypeError) as exc:  # a 200 whose body is not what the API promises (a proxy's page)
+            raise RouterServerError(
+                f"VirtualService {_name(target)}: the API server's answer to {doing} is not valid JSON "
+                f"({_one_line(str(exc))[:80]}); whether the write was made is read back"
+            ) from exc
+
+
+class _NotServed(Exception):
+    """This API version is not served (discovery answered 404)."""
+
+
+class _Refused(Exception):
+    """Listing is not allowed or not served: the preflight cannot know."""
 
 
 def _name(target: Target) -> str:

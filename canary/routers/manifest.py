@@ -1,40 +1,53 @@
-"""A router that keeps the weights in a VirtualService manifest file.
+"""A router that keeps the weights and the rollout state in a VirtualService manifest file.
 
 For GitOps pipelines, where the manifest in a repository is the truth and a controller (Argo CD, Flux)
-applies it: canary edits the file, the pipeline commits it. Writes are atomic (a temporary file in the
-same folder, flushed, then renamed over the original), so a crash never leaves half-written weights.
-The file may hold several YAML documents; only the VirtualService named by the policy's target changes.
-Comments in the file are not preserved.
+applies it: canary edits the file, the pipeline commits it. The weights and the state annotation are
+written together, atomically: a temporary file in the same folder, flushed, renamed over the original
+(the folder flushed too), so a crash leaves the old file or the new one, never half of either. A write
+is made only if the file still holds what was read (its digest is the revision); the commands that write
+hold the audit log's lock, so two canary commands never interleave on one file. The file keeps its mode;
+a symbolic link is followed and its target replaced; a file without write permission is refused.
+The file may hold several YAML documents (a DestinationRule beside the VirtualService is used by the
+preflight); only the VirtualService named by the policy's target changes. Comments are not preserved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from canary.errors import RouterError
+from canary.errors import RouterError, WeightConflict
 from canary.model import Weights
 from canary.policy import Target
-from canary.routers.virtualservice import check_expected, read_weights, with_weights
+from canary.routers.virtualservice import RouteRead, read_route, subsets_problem, with_route
+from canary.state import RolloutState
 
 
 class ManifestRouter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def _documents(self) -> list[Any]:
+    def _bytes(self) -> bytes:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            return self.path.read_bytes()
         except FileNotFoundError:
             raise RouterError(f"{self.path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RouterError(f"{self.path}: cannot read: {exc}") from exc
+        except IsADirectoryError:
+            raise RouterError(f"{self.path}: is a directory, not a manifest file") from None
+        except OSError as exc:
+            raise RouterError(f"{self.path}: cannot read: {exc.strerror}") from None
+
+    def _documents(self, data: bytes) -> list[Any]:
         try:
-            return list(yaml.safe_load_all(text))
+            return list(yaml.safe_load_all(data.decode("utf-8")))
+        except UnicodeDecodeError:
+            raise RouterError(f"{self.path}: not a text file") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{self.path}:{mark.line + 1}" if mark is not None else str(self.path)
@@ -49,23 +62,68 @@ class ManifestRouter:
                 return i
         raise RouterError(f"{self.path}: no VirtualService {target.namespace}/{target.virtual_service} in the file")
 
-    def get_weights(self, target: Target) -> Weights:
-        documents = self._documents()
-        return read_weights(documents[self._index(documents, target)], target)
-
-    def set_weights(self, target: Target, weights: Weights, *, expected: Weights | None = None) -> None:
-        documents = self._documents()
-        index = self._index(documents, target)
-        check_expected(documents[index], target, expected)
-        documents[index] = with_weights(documents[index], target, weights)
-        text = yaml.safe_dump_all(documents, sort_keys=False)
-        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+    def read(self, target: Target, evidence: type | None = None) -> RouteRead:
+        data = self._bytes()
+        documents = self._documents(data)
+        vs = documents[self._index(documents, target)]
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
+            return read_route(vs, target, _digest(data), evidence, f"{self.path}")
+        except RouterError as exc:
+            raise RouterError(f"{self.path}: {exc}") from None
+
+    def write(self, target: Target, read: RouteRead, weights: Weights, state: RolloutState) -> None:
+        data = self._bytes()
+        if _digest(data) != read.revision:
+            raise WeightConflict(f"{self.path}: changed by someone else between canary's read and write")
+        documents = self._documents(data)
+        index = self._index(documents, target)
+        documents[index] = with_route(documents[index], target, weights, state)
+        self._replace(yaml.safe_dump_all(documents, sort_keys=False).encode("utf-8"))
+
+    def _replace(self, data: bytes) -> None:
+        real = Path(os.path.realpath(self.path))  # a symbolic link keeps pointing at the file it names
+        try:
+            mode = stat.S_IMODE(real.stat().st_mode)
+        except OSError as exc:
+            raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
+        if not mode & 0o222:
+            raise RouterError(f"{self.path}: the file is read-only; canary does not replace it")
+        try:
+            fd, temp = tempfile.mkstemp(prefix=f".{real.name}.", dir=real.parent)
+        except OSError as exc:
+            raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
                 fh.flush()
+                os.fchmod(fh.fileno(), mode)
                 os.fsync(fh.fileno())
-            os.replace(temp, self.path)
+            os.replace(temp, real)
         except OSError as exc:
             Path(temp).unlink(missing_ok=True)
-            raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from exc
+            raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
+        _sync_directory(real.parent)
+
+    def subsets_problem(self, target: Target) -> str | None:
+        """Checked when the file holds DestinationRules; a GitOps repository may keep them elsewhere."""
+        documents = self._documents(self._bytes())
+        rules = [d for d in documents if isinstance(d, dict) and d.get("kind") == "DestinationRule"]
+        return subsets_problem(rules, target) if rules else None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sync_directory(folder: Path) -> None:
+    """The rename is durable only once the folder is on disk too."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

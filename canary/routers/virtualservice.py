@@ -1,78 +1,218 @@
 """What an Istio VirtualService means for canary: pure functions over the manifest as a dict.
 
-Both routers (in-memory and the Kubernetes one) read and write weights through these, so the rules for
-finding the route and its two destinations live in one place.
+Every router (in memory, a manifest file, the Kubernetes API) finds the route, reads and writes the
+weights and the rollout state through these, so the rules live in one place:
+- the route canary moves is the one the policy names, or else the one http route that carries plain
+  traffic (no `match`) to both the baseline and the canary subsets of the target host; more than one
+  such route is refused with the candidates listed. Header-match routes, mirrors, retries, timeouts
+  and other hosts are never touched: a write changes the two weights and the state annotation only;
+- hosts resolve as Istio resolves them: a short name (no dot) is a service in the VirtualService's
+  own namespace (`web-app` in `default` is `web-app.default.svc.cluster.local`);
+- the rollout state is the `canary.dev/rollout-state` annotation, written with the weights.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from canary.errors import RouterError, WeightConflict
+from canary.errors import RouterError, StateError
 from canary.model import Weights
 from canary.policy import Target
+from canary.state import ANNOTATION, RolloutState, decode_state, encode_state
+
+CLUSTER_DOMAIN = "svc.cluster.local"
+STATE_LIMIT = 192 * 1024  # bytes of state annotation, leaving room for the object's other annotations
 
 
-def _route(vs: dict[str, Any], target: Target) -> list[dict[str, Any]]:
-    name = f"{target.namespace}/{target.virtual_service}"
-    http = vs.get("spec", {}).get("http")
+def fqdn(host: str, namespace: str) -> str:
+    """Istio's reading of a host name: a short name is a service of the given namespace."""
+    return host if "." in host or host == "*" else f"{host}.{namespace}.{CLUSTER_DOMAIN}"
+
+
+def vs_name(target: Target) -> str:
+    return f"VirtualService {target.namespace}/{target.virtual_service}"
+
+
+def _namespace(doc: dict[str, Any], default: str) -> str:
+    meta = doc.get("metadata")
+    namespace = meta.get("namespace") if isinstance(meta, dict) else None
+    return namespace if isinstance(namespace, str) and namespace else default
+
+
+@dataclass(frozen=True)
+class RouteRead:
+    """One read of the route: its weights, the rollout state beside them, and the version it was read at."""
+
+    weights: Weights
+    state: RolloutState | None
+    state_error: str | None  # the annotation was there but could not be decoded
+    revision: str  # the resourceVersion, or a digest of the file: a write is made only if it still holds
+    document: dict[str, Any]  # the VirtualService as read
+
+
+def _http(vs: dict[str, Any], target: Target) -> list[Any]:
+    spec = vs.get("spec")
+    http = spec.get("http") if isinstance(spec, dict) else None
     if not isinstance(http, list) or not http:
-        raise RouterError(f"VirtualService {name}: spec.http has no routes")
-    if target.route is None:
-        chosen = http[0]
-    else:
-        named = [r for r in http if isinstance(r, dict) and r.get("name") == target.route]
+        raise RouterError(f"{vs_name(target)}: spec.http has no routes")
+    return http
+
+
+def _subset_destinations(rule: Any, target: Target, namespace: str) -> dict[str, dict[str, Any]]:
+    """The destinations of one http route that go to the target host, by subset."""
+    out: dict[str, dict[str, Any]] = {}
+    route = rule.get("route") if isinstance(rule, dict) else None
+    host = fqdn(target.host, target.namespace)
+    for dest in route if isinstance(route, list) else []:
+        d = dest.get("destination") if isinstance(dest, dict) else None
+        if isinstance(d, dict) and isinstance(d.get("host"), str) and fqdn(d["host"], namespace) == host:
+            subset = d.get("subset")
+            if isinstance(subset, str):
+                out.setdefault(subset, dest)
+    return out
+
+
+def _describe(index: int, rule: Any) -> str:
+    name = rule.get("name") if isinstance(rule, dict) else None
+    return f"spec.http[{index}]" + (f" ({name!r})" if name else "")
+
+
+def route_index(vs: dict[str, Any], target: Target) -> int:
+    """The index in spec.http of the route canary moves (RouterError says why there is none)."""
+    http = _http(vs, target)
+    namespace = _namespace(vs, target.namespace)
+    both = {target.baseline, target.canary}
+    if target.route is not None:
+        named = [i for i, r in enumerate(http) if isinstance(r, dict) and r.get("name") == target.route]
         if not named:
-            raise RouterError(f"VirtualService {name}: no http route named {target.route!r}")
-        chosen = named[0]
-    route = chosen.get("route") if isinstance(chosen, dict) else None
-    if not isinstance(route, list):
-        raise RouterError(f"VirtualService {name}: the http route has no destinations")
-    return route
-
-
-def _destination(route: list[dict[str, Any]], target: Target, subset: str) -> dict[str, Any]:
-    for dest in route:
-        d = dest.get("destination", {}) if isinstance(dest, dict) else {}
-        if d.get("subset") == subset:
-            return dest
+            raise RouterError(f"{vs_name(target)}: no http route named {target.route!r}")
+        missing = both - set(_subset_destinations(http[named[0]], target, namespace))
+        if missing:
+            raise RouterError(
+                f"{vs_name(target)}: http route {target.route!r} has no destination with subset "
+                f"{sorted(missing)[0]!r} of {target.host}"
+            )
+        return named[0]
+    plain = [
+        i for i, r in enumerate(http)
+        if isinstance(r, dict) and not r.get("match") and both <= set(_subset_destinations(r, target, namespace))
+    ]  # fmt: skip
+    if len(plain) == 1:
+        return plain[0]
+    if not plain:
+        raise RouterError(
+            f"{vs_name(target)}: no http route without `match` sends traffic to both subsets {target.baseline!r} "
+            f"and {target.canary!r} of {target.host} ({len(http)} routes); name the route in spec.target.route"
+        )
+    candidates = ", ".join(_describe(i, http[i]) for i in plain)
     raise RouterError(
-        f"VirtualService {target.namespace}/{target.virtual_service}: no destination with subset {subset!r}"
+        f"{vs_name(target)}: {len(plain)} http routes split {target.baseline!r} and {target.canary!r} "
+        f"({candidates}); name the one to shift in spec.target.route"
     )
 
 
+def _weight(dest: dict[str, Any], field: str, target: Target) -> int:
+    value = dest.get("weight", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise RouterError(f"{vs_name(target)}: {field}.weight must be a whole number in 0..100, got {value!r}")
+    return value
+
+
 def read_weights(vs: dict[str, Any], target: Target) -> Weights:
-    route = _route(vs, target)
-    base = _destination(route, target, target.baseline)
-    can = _destination(route, target, target.canary)
+    index = route_index(vs, target)
+    rule = _http(vs, target)[index]
+    dests = _subset_destinations(rule, target, _namespace(vs, target.namespace))
+    route = rule["route"]
+    fields = {id(d): f"spec.http[{index}].route[{j}]" for j, d in enumerate(route)}
+    base, can = dests[target.baseline], dests[target.canary]
     # Istio: a single destination without weight takes 100; with several, a missing weight means 0.
-    b, c = int(base.get("weight", 0)), int(can.get("weight", 0))
-    others = sum(int(d.get("weight", 0)) for d in route if d is not base and d is not can)
+    b, c = _weight(base, fields[id(base)], target), _weight(can, fields[id(can)], target)
+    others = sum(
+        _weight(d, fields[id(d)], target) for d in route if isinstance(d, dict) and d is not base and d is not can
+    )
     if others or b + c != 100:
         raise RouterError(
-            f"VirtualService {target.namespace}/{target.virtual_service}: weights of {target.baseline} and "
-            f"{target.canary} sum to {b + c}, other destinations hold {others}; canary needs the two to sum to 100"
+            f"{vs_name(target)}: weights of {target.baseline} and {target.canary} in spec.http[{index}] sum to "
+            f"{b + c}, others hold {others}; canary needs the two to sum to 100"
         )
     return Weights(baseline=b, canary=c)
 
 
+def state_text(vs: dict[str, Any]) -> str | None:
+    meta = vs.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    value = annotations.get(ANNOTATION) if isinstance(annotations, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def read_route(
+    vs: dict[str, Any], target: Target, revision: str, evidence: type | None, where: str | None = None
+) -> RouteRead:
+    """Weights and state of the route. A state that cannot be decoded is reported, not raised: a person's
+    rollback must still work on a route whose annotation was damaged."""
+    weights = read_weights(vs, target)
+    text = state_text(vs)
+    state, problem = None, None
+    if text is not None:
+        try:
+            state = decode_state(text, evidence)
+        except StateError as exc:
+            problem = f"{where or vs_name(target)}: annotation {ANNOTATION}: {exc}"
+    return RouteRead(weights, state, problem, revision, vs)
+
+
 def with_weights(vs: dict[str, Any], target: Target, weights: Weights) -> dict[str, Any]:
-    """A copy of the manifest with the two destinations' weights set."""
+    """A copy of the manifest with the two destinations' weights set; nothing else changes."""
     out = copy.deepcopy(vs)
-    route = _route(out, target)
-    _destination(route, target, target.baseline)["weight"] = weights.baseline
-    _destination(route, target, target.canary)["weight"] = weights.canary
+    index = route_index(out, target)
+    dests = _subset_destinations(_http(out, target)[index], target, _namespace(out, target.namespace))
+    dests[target.baseline]["weight"] = weights.baseline
+    dests[target.canary]["weight"] = weights.canary
     return out
 
 
-def check_expected(vs: dict[str, Any], target: Target, expected: Weights | None) -> None:
-    """Compare-and-swap: refuse to write over weights someone changed since they were read."""
-    if expected is None:
-        return
-    current = read_weights(vs, target)
-    if current != expected:
-        raise WeightConflict(
-            f"VirtualService {target.namespace}/{target.virtual_service}: weights changed outside canary "
-            f"(expected {expected}, found {current})"
+def with_state(vs: dict[str, Any], state: RolloutState) -> dict[str, Any]:
+    """A copy of the manifest with the rollout state annotation set."""
+    text = encode_state(state)
+    if len(text) > STATE_LIMIT:
+        raise RouterError(
+            f"the rollout state is {len(text) // 1024} KiB, more than canary writes into an annotation "
+            f"({STATE_LIMIT // 1024} KiB; Kubernetes allows 256 KiB for all of an object's annotations): "
+            "the judge's per-pod evidence grows with the number of pods"
         )
+    out = copy.deepcopy(vs)
+    meta = out.get("metadata")
+    if not isinstance(meta, dict):
+        meta = out["metadata"] = {}
+    annotations = meta.get("annotations")
+    if not isinstance(annotations, dict):
+        annotations = meta["annotations"] = {}
+    annotations[ANNOTATION] = text
+    return out
+
+
+def with_route(vs: dict[str, Any], target: Target, weights: Weights, state: RolloutState) -> dict[str, Any]:
+    """What one write makes of the manifest: the weights and the state, together."""
+    return with_state(with_weights(vs, target, weights), state)
+
+
+def subsets_problem(rules: Iterable[Any], target: Target) -> str | None:
+    """Why the DestinationRules given do not define both subsets for the target host (None: they do)."""
+    host = fqdn(target.host, target.namespace)
+    found = [
+        r for r in rules
+        if isinstance(r, dict) and isinstance(r.get("spec"), dict) and isinstance(r["spec"].get("host"), str)
+        and fqdn(r["spec"]["host"], _namespace(r, target.namespace)) == host
+    ]  # fmt: skip
+    if not found:
+        return f"no DestinationRule for {host} in namespace {target.namespace}: Istio cannot route to its subsets"
+    names = {s.get("name") for r in found for s in (r["spec"].get("subsets") or []) if isinstance(s, dict)}
+    missing = [s for s in (target.baseline, target.canary) if s not in names]
+    if missing:
+        rule = (found[0].get("metadata") or {}).get("name", "?")
+        have = ", ".join(sorted(str(n) for n in names if n)) or "none"
+        return f"DestinationRule {target.namespace}/{rule} for {host} has no subset {missing[0]!r} (subsets: {have})"
+    return None

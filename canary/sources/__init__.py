@@ -16,3 +16,7 @@ class MetricsSource(Protocol):
     def observe(self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
         """Counts per version and pod over [start, end); a version with no series gets an empty mapping."""
         ...
+
+    def refuses(self, metric: MetricSpec) -> str | None:
+        """Why this source cannot serve the metric (None: it can); checked before any weight moves."""
+        ...

@@ -288,6 +288,9 @@ class PrometheusSource:
                 raise SourceError(f"metric {metric.name!r}: the Prometheus source cannot read its kind")
         return out
 
+    def refuses(self, metric: MetricSpec) -> str | None:
+        return None  # every metric kind has its queries (docs/prometheus.md)
+
     def observe(self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
         """Exact counts per version and pod over (start, end]; one query per metric, both versions at once.
 

@@ -93,7 +93,7 @@ class SimulatedMesh:
 
     def _serve(self, start: float, end: float) -> Slice:
         sc = self.scenario
-        weights = self.router.get_weights(self.target)
+        weights = self.router.read(self.target).weights
         elapsed = start - self.origin
         load = 1.0
         if sc.diurnal is not None:
@@ -145,6 +145,12 @@ class SimulatedMesh:
                 baseline=per_version[target.baseline], canary=per_version[target.canary]
             )
         return Observation(start=start, end=end, metrics=windows)
+
+    @staticmethod
+    def refuses(metric: MetricSpec) -> str | None:
+        if isinstance(metric, ErrorRateMetric | LatencyMetric):
+            return None
+        return "the simulated mesh serves error-rate and latency metrics only (use --prometheus-url)"
 
     def _samples(self, metric: MetricSpec, version: str, names: list[str], chosen: list[Slice]) -> dict[str, Sample]:
         if not chosen:

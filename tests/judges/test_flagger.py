@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from judging import Running
 
 from canary.app import simulated_rollout
 from canary.audit import MemoryAudit
@@ -18,6 +19,7 @@ from canary.judges.flagger import FlaggerJudge, success_rate
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, MetricWindow, Observation, Outcome, Ratio
 from canary.policy import (
     Analysis,
+    CustomRatioMetric,
     ErrorRateMetric,
     FlaggerSettings,
     LatencyMetric,
@@ -86,55 +88,55 @@ def outcomes(judge: FlaggerJudge, observations: list[Observation], step: int = 0
 
 
 def test_an_interval_where_every_check_passes_advances() -> None:
-    judge = FlaggerJudge(make_policy())
+    judge = Running(FlaggerJudge(make_policy()))
     judgement = judge.judge(GOOD, 0)
     assert judgement.outcome is Outcome.PASS
     assert [v.metric for v in judgement.verdicts] == ["error-rate success rate", "latency p99"]
     assert judgement.verdicts[0].figures["success_rate"] == pytest.approx(99.5)
     assert judgement.verdicts[1].figures["p99_ms"] == pytest.approx(99.5)
-    assert judge.failed_checks == 0
+    assert judge.state.failed_checks == 0
 
 
 def test_success_rate_below_the_minimum_is_a_failed_check() -> None:
-    judge = FlaggerJudge(make_policy())
+    judge = Running(FlaggerJudge(make_policy()))
     judgement = judge.judge(ERRORS, 0)
     assert judgement.outcome is Outcome.CONTINUE
     assert judgement.verdicts[0].outcome is Outcome.FAIL
     assert "98.00% below the minimum 99%" in judgement.verdicts[0].summary
-    assert judge.failed_checks == 1
+    assert judge.state.failed_checks == 1
 
 
 def test_success_rate_exactly_at_the_minimum_passes() -> None:
     assert success_rate({"p": Ratio(10, 1000)}) == 99.0
-    assert FlaggerJudge(make_policy()).judge(observe(Ratio(10, 1000), FAST), 0).outcome is Outcome.PASS
+    assert Running(FlaggerJudge(make_policy())).judge(observe(Ratio(10, 1000), FAST), 0).outcome is Outcome.PASS
 
 
 def test_p99_above_the_maximum_is_a_failed_check() -> None:
-    judge = FlaggerJudge(make_policy())
+    judge = Running(FlaggerJudge(make_policy()))
     judgement = judge.judge(SLOW_P99, 0)
     assert judgement.verdicts[1].outcome is Outcome.FAIL
     assert judgement.verdicts[1].figures["p99_ms"] == pytest.approx(950.0)
-    assert judge.failed_checks == 1
+    assert judge.state.failed_checks == 1
 
 
 def test_no_data_counts_as_a_failed_check() -> None:
-    judge = FlaggerJudge(make_policy())
+    judge = Running(FlaggerJudge(make_policy()))
     judgement = judge.judge(NO_TRAFFIC, 0)
     assert [v.outcome for v in judgement.verdicts] == [Outcome.NO_DATA, Outcome.NO_DATA]
     assert "counts as a failed check" in judgement.verdicts[0].summary
-    assert judge.failed_checks == 1
+    assert judge.state.failed_checks == 1
     assert judge.judge(observe(Ratio(0, 0), histogram({})), 0).outcome is Outcome.CONTINUE
-    assert judge.failed_checks == 2
+    assert judge.state.failed_checks == 2
 
 
 def test_an_interval_counts_once_however_many_checks_fail() -> None:
-    judge = FlaggerJudge(make_policy())
+    judge = Running(FlaggerJudge(make_policy()))
     judge.judge(BOTH_BAD, 0)
-    assert judge.failed_checks == 1
+    assert judge.state.failed_checks == 1
 
 
 def test_rolls_back_when_failed_checks_reach_the_threshold() -> None:
-    judge = FlaggerJudge(make_policy(threshold=5))
+    judge = Running(FlaggerJudge(make_policy(threshold=5)))
     assert outcomes(judge, [ERRORS] * 4) == [Outcome.CONTINUE] * 4
     fifth = judge.judge(ERRORS, 0)
     assert fifth.outcome is Outcome.FAIL
@@ -142,28 +144,32 @@ def test_rolls_back_when_failed_checks_reach_the_threshold() -> None:
 
 
 def test_failed_checks_accumulate_over_passing_intervals_and_steps() -> None:
-    judge = FlaggerJudge(make_policy(threshold=3))
+    judge = Running(FlaggerJudge(make_policy(threshold=3)))
     assert outcomes(judge, [ERRORS, GOOD], step=0) == [Outcome.CONTINUE, Outcome.PASS]
     assert outcomes(judge, [SLOW_P99, GOOD], step=1) == [Outcome.CONTINUE, Outcome.PASS]
     assert outcomes(judge, [NO_TRAFFIC], step=2) == [Outcome.FAIL]
 
 
 def test_the_baseline_is_never_looked_at() -> None:
-    judge = FlaggerJudge(make_policy())
+    judge = Running(FlaggerJudge(make_policy()))
     # The canary is far worse than a perfect baseline, yet under the fixed thresholds: it passes.
     worse = observe(Ratio(9, 1000), histogram({250: 1000}), Ratio(0, 1000), histogram({10: 1000}))
     assert judge.judge(worse, 0).outcome is Outcome.PASS
     # The canary is exactly as good as a baseline that is itself over the thresholds: it fails.
     same = observe(Ratio(20, 1000), SLOW, Ratio(20, 1000), SLOW)
     assert judge.judge(same, 0).outcome is Outcome.CONTINUE
-    assert judge.failed_checks == 1
+    assert judge.state.failed_checks == 1
 
 
-def test_a_policy_without_error_rate_or_latency_metrics_is_refused() -> None:
+def test_metrics_without_a_flagger_check_are_refused_not_skipped() -> None:
+    """A custom metric has no Flagger built-in check: the judge says so, so validate and run refuse the policy
+    instead of judging part of it."""
     policy = make_policy()
-    with pytest.raises(ValueError, match="needs an error-rate or a latency metric"):
-        FlaggerJudge(Policy(name="empty", target=TARGET, metrics=()))
-    assert FlaggerJudge(policy).checks
+    judge = FlaggerJudge(policy)
+    assert judge.checks
+    assert all(judge.refuses(m) is None for m in policy.metrics)
+    custom = CustomRatioMetric("tcp", 'events{version="{version}"}', 'total{version="{version}"}', 0.01)
+    assert judge.refuses(custom) == "the flagger judge has built-in checks for error-rate and latency metrics only"
 
 
 @st.composite
@@ -192,7 +198,7 @@ histograms = st.lists(st.just(0) | st.integers(0, 2_000), min_size=BUCKETS, max_
 def test_never_crashes_or_returns_nan_on_arbitrary_counts(
     ticks: list[tuple[dict[str, Ratio], dict[str, Histogram]]],
 ) -> None:
-    judge = FlaggerJudge(make_policy(threshold=3))
+    judge = Running(FlaggerJudge(make_policy(threshold=3)))
     for errors, latency in ticks:
         observation = Observation(
             0, 60, {"error-rate": MetricWindow({}, dict(errors)), "latency": MetricWindow({}, dict(latency))}
@@ -203,14 +209,14 @@ def test_never_crashes_or_returns_nan_on_arbitrary_counts(
             values = [v for v in verdict.figures.values() if isinstance(v, float)]
             assert all(math.isfinite(v) for v in values)
             assert "nan" not in verdict.summary.lower()
-    assert judge.failed_checks <= len(ticks)
+    assert judge.state.failed_checks <= len(ticks)
 
 
 def test_make_judge_runs_a_whole_simulated_rollout_to_a_finished_phase() -> None:
     policy = load_policy(Path(__file__).parents[2] / "policies" / "web-app.yaml")
     assert isinstance(make_judge(policy, "flagger"), FlaggerJudge)
     rollout = simulated_rollout(policy, builtin_scenario("healthy"), seed=1, audit=MemoryAudit(), judge="flagger")
-    assert rollout.controller.judge.name == "flagger"
-    result = rollout.controller.run()
-    assert result.phase.finished
+    assert rollout.runner.judge.name == "flagger"
+    result = rollout.runner.run()
+    assert result.phase.ended
     assert result.judgement is not None

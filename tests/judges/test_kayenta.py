@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from judging import Running
 
 from canary.app import simulated_rollout
 from canary.audit import MemoryAudit
@@ -162,7 +163,7 @@ def test_identical_series_pass_and_short_series_have_no_data() -> None:
 
 
 def test_fewer_than_min_intervals_in_the_step_continues_then_scores() -> None:
-    judge = KayentaJudge(make_policy(min_intervals=3))
+    judge = Running(KayentaJudge(make_policy(min_intervals=3)))
     first = judge.judge(HEALTHY, 0)
     assert first.outcome is Outcome.CONTINUE
     assert all(v.outcome is Outcome.CONTINUE for v in first.verdicts)
@@ -171,7 +172,7 @@ def test_fewer_than_min_intervals_in_the_step_continues_then_scores() -> None:
 
 
 def test_a_new_step_starts_a_new_series() -> None:
-    judge = KayentaJudge(make_policy(min_intervals=3))
+    judge = Running(KayentaJudge(make_policy(min_intervals=3)))
     assert run(judge, [HEALTHY] * 3, step=0)[-1] is Outcome.PASS
     assert run(judge, [HEALTHY] * 3, step=1) == [Outcome.CONTINUE, Outcome.CONTINUE, Outcome.PASS]
     verdict = judge.judge(HEALTHY, 1).verdicts[0]
@@ -189,18 +190,18 @@ def slow_p99(i: int) -> Observation:
 
 def test_score_is_the_weighted_share_of_passing_checks() -> None:
     """Weights: error rate 2, latency 1 split over p50 and p99 (0.5 each): a High p99 leaves 2.5 / 3."""
-    judge = KayentaJudge(make_policy(error_weight=2.0))
+    judge = Running(KayentaJudge(make_policy(error_weight=2.0)))
     judgements = [judge.judge(slow_p99(i), 0) for i in range(4)]
     last = judgements[-1]
     classes = {v.metric: v.figures["classification"] for v in last.verdicts}
     assert classes == {"error-rate": "Pass", "latency p50": "Pass", "latency p99": "High"}
     assert "score 83.3" in last.summary
-    assert judge.last_score == pytest.approx(100 * 2.5 / 3)
+    assert judge.state.last_score == pytest.approx(100 * 2.5 / 3)
     assert last.outcome is Outcome.CONTINUE  # marginal (75) ≤ 83.3 < pass (95)
 
 
 def test_score_below_marginal_fails() -> None:
-    judge = KayentaJudge(make_policy(error_weight=1.0))  # a High error rate leaves latency's 1 of 2
+    judge = Running(KayentaJudge(make_policy(error_weight=1.0)))  # a High error rate leaves latency's 1 of 2
     observations = [
         observe((Ratio(40 + wobble(i), 1000), Ratio(10, 1000)), (latency(600 + wobble(i)), latency(600)))
         for i in range(4)
@@ -214,7 +215,7 @@ def test_score_below_marginal_fails() -> None:
 
 
 def test_high_on_a_critical_metric_sets_the_score_to_zero() -> None:
-    judge = KayentaJudge(make_policy(error_weight=2.0, latency_critical=True))
+    judge = Running(KayentaJudge(make_policy(error_weight=2.0, latency_critical=True)))
     last = [judge.judge(slow_p99(i), 0) for i in range(4)][-1]
     assert "score 0.0" in last.summary
     assert "critical metric failed: latency p99" in last.summary
@@ -223,7 +224,7 @@ def test_high_on_a_critical_metric_sets_the_score_to_zero() -> None:
 
 def test_no_data_counts_as_not_passing() -> None:
     """No canary latency at all: both quantile checks are NoData, leaving the error rate's 2 of 3."""
-    judge = KayentaJudge(make_policy(error_weight=2.0))
+    judge = Running(KayentaJudge(make_policy(error_weight=2.0)))
     no_latency = observe((Ratio(10, 1000), Ratio(10, 1000)), (None, latency(600)))
     last = [judge.judge(no_latency, 0) for _ in range(3)][-1]
     assert [v.outcome for v in last.verdicts] == [Outcome.PASS, Outcome.NO_DATA, Outcome.NO_DATA]
@@ -233,21 +234,21 @@ def test_no_data_counts_as_not_passing() -> None:
 
 def test_no_data_for_every_metric_holds_rather_than_rolling_back() -> None:
     """Kayenta itself would score 0 and fail; canary holds the step, as for every judge."""
-    judge = KayentaJudge(make_policy())
+    judge = Running(KayentaJudge(make_policy()))
     empty = Observation(0, 60, {})
     last = [judge.judge(empty, 0) for _ in range(4)][-1]
     assert last.outcome is Outcome.NO_DATA
 
 
 def test_a_metric_missing_from_the_observation_is_no_data() -> None:
-    judge = KayentaJudge(make_policy())
+    judge = Running(KayentaJudge(make_policy()))
     only_errors = Observation(0, 60, {"error-rate": window(Ratio(10, 1000), Ratio(10, 1000))})
     last = [judge.judge(only_errors, 0) for _ in range(3)][-1]
     assert [v.figures["classification"] for v in last.verdicts] == ["Pass", "NoData", "NoData"]
 
 
 def test_intervals_without_requests_give_no_value_rather_than_zero() -> None:
-    judge = KayentaJudge(make_policy())
+    judge = Running(KayentaJudge(make_policy()))
     empty = observe((Ratio(0, 0), Ratio(0, 0)), (histogram({}), histogram({})))
     judge.judge(HEALTHY, 0)
     judge.judge(empty, 0)
@@ -257,7 +258,7 @@ def test_intervals_without_requests_give_no_value_rather_than_zero() -> None:
 
 
 def test_verdicts_carry_the_test_figures_and_a_plain_summary() -> None:
-    judge = KayentaJudge(make_policy())
+    judge = Running(KayentaJudge(make_policy()))
     last = [judge.judge(slow_p99(i), 0) for i in range(4)][-1]
     p99 = last.verdicts[2]
     for key in ("u", "p_value", "hl_estimate", "ci", "confidence", "canary_mean", "baseline_mean", "ratio"):
@@ -276,7 +277,7 @@ def test_histograms_with_different_layouts_are_merged_to_common_edges() -> None:
         {"error-rate": window(Ratio(1, 100), Ratio(1, 100)),
          "latency": MetricWindow(baseline={"a": fine, "b": coarse}, canary={"c": fine})},
     )  # fmt: skip
-    judge = KayentaJudge(make_policy())
+    judge = Running(KayentaJudge(make_policy()))
     verdict = judge.judge(obs, 0).verdicts[1]
     assert len(verdict.figures["baseline_values"]) == 1  # type: ignore[arg-type]
 
@@ -322,7 +323,7 @@ intervals = st.builds(interval, pods_of(ratios()), pods_of(ratios()), pods_of(hi
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(intervals, st.integers(0, 1)), min_size=1, max_size=6))
 def test_never_crashes_or_returns_nan_on_arbitrary_counts(ticks: list[tuple[Observation, int]]) -> None:
-    judge = KayentaJudge(make_policy(min_intervals=2))
+    judge = Running(KayentaJudge(make_policy(min_intervals=2)))
     for observation, step in sorted(ticks, key=lambda t: t[1]):
         judgement = judge.judge(observation, step)
         assert judgement.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.CONTINUE, Outcome.NO_DATA)
@@ -339,7 +340,7 @@ def test_make_judge_runs_a_whole_simulated_rollout_to_a_finished_phase() -> None
     policy = load_policy(Path(__file__).parents[2] / "policies" / "web-app.yaml")
     assert isinstance(make_judge(policy, "kayenta"), KayentaJudge)
     rollout = simulated_rollout(policy, builtin_scenario("healthy"), seed=1, audit=MemoryAudit(), judge="kayenta")
-    assert rollout.controller.judge.name == "kayenta"
-    result = rollout.controller.run()
-    assert result.phase.finished
+    assert rollout.runner.judge.name == "kayenta"
+    result = rollout.runner.run()
+    assert result.phase.ended
     assert result.judgement is not None

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from judging import Running
 
 from canary.judges.sequential import SequentialJudge
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, MetricWindow, Observation, Outcome, Ratio
@@ -53,7 +54,7 @@ def lognormal_counts(rng: np.random.Generator, n: int, median: float, sigma: flo
 
 
 def test_one_interval_reports_the_raw_difference_and_the_closed_form_interval() -> None:
-    judge = SequentialJudge(policy())
+    judge = Running(SequentialJudge(policy()))
     verdict = judge.judge(ratio_obs(Ratio(10, 1000), Ratio(30, 1000)), 0).verdicts[0]
     assert verdict.figures["difference"] == pytest.approx(0.03 - 0.01)
     # Rebuild the interval by hand: the variance of a canary exactly at the tolerance (baseline's shrunk
@@ -71,38 +72,38 @@ def test_one_interval_reports_the_raw_difference_and_the_closed_form_interval() 
 
 
 def test_a_clear_error_regression_fails_with_the_metric_named() -> None:
-    judge = SequentialJudge(policy())
+    judge = Running(SequentialJudge(policy()))
     result = judge.judge(ratio_obs(Ratio(100, 10_000), Ratio(500, 10_000)), 0)
     assert result.outcome is Outcome.FAIL
     assert "errors" in result.summary and "worse than tolerated" in result.verdicts[0].summary
 
 
 def test_identical_versions_pass_once_the_evidence_is_in() -> None:
-    judge = SequentialJudge(policy())
+    judge = Running(SequentialJudge(policy()))
     outcomes = [judge.judge(ratio_obs(Ratio(100, 10_000), Ratio(100, 10_000)), 0).outcome for _ in range(5)]
     assert outcomes[-1] is Outcome.PASS and Outcome.FAIL not in outcomes
 
 
 def test_no_series_for_a_version_is_no_data_not_a_pass_or_a_failure() -> None:
-    judge = SequentialJudge(policy())
+    judge = Running(SequentialJudge(policy()))
     assert judge.judge(ratio_obs(Ratio(1, 100), None), 0).outcome is Outcome.NO_DATA
     assert judge.judge(ratio_obs(None, None), 0).outcome is Outcome.NO_DATA
     assert judge.judge(Observation(0, 60, {}), 0).outcome is Outcome.NO_DATA
 
 
 def test_zero_traffic_for_the_canary_is_no_data() -> None:
-    judge = SequentialJudge(policy())
+    judge = Running(SequentialJudge(policy()))
     assert judge.judge(ratio_obs(Ratio(5, 500), Ratio(0, 0)), 0).outcome is Outcome.NO_DATA
 
 
 def test_min_requests_holds_the_step() -> None:
-    judge = SequentialJudge(policy(**{"minRequests: 0": "minRequests: 5000"}))
+    judge = Running(SequentialJudge(policy(**{"minRequests: 0": "minRequests: 5000"})))
     verdict = judge.judge(ratio_obs(Ratio(10, 1000), Ratio(10, 1000)), 0).verdicts[0]
     assert verdict.outcome is Outcome.CONTINUE and "waiting for 5000 requests" in verdict.summary
 
 
 def test_a_new_step_must_show_its_own_evidence() -> None:
-    judge = SequentialJudge(policy())
+    judge = Running(SequentialJudge(policy()))
     for _ in range(5):
         last = judge.judge(ratio_obs(Ratio(100, 10_000), Ratio(100, 10_000)), 0)
     assert last.outcome is Outcome.PASS
@@ -112,7 +113,7 @@ def test_a_new_step_must_show_its_own_evidence() -> None:
 
 def test_a_latency_shift_far_beyond_tolerance_fails_and_reports_buckets() -> None:
     rng = np.random.default_rng(1)
-    judge = SequentialJudge(policy(LATENCY_POLICY))
+    judge = Running(SequentialJudge(policy(LATENCY_POLICY)))
     for _ in range(3):
         obs = Observation(
             0,
@@ -128,7 +129,7 @@ def test_a_latency_shift_far_beyond_tolerance_fails_and_reports_buckets() -> Non
 
 def test_latency_of_equal_versions_passes() -> None:
     rng = np.random.default_rng(2)
-    judge = SequentialJudge(policy(LATENCY_POLICY))
+    judge = Running(SequentialJudge(policy(LATENCY_POLICY)))
     outcomes = []
     for _ in range(10):
         obs = Observation(
@@ -142,7 +143,7 @@ def test_latency_of_equal_versions_passes() -> None:
 
 def test_differing_bucket_layouts_are_compared_on_common_edges_and_said_so() -> None:
     rng = np.random.default_rng(3)
-    judge = SequentialJudge(policy(LATENCY_POLICY))
+    judge = Running(SequentialJudge(policy(LATENCY_POLICY)))
     full = lognormal_counts(rng, 5000, 80)
     coarse = Histogram.from_cumulative(
         {
@@ -157,7 +158,7 @@ def test_differing_bucket_layouts_are_compared_on_common_edges_and_said_so() -> 
 
 
 def test_layouts_without_a_common_edge_are_no_data() -> None:
-    judge = SequentialJudge(policy(LATENCY_POLICY))
+    judge = Running(SequentialJudge(policy(LATENCY_POLICY)))
     obs = Observation(
         0, 60, {"latency": MetricWindow({"b": Histogram((1.0,), (1, 1))}, {"c": Histogram((2.0,), (1, 1))})}
     )
@@ -170,7 +171,7 @@ def test_false_failures_at_the_tolerance_boundary_stay_below_alpha() -> None:
     rng = np.random.default_rng(11)
     failures = 0
     for _ in range(300):
-        judge = SequentialJudge(policy())
+        judge = Running(SequentialJudge(policy()))
         for t in range(40):
             base_rate = 0.01 * (1 + 0.5 * math.sin(t / 6))  # service-wide drift
             n_c = int(rng.integers(300, 900))  # the canary's share wanders
@@ -240,7 +241,7 @@ def test_any_non_negative_counts_give_a_verdict_without_nan(ticks: list) -> None
         "    - {name: latency, kind: latency, quantiles: [{quantile: 0.5, maxIncrease: 0.1}, "
         "{quantile: 0.99, maxIncrease: 0.25}]}",
     )
-    judge = SequentialJudge(policy(text))
+    judge = Running(SequentialJudge(policy(text)))
     for rb, rc, hb, hc, step in ticks:
         obs = Observation(0, 60, {"errors": MetricWindow(rb, rc), "latency": MetricWindow(hb, hc)})
         result = judge.judge(obs, step)
@@ -253,7 +254,7 @@ def test_any_non_negative_counts_give_a_verdict_without_nan(ticks: list) -> None
 def test_a_pod_with_another_bucket_layout_never_puts_nan_in_a_verdict_and_decisions_go_on() -> None:
     """A sidecar upgrade mid-rollout: one canary pod exports without the 100 and 250 ms buckets."""
     rng = np.random.default_rng(5)
-    judge = SequentialJudge(policy(LATENCY_POLICY))
+    judge = Running(SequentialJudge(policy(LATENCY_POLICY)))
     coarse_edges = tuple(e for e in ISTIO_LATENCY_BUCKETS_MS if e not in (100, 250))
     outcomes = []
     for tick in range(12):
@@ -270,7 +271,7 @@ def test_a_pod_with_another_bucket_layout_never_puts_nan_in_a_verdict_and_decisi
 
 
 def test_a_bucket_edge_at_zero_does_not_crash() -> None:
-    judge = SequentialJudge(policy(LATENCY_POLICY))
+    judge = Running(SequentialJudge(policy(LATENCY_POLICY)))
     bounds = (0.0, 50.0, 100.0, 250.0)
     obs = Observation(
         0,
@@ -286,7 +287,7 @@ def test_a_bucket_edge_at_zero_does_not_crash() -> None:
 
 def test_a_clear_failure_rolls_back_before_min_requests_is_reached() -> None:
     """minRequests gates passes only: the fail sequence is valid at any sample size."""
-    judge = SequentialJudge(policy(**{"minRequests: 0": "minRequests: 100000"}))
+    judge = Running(SequentialJudge(policy(**{"minRequests: 0": "minRequests: 100000"})))
     result = judge.judge(ratio_obs(Ratio(100, 10_000), Ratio(5_000, 10_000)), 0)
     assert result.outcome is Outcome.FAIL
 
@@ -304,7 +305,7 @@ def _latency_rollouts(quantile: float, tolerance: float, scale: float, runs: int
     base, slow = Behaviour(0.0, Lognormal(80, 0.5)), Behaviour(0.0, Lognormal(80 * scale, 0.5))
     failures = 0
     for _ in range(runs):
-        judge = SequentialJudge(policy(text))
+        judge = Running(SequentialJudge(policy(text)))
         for t in range(40):
             load = np.array([1 + 0.3 * math.sin(t / 5)])
             p_b, p_c = bucket_probabilities(base, load)[0], bucket_probabilities(slow, load)[0]

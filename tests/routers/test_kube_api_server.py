@@ -28,7 +28,8 @@ def objects(kubeconfig: Path) -> Iterator[client.CustomObjectsApi]:
 
 
 def weights(vs: Any) -> list[int | None]:
-    return [d.get("weight") for d in vs["spec"]["http"][0]["route"]]
+    """The seed's weighted split is its second http route (the first is the header-match route)."""
+    return [d.get("weight") for d in vs["spec"]["http"][1]["route"]]
 
 
 def status(exc: ApiException) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def test_merge_patch_merges_objects_and_null_removes(objects: client.CustomObjec
         *ARGS, "web-app", {"metadata": {"labels": {"team": "web"}}, "spec": {"hosts": None}}
     )
     assert patched["metadata"]["labels"] == {"team": "web"}
-    assert "hosts" not in patched["spec"] and weights(patched) == [100, 0]  # lists and siblings untouched
+    assert "hosts" not in patched["spec"] and weights(patched) == [90, 10]  # lists and siblings untouched
     assert patched["metadata"]["resourceVersion"] != version
     assert kube_api.requests[-1][2] == "application/merge-patch+json"
 
@@ -50,9 +51,9 @@ def test_merge_patch_merges_objects_and_null_removes(objects: client.CustomObjec
 def test_json_patch_applies_in_order_and_a_failed_test_changes_nothing(
     objects: client.CustomObjectsApi, kube_api: KubeApiServer
 ) -> None:
-    route = "/spec/http/0/route"
+    route = "/spec/http/1/route"
     ok = [
-        {"op": "test", "path": f"{route}/0/weight", "value": 100},
+        {"op": "test", "path": f"{route}/0/weight", "value": 90},
         {"op": "replace", "path": f"{route}/0/weight", "value": 80},
         {"op": "replace", "path": f"{route}/1/weight", "value": 20},
         {"op": "add", "path": "/metadata/labels", "value": {"canary": "yes"}},
@@ -63,7 +64,7 @@ def test_json_patch_applies_in_order_and_a_failed_test_changes_nothing(
     before = kube_api.get("default", "web-app")
     stale = [
         {"op": "replace", "path": f"{route}/1/weight", "value": 0},
-        {"op": "test", "path": f"{route}/0/weight", "value": 100},
+        {"op": "test", "path": f"{route}/0/weight", "value": 90},
     ]
     with pytest.raises(UnprocessableEntityException) as caught:
         objects.patch_namespaced_custom_object(*ARGS, "web-app", stale, _content_type="application/json-patch+json")
@@ -81,7 +82,7 @@ def test_strategic_merge_patch_is_unsupported_for_custom_resources(objects: clie
 
 def test_a_stale_resource_version_is_a_409_status(objects: client.CustomObjectsApi, kube_api: KubeApiServer) -> None:
     vs = objects.get_namespaced_custom_object(*ARGS, "web-app")
-    vs["spec"]["http"][0]["route"][1]["weight"] = 10
+    vs["spec"]["http"][1]["route"][1]["weight"] = 20
     objects.replace_namespaced_custom_object(*ARGS, "web-app", vs)
     with pytest.raises(ConflictException) as caught:
         objects.replace_namespaced_custom_object(*ARGS, "web-app", vs)  # the same, now stale, version
@@ -106,11 +107,11 @@ def test_a_put_without_resource_version_is_refused_and_a_no_op_keeps_the_version
     same = objects.replace_namespaced_custom_object(*ARGS, "web-app", vs)
     assert same["metadata"]["resourceVersion"] == vs["metadata"]["resourceVersion"]
     del vs["metadata"]["resourceVersion"]
-    vs["spec"]["http"][0]["route"][1]["weight"] = 5
+    vs["spec"]["http"][1]["route"][1]["weight"] = 5
     with pytest.raises(ApiException) as caught:
         objects.replace_namespaced_custom_object(*ARGS, "web-app", vs)
     assert caught.value.status == 422 and "must be specified for an update" in caught.value.body
-    assert weights(kube_api.get("default", "web-app")) == [100, 0]
+    assert weights(kube_api.get("default", "web-app")) == [90, 10]
 
 
 @pytest.mark.parametrize(
@@ -146,3 +147,35 @@ def test_missing_objects_are_404_for_get_put_and_patch(objects: client.CustomObj
         with pytest.raises(NotFoundException) as caught:
             call()
         assert status(caught.value)["message"] == 'virtualservices.networking.istio.io "nope" not found'
+
+
+def test_discovery_lists_and_serves_only_the_versions_it_is_told(kubeconfig: Path, tmp_path: Path) -> None:
+    """An Istio before 1.22 serves no networking.istio.io/v1: discovery and every path under it are 404."""
+    with KubeApiServer.with_fixtures(served=("v1alpha3", "v1beta1")) as old:
+        api = config.new_client_from_config(config_file=str(old.kubeconfig(tmp_path / "old")), persist_config=False)
+        try:
+            objects = client.CustomObjectsApi(api)
+            assert objects.get_api_resources("networking.istio.io", "v1beta1").group_version == (
+                "networking.istio.io/v1beta1"
+            )
+            with pytest.raises(NotFoundException):
+                objects.get_api_resources("networking.istio.io", "v1")
+            with pytest.raises(NotFoundException):
+                objects.get_namespaced_custom_object(
+                    "networking.istio.io", "v1", "default", "virtualservices", "web-app"
+                )
+            rules = objects.list_namespaced_custom_object(
+                "networking.istio.io", "v1beta1", "default", "destinationrules"
+            )
+            assert rules["kind"] == "DestinationRuleList"
+            assert sorted(r["metadata"]["name"] for r in rules["items"]) == ["reviews", "web-app"]
+        finally:
+            api.close()
+
+
+def test_annotations_over_the_real_size_limit_are_refused(objects: client.CustomObjectsApi) -> None:
+    vs = objects.get_namespaced_custom_object(*ARGS, "web-app")
+    vs["metadata"]["annotations"] = {"example.com/big": "x" * (256 * 1024)}
+    with pytest.raises(UnprocessableEntityException) as caught:
+        objects.replace_namespaced_custom_object(*ARGS, "web-app", vs)
+    assert "must have at most 262144 bytes" in status(caught.value)["message"]

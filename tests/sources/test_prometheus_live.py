@@ -12,19 +12,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers import judged, memory_router
 from mesh_exporter import MeshExporter
 from prometheus_server import PrometheusServer
 from typer.testing import CliRunner
 
 from canary.app import prometheus_rollout
-from canary.audit import AuditLog, read_records
+from canary.audit import AuditLog
 from canary.cli import app
 from canary.model import Phase
 from canary.policy import Policy, load_policy
-from canary.routers.memory import MemoryRouter, virtual_service_for
+from canary.records import DecisionRecord
 from canary.scenario import builtin_scenario
 from canary.sources.prometheus import PrometheusSettings
 from canary.sources.simulated import SimulatedMesh
@@ -47,7 +47,7 @@ def live(prometheus_binary: None) -> Iterator[Live]:
     """The simulated mesh at 60,000 requests/s, scraped each second by a real Prometheus (first scrape ~5 s)."""
     policy = dataclasses.replace(load_policy(POLICY_FILE), interval_s=1.5, max_duration_s=60.0)
     scenario = dataclasses.replace(builtin_scenario("healthy"), rps=60_000)
-    router = MemoryRouter([virtual_service_for(policy.target, canary_weight=50)])
+    router = memory_router(policy.target, canary_weight=50)
     exporter = MeshExporter(SimulatedMesh(scenario, router, policy.target, start=time.time(), seed=3))
     target = exporter.start()
     try:
@@ -61,50 +61,51 @@ def live(prometheus_binary: None) -> Iterator[Live]:
         exporter.stop()
 
 
-def check_counts_against_the_mesh(records: list[dict[str, Any]], exporter: MeshExporter) -> None:
+def check_counts_against_the_mesh(records: list[DecisionRecord], exporter: MeshExporter) -> None:
     """Each tick's counts are what the mesh served in the (delayed) window, within one scrape."""
-    judged = 0
+    seen = 0
     for record in records:
-        end = record["timestamp"] - DELAY_S
-        start = end - record["window"]["seconds"]
+        assert record.window is not None and record.counts is not None
+        end = record.time - DELAY_S
+        start = end - (record.window.end - record.window.start)
         for version in ("v1", "v2"):
-            counts = record["counts"][version]
+            counts = record.counts[version]
             if not counts:
                 continue  # no scrape in this window: no data, never zero
             # A scrape's samples are stamped when it starts and collected a moment later: bracket by 0.4 s,
             # well within one scrape interval.
             low = exporter.served_between(start + 0.4, end - 0.4, version)
             high = exporter.served_between(start - 0.4, end + 0.4, version)
-            assert low[0] <= counts["requests"] <= high[0], (version, record["tick"], low, counts, high)
-            assert low[1] <= counts["errors"] <= high[1], (version, record["tick"], low, counts, high)
+            assert low[0] <= counts["requests"] <= high[0], (version, record.tick, low, counts, high)
+            assert low[1] <= counts["errors"] <= high[1], (version, record.tick, low, counts, high)
             assert counts["latency_buckets"]["+Inf"] == counts["requests"]
-            judged += 1
-    assert judged >= len(records)  # most windows hold scrapes of both versions
+            seen += 1
+    assert seen >= len(records)  # most windows hold scrapes of both versions
 
 
 def test_rollout_on_live_prometheus_promotes_and_audits_what_the_mesh_served(live: Live, tmp_path: Path):
     """The mesh follows the controller's router, as the sidecars follow the VirtualService."""
-    router = MemoryRouter([virtual_service_for(live.policy.target)])
+    router = memory_router(live.policy.target)
     live.exporter.mesh.router = router
     started = time.time()
     settings = PrometheusSettings(live.server.url, timeout_s=5, retries=1, delay_s=DELAY_S)
     audit_path = tmp_path / "audit.jsonl"
     rollout = prometheus_rollout(live.policy, settings, audit=AuditLog(audit_path), router=router)
-    result = rollout.controller.run()
+    result = rollout.runner.run()
     rollout.source.close()
 
     assert result.phase is Phase.PROMOTED, result.decision.reason
-    records = [r for r in read_records(audit_path) if "counts" in r]
+    records = judged(audit_path)
     assert len(records) == result.ticks >= 2
     check_counts_against_the_mesh(records, live.exporter)
     shares = live.exporter.shares_since(started)
     assert min(shares) < 0.2 and max(shares) > 0.3, shares  # the mesh followed the router from 10% past 50%
-    assert router.get_weights(live.policy.target).canary == 100
+    assert router.read(live.policy.target).weights.canary == 100
 
 
 def test_canary_run_with_prometheus_url_promotes_and_writes_the_audit_log(live: Live, tmp_path: Path):
     """`canary run POLICY --prometheus-url URL` end to end (here the mesh keeps a fixed 50/50 split)."""
-    live.exporter.mesh.router = MemoryRouter([virtual_service_for(live.policy.target, canary_weight=50)])
+    live.exporter.mesh.router = memory_router(live.policy.target, canary_weight=50)
     policy = tmp_path / "web-app.yaml"
     policy.write_text(
         POLICY_FILE.read_text()
@@ -120,6 +121,6 @@ def test_canary_run_with_prometheus_url_promotes_and_writes_the_audit_log(live: 
     assert result.exit_code == 0, result.output
     outcome = json.loads(result.output)
     assert outcome["outcome"] == "promoted" and outcome["final_weights"] == {"baseline": 0, "canary": 100}
-    records = [r for r in read_records(audit) if "counts" in r]
-    assert records and records[0]["actor"].startswith(f"canary-controller (prometheus {live.server.url}")
+    records = judged(audit)
+    assert records and records[0].actor.startswith(f"canary-controller (prometheus {live.server.url}")
     check_counts_against_the_mesh(records, live.exporter)

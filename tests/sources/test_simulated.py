@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import memory_router
+from judging import Running
 from scipy import stats
 
 from canary.errors import ScenarioError
@@ -22,7 +24,7 @@ from canary.policy import (
     Target,
     parse_policy,
 )
-from canary.routers.memory import MemoryRouter, virtual_service_for
+from canary.routers.memory import MemoryRouter
 from canary.scenario import Scenario, parse_scenario
 from canary.sources.simulated import SimulatedMesh, Slice, bucket_probabilities
 
@@ -48,7 +50,7 @@ def scenario(**changes: Any) -> Scenario:
 
 
 def mesh(canary_weight: int, seed: int = 1, **changes: Any) -> tuple[SimulatedMesh, MemoryRouter]:
-    router = MemoryRouter([virtual_service_for(TARGET, canary_weight)])
+    router = memory_router(TARGET, canary_weight)
     return SimulatedMesh(scenario(**changes), router, TARGET, start=T0, seed=seed), router
 
 
@@ -97,7 +99,7 @@ def test_traffic_follows_the_router_weights_as_they_change() -> None:
     sim, router = mesh(canary_weight=20)
     sim.advance(T0 + 600, slice_s=1)
     assert canary_share(sim) == pytest.approx(0.20, abs=0.01)
-    router.set_weights(TARGET, Weights.canary_at(50))
+    router.edit(TARGET, Weights.canary_at(50))
     sim.advance(T0 + 1200, slice_s=1)
     assert canary_share(sim, since=T0 + 600) == pytest.approx(0.50, abs=0.01)
 
@@ -201,7 +203,7 @@ def test_no_traffic_to_the_canary_gives_all_zero_samples_and_no_data() -> None:
     observation = sim.observe(TARGET, METRICS, T0, T0 + 60)
     assert set(ratios(observation, "v2").values()) == {Ratio(0, 0)}
     assert all(h.total == 0 for h in histograms(observation, "v2").values())
-    judgement = SequentialJudge(judge_policy()).judge(observation, 0)
+    judgement = Running(SequentialJudge(judge_policy())).judge(observation, 0)
     assert judgement.outcome is Outcome.NO_DATA
     assert {v.outcome for v in judgement.verdicts} == {Outcome.NO_DATA}
 
@@ -211,7 +213,7 @@ def test_an_empty_window_gives_empty_samples_and_no_data() -> None:
     observation = sim.observe(TARGET, METRICS, T0, T0)
     for window in observation.metrics.values():
         assert (dict(window.baseline), dict(window.canary)) == ({}, {})
-    assert SequentialJudge(judge_policy()).judge(observation, 0).outcome is Outcome.NO_DATA
+    assert Running(SequentialJudge(judge_policy())).judge(observation, 0).outcome is Outcome.NO_DATA
 
 
 def test_a_silent_mesh_serves_nothing() -> None:

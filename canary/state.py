@@ -1,0 +1,101 @@
+"""A rollout's state as one typed, versioned value: what the route holds beside its weights.
+
+The state is written in the same write as the weights (an annotation on the VirtualService, guarded by
+its resourceVersion; the same annotation in a manifest file, in the same atomic rename), so the two can
+never disagree. Everything a command needs to carry on is here, the judge's evidence included, so a
+restart reads the route and goes on; the audit log is the history, never replayed to remember where a
+rollout stands. `audit_head` anchors that history: the hash of the last record the route's write
+accounts for, so a log cut short, rewritten or re-hashed no longer matches its route.
+
+One encoder and one decoder (`encode_state`, `decode_state`), with a schema version in every value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from canary.codec import DecodeError, from_data, to_data
+from canary.errors import StateError
+from canary.model import Action, Phase, Weights
+from canary.policy import Policy
+
+STATE_SCHEMA = 1
+ANNOTATION = "canary.dev/rollout-state"  # where the state lives on the VirtualService
+
+
+@dataclass(frozen=True)
+class LastDecision:
+    """The decision the state was written for, in a line."""
+
+    time: float
+    action: Action
+    reason: str
+    actor: str
+    tick: int | None
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    rollout: str
+    policy: str  # the policy's name
+    policy_digest: str  # what the policy said (steps, metrics, tolerances, judge): a resumed rollout needs the same
+    judge: str
+    phase: Phase
+    steps: tuple[int, ...]
+    step_index: int
+    weights: Weights  # what canary last set (or found, when it stopped without moving them)
+    started_at: float
+    step_started_at: float
+    deadline: float
+    on_deadline: str
+    tick: int
+    observed_until: float  # the end of the last window judged: the next one starts here, no gap
+    evidence: Any  # the judge's state: its `state_type` in memory, plain data until the judge's type decodes it
+    last: LastDecision
+    audit_head: str  # the hash of the last audit record this write accounts for
+    step_seconds: tuple[float, ...] = ()  # time spent at each step left so far
+    schema: int = STATE_SCHEMA
+
+    @property
+    def weight(self) -> int:
+        return self.steps[self.step_index]
+
+
+def policy_digest(policy: Policy) -> str:
+    """A short digest of what the policy decides with (not where it was read from)."""
+    data = to_data(dataclasses.replace(policy, source_path="", audit_path=None))
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def encode_state(state: RolloutState) -> str:
+    """The state as compact JSON, the form it takes in the annotation."""
+    return json.dumps(to_data(state), separators=(",", ":"), sort_keys=False, allow_nan=False)
+
+
+def decode_state(text: str, evidence_type: type | None = None) -> RolloutState:
+    """The state from its annotation; the judge's evidence too when its type is given.
+
+    Raises StateError naming the field that does not fit (a hand edit, a newer canary's schema).
+    """
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise StateError(f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise StateError("not a JSON object")
+    schema = data.get("schema")
+    if schema != STATE_SCHEMA:
+        raise StateError(f"schema {schema!r}, this canary reads schema {STATE_SCHEMA} (written by another version?)")
+    try:
+        state: RolloutState = from_data(RolloutState, data)
+        if evidence_type is not None and state.evidence is not None:
+            state = dataclasses.replace(state, evidence=from_data(evidence_type, state.evidence, "evidence"))
+    except DecodeError as exc:
+        raise StateError(str(exc)) from None
+    if not 0 <= state.step_index < len(state.steps):
+        raise StateError(f"step_index: {state.step_index} is not a step of {list(state.steps)}")
+    return state

@@ -1,0 +1,468 @@
+"""The rollout as a pure function: (state, event) -> (state', decision, records).
+
+Every input is an event, failures included: a tick's observation, a source that failed, a router that
+could not be read, a person's promote or rollback, a signal, a crash, a write that failed. Nothing here
+reads a clock, a file or a server, so every path — the deadline, a 409, a cancel during a step — is a
+plain function call in the tests. The runner (`controller.py`) only reads, calls this, records, writes.
+
+progressing(step N) --pass--> progressing(step N+1) ... --pass at the last judged step--> promoted
+progressing --fail--> rolled back
+progressing --deadline, no decision--> the policy's rule (rolled back as inconclusive, or promoted)
+progressing --signal--> cancelled --resume--> progressing
+any --a person's promote / rollback--> promoted / rolled back
+progressing --weights changed by someone else, a permanent failure, a bug--> aborted
+A step advances only on evidence: no data, no traffic or an inconclusive result holds the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from canary import __version__
+from canary.errors import ConflictError
+from canary.judges import Judge
+from canary.model import Action, Decision, Judgement, Observation, Outcome, Phase, Weights
+from canary.policy import Policy
+from canary.records import DecisionRecord, OutcomeRecord, PolicyRef, RouteName, Window
+from canary.report import judgement_dict, observation_dict, version_counts
+from canary.state import LastDecision, RolloutState, policy_digest
+
+ENGINE = f"canary {__version__}"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every transition is computed with: the policy, its judge, and who is acting."""
+
+    policy: Policy
+    judge: Judge
+    actor: str
+    digest: str = ""  # the policy's digest; computed when not given (give it: it is not free)
+
+    def __post_init__(self) -> None:
+        if not self.digest:
+            object.__setattr__(self, "digest", policy_digest(self.policy))
+
+
+# ------------------------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class Start:
+    now: float
+    rollout: str
+    weights: Weights  # as read from the route
+    restart: bool = False  # --restart: abandon an open rollout, start from whatever the weights are
+
+
+@dataclass(frozen=True)
+class Resume:
+    now: float
+    weights: Weights
+
+
+@dataclass(frozen=True)
+class Observed:
+    now: float
+    weights: Weights
+    observation: Observation
+
+
+@dataclass(frozen=True)
+class SourceFailed:
+    now: float
+    weights: Weights
+    error: str
+    temporary: bool
+
+
+@dataclass(frozen=True)
+class RouterUnavailable:
+    """The route could not be read: the state is the last one this command knew."""
+
+    now: float
+    error: str
+    temporary: bool
+
+
+@dataclass(frozen=True)
+class Manual:
+    now: float
+    weights: Weights
+    command: Literal["promote", "rollback"]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    now: float
+    weights: Weights
+    signal: str
+
+
+@dataclass(frozen=True)
+class Crash:
+    now: float
+    weights: Weights | None
+    error: str
+
+
+Event = Start | Resume | Observed | SourceFailed | RouterUnavailable | Manual | Cancel | Crash
+
+
+@dataclass(frozen=True)
+class Transition:
+    state: RolloutState  # what the route holds once `records[-1]` is applied (unchanged if nothing is written)
+    decision: Decision
+    records: tuple[DecisionRecord, ...]  # appended in order, before the write
+    judgement: Judgement | None = None
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.records) and self.records[-1].writes
+
+    @property
+    def stops(self) -> bool:
+        """The command ends after this: the rollout ended, was cancelled, or cannot go on from here."""
+        return self.state.phase is not Phase.PROGRESSING or self.decision.action is Action.STOP
+
+
+def transition(state: RolloutState | None, event: Event, ctx: Context) -> Transition:
+    match event:
+        case Start():
+            return _start(state, event, ctx)
+        case Manual():
+            return _manual(state, event, ctx)
+    if state is None:
+        raise ConflictError(f"no rollout on {_route(ctx)} to {type(event).__name__.lower()}")
+    if not isinstance(event, Resume) and state.phase is not Phase.PROGRESSING:
+        raise ConflictError(f"rollout {state.rollout} on {_route(ctx)} is {state.phase.value}, not progressing")
+    match event:
+        case Resume():
+            return _resume(state, event, ctx)
+        case Observed():
+            return _observed(state, event, ctx)
+        case SourceFailed():
+            return _source_failed(state, event, ctx)
+        case RouterUnavailable():
+            return _router_unavailable(state, event, ctx)
+        case Cancel():
+            return _end(state, ctx, event.now, event.weights, Action.CANCEL, Phase.CANCELLED, _cancelled(event))
+        case Crash():
+            return _crash(state, event, ctx)
+    raise TypeError(f"not an event: {event!r}")
+
+
+def write_failed(transition_: Transition, error: str, *, temporary: bool, now: float) -> tuple[OutcomeRecord, bool]:
+    """The outcome of a write that failed, and whether the command must stop (else: retry next tick).
+
+    The route still holds the state before the transition, so the rollout stands where it was; a temporary
+    failure before the deadline is tried again (the next tick judges afresh and, for a rollback, decides it
+    again), anything else stops the command with the rollout open on the route.
+    """
+    decision = transition_.records[-1]
+    stop = not temporary or now >= transition_.state.deadline
+    tail = "" if stop else "; the rollout stands where it was and the next tick tries again"
+    outcome = OutcomeRecord(
+        time=now,
+        rollout=decision.rollout,
+        of="",  # filled in by the runner with the decision's hash
+        result="failed",
+        weights=decision.weights_before,
+        reason=f"not made: {error}{tail}",
+    )
+    return outcome, stop
+
+
+# ------------------------------------------------------------------------------------------ the events
+
+
+def _start(state: RolloutState | None, event: Start, ctx: Context) -> Transition:
+    policy = ctx.policy
+    records: list[DecisionRecord] = []
+    if state is not None and not state.phase.ended:
+        if not event.restart:
+            raise ConflictError(
+                f"{_route(ctx)} holds rollout {state.rollout} ({state.phase.value} at {state.weights.canary}%, "
+                f"tick {state.tick}): carry it on with --resume, start over with --restart, or roll it back"
+            )
+        abandoned = _end(
+            state, ctx, event.now, event.weights, Action.ABORT, Phase.ABORTED,
+            f"abandoned at {event.weights}: a new rollout was started with --restart",
+        )  # fmt: skip
+        records.extend(abandoned.records)
+        records[-1] = dataclasses.replace(records[-1], writes=False)  # the new rollout's write replaces it
+    if not event.restart:
+        _check_start(event.weights, policy, ctx)
+    first = policy.steps[0]
+    phase, action = (Phase.PROMOTED, Action.PROMOTE) if first == 100 else (Phase.PROGRESSING, Action.START)
+    reason = ("a single step of 100%: promoted at once" if first == 100 else f"rollout started: canary at {first}%") + (
+        f" (from {event.weights})" if event.weights.canary != first else ""
+    )
+    new = RolloutState(
+        rollout=event.rollout,
+        policy=policy.name,
+        policy_digest=ctx.digest,
+        judge=ctx.judge.name,
+        phase=phase,
+        steps=policy.steps,
+        step_index=0,
+        weights=Weights.canary_at(first),
+        started_at=event.now,
+        step_started_at=event.now,
+        deadline=event.now + policy.max_duration_s,
+        on_deadline=policy.on_deadline,
+        tick=0,
+        observed_until=event.now,
+        evidence=ctx.judge.start(),
+        last=LastDecision(event.now, action, reason, ctx.actor, 0),
+        audit_head="",
+    )
+    decision = Decision(action, new.weights, phase, reason)
+    records.append(_record(new, ctx, event.now, event.weights, decision, tick=0))
+    return Transition(new, decision, tuple(records))
+
+
+def _check_start(weights: Weights, policy: Policy, ctx: Context) -> None:
+    """A rollout starts with the canary at no more than its first step: never moves traffic back."""
+    first = policy.steps[0]
+    if weights.canary == 100 and first != 100:
+        raise ConflictError(
+            f"{_route(ctx)} already sends all traffic to {policy.target.canary} ({weights}): nothing to roll out"
+        )
+    if weights.canary > first:
+        raise ConflictError(
+            f"{_route(ctx)} sends {weights.canary}% to {policy.target.canary}, more than the first step "
+            f"({first}%): roll back first (canary rollback), or start anyway with --restart"
+        )
+
+
+def _resume(state: RolloutState, event: Resume, ctx: Context) -> Transition:
+    if state.phase.ended:
+        raise ConflictError(f"rollout {state.rollout} has ended ({state.phase.value}); nothing to resume")
+    if state.policy_digest != ctx.digest or state.judge != ctx.judge.name:
+        raise ConflictError(
+            f"rollout {state.rollout} on {_route(ctx)} was started with another policy or judge "
+            f"({state.policy} {state.policy_digest}, judge {state.judge}; now {ctx.digest}, judge {ctx.judge.name}): "
+            "its evidence means something else now; resume with the same policy, or start over with --restart"
+        )
+    was = "cancelled" if state.phase is Phase.CANCELLED else "interrupted"
+    reason = f"resumed at tick {state.tick} ({was}; canary at {event.weights.canary}%)"
+    new = _advance(state, ctx, event.now, Action.RESUME, reason, phase=Phase.PROGRESSING)
+    decision = Decision(Action.RESUME, state.weights, Phase.PROGRESSING, reason)
+    return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision),))
+
+
+def _observed(state: RolloutState, event: Observed, ctx: Context) -> Transition:
+    if event.weights != state.weights:
+        return _outside_change(state, event.weights, event.now, ctx)
+    evidence, judgement = ctx.judge.judge(state.evidence, event.observation, state.step_index)
+    window = Window(state.observed_until, event.now)
+    judged = dataclasses.replace(state, evidence=evidence, observed_until=event.now)
+    return _decide(
+        judged, judgement, ctx, event.now, event.weights,
+        window=window,
+        counts=version_counts(event.observation, ctx.policy),
+        observation=observation_dict(event.observation),
+    )  # fmt: skip
+
+
+def _source_failed(state: RolloutState, event: SourceFailed, ctx: Context) -> Transition:
+    if event.weights != state.weights:
+        return _outside_change(state, event.weights, event.now, ctx)
+    if not event.temporary:
+        return _end(
+            state, ctx, event.now, event.weights, Action.ABORT, Phase.ABORTED,
+            f"metrics source failed: {event.error}; stopping, weights left at {event.weights}", error=event.error,
+        )  # fmt: skip
+    judgement = Judgement(Outcome.NO_DATA, (), f"metrics source unavailable ({event.error}), retrying next tick")
+    return _decide(state, judgement, ctx, event.now, event.weights, error=event.error)
+
+
+def _router_unavailable(state: RolloutState, event: RouterUnavailable, ctx: Context) -> Transition:
+    """Nothing can be written: the record says what happened, the route keeps the state it has."""
+    if not event.temporary or event.now >= state.deadline:
+        why = "traffic router failed" if not event.temporary else "traffic router still unavailable at the deadline"
+        action, reason = (
+            Action.STOP,
+            (
+                f"{why}: {event.error}; stopping with the rollout open on the route at tick {state.tick} "
+                "(`canary run --resume` carries on once it answers)"
+            ),
+        )
+    else:
+        action, reason = Action.HOLD, f"traffic router unavailable ({event.error}); retrying"
+    decision = Decision(action, state.weights, state.phase, reason)
+    record = _record(state, ctx, event.now, None, decision, writes=False, error=event.error)
+    return Transition(state, decision, (dataclasses.replace(record, weights_after=None),))
+
+
+def _manual(state: RolloutState | None, event: Manual, ctx: Context) -> Transition:
+    promote = event.command == "promote"
+    weights = Weights.canary_at(100 if promote else 0)
+    phase = Phase.PROMOTED if promote else Phase.ROLLED_BACK
+    action = Action.PROMOTE if promote else Action.ROLLBACK
+    reason = event.reason or ("promoted by hand" if promote else "rolled back by hand")
+    if state is None:  # no rollout ever ran on this route: the person's change starts the history
+        seed = _start(None, Start(event.now, f"manual-{int(event.now * 1000):x}", event.weights, restart=True), ctx)
+        state = dataclasses.replace(seed.state, evidence=None)
+    steps = state.steps
+    new = dataclasses.replace(
+        _advance(state, ctx, event.now, action, reason, phase=phase),
+        weights=weights,
+        step_index=len(steps) - 1 if promote else state.step_index,
+    )
+    decision = Decision(action, weights, phase, reason)
+    return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision, judged=False),))
+
+
+def _crash(state: RolloutState, event: Crash, ctx: Context) -> Transition:
+    weights = event.weights or state.weights
+    return _end(
+        state, ctx, event.now, weights, Action.ABORT, Phase.ABORTED,
+        f"internal error during a tick ({event.error}); stopping, weights left at {weights}", error=event.error,
+    )  # fmt: skip
+
+
+def _cancelled(event: Cancel) -> str:
+    return f"cancelled ({event.signal}); weights left at {event.weights}, `canary run --resume` carries on"
+
+
+# ------------------------------------------------------------------------------------------ the rules
+
+
+def _decide(
+    state: RolloutState,
+    judgement: Judgement,
+    ctx: Context,
+    now: float,
+    before: Weights,
+    *,
+    window: Window | None = None,
+    counts: Mapping[str, object] | None = None,
+    observation: Mapping[str, object] | None = None,
+    error: str | None = None,
+) -> Transition:
+    """The judgement applied to the steps: fail rolls back, pass advances, the deadline ends, else hold."""
+    tick = state.tick + 1
+    step = state.step_index
+    phase, action, weights = state.phase, Action.HOLD, state.weights
+    if judgement.outcome is Outcome.FAIL:
+        phase, action, weights = Phase.ROLLED_BACK, Action.ROLLBACK, Weights.canary_at(0)
+        reason = judgement.summary
+    elif judgement.outcome is Outcome.PASS:
+        step += 1
+        weights = Weights.canary_at(state.steps[step])
+        if state.steps[step] == 100:
+            phase, action, reason = Phase.PROMOTED, Action.PROMOTE, f"{judgement.summary} at {state.weight}%"
+        else:
+            action = Action.ADVANCE
+            reason = f"{judgement.summary} at {state.weight}%; next step {state.steps[step]}%"
+    elif now >= state.deadline:
+        phase = Phase.INCONCLUSIVE
+        if state.on_deadline == "promote":
+            action, weights, step = Action.PROMOTE, Weights.canary_at(100), len(state.steps) - 1
+            reason = f"deadline reached without a decision ({judgement.summary}); the policy promotes"
+        else:
+            action, weights = Action.ROLLBACK, Weights.canary_at(0)
+            reason = f"deadline reached without a decision ({judgement.summary}); the policy rolls back"
+    else:
+        reason = f"holding at {state.weight}%: {judgement.summary}"
+    moved_step = step != state.step_index or phase.ended
+    new = dataclasses.replace(
+        _advance(state, ctx, now, action, reason, phase=phase, tick=tick),
+        step_index=step,
+        weights=weights,
+        step_started_at=now if moved_step else state.step_started_at,
+        step_seconds=(*state.step_seconds, now - state.step_started_at) if moved_step else state.step_seconds,
+    )
+    decision = Decision(action, weights, phase, reason)
+    record = _record(
+        new, ctx, now, before, decision, tick=tick, window=window, counts=counts, observation=observation,
+        judgement=judgement_dict(judgement), error=error,
+    )  # fmt: skip
+    return Transition(new, decision, (record,), judgement)
+
+
+def _outside_change(state: RolloutState, found: Weights, now: float, ctx: Context) -> Transition:
+    return _end(
+        state, ctx, now, found, Action.ABORT, Phase.ABORTED,
+        f"weights changed outside canary: expected {state.weights}, found {found}; stopping, weights left as found",
+    )  # fmt: skip
+
+
+def _end(
+    state: RolloutState,
+    ctx: Context,
+    now: float,
+    weights: Weights,
+    action: Action,
+    phase: Phase,
+    reason: str,
+    *,
+    error: str | None = None,
+) -> Transition:
+    """The rollout stops where it stands (weights as found), its state written with the phase."""
+    new = dataclasses.replace(_advance(state, ctx, now, action, reason, phase=phase), weights=weights)
+    decision = Decision(action, weights, phase, reason)
+    return Transition(new, decision, (_record(new, ctx, now, weights, decision, error=error),))
+
+
+def _advance(
+    state: RolloutState, ctx: Context, now: float, action: Action, reason: str, *, phase: Phase, tick: int | None = None
+) -> RolloutState:
+    return dataclasses.replace(
+        state,
+        phase=phase,
+        tick=state.tick if tick is None else tick,
+        last=LastDecision(now, action, reason, ctx.actor, tick),
+    )
+
+
+def _record(
+    state: RolloutState,
+    ctx: Context,
+    now: float,
+    before: Weights | None,
+    decision: Decision,
+    *,
+    writes: bool = True,
+    tick: int | None = None,
+    judged: bool = True,
+    window: Window | None = None,
+    counts: Mapping[str, object] | None = None,
+    observation: Mapping[str, object] | None = None,
+    judgement: dict[str, object] | None = None,
+    error: str | None = None,
+) -> DecisionRecord:
+    policy = ctx.policy
+    return DecisionRecord(
+        time=now,
+        rollout=state.rollout,
+        policy=PolicyRef(policy.name, ctx.digest, policy.source_path),
+        target=RouteName(policy.target.namespace, policy.target.virtual_service, policy.target.route),
+        action=decision.action,
+        phase=decision.phase,
+        weights_before=before,
+        weights_after=decision.weights,
+        reason=decision.reason,
+        actor=ctx.actor,
+        writes=writes,
+        tick=tick,
+        step=state.step_index,
+        judge=ctx.judge.name if judged else None,
+        window=window,
+        counts=dict(counts) if counts is not None else None,
+        observation=dict(observation) if observation is not None else None,
+        judgement=judgement,
+        error=error,
+        engine=ENGINE,
+    )
+
+
+def _route(ctx: Context) -> str:
+    t = ctx.policy.target
+    return f"VirtualService {t.namespace}/{t.virtual_service}"

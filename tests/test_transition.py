@@ -1,0 +1,381 @@
+"""The rollout as a pure function: every event, failures included, and properties over any sequence of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from canary.errors import ConflictError
+from canary.model import Action, Judgement, Observation, Outcome, Phase, Weights
+from canary.policy import ErrorRateMetric, MetricSpec, Policy, Target
+from canary.state import RolloutState
+from canary.transition import (
+    Cancel,
+    Context,
+    Crash,
+    Event,
+    Manual,
+    Observed,
+    Resume,
+    RouterUnavailable,
+    SourceFailed,
+    Start,
+    Transition,
+    transition,
+    write_failed,
+)
+
+T0 = 1_000.0
+MAX = 600.0  # deadline at T0 + MAX
+TARGET = Target("default", "web-app", "web-app.default.svc.cluster.local", "v1", "v2")
+EMPTY = Observation(0.0, 0.0, {})
+
+
+@dataclass(frozen=True)
+class Count:
+    """Evidence that is only a count of ticks judged, so a test can see what carried over."""
+
+    ticks: int = 0
+    step: int = -1
+
+
+class ScriptedJudge:
+    """Answers the outcome it is told for the next observation; a pure function of its inputs."""
+
+    name = "scripted"
+    state_type = Count
+
+    def __init__(self) -> None:
+        self.next = Outcome.CONTINUE
+
+    def start(self) -> Count:
+        return Count()
+
+    def judge(self, state: Count, observation: Observation, step: int) -> tuple[Count, Judgement]:
+        return Count(state.ticks + 1, step), Judgement(self.next, (), f"judged {self.next.value}")
+
+    def refuses(self, metric: MetricSpec) -> str | None:
+        return None
+
+
+def policy(steps: tuple[int, ...] = (10, 50, 100), on_deadline: str = "rollback") -> Policy:
+    return Policy(
+        name="t", target=TARGET, metrics=(ErrorRateMetric("errors", 0.01),), steps=steps, interval_s=60,
+        max_duration_s=MAX, on_deadline=on_deadline,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def context(steps: tuple[int, ...] = (10, 50, 100), on_deadline: str = "rollback") -> Context:
+    return Context(policy(steps, on_deadline), ScriptedJudge(), "tester")
+
+
+ALL_BASELINE = Weights(100, 0)
+
+
+def started(ctx: Context, weights: Weights = ALL_BASELINE) -> RolloutState:
+    return transition(None, Start(T0, "r1", weights), ctx).state
+
+
+def observe(state: RolloutState, ctx: Context, outcome: Outcome, now: float = T0 + 60) -> Transition:
+    assert isinstance(ctx.judge, ScriptedJudge)
+    ctx.judge.next = outcome
+    return transition(state, Observed(now, state.weights, EMPTY), ctx)
+
+
+def at_step(index: int, ctx: Context) -> RolloutState:
+    state = started(ctx)
+    for _ in range(index):
+        state = observe(state, ctx, Outcome.PASS).state
+    assert state.step_index == index and state.phase is Phase.PROGRESSING
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ start
+
+
+def test_start_puts_the_canary_at_the_first_step_with_fresh_evidence() -> None:
+    ctx = context()
+    t = transition(None, Start(T0, "r1", Weights(100, 0)), ctx)
+    s = t.state
+    assert (s.phase, s.step_index, s.weights, s.tick) == (Phase.PROGRESSING, 0, Weights(90, 10), 0)
+    assert (s.started_at, s.step_started_at, s.deadline, s.observed_until) == (T0, T0, T0 + MAX, T0)
+    assert s.evidence == Count() and s.policy_digest == ctx.digest and s.judge == "scripted"
+    assert t.decision.action is Action.START and t.writes
+    [record] = t.records
+    assert record.weights_before == Weights(100, 0) and record.weights_after == Weights(90, 10)
+    assert record.writes and record.actor == "tester" and record.tick == 0
+
+
+def test_a_single_step_of_100_promotes_at_once() -> None:
+    t = transition(None, Start(T0, "r1", Weights(100, 0)), context(steps=(100,)))
+    assert (t.state.phase, t.decision.action, t.state.weights) == (Phase.PROMOTED, Action.PROMOTE, Weights(0, 100))
+
+
+@pytest.mark.parametrize(("canary", "message"), [
+    (50, "sends 50% to v2, more than the first step (10%): roll back first"),
+    (100, "already sends all traffic to v2"),
+])  # fmt: skip
+def test_a_start_never_moves_traffic_back(canary: int, message: str) -> None:
+    with pytest.raises(ConflictError, match=re.escape(message)):
+        transition(None, Start(T0, "r1", Weights.canary_at(canary)), context())
+
+
+def test_a_start_from_the_first_steps_weight_keeps_it() -> None:
+    """The seed's route is at 90/10 already: the rollout starts there, moving nothing."""
+    t = transition(None, Start(T0, "r1", Weights(90, 10)), context())
+    assert t.state.weights == Weights(90, 10) and t.records[0].weights_before == Weights(90, 10)
+
+
+def test_an_open_rollout_needs_resume_or_restart() -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    with pytest.raises(ConflictError, match=r"holds rollout r1 .progressing at 50%.*--resume.*--restart"):
+        transition(state, Start(T0 + 70, "r2", state.weights), ctx)
+
+
+def test_restart_abandons_the_open_rollout_with_a_record_and_starts_over() -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    t = transition(state, Start(T0 + 70, "r2", state.weights, restart=True), ctx)
+    abandon, start = t.records
+    assert (abandon.rollout, abandon.action, abandon.phase, abandon.writes) == (
+        "r1",
+        Action.ABORT,
+        Phase.ABORTED,
+        False,
+    )
+    assert "--restart" in abandon.reason
+    assert (start.rollout, start.action, start.writes) == ("r2", Action.START, True)
+    assert t.state.rollout == "r2" and t.state.weights == Weights(90, 10) and t.state.evidence == Count()
+
+
+@pytest.mark.parametrize("phase", [Phase.PROMOTED, Phase.ROLLED_BACK, Phase.INCONCLUSIVE, Phase.ABORTED])
+def test_a_new_rollout_may_start_after_one_has_ended(phase: Phase) -> None:
+    ctx = context()
+    ended = dataclasses.replace(started(ctx), phase=phase, weights=Weights(100, 0))
+    assert transition(ended, Start(T0, "r2", Weights(100, 0)), ctx).state.rollout == "r2"
+
+
+# ------------------------------------------------------------------------------------------------ ticks
+
+
+def test_pass_advances_and_the_evidence_carries_over() -> None:
+    ctx = context()
+    t = observe(started(ctx), ctx, Outcome.PASS)
+    assert t.decision.action is Action.ADVANCE and t.state.weights == Weights(50, 50)
+    assert t.state.step_index == 1 and t.state.tick == 1 and t.state.evidence == Count(1, 0)
+    assert t.state.observed_until == T0 + 60 and t.state.step_started_at == T0 + 60
+    assert t.state.step_seconds == (60.0,)
+    assert t.records[0].window is not None and t.records[0].judgement is not None
+
+
+def test_pass_at_the_last_judged_step_promotes_to_100() -> None:
+    ctx = context()
+    t = observe(at_step(1, ctx), ctx, Outcome.PASS)
+    assert (t.state.phase, t.decision.action, t.state.weights) == (Phase.PROMOTED, Action.PROMOTE, Weights(0, 100))
+    assert t.stops
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_fail_rolls_back_to_0_from_any_step(index: int) -> None:
+    ctx = context()
+    t = observe(at_step(index, ctx), ctx, Outcome.FAIL)
+    assert (t.state.phase, t.decision.action, t.state.weights) == (Phase.ROLLED_BACK, Action.ROLLBACK, Weights(100, 0))
+
+
+@pytest.mark.parametrize("outcome", [Outcome.CONTINUE, Outcome.NO_DATA])
+def test_no_evidence_holds_the_step_but_the_state_moves_on(outcome: Outcome) -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    t = observe(state, ctx, outcome, now=T0 + 120)
+    assert t.decision.action is Action.HOLD and t.state.weights == state.weights
+    assert t.state.tick == state.tick + 1 and t.state.observed_until == T0 + 120 and t.writes
+
+
+@pytest.mark.parametrize(("rule", "phase", "weights"), [
+    ("rollback", Phase.INCONCLUSIVE, Weights(100, 0)),
+    ("promote", Phase.INCONCLUSIVE, Weights(0, 100)),
+])  # fmt: skip
+def test_the_deadline_applies_the_policys_rule(rule: str, phase: Phase, weights: Weights) -> None:
+    ctx = context(on_deadline=rule)
+    t = observe(started(ctx), ctx, Outcome.CONTINUE, now=T0 + MAX)
+    assert (t.state.phase, t.state.weights) == (phase, weights) and "deadline" in t.decision.reason
+    assert observe(started(ctx), ctx, Outcome.CONTINUE, now=T0 + MAX - 1).state.phase is Phase.PROGRESSING
+
+
+def test_evidence_at_the_deadline_wins_over_the_deadline_rule() -> None:
+    ctx = context()
+    assert observe(at_step(1, ctx), ctx, Outcome.PASS, now=T0 + MAX + 5).state.phase is Phase.PROMOTED
+
+
+def test_weights_changed_by_someone_else_abort_and_are_left_as_found() -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    t = transition(state, Observed(T0 + 120, Weights(70, 30), EMPTY), ctx)
+    assert (t.state.phase, t.state.weights, t.decision.action) == (Phase.ABORTED, Weights(70, 30), Action.ABORT)
+    assert "expected 50/50, found 70/30" in t.decision.reason and t.writes
+    assert t.state.evidence == state.evidence, "nothing was judged"
+
+
+def test_a_temporary_source_failure_holds_without_moving_the_window() -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    t = transition(state, SourceFailed(T0 + 120, state.weights, "timeout", temporary=True), ctx)
+    assert t.decision.action is Action.HOLD and t.state.observed_until == state.observed_until
+    assert t.state.tick == state.tick + 1 and t.records[0].error == "timeout"
+
+
+def test_a_permanent_source_failure_aborts_with_the_weights_as_they_are() -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    t = transition(state, SourceFailed(T0 + 120, state.weights, "bad query", temporary=False), ctx)
+    assert (t.state.phase, t.state.weights) == (Phase.ABORTED, Weights(50, 50)) and t.writes
+
+
+@pytest.mark.parametrize(("temporary", "now", "action"), [
+    (True, T0 + 60, Action.HOLD),
+    (True, T0 + MAX, Action.STOP),
+    (False, T0 + 60, Action.STOP),
+])  # fmt: skip
+def test_an_unreadable_route_writes_nothing(temporary: bool, now: float, action: Action) -> None:
+    ctx = context()
+    state = started(ctx)
+    t = transition(state, RouterUnavailable(now, "503", temporary), ctx)
+    assert t.decision.action is action and not t.writes and t.state == state
+    assert t.records[0].weights_before is None and t.records[0].weights_after is None
+    assert t.stops == (action is Action.STOP)
+
+
+# ------------------------------------------------------------------------------------------ people, signals
+
+
+@pytest.mark.parametrize(("command", "phase", "weights"), [
+    ("promote", Phase.PROMOTED, Weights(0, 100)),
+    ("rollback", Phase.ROLLED_BACK, Weights(100, 0)),
+])  # fmt: skip
+def test_a_manual_command_ends_the_open_rollout_in_its_chain(command: Any, phase: Phase, weights: Weights) -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    person = dataclasses.replace(ctx, actor="user:ana")
+    t = transition(state, Manual(T0 + 90, state.weights, command, "looks bad"), person)
+    assert (t.state.rollout, t.state.phase, t.state.weights) == ("r1", phase, weights)
+    record = t.records[0]
+    assert (record.actor, record.reason, record.judge, record.tick) == ("user:ana", "looks bad", None, None)
+    assert t.state.last.actor == "user:ana" and t.writes
+
+
+def test_a_manual_command_on_a_route_canary_never_touched_starts_its_history() -> None:
+    t = transition(None, Manual(T0, Weights(90, 10), "rollback", ""), context())
+    assert t.state.phase is Phase.ROLLED_BACK and t.state.weights == Weights(100, 0)
+    assert t.state.rollout.startswith("manual-") and t.state.evidence is None
+    assert t.records[0].reason == "rolled back by hand" and t.records[0].weights_before == Weights(90, 10)
+
+
+def test_cancel_records_and_leaves_the_weights_and_resume_carries_on() -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    t = transition(state, Cancel(T0 + 90, state.weights, "SIGTERM"), ctx)
+    assert (t.state.phase, t.state.weights, t.decision.action) == (Phase.CANCELLED, Weights(50, 50), Action.CANCEL)
+    assert "SIGTERM" in t.decision.reason and t.stops and t.writes
+    resumed = transition(t.state, Resume(T0 + 300, t.state.weights), ctx)
+    assert resumed.state.phase is Phase.PROGRESSING and resumed.state.evidence == state.evidence
+    assert resumed.decision.action is Action.RESUME and resumed.state.step_index == 1
+
+
+def test_resume_refuses_another_policy_and_an_ended_rollout() -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    other = context(steps=(5, 100))
+    with pytest.raises(ConflictError, match="started with another policy or judge"):
+        transition(state, Resume(T0 + 90, state.weights), other)
+    done = observe(state, ctx, Outcome.PASS).state
+    with pytest.raises(ConflictError, match=r"has ended .promoted.; nothing to resume"):
+        transition(done, Resume(T0 + 200, done.weights), ctx)
+
+
+def test_a_crash_aborts_with_the_error_in_the_record() -> None:
+    ctx = context()
+    t = transition(at_step(1, ctx), Crash(T0 + 90, Weights(50, 50), "ZeroDivisionError: x"), ctx)
+    assert t.state.phase is Phase.ABORTED and t.records[0].error == "ZeroDivisionError: x"
+
+
+@pytest.mark.parametrize("event", [
+    Observed(T0 + 60, Weights(0, 100), EMPTY),
+    Cancel(T0 + 60, Weights(0, 100), "SIGINT"),
+    SourceFailed(T0 + 60, Weights(0, 100), "x", True),
+])  # fmt: skip
+def test_an_ended_rollout_takes_no_more_ticks(event: Event) -> None:
+    ctx = context()
+    done = observe(at_step(1, ctx), ctx, Outcome.PASS).state
+    with pytest.raises(ConflictError, match="is promoted, not progressing"):
+        transition(done, event, ctx)
+
+
+@pytest.mark.parametrize(("temporary", "now", "stop"), [(True, T0 + 60, False), (False, T0 + 60, True),
+                                                        (True, T0 + MAX, True)])  # fmt: skip
+def test_a_failed_write_is_an_outcome_and_stops_only_when_no_retry_can_help(
+    temporary: bool, now: float, stop: bool
+) -> None:
+    ctx = context()
+    t = observe(started(ctx), ctx, Outcome.PASS)
+    outcome, stops = write_failed(t, "503 etcd", temporary=temporary, now=now)
+    assert outcome.result == "failed" and "not made: 503 etcd" in outcome.reason and stops is stop
+    assert outcome.weights == Weights(90, 10), "the route still holds what it held"
+
+
+def test_the_input_state_is_never_changed() -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    copy = dataclasses.replace(state)
+    for outcome in Outcome:
+        observe(state, ctx, outcome)
+    assert state == copy
+
+
+# ------------------------------------------------------------------------------------------- properties
+
+steps_strategy = st.lists(st.integers(1, 99), unique=True, max_size=5).map(lambda xs: (*sorted(xs), 100))
+events_strategy = st.lists(
+    st.tuples(st.sampled_from([*Outcome, "source-down", "router-down", "cancel-resume"]), st.floats(0, 300)),
+    max_size=30,
+)
+
+
+@given(steps_strategy, st.sampled_from(["rollback", "promote"]), events_strategy)
+def test_weights_take_step_values_only_and_never_fall_except_to_zero(
+    steps: tuple[int, ...], on_deadline: str, events: list[tuple[Any, float]]
+) -> None:
+    ctx = context(steps, on_deadline)
+    state = started(ctx)
+    allowed = {*steps, 0}
+    weight, now = state.weights.canary, T0
+    for kind, wait in events:
+        if state.phase.ended:
+            break
+        now += wait
+        before = state
+        if kind == "source-down":
+            t = transition(state, SourceFailed(now, state.weights, "x", True), ctx)
+        elif kind == "router-down":
+            t = transition(state, RouterUnavailable(now, "x", True), ctx)
+        elif kind == "cancel-resume":
+            cancelled = transition(state, Cancel(now, state.weights, "SIGTERM"), ctx).state
+            t = transition(cancelled, Resume(now, cancelled.weights), ctx)
+        else:
+            t = observe(state, ctx, kind, now)
+        state = t.state
+        new = state.weights.canary
+        assert new in allowed and (new >= weight or new == 0), f"weight fell from {weight} to {new}"
+        assert t.decision.weights == state.weights or not t.writes
+        quiet = kind in (Outcome.CONTINUE, Outcome.NO_DATA, "source-down", "router-down", "cancel-resume")
+        if quiet and now < before.deadline:
+            assert new == weight, "no evidence must not move the weights before the deadline"
+        if new == 100 and weight != 100:
+            assert kind is Outcome.PASS or (on_deadline == "promote" and now >= before.deadline)
+        weight = new
