@@ -63,13 +63,13 @@ def main() -> int:
     history = IstioHistory()
     with PrometheusServer(openmetrics=history.openmetrics()) as server:
         source = PrometheusSource(PrometheusSettings(server.url, timeout_s=10, retries=0))
-        source.observe(policy.target, policy.metrics, history.start, history.start + 60)  # warm caches
+        source.observe(policy.target.scope, policy.metrics, history.start, history.start + 60)  # warm caches
         queries, seconds, samples = [], [], 0
         for tick in range(args.ticks):
             start = history.start + 60 * tick
             before = server.query_api_calls()
             began = time.perf_counter()
-            observation = source.observe(policy.target, policy.metrics, start, start + 60)
+            observation = source.observe(policy.target.scope, policy.metrics, start, start + 60)
             seconds.append(time.perf_counter() - began)
             queries.append(server.query_api_calls() - before)
             samples = sum(len(window.baseline) + len(window.canary) for window in observation.metrics.values())

@@ -55,7 +55,7 @@ def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, e
     judgements: list[Judgement] = []
     evidence = judge.start()
     for a, b in itertools.pairwise(edges):
-        observation = source.observe(policy.target, policy.metrics, a, b)
+        observation = source.observe(policy.target.scope, policy.metrics, a, b)
         observations.append(observation)
         evidence, judgement = judge.judge(evidence, observation, 0)
         judgements.append(judgement)

@@ -283,25 +283,26 @@ class AuditLog:
 
     def _append_raw(self, data: bytes) -> None:
         try:
-            with self.path.open("ab") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _durable_append(self.path, data)
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot repair the last line: {exc.strerror}") from None
 
     def _set_aside(self, torn: bytes, keep: int) -> None:
         try:
-            with self.torn_path.open("ab") as side:
-                side.write(torn if torn.endswith(b"\n") else torn + b"\n")
-                side.flush()
-                os.fsync(side.fileno())
+            _durable_append(self.torn_path, torn if torn.endswith(b"\n") else torn + b"\n")
             with self.path.open("r+b") as fh:
                 fh.truncate(keep)
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot set the torn last line aside: {exc.strerror}") from None
+
+
+def _durable_append(path: Path, data: bytes) -> None:
+    with path.open("ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _open_change(newest_first: Iterable[Sealed]) -> Sealed | None:

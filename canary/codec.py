@@ -94,7 +94,7 @@ def from_data(kind: Any, data: Any, path: str = "") -> Any:
         return data
     if kind is type(None):
         if data is not None:
-            raise DecodeError(path, f"expected nothing, got {_describe(data)}")
+            raise DecodeError(path, f"expected nothing, got {describe(data)}")
         return None
     if origin in (typing.Union, types.UnionType):
         return _union(typing.get_args(kind), data, path)
@@ -109,25 +109,25 @@ def from_data(kind: Any, data: Any, path: str = "") -> Any:
             raise DecodeError(path, f"expected one of {', '.join(str(m.value) for m in kind)}, got {data!r}") from None
     if kind is bool:
         if not isinstance(data, bool):
-            raise DecodeError(path, f"expected true or false, got {_describe(data)}")
+            raise DecodeError(path, f"expected true or false, got {describe(data)}")
         return data
     if kind is int:
         if isinstance(data, bool) or not isinstance(data, int):
-            raise DecodeError(path, f"expected a whole number, got {_describe(data)}")
+            raise DecodeError(path, f"expected a whole number, got {describe(data)}")
         return data
     if kind is float:
         if isinstance(data, str) and data in _FLOAT_WORDS:
             return _FLOAT_WORDS[data]
         if isinstance(data, bool) or not isinstance(data, int | float):
-            raise DecodeError(path, f"expected a number, got {_describe(data)}")
+            raise DecodeError(path, f"expected a number, got {describe(data)}")
         return float(data)
     if kind is str:
         if not isinstance(data, str):
-            raise DecodeError(path, f"expected text, got {_describe(data)}")
+            raise DecodeError(path, f"expected text, got {describe(data)}")
         return data
     if origin in (tuple, list):
         if not isinstance(data, list):
-            raise DecodeError(path, f"expected a list, got {_describe(data)}")
+            raise DecodeError(path, f"expected a list, got {describe(data)}")
         args = typing.get_args(kind)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(data) != len(args):
@@ -138,9 +138,9 @@ def from_data(kind: Any, data: Any, path: str = "") -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(data, dict):
-            raise DecodeError(path, f"expected a mapping, got {_describe(data)}")
+            raise DecodeError(path, f"expected a mapping, got {describe(data)}")
         _, value_kind = typing.get_args(kind) or (str, Any)
-        return {str(k): from_data(value_kind, v, _join(path, str(k))) for k, v in data.items()}
+        return {str(k): from_data(value_kind, v, join(path, str(k))) for k, v in data.items()}
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         return _dataclass(kind, data, path)
     raise TypeError(f"cannot decode into {kind!r}")
@@ -148,20 +148,20 @@ def from_data(kind: Any, data: Any, path: str = "") -> Any:
 
 def _dataclass(kind: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
-        raise DecodeError(path, f"expected a mapping, got {_describe(data)}")
+        raise DecodeError(path, f"expected a mapping, got {describe(data)}")
     fields = _fields(kind)
     names = {f.name for f in fields}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise DecodeError(_join(path, unknown[0]), "unknown field")
+        raise DecodeError(join(path, unknown[0]), "unknown field")
     hints = _hints(kind)
     values: dict[str, Any] = {}
     for f in fields:
         if f.name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise DecodeError(_join(path, f.name), "missing")
+                raise DecodeError(join(path, f.name), "missing")
             continue
-        values[f.name] = from_data(hints[f.name], data[f.name], _join(path, f.name))
+        values[f.name] = from_data(hints[f.name], data[f.name], join(path, f.name))
     try:
         return kind(**values)
     except (ValueError, TypeError) as exc:  # the dataclass's own checks (weights summing to 100, ...)
@@ -198,11 +198,13 @@ def _hints(kind: type) -> dict[str, Any]:
     return typing.get_type_hints(kind)
 
 
-def _join(path: str, key: str) -> str:
+def join(path: str, key: str) -> str:
+    """A field path one level down: `spec` + `target` is `spec.target`."""
     return f"{path}.{key}" if path else key
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A value in an error message: its kind for containers, a short repr otherwise (never a whole file)."""
     if value is None:
         return "nothing"
     if isinstance(value, dict):

@@ -317,7 +317,7 @@ class Runner:
         event: Event
         try:
             assert self.source is not None
-            observation = self.source.observe(self.target, self.policy.metrics, pre.state.observed_until, now)
+            observation = self.source.observe(self.target.scope, self.policy.metrics, pre.state.observed_until, now)
             event = Observed(now, pre.weights, observation)
         except SourceError as exc:
             event = SourceFailed(now, pre.weights, str(exc), exc.temporary)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
+from canary.codec import describe, join
 from canary.errors import PolicyError
 from canary.promql import template_error
 
@@ -31,13 +32,29 @@ ERROR_CLASSES: tuple[ErrorClass, ...] = ("5xx", "non-2xx", "grpc")
 
 
 @dataclass(frozen=True)
+class MetricsScope:
+    """Whose traffic is measured: the metrics source's business (no VirtualService, no route)."""
+
+    namespace: str
+    host: str
+    baseline: str  # destination_version label values
+    canary: str
+
+
+@dataclass(frozen=True)
 class Target:
+    """The route canary moves: the router's business. Its `scope` is what the metrics source sees."""
+
     namespace: str
     virtual_service: str
     host: str
     baseline: str  # subset name, also the destination_version label value
     canary: str
-    route: str | None = None  # name of the http route to shift; None means the first one
+    route: str | None = None  # name of the http route to shift; None: the one plain split of both subsets
+
+    @property
+    def scope(self) -> MetricsScope:
+        return MetricsScope(self.namespace, self.host, self.baseline, self.canary)
 
 
 @dataclass(frozen=True)
@@ -226,22 +243,22 @@ class _Reader:
 
     def mapping(self, value: object, path: str, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(path, f"must be a mapping, got {_describe(value)}")
+            raise self.fail(path, f"must be a mapping, got {describe(value)}")
         unknown = sorted(set(value) - allowed)
         if unknown:
             hint = ", ".join(sorted(allowed))
-            raise self.fail(_join(path, str(unknown[0])), f"unknown field (expected one of: {hint})")
+            raise self.fail(join(path, str(unknown[0])), f"unknown field (expected one of: {hint})")
         return value
 
     def required(self, data: Mapping[str, Any], path: str, key: str) -> Any:
         if key not in data or data[key] is None:
-            raise self.fail(_join(path, key), "is required")
+            raise self.fail(join(path, key), "is required")
         return data[key]
 
     def string(self, data: Mapping[str, Any], path: str, key: str, default: str | None = None) -> str:
         value = data.get(key, default) if default is not None else self.required(data, path, key)
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(_join(path, key), f"must be a non-empty string, got {_describe(value)}")
+            raise self.fail(join(path, key), f"must be a non-empty string, got {describe(value)}")
         return value
 
     def number(
@@ -264,26 +281,26 @@ class _Reader:
             or not math.isfinite(number)
             or not check(number)
         ):
-            raise self.fail(_join(path, key), f"must be {expect}, got {_describe(value)}")
+            raise self.fail(join(path, key), f"must be {expect}, got {describe(value)}")
         return number
 
     def integer(self, data: Mapping[str, Any], path: str, key: str, default: int, minimum: int) -> int:
         value = data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(_join(path, key), f"must be a whole number >= {minimum}, got {_describe(value)}")
+            raise self.fail(join(path, key), f"must be a whole number >= {minimum}, got {describe(value)}")
         return value
 
     def duration(self, data: Mapping[str, Any], path: str, key: str, default: float) -> float:
         value = data.get(key, default)
         seconds = parse_duration(value)
         if seconds is None or seconds <= 0:
-            raise self.fail(_join(path, key), f"must be a positive duration like 60s, 5m or 1h, got {value!r}")
+            raise self.fail(join(path, key), f"must be a positive duration like 60s, 5m or 1h, got {value!r}")
         return seconds
 
     def choice(self, data: Mapping[str, Any], path: str, key: str, default: str, options: tuple[str, ...]) -> str:
         value = data.get(key, default)
         if value not in options:
-            raise self.fail(_join(path, key), f"must be one of {', '.join(options)}, got {value!r}")
+            raise self.fail(join(path, key), f"must be one of {', '.join(options)}, got {value!r}")
         return str(value)
 
     # ------------------------------------------------------------------------------------- sections
@@ -311,7 +328,7 @@ class _Reader:
             raise self.fail("spec.maxDuration", f"must be at least one interval ({interval:g}s)")
         audit = spec.get("audit")
         if audit is not None and (not isinstance(audit, str) or not audit.strip()):
-            raise self.fail("spec.audit", f"must be a file path, got {_describe(audit)}")
+            raise self.fail("spec.audit", f"must be a file path, got {describe(audit)}")
         return Policy(
             name=name,
             target=self.target(self.required(spec, "spec", "target")),
@@ -344,11 +361,11 @@ class _Reader:
     def steps(self, value: object) -> tuple[int, ...]:
         path = "spec.steps"
         if not isinstance(value, list) or not value:
-            got = "an empty list" if value == [] else _describe(value)
+            got = "an empty list" if value == [] else describe(value)
             raise self.fail(path, f"must be a non-empty list of canary weights in percent, got {got}")
         for i, step in enumerate(value):
             if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= 100:
-                raise self.fail(f"{path}[{i}]", f"must be a whole percentage in 1..100, got {_describe(step)}")
+                raise self.fail(f"{path}[{i}]", f"must be a whole percentage in 1..100, got {describe(step)}")
         if any(b <= a for a, b in itertools.pairwise(value)):
             raise self.fail(path, f"must increase strictly, got {value}")
         if value[-1] != 100:
@@ -390,7 +407,7 @@ class _Reader:
     def metrics(self, value: object) -> tuple[MetricSpec, ...]:
         path = "spec.metrics"
         if not isinstance(value, list) or not value:
-            got = "an empty list" if value == [] else _describe(value)
+            got = "an empty list" if value == [] else describe(value)
             raise self.fail(path, f"must be a non-empty list of metrics, got {got}")
         metrics = [self.metric(item, f"{path}[{i}]") for i, item in enumerate(value)]
         seen: set[str] = set()
@@ -403,7 +420,7 @@ class _Reader:
     def metric(self, value: object, path: str) -> MetricSpec:
         common = {"name", "kind", "weight", "critical"}
         if not isinstance(value, dict):
-            raise self.fail(path, f"must be a mapping, got {_describe(value)}")
+            raise self.fail(path, f"must be a mapping, got {describe(value)}")
         kind = self.required(value, path, "kind")
         if kind == "error-rate":
             data = self.mapping(value, path, common | {"errors", "maxIncrease"})
@@ -419,7 +436,7 @@ class _Reader:
             raw = self.required(data, path, "quantiles")
             qpath = f"{path}.quantiles"
             if not isinstance(raw, list) or not raw:
-                raise self.fail(qpath, f"must be a non-empty list of {{quantile, maxIncrease}}, got {_describe(raw)}")
+                raise self.fail(qpath, f"must be a non-empty list of {{quantile, maxIncrease}}, got {describe(raw)}")
             quantiles = tuple(self.quantile(item, f"{qpath}[{i}]") for i, item in enumerate(raw))
             if len({q.quantile for q in quantiles}) != len(quantiles):
                 raise self.fail(qpath, "names the same quantile twice")
@@ -445,7 +462,7 @@ class _Reader:
         text = self.string(data, path, key)
         problem = template_error(text)
         if problem is not None:
-            raise self.fail(_join(path, key), problem)
+            raise self.fail(join(path, key), problem)
         return text
 
     def quantile(self, value: object, path: str) -> QuantileTolerance:
@@ -461,19 +478,5 @@ class _Reader:
     def flag(self, data: Mapping[str, Any], path: str, key: str) -> bool:
         value = data.get(key, False)
         if not isinstance(value, bool):
-            raise self.fail(_join(path, key), f"must be true or false, got {_describe(value)}")
+            raise self.fail(join(path, key), f"must be true or false, got {describe(value)}")
         return value
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)

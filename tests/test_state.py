@@ -148,7 +148,9 @@ def test_evidence_that_went_through_the_codec_judges_exactly_as_the_original(
                          start=SIM_START, seed=seed)  # fmt: skip
     kept = travelled = judge.start()
     for i in range(6):
-        observation = mesh.observe(web_policy.target, web_policy.metrics, SIM_START + 60 * i, SIM_START + 60 * (i + 1))
+        observation = mesh.observe(
+            web_policy.target.scope, web_policy.metrics, SIM_START + 60 * i, SIM_START + 60 * (i + 1)
+        )
         step = i // 3
         kept, a = judge.judge(kept, observation, step)
         travelled = from_data(judge.state_type, json.loads(json.dumps(to_data(travelled))))

@@ -1,7 +1,8 @@
 """Metrics sources: where the counts for both versions come from.
 
-A source answers one question: for this policy's target and metrics, what were the counts of each
-version, per pod, over [start, end)? The simulated mesh and Prometheus both implement it.
+A source answers one question: for this scope (a host and its two versions) and these metrics, what were
+the counts of each version, per pod, over [start, end)? It never sees the VirtualService. The simulated mesh
+and Prometheus both implement it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from canary.model import Observation
-from canary.policy import MetricSpec, Target
+from canary.policy import MetricSpec, MetricsScope
 
 
 class MetricsSource(Protocol):
-    def observe(self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
+    def observe(self, scope: MetricsScope, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
         """Counts per version and pod over [start, end); a version with no series gets an empty mapping."""
         ...
 

@@ -30,7 +30,7 @@ from urllib3.util.retry import Retry
 
 from canary.errors import BadQuery, SourceError, SourceTimeout, SourceUnreachable
 from canary.model import MetricWindow, Observation
-from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, MetricSpec, Target
+from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, MetricSpec, MetricsScope
 from canary.promql import (
     DURATION_BUCKET,
     ERROR_CLASSES,
@@ -260,29 +260,29 @@ class PrometheusSource:
 
     # ------------------------------------------------------------------------------------------ observe
 
-    def scope(self, target: Target) -> Scope:
+    def scope(self, scope: MetricsScope) -> Scope:
         return Scope(
-            service=target.host,
-            namespace=target.namespace,
-            baseline=target.baseline,
-            canary=target.canary,
+            service=scope.host,
+            namespace=scope.namespace,
+            baseline=scope.baseline,
+            canary=scope.canary,
             reporter=self.settings.reporter,
         )
 
-    def queries(self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> dict[str, str]:
+    def queries(self, scope: MetricsScope, metrics: tuple[MetricSpec, ...], start: float, end: float) -> dict[str, str]:
         """The one raw-sample query each metric needs for the window (start, end], evaluated at `end`."""
-        scope = self.scope(target)
+        promql_scope = self.scope(scope)
         range_s = math.ceil(end - start) + self.settings.lookback_s
         out: dict[str, str] = {}
         for metric in metrics:
             if isinstance(metric, ErrorRateMetric):
-                out[metric.name] = raw_query(REQUESTS_TOTAL, scope, range_s)
+                out[metric.name] = raw_query(REQUESTS_TOTAL, promql_scope, range_s)
             elif isinstance(metric, LatencyMetric):
-                out[metric.name] = raw_query(DURATION_BUCKET, scope, range_s)
+                out[metric.name] = raw_query(DURATION_BUCKET, promql_scope, range_s)
             elif isinstance(metric, CustomRatioMetric):
                 step = max(1, math.ceil(range_s / MAX_SUBQUERY_POINTS))
                 out[metric.name] = custom_raw_query(
-                    metric.events, metric.total, scope, interval_s=end - start, range_s=range_s, step_s=step
+                    metric.events, metric.total, promql_scope, interval_s=end - start, range_s=range_s, step_s=step
                 )
             else:
                 raise SourceError(f"metric {metric.name!r}: the Prometheus source cannot read its kind")
@@ -291,7 +291,7 @@ class PrometheusSource:
     def refuses(self, metric: MetricSpec) -> str | None:
         return None  # every metric kind has its queries (docs/prometheus.md)
 
-    def observe(self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
+    def observe(self, scope: MetricsScope, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
         """Exact counts per version and pod over (start, end]; one query per metric, both versions at once.
 
         With `delay_s` set, the window read is (start - delay, end - delay], and the observation says so.
@@ -299,15 +299,15 @@ class PrometheusSource:
         if not end > start:
             raise SourceError(f"the analysis window must end after it starts (start={start}, end={end})")
         start, end = start - self.settings.delay_s, end - self.settings.delay_s
-        queries = self.queries(target, metrics, start, end)
+        queries = self.queries(scope, metrics, start, end)
         out: dict[str, MetricWindow] = {}
         for metric in metrics:
             result = self.query(queries[metric.name], end, what=f"metric {metric.name!r}")
             try:
                 out[metric.name] = _counter(metric)(
                     parse_matrix(result),
-                    baseline=target.baseline,
-                    canary=target.canary,
+                    baseline=scope.baseline,
+                    canary=scope.canary,
                     start=start,
                     end=end,
                     pod_label=self.settings.pod_label,

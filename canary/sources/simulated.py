@@ -20,7 +20,7 @@ from scipy.special import ndtr
 
 from canary.errors import ScenarioError
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, MetricWindow, Observation, Ratio, Sample
-from canary.policy import ErrorRateMetric, LatencyMetric, MetricSpec, Target
+from canary.policy import ErrorRateMetric, LatencyMetric, MetricSpec, MetricsScope, Target
 from canary.routers import Router
 from canary.scenario import Behaviour, Scenario
 
@@ -126,14 +126,9 @@ class SimulatedMesh:
 
     # ------------------------------------------------------------------------------------ the source
 
-    def observe(self, target: Target, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
-        if (target.namespace, target.host, target.baseline, target.canary) != (
-            self.target.namespace,
-            self.target.host,
-            self.target.baseline,
-            self.target.canary,
-        ):
-            raise ScenarioError(f"the simulated mesh serves {self.target.host}, not {target.host}")
+    def observe(self, scope: MetricsScope, metrics: tuple[MetricSpec, ...], start: float, end: float) -> Observation:
+        if scope != self.target.scope:
+            raise ScenarioError(f"the simulated mesh serves {self.target.host}, not {scope.host}")
         self.advance(end)
         chosen = [s for s in self.slices if s.start >= start - 1e-9 and s.end <= end + 1e-9]
         windows: dict[str, MetricWindow] = {}
@@ -141,9 +136,7 @@ class SimulatedMesh:
             per_version: dict[str, dict[str, Sample]] = {}
             for version, names in self.pod_names.items():
                 per_version[version] = self._samples(metric, version, names, chosen)
-            windows[metric.name] = MetricWindow(
-                baseline=per_version[target.baseline], canary=per_version[target.canary]
-            )
+            windows[metric.name] = MetricWindow(baseline=per_version[scope.baseline], canary=per_version[scope.canary])
         return Observation(start=start, end=end, metrics=windows)
 
     @staticmethod

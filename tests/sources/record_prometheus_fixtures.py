@@ -60,7 +60,7 @@ def main() -> None:
     with PrometheusServer(openmetrics=history.openmetrics()) as server:
         source = PrometheusSource(PrometheusSettings(server.url))
         for name, host, metric, (start, end) in cases:
-            query = source.queries(target(host), (metric,), start, end)[metric.name]
+            query = source.queries(target(host).scope, (metric,), start, end)[metric.name]
             answer = requests.get(f"{server.url}/api/v1/query", params={"query": query, "time": end}, timeout=10)
             answer.raise_for_status()
             record = {

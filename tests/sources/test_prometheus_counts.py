@@ -38,7 +38,7 @@ def expected_histograms(history: IstioHistory, version: str, start: float, end: 
 
 
 def test_error_counts_per_version_and_pod_equal_what_was_written(source, history):
-    window = source.observe(target(), (ERRORS_5XX,), history.start, history.end).metrics["errors"]
+    window = source.observe(target().scope, (ERRORS_5XX,), history.start, history.end).metrics["errors"]
     assert window.baseline == expected_ratios(history, HOST, "v1", history.start, history.end)
     assert window.canary == expected_ratios(history, HOST, "v2", history.start, history.end)
     assert set(window.baseline) == {"web-app-v1-aaaaa", "web-app-v1-bbbbb"}
@@ -46,7 +46,7 @@ def test_error_counts_per_version_and_pod_equal_what_was_written(source, history
 
 
 def test_latency_bucket_counts_per_version_and_pod_equal_what_was_written(source, history):
-    window = source.observe(target(), (LATENCY,), history.start, history.end).metrics["latency"]
+    window = source.observe(target().scope, (LATENCY,), history.start, history.end).metrics["latency"]
     assert window.baseline == expected_histograms(history, "v1", history.start, history.end)
     assert window.canary == expected_histograms(history, "v2", history.start, history.end)
     assert len(window.canary["web-app-v2-ccccc"].counts) == 20  # every le, +Inf included
@@ -55,13 +55,13 @@ def test_latency_bucket_counts_per_version_and_pod_equal_what_was_written(source
 @pytest.mark.parametrize("errors", ["non-2xx", "5xx"])
 def test_error_class_decides_which_response_codes_count_as_events(source, history, errors):
     metric = ErrorRateMetric("errors", max_increase=0.01, errors=errors)
-    window = source.observe(target(), (metric,), history.start, history.end).metrics["errors"]
+    window = source.observe(target().scope, (metric,), history.start, history.end).metrics["errors"]
     assert window.canary == expected_ratios(history, HOST, "v2", history.start, history.end, errors)
 
 
 def test_grpc_failures_are_statuses_other_than_ok(source, history):
     metric = ErrorRateMetric("grpc", max_increase=0.01, errors="grpc")
-    window = source.observe(target(GRPC), (metric,), history.start, history.end).metrics["grpc"]
+    window = source.observe(target(GRPC).scope, (metric,), history.start, history.end).metrics["grpc"]
     expected = expected_ratios(history, GRPC, "v2", history.start, history.end, "grpc")
     assert window.canary == expected
     assert 0 < expected["grpc-v2-x"].events < expected["grpc-v2-x"].trials
@@ -71,7 +71,7 @@ def test_counter_reset_counts_neither_negative_nor_doubled(source, history):
     """The v2 pod restarts at minute 20; a window around the restart still counts exactly what was served."""
     restart = history.times[history.reset_index]
     start, end = restart - 60, restart + 60
-    window = source.observe(target(), (ERRORS_5XX, LATENCY), start, end).metrics
+    window = source.observe(target().scope, (ERRORS_5XX, LATENCY), start, end).metrics
     expected = expected_ratios(history, HOST, "v2", start, end)
     assert window["errors"].canary == expected
     assert window["latency"].canary == expected_histograms(history, "v2", start, end)
@@ -85,9 +85,9 @@ def test_counter_reset_counts_neither_negative_nor_doubled(source, history):
 
 def test_windows_across_the_reset_add_up_to_the_whole(source, history):
     start, middle, end = history.start, history.times[history.reset_index] + 7, history.end
-    whole = source.observe(target(), (ERRORS_5XX,), start, end).metrics["errors"].canary
-    first = source.observe(target(), (ERRORS_5XX,), start, middle).metrics["errors"].canary
-    second = source.observe(target(), (ERRORS_5XX,), middle, end).metrics["errors"].canary
+    whole = source.observe(target().scope, (ERRORS_5XX,), start, end).metrics["errors"].canary
+    first = source.observe(target().scope, (ERRORS_5XX,), start, middle).metrics["errors"].canary
+    second = source.observe(target().scope, (ERRORS_5XX,), middle, end).metrics["errors"].canary
     pod = "web-app-v2-ccccc"
     assert first[pod] + second[pod] == whole[pod]
 
@@ -95,14 +95,14 @@ def test_windows_across_the_reset_add_up_to_the_whole(source, history):
 def test_scrape_gap_inside_the_window_loses_no_requests(source, history):
     """v1 pod b was not scraped for 3 minutes: the sample after the gap carries the missed requests."""
     start, end = history.t0 + 840, history.t0 + 1140  # the gap covers 900..1065
-    window = source.observe(target(), (ERRORS_5XX,), start, end).metrics["errors"]
+    window = source.observe(target().scope, (ERRORS_5XX,), start, end).metrics["errors"]
     assert window.baseline == expected_ratios(history, HOST, "v1", start, end)
     assert window.baseline["web-app-v1-bbbbb"].trials > 0
 
 
 def test_window_inside_a_gap_is_no_data_for_that_pod(source, history):
     start, end = history.t0 + 920, history.t0 + 1040
-    window = source.observe(target(), (ERRORS_5XX,), start, end).metrics["errors"]
+    window = source.observe(target().scope, (ERRORS_5XX,), start, end).metrics["errors"]
     assert "web-app-v1-bbbbb" not in window.baseline
     assert window.baseline == expected_ratios(history, HOST, "v1", start, end)
 
@@ -110,7 +110,7 @@ def test_window_inside_a_gap_is_no_data_for_that_pod(source, history):
 def test_series_born_inside_the_window_counts_from_zero(source, history):
     """v2's first 500 appears at minute 22: its first sample's value is requests, not a baseline."""
     start, end = history.t0 + 1260, history.t0 + 1500
-    window = source.observe(target(), (ERRORS_5XX,), start, end).metrics["errors"]
+    window = source.observe(target().scope, (ERRORS_5XX,), start, end).metrics["errors"]
     expected = expected_ratios(history, HOST, "v2", start, end)
     assert window.canary == expected
     five_hundreds = history.requests(HOST, "v2", start, end, is_error=lambda labels: labels["response_code"] == "500")[
@@ -121,33 +121,33 @@ def test_series_born_inside_the_window_counts_from_zero(source, history):
 
 def test_windows_off_scrape_timestamps_still_count_whole_requests(source, history):
     start, end = history.start + 7.25, history.end - 3.5
-    window = source.observe(target(), (ERRORS_5XX, LATENCY), start, end).metrics
+    window = source.observe(target().scope, (ERRORS_5XX, LATENCY), start, end).metrics
     assert window["errors"].baseline == expected_ratios(history, HOST, "v1", start, end)
     assert window["latency"].canary == expected_histograms(history, "v2", start, end)
 
 
 def test_missing_version_is_an_empty_mapping_not_zero(source, history):
-    window = source.observe(target(ORDERS), (ERRORS_5XX, LATENCY), history.start, history.end).metrics
+    window = source.observe(target(ORDERS).scope, (ERRORS_5XX, LATENCY), history.start, history.end).metrics
     assert window["errors"].canary == {}
     assert window["latency"].canary == {}
     assert window["errors"].baseline["orders-v1-x"].trials > 0
 
 
 def test_window_before_any_data_is_no_data_for_both_versions(source, history):
-    window = source.observe(target(), (ERRORS_5XX,), history.t0 - 7200, history.t0 - 3600).metrics["errors"]
+    window = source.observe(target().scope, (ERRORS_5XX,), history.t0 - 7200, history.t0 - 3600).metrics["errors"]
     assert window == MetricWindow(baseline={}, canary={})
 
 
 def test_other_reporters_services_and_namespaces_are_not_counted(source, history):
-    window = source.observe(target(), (ERRORS_5XX,), history.start, history.end).metrics["errors"]
+    window = source.observe(target().scope, (ERRORS_5XX,), history.start, history.end).metrics["errors"]
     assert "web-app-v2-staging" not in window.canary
     assert "other-v1-x" not in window.baseline
-    other = source.observe(target(OTHER), (ERRORS_5XX,), history.start, history.end).metrics["errors"]
+    other = source.observe(target(OTHER).scope, (ERRORS_5XX,), history.start, history.end).metrics["errors"]
     assert set(other.baseline) == {"other-v1-x"}
 
 
 def test_custom_ratio_counts_events_out_of_total_per_pod(source, history):
-    window = source.observe(target(), (CHECKOUT,), history.start, history.end).metrics["checkout"]
+    window = source.observe(target().scope, (CHECKOUT,), history.start, history.end).metrics["checkout"]
     for version, side in (("v1", window.baseline), ("v2", window.canary)):
         written = history.app_ratio(version, history.start, history.end)
         assert side == {pod: Ratio(e, t) for pod, (e, t) in written.items()}
@@ -156,13 +156,13 @@ def test_custom_ratio_counts_events_out_of_total_per_pod(source, history):
 def test_custom_ratio_is_exact_across_the_counter_reset(source, history):
     restart = history.times[history.reset_index]
     start, end = restart - 45, restart + 45
-    window = source.observe(target(), (CHECKOUT,), start, end).metrics["checkout"]
+    window = source.observe(target().scope, (CHECKOUT,), start, end).metrics["checkout"]
     written = history.app_ratio("v2", start, end)
     assert window.canary == {pod: Ratio(e, t) for pod, (e, t) in written.items()}
 
 
 def test_hostile_service_name_selects_only_its_own_series(source, history):
-    window = source.observe(target(HOSTILE_HOST), (ERRORS_5XX,), history.start, history.end).metrics["errors"]
+    window = source.observe(target(HOSTILE_HOST).scope, (ERRORS_5XX,), history.start, history.end).metrics["errors"]
     assert window.baseline == expected_ratios(history, HOSTILE_HOST, "v1", history.start, history.end)
     assert set(window.canary) == {"evil-v2"}
 
@@ -202,5 +202,5 @@ def test_reporter_setting_selects_the_client_side_view(prometheus: PrometheusSer
 
 
 def test_observation_carries_the_window(source, history):
-    observation = source.observe(target(), (ERRORS_5XX,), history.start, history.end)
+    observation = source.observe(target().scope, (ERRORS_5XX,), history.start, history.end)
     assert (observation.start, observation.end) == (history.start, history.end)

@@ -80,7 +80,7 @@ def local_server(spec: Local) -> Iterator[Local]:
 
 def observe(url: str, **settings: object) -> None:
     with PrometheusSource(PrometheusSettings(url, **settings)) as src:  # type: ignore[arg-type]
-        src.observe(TARGET, ERRORS, 1_000.0, 1_060.0)
+        src.observe(TARGET.scope, ERRORS, 1_000.0, 1_060.0)
 
 
 def one_line(exc: BaseException) -> str:
@@ -156,7 +156,7 @@ def test_wrong_path_is_reported_as_no_query_api():
 def test_bad_custom_template_is_a_bad_query_with_the_servers_reason(source, history: IstioHistory):
     broken = CustomRatioMetric("broken", events="rate(x{v={version}})", total='y{v="{version}"}', max_increase=0.1)
     with pytest.raises(BadQuery) as caught:
-        source.observe(TARGET, (broken,), history.start, history.end)
+        source.observe(TARGET.scope, (broken,), history.start, history.end)
     message = one_line(caught.value)
     assert "rejected the metric 'broken' query (HTTP 400)" in message and "parse error" in message
     assert not caught.value.temporary
@@ -171,7 +171,7 @@ def test_templates_that_disagree_on_labels_are_reported(source, history: IstioHi
         max_increase=0.1,
     )
     with pytest.raises(SourceError, match="has events but no total"):
-        source.observe(TARGET, (mismatched,), history.start, history.end)
+        source.observe(TARGET.scope, (mismatched,), history.start, history.end)
 
 
 # -------------------------------------------------------------------------------------- credentials
@@ -185,7 +185,7 @@ def test_bearer_token_and_tenant_header_are_sent(tmp_path: Path, monkeypatch: py
             capture.url, bearer_token_file=str(token_file), headers=["X-Scope-OrgID: tenant-1"]
         )
         with PrometheusSource(settings) as src:
-            src.observe(TARGET, ERRORS, 1_000.0, 1_060.0)
+            src.observe(TARGET.scope, ERRORS, 1_000.0, 1_060.0)
     sent = capture.requests[0]
     assert sent["authorization"] == f"Bearer {SECRET}"
     assert sent["x-scope-orgid"] == "tenant-1"
@@ -271,11 +271,11 @@ def test_basic_auth_against_a_real_protected_prometheus(tmp_path: Path, history:
     with PrometheusServer(web_config=web, scheme="http") as server:
         good = PrometheusSettings(server.url, basic_auth_user="canary", basic_auth_password_file=str(password_file))
         with PrometheusSource(good) as src:
-            window = src.observe(TARGET, ERRORS, history.start, history.end).metrics["errors"]
+            window = src.observe(TARGET.scope, ERRORS, history.start, history.end).metrics["errors"]
         assert window.baseline == {} and window.canary == {}  # an empty server answers: no data
         password_file.write_text("wrong-" + PASSWORD)
         with pytest.raises(SourceError, match=r"refused the credentials \(HTTP 401\)") as caught:
-            PrometheusSource(good).observe(TARGET, ERRORS, history.start, history.end)
+            PrometheusSource(good).observe(TARGET.scope, ERRORS, history.start, history.end)
     assert PASSWORD not in str(caught.value) and PASSWORD not in repr(good)
 
 
@@ -292,7 +292,7 @@ def test_tls_with_a_ca_bundle_verifies_and_without_it_fails_clearly(tmp_path: Pa
     web = f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
     with PrometheusServer(web_config=web, scheme="https") as server:
         with PrometheusSource(PrometheusSettings(server.url, ca_file=str(cert))) as src:
-            assert src.observe(TARGET, ERRORS, history.start, history.end).metrics["errors"].canary == {}
+            assert src.observe(TARGET.scope, ERRORS, history.start, history.end).metrics["errors"].canary == {}
         with pytest.raises(SourceError, match=r"TLS with Prometheus at https://127.0.0.1:.* failed") as caught:
             observe(server.url)
         assert "certificate verify failed" in one_line(caught.value)

@@ -121,7 +121,7 @@ def test_requests_arrive_at_the_scenario_rate() -> None:
 
 def test_counts_are_per_pod_with_istio_workload_pod_names() -> None:
     sim, _ = mesh(canary_weight=50)
-    observation = sim.observe(TARGET, METRICS, T0, T0 + 600)
+    observation = sim.observe(TARGET.scope, METRICS, T0, T0 + 600)
     baseline, canary = ratios(observation, "v1"), ratios(observation, "v2")
     assert list(baseline) == ["web-app-v1-0", "web-app-v1-1", "web-app-v1-2"]
     assert list(canary) == ["web-app-v2-0", "web-app-v2-1"]
@@ -144,7 +144,7 @@ def test_error_rates_follow_the_scenario() -> None:
 
 def test_latency_histograms_use_istio_default_buckets_and_total_the_requests() -> None:
     sim, _ = mesh(canary_weight=50)
-    observation = sim.observe(TARGET, METRICS, T0, T0 + 300)
+    observation = sim.observe(TARGET.scope, METRICS, T0, T0 + 300)
     for version in ("v1", "v2"):
         pods = ratios(observation, version)
         for pod, histogram in histograms(observation, version).items():
@@ -158,7 +158,7 @@ def test_latency_histograms_use_istio_default_buckets_and_total_the_requests() -
 def test_latency_buckets_match_the_lognormal_cdf(version: str, median: float) -> None:
     """Checked against scipy's lognormal directly: the share of requests at or below 100 ms and 250 ms."""
     sim, _ = mesh(canary_weight=50)
-    observation = sim.observe(TARGET, METRICS, T0, T0 + 1200)
+    observation = sim.observe(TARGET.scope, METRICS, T0, T0 + 1200)
     merged = sum(histograms(observation, version).values(), Histogram(ISTIO_LATENCY_BUCKETS_MS, (0,) * 20))
     cumulative = merged.cumulative()
     for edge in (100, 250):
@@ -200,7 +200,7 @@ def test_an_error_burst_raises_the_rate_only_while_it_lasts() -> None:
 
 def test_no_traffic_to_the_canary_gives_all_zero_samples_and_no_data() -> None:
     sim, _ = mesh(canary_weight=0)
-    observation = sim.observe(TARGET, METRICS, T0, T0 + 60)
+    observation = sim.observe(TARGET.scope, METRICS, T0, T0 + 60)
     assert set(ratios(observation, "v2").values()) == {Ratio(0, 0)}
     assert all(h.total == 0 for h in histograms(observation, "v2").values())
     judgement = Running(SequentialJudge(judge_policy())).judge(observation, 0)
@@ -210,7 +210,7 @@ def test_no_traffic_to_the_canary_gives_all_zero_samples_and_no_data() -> None:
 
 def test_an_empty_window_gives_empty_samples_and_no_data() -> None:
     sim, _ = mesh(canary_weight=10)
-    observation = sim.observe(TARGET, METRICS, T0, T0)
+    observation = sim.observe(TARGET.scope, METRICS, T0, T0)
     for window in observation.metrics.values():
         assert (dict(window.baseline), dict(window.canary)) == ({}, {})
     assert Running(SequentialJudge(judge_policy())).judge(observation, 0).outcome is Outcome.NO_DATA
@@ -225,15 +225,15 @@ def test_a_silent_mesh_serves_nothing() -> None:
 def test_the_same_seed_gives_identical_counts() -> None:
     first, _ = mesh(canary_weight=10, seed=7)
     second, _ = mesh(canary_weight=10, seed=7)
-    assert first.observe(TARGET, METRICS, T0, T0 + 300) == second.observe(TARGET, METRICS, T0, T0 + 300)
+    assert first.observe(TARGET.scope, METRICS, T0, T0 + 300) == second.observe(TARGET.scope, METRICS, T0, T0 + 300)
     other, _ = mesh(canary_weight=10, seed=8)
-    assert other.observe(TARGET, METRICS, T0, T0 + 300) != first.observe(TARGET, METRICS, T0, T0 + 300)
+    assert other.observe(TARGET.scope, METRICS, T0, T0 + 300) != first.observe(TARGET.scope, METRICS, T0, T0 + 300)
 
 
 def test_observe_only_counts_slices_inside_the_window() -> None:
     sim, _ = mesh(canary_weight=50)
-    sim.observe(TARGET, METRICS, T0, T0 + 60)
-    second = sim.observe(TARGET, METRICS, T0 + 60, T0 + 120)
+    sim.observe(TARGET.scope, METRICS, T0, T0 + 60)
+    second = sim.observe(TARGET.scope, METRICS, T0 + 60, T0 + 120)
     in_window = [s for s in sim.slices if s.start >= T0 + 60]
     assert sum(r.trials for r in ratios(second, "v1").values()) == sum(int(s.requests["v1"].sum()) for s in in_window)
 
@@ -242,7 +242,7 @@ def test_another_service_is_refused() -> None:
     sim, _ = mesh(canary_weight=10)
     other = replace(TARGET, virtual_service="shop", host="shop.default.svc.cluster.local")
     with pytest.raises(ScenarioError) as caught:
-        sim.observe(other, METRICS, T0, T0 + 60)
+        sim.observe(other.scope, METRICS, T0, T0 + 60)
     assert (
         str(caught.value)
         == "the simulated mesh serves web-app.default.svc.cluster.local, not shop.default.svc.cluster.local"
@@ -253,5 +253,5 @@ def test_custom_metrics_are_refused_with_the_metric_named() -> None:
     sim, _ = mesh(canary_weight=10)
     custom = CustomRatioMetric(name="checkouts", events="e", total="t", max_increase=0.01)
     with pytest.raises(ScenarioError) as caught:
-        sim.observe(TARGET, (custom,), T0, T0 + 60)
+        sim.observe(TARGET.scope, (custom,), T0, T0 + 60)
     assert str(caught.value) == "metric 'checkouts': the simulated mesh serves error-rate and latency metrics only"
