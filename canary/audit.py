@@ -6,8 +6,9 @@
 - **Whole lines.** An append is one `write` of the whole line, then `fsync`; a write the disk cut short
   is truncated back, so a failed append leaves the log as it was.
 - **A torn last line never blocks.** A last line without its newline that is a complete, chained record
-  gets its newline; anything else there (a crash mid-write, a full disk before this version, zeros after a
-  power cut) is moved to `LOG.torn`, the log is cut back to its last whole line and a note says so.
+  gets its newline; anything else there (a crash mid-write, zeros after a power cut) is copied to
+  `LOG.torn` by the command's first write and overwritten by it, with a note saying so; a command that
+  writes nothing leaves it for the next one, so no tear is ever gone unrecorded.
 - **Anchored.** `verify` checks every line's hash and link, that every change has its outcome, and, given
   the head the route holds (or one a command printed), that the log ends there.
 """
@@ -108,6 +109,8 @@ class AuditLog:
         self._head = GENESIS
         self._locked = False
         self._notes: list[NoteRecord] = []  # what the log says about itself, appended at the next safe point
+        self._end = 0  # where the next record goes: the end of the last whole line
+        self._torn: bytes | None = None  # bytes past it, set aside by the first write (never before)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -145,12 +148,11 @@ class AuditLog:
                     time.sleep(LOCK_POLL_S)
             self._locked = True
             try:
-                self._repair_tail()
+                self._read_tail()
                 yield
-                self._flush_notes()
             finally:
                 self._locked = False
-                self._last, self._head, self._notes = None, GENESIS, []
+                self._last, self._head, self._notes, self._torn = None, GENESIS, [], None
         finally:
             os.close(fd)  # closing releases the lock
 
@@ -172,7 +174,7 @@ class AuditLog:
         """The log's records from the last to the first, read block by block from the end."""
         try:
             with self.path.open("rb") as fh:
-                end = fh.seek(0, os.SEEK_END)
+                end = self._end  # a torn tail past it is not a record
                 rest = b""
                 while end > 0:
                     start = max(0, end - READ_BLOCK)
@@ -217,35 +219,48 @@ class AuditLog:
             raise RuntimeError("append to the audit log only while holding its lock")
 
     def _write(self, sealed: Sealed) -> None:
+        """One write of the whole line where the last whole line ends, then fsync.
+
+        A torn tail is first copied to the side file, then overwritten by this line: at every moment the log
+        holds the torn bytes or what replaced them, so a command that fails (or dies) before its first write
+        leaves the tear for the next one, never a tear gone unrecorded.
+        """
         self._need_lock()
         line = sealed.encode()
+        torn = self._torn
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if torn is not None:
+                _durable_append(self.torn_path, torn if torn.endswith(b"\n") else torn + b"\n")
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot append the audit record: {exc.strerror}") from None
         try:
-            size = os.fstat(fd).st_size
             try:
-                written = os.write(fd, line)
+                written = os.pwrite(fd, line, self._end)
                 if written != len(line):
                     raise OSError(errno.ENOSPC, "the disk took only part of the record")
+                os.ftruncate(fd, self._end + len(line))
                 os.fsync(fd)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)  # no torn line left behind
+                if torn is None:  # a torn tail stays as it is: the next command sets it aside
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, self._end)  # no torn line left behind
                 raise AuditError(f"{self.path}: cannot append the audit record: {exc.strerror}") from None
         finally:
             os.close(fd)
+        self._end += len(line)
+        self._torn = None
         self._last, self._head = sealed, sealed.hash
 
     # ------------------------------------------------------------------------------------ the tail
 
-    def _repair_tail(self) -> None:
-        """Find the head, after mending a torn last line (set aside in the side file, with a note)."""
-        self._last, self._head = None, GENESIS
+    def _read_tail(self) -> None:
+        """Find the head and where the next record goes; a torn last line is noted, and set aside by the first
+        write (a complete last record that only lost its newline gets it back at once)."""
+        self._last, self._head, self._end, self._torn = None, GENESIS, 0, None
         try:
             with self.path.open("rb") as fh:
-                end = fh.seek(0, os.SEEK_END)
+                end = self._end = fh.seek(0, os.SEEK_END)
                 data = _tail(fh, end) if end else b""
         except FileNotFoundError:
             return
@@ -260,7 +275,7 @@ class AuditLog:
             whole = _parse(unterminated)
             if whole is not None and whole.prev_hash == _hash_of(prev_line):
                 self._append_raw(b"\n")  # a complete record whose newline was lost
-                self._last, self._head = whole, whole.hash
+                self._last, self._head, self._end = whole, whole.hash, end + 1
                 return
             torn, keep = unterminated, end - len(unterminated)
         elif _json_object(lines[-1]) is None:  # a whole last line that is no JSON at all (zeros, garbage)
@@ -270,7 +285,7 @@ class AuditLog:
         else:
             self._last, self._head = _parse(lines[-1]), _hash_of(lines[-1])
             return
-        self._set_aside(torn, keep)
+        self._torn, self._end = torn, keep
         self._last, self._head = _parse(prev_line), _hash_of(prev_line)
         self._notes.append(
             NoteRecord(
@@ -286,16 +301,6 @@ class AuditLog:
             _durable_append(self.path, data)
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot repair the last line: {exc.strerror}") from None
-
-    def _set_aside(self, torn: bytes, keep: int) -> None:
-        try:
-            _durable_append(self.torn_path, torn if torn.endswith(b"\n") else torn + b"\n")
-            with self.path.open("r+b") as fh:
-                fh.truncate(keep)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise AuditError(f"{self.path}: cannot set the torn last line aside: {exc.strerror}") from None
 
 
 def _durable_append(path: Path, data: bytes) -> None:

@@ -264,12 +264,12 @@ def test_a_failed_append_leaves_no_partial_line(tmp_path: Path, monkeypatch: pyt
     path = tmp_path / "a.jsonl"
     head = write_log(path, 1)
     size = path.stat().st_size
-    real_write = os.write
+    real_write = os.pwrite
 
-    def short_write(fd: int, data: bytes) -> int:
-        return real_write(fd, data[: len(data) // 2])
+    def short_write(fd: int, data: bytes, offset: int) -> int:
+        return real_write(fd, data[: len(data) // 2], offset)
 
-    monkeypatch.setattr(os, "write", short_write)
+    monkeypatch.setattr(os, "pwrite", short_write)
     log = AuditLog(path)
     with log.locked(1), pytest.raises(AuditError, match="cannot append the audit record"):
         log.append(decision(3))
@@ -327,3 +327,14 @@ def test_a_note_waits_until_the_outcome_a_route_names_is_written(log: tuple[Path
         audit.append_sealed(seal(applied_outcome(change), change.hash))
     kinds = [type(s.record) for s in read_records(path)]
     assert kinds[-2:] == [OutcomeRecord, NoteRecord] and verify_chain(path).ok
+
+
+def test_a_command_that_writes_nothing_leaves_a_torn_line_where_it_is(log: tuple[Path, str]) -> None:
+    """The tear is set aside by a write, never before: a command that fails first leaves the log as it was."""
+    path, _ = log
+    with path.open("ab") as fh:
+        fh.write(b'{"schema":1,"kin')
+    before = path.read_bytes()
+    with pytest.raises(ConflictError), AuditLog(path).locked(1):
+        raise ConflictError("refused before writing")
+    assert path.read_bytes() == before and not path.with_name("audit.jsonl.torn").exists()

@@ -296,3 +296,11 @@ def test_bad_manifests_are_router_errors(tmp_path: Path, content: str | bytes | 
         path.write_text(content)
     with pytest.raises(RouterError, match=message):
         ManifestRouter(path).read(WEB)
+
+
+def test_a_temporary_file_a_killed_write_left_is_removed_by_the_next_write(manifest: Path, state: RolloutState) -> None:
+    stale = manifest.with_name(f".{manifest.name}.canary-abc123")
+    stale.write_text("half a manifest")
+    router = ManifestRouter(manifest)
+    router.write(WEB, router.read(WEB), Weights(50, 50), state)
+    assert sorted(p.name for p in manifest.parent.iterdir()) == [manifest.name]

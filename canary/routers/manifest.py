@@ -6,7 +6,8 @@ written together, atomically: a temporary file in the same folder, flushed, rena
 (the folder flushed too), so a crash leaves the old file or the new one, never half of either. A write
 is made only if the file still holds what was read (its digest is the revision); the commands that write
 hold the audit log's lock, so two canary commands never interleave on one file. The file keeps its mode;
-a symbolic link is followed and its target replaced; a file without write permission is refused.
+a symbolic link is followed and its target replaced; a file without write permission is refused; a
+temporary file a killed command left behind is removed by the next write.
 The file may hold several YAML documents (a DestinationRule beside the VirtualService is used by the
 preflight); only the VirtualService named by the policy's target changes. Comments are not preserved.
 """
@@ -29,6 +30,12 @@ from canary.routers.virtualservice import RouteRead, read_route, subsets_problem
 from canary.state import RolloutState
 
 
+# libyaml where PyYAML has it: a tick reads and writes the whole file, and pure-Python YAML is slow.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+TEMP_MARK = ".canary-"  # temporary files are `.NAME.canary-XXXX` beside the manifest
+
+
 class ManifestRouter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -45,9 +52,15 @@ class ManifestRouter:
 
     def _documents(self, data: bytes) -> list[Any]:
         try:
-            return list(yaml.safe_load_all(data.decode("utf-8")))
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise RouterError(f"{self.path}: not a text file") from None
+        try:
+            return list(yaml.load_all(text, Loader=_LOADER))
+        except yaml.YAMLError:
+            pass
+        try:  # the pure-Python parser says where the mistake is more precisely: let it tell
+            return list(yaml.safe_load_all(text))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{self.path}:{mark.line + 1}" if mark is not None else str(self.path)
@@ -78,7 +91,7 @@ class ManifestRouter:
         documents = self._documents(data)
         index = self._index(documents, target)
         documents[index] = with_route(documents[index], target, weights, state)
-        self._replace(yaml.safe_dump_all(documents, sort_keys=False).encode("utf-8"))
+        self._replace(yaml.dump_all(documents, Dumper=_DUMPER, sort_keys=False).encode("utf-8"))
 
     def _replace(self, data: bytes) -> None:
         real = Path(os.path.realpath(self.path))  # a symbolic link keeps pointing at the file it names
@@ -88,8 +101,10 @@ class ManifestRouter:
             raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
         if not mode & 0o222:
             raise RouterError(f"{self.path}: the file is read-only; canary does not replace it")
+        for stale in real.parent.glob(f".{real.name}{TEMP_MARK}*"):  # left by a command killed mid-write
+            stale.unlink(missing_ok=True)
         try:
-            fd, temp = tempfile.mkstemp(prefix=f".{real.name}.", dir=real.parent)
+            fd, temp = tempfile.mkstemp(prefix=f".{real.name}{TEMP_MARK}", dir=real.parent)
         except OSError as exc:
             raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
         try:
