@@ -29,7 +29,6 @@ from canary.policy import Target
 from canary.routers.virtualservice import RouteRead, read_route, subsets_problem, with_route
 from canary.state import RolloutState
 
-
 # libyaml where PyYAML has it: a tick reads and writes the whole file, and pure-Python YAML is slow.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
