@@ -454,6 +454,18 @@ def fixture_objects() -> list[dict[str, Any]]:
     return [d for d in docs if isinstance(d, dict) and d.get("kind") in KINDS.values()]
 
 
+def fixtures_with(change: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+    """fixtures/istio as the server loads them, with one test-specific change made to a copy."""
+    objects = copy.deepcopy(fixture_objects())
+    change(objects)
+    return objects
+
+
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    """The object of that kind and name among `objects` (to change it in a `fixtures_with` function)."""
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
 def _decode(body: bytes) -> Any:
     try:
         return json.loads(body or b"null")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_api_server import KubeApiServer, fixture_objects
+from kube_api_server import KubeApiServer, fixture_objects, fixtures_with, named
 from kubernetes.client.exceptions import ConflictException
 from prometheus_server import free_port
 
@@ -51,17 +51,6 @@ def one_line(exc: BaseException) -> str:
     message = str(exc)
     assert "\n" not in message
     return message
-
-
-def objects_with(change: Any) -> list[dict[str, Any]]:
-    """fixtures/istio as the server loads them, with one test-specific change made to a copy."""
-    objects = copy.deepcopy(fixture_objects())
-    change(objects)
-    return objects
-
-
-def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
 
 
 @pytest.fixture
@@ -161,7 +150,7 @@ def test_two_match_less_routes_splitting_both_subsets_are_refused_with_the_candi
         http = named(objects, "VirtualService", "web-app")["spec"]["http"]
         http.append({**copy.deepcopy(http[1]), "name": "legacy"})
 
-    _, router = own_server(objects_with(second_split))
+    _, router = own_server(fixtures_with(second_split))
     with pytest.raises(RouterError) as caught:
         router.read(web_policy.target)
     assert one_line(caught.value) == (
@@ -263,7 +252,7 @@ def test_a_destination_rule_without_the_canary_subset_is_named(own_server: Any, 
         rule = named(objects, "DestinationRule", "web-app")
         rule["spec"]["subsets"] = [s for s in rule["spec"]["subsets"] if s["name"] != "v2"]
 
-    _, router = own_server(objects_with(drop_v2))
+    _, router = own_server(fixtures_with(drop_v2))
     assert router.subsets_problem(web_policy.target) == (
         "DestinationRule default/web-app for web-app.default.svc.cluster.local has no subset 'v2' (subsets: v1)"
     )
@@ -273,7 +262,7 @@ def test_no_destination_rule_for_the_host_is_named(own_server: Any, web_policy: 
     def drop_rule(objects: list[dict[str, Any]]) -> None:
         objects.remove(named(objects, "DestinationRule", "web-app"))
 
-    _, router = own_server(objects_with(drop_rule))
+    _, router = own_server(fixtures_with(drop_rule))
     assert router.subsets_problem(web_policy.target) == (
         "no DestinationRule for web-app.default.svc.cluster.local in namespace default: "
         "Istio cannot route to its subsets"

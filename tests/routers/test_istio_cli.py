@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_api_server import KubeApiServer, fixture_objects
+from kube_api_server import KubeApiServer, fixtures_with, named
 from typer.testing import CliRunner
 
 from canary.app import simulated_rollout
@@ -44,17 +44,6 @@ def one_line(stderr: str) -> str:
     lines = stderr.splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got {stderr!r}"
     return lines[0]
-
-
-def with_change(change: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
-    """fixtures/istio as the server loads them, with a test-specific change made to a copy."""
-    objects = copy.deepcopy(fixture_objects())
-    change(objects)
-    return objects
-
-
-def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
 
 
 @pytest.fixture
@@ -225,7 +214,7 @@ def test_a_destination_rule_without_the_canary_subset_fails_the_run_in_one_line_
         rule = named(objects, "DestinationRule", "web-app")
         rule["spec"]["subsets"] = [s for s in rule["spec"]["subsets"] if s["name"] != "v2"]
 
-    api, kubeconfig = own_cluster(with_change(drop_v2))
+    api, kubeconfig = own_cluster(fixtures_with(drop_v2))
     audit = tmp_path / "a.jsonl"
     result = invoke("run", POLICY, "--simulate", "healthy", "--kubeconfig", kubeconfig, "--audit", audit)
     assert result.exit_code == 2
@@ -241,7 +230,7 @@ def test_two_match_less_splits_fail_the_run_in_one_line_listing_them(own_cluster
         http = named(objects, "VirtualService", "web-app")["spec"]["http"]
         http.append({**copy.deepcopy(http[1]), "name": "legacy"})
 
-    api, kubeconfig = own_cluster(with_change(second_split))
+    api, kubeconfig = own_cluster(fixtures_with(second_split))
     audit = tmp_path / "a.jsonl"
     result = invoke("run", POLICY, "--simulate", "healthy", "--kubeconfig", kubeconfig, "--audit", audit)
     assert result.exit_code == 2

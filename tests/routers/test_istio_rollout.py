@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_api_server import VERSIONS, KubeApiServer, fixture_objects
+from kube_api_server import VERSIONS, KubeApiServer, fixture_objects, fixtures_with, named
 
 from canary.app import SimulatedRollout, manual_runner, simulated_rollout
 from canary.audit import AuditLog, read_records, verify_chain
@@ -156,17 +156,6 @@ def move_split(baseline: int, canary: int) -> Callable[[dict[str, Any]], None]:
     return change
 
 
-def with_change(change: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
-    """fixtures/istio as the server loads them, with a test-specific change made to a copy."""
-    objects = copy.deepcopy(fixture_objects())
-    change(objects)
-    return objects
-
-
-def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
-
-
 # ------------------------------------------------------------------------------- the seed's objects, verbatim
 
 
@@ -274,7 +263,7 @@ def test_retries_timeouts_and_mirrors_on_the_seeds_routes_are_kept(
         )
         spec["http"][1]["route"][1]["headers"] = {"request": {"add": {"x-canary": "yes"}}}
 
-    api, router = cluster(with_change(dressed))
+    api, router = cluster(fixtures_with(dressed))
     before = api.get("default", "web-app")
     assert rollout(web_policy, router, tmp_path / "a.jsonl").runner.run().phase is Phase.PROMOTED
     after = api.get("default", "web-app")
@@ -369,16 +358,14 @@ def test_a_write_refused_at_the_start_is_recorded_as_failed_and_nothing_moves(
     assert split(api) == [90, 10] and annotation(api) is None
 
 
-@pytest.mark.parametrize(
-    "lose",
-    [
-        pytest.param(lambda api: api.fail_after_commit(504, "gateway timeout"), id="504-after-commit"),
-        pytest.param(
-            lambda api: api.garble_next(),
-            id="200-not-json",
-        ),
-    ],
-)
+# Two ways the answer to a write that was made gets lost: a gateway timing out, a proxy's garbage page.
+LOST_ANSWERS = [
+    pytest.param(lambda api: api.fail_after_commit(504, "gateway timeout"), id="504-after-commit"),
+    pytest.param(lambda api: api.garble_next(), id="200-not-json"),
+]
+
+
+@pytest.mark.parametrize("lose", LOST_ANSWERS)
 def test_a_lost_answer_to_the_starting_write_counts_as_applied(
     cluster: Cluster, web_policy: Policy, tmp_path: Path, lose: Callable[[KubeApiServer], None]
 ) -> None:
@@ -396,16 +383,7 @@ def test_a_lost_answer_to_the_starting_write_counts_as_applied(
     assert [m for m, _, _ in api.requests][-2:] == ["PUT", "GET"]  # the write, then the read back
 
 
-@pytest.mark.parametrize(
-    "lose",
-    [
-        pytest.param(lambda api: api.fail_after_commit(504, "gateway timeout"), id="504-after-commit"),
-        pytest.param(
-            lambda api: api.garble_next(),
-            id="200-not-json",
-        ),
-    ],
-)
+@pytest.mark.parametrize("lose", LOST_ANSWERS)
 def test_a_lost_answer_to_a_write_during_the_rollout_counts_as_applied_and_it_goes_on(
     cluster: Cluster, web_policy: Policy, tmp_path: Path, lose: Callable[[KubeApiServer], None]
 ) -> None:
@@ -700,7 +678,7 @@ def test_a_destination_rule_without_the_canary_subset_stops_the_start_before_any
         rule = named(objects, "DestinationRule", "web-app")
         rule["spec"]["subsets"] = [s for s in rule["spec"]["subsets"] if s["name"] != "v2"]
 
-    api, router = cluster(with_change(drop_v2))
+    api, router = cluster(fixtures_with(drop_v2))
     audit = tmp_path / "a.jsonl"
     with pytest.raises(ConflictError) as caught:
         rollout(web_policy, router, audit).runner.open()
@@ -718,7 +696,7 @@ def test_two_match_less_splits_are_refused_before_anything_is_recorded(
         http = named(objects, "VirtualService", "web-app")["spec"]["http"]
         http.append(copy.deepcopy(http[1]))
 
-    api, router = cluster(with_change(second_split))
+    api, router = cluster(fixtures_with(second_split))
     audit = tmp_path / "a.jsonl"
     with pytest.raises(RouterError) as caught:
         rollout(web_policy, router, audit).runner.open()
