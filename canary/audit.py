@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from canary.errors import AuditError, ConflictError
+from canary.errors import AuditError, ConflictError, InputError
+from canary.inputs import AUDIT_LINE_LIMIT, MIB, check_regular
 from canary.records import (
     GENESIS,
     DecisionRecord,
@@ -110,7 +111,7 @@ class AuditLog:
         self._locked = False
         self._notes: list[NoteRecord] = []  # what the log says about itself, appended at the next safe point
         self._end = 0  # where the next record goes: the end of the last whole line
-        self._torn: bytes | None = None  # bytes past it, set aside by the first write (never before)
+        self._torn: tuple[int, int] | None = None  # the offsets of bytes past it, set aside by the first write
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -129,6 +130,11 @@ class AuditLog:
         """Hold the log's lock (waiting up to `timeout_s`), with the tail checked and repaired."""
         if self._locked:
             raise RuntimeError("the audit lock is not reentrant")
+        try:
+            check_regular(self.path, "audit log")
+            check_regular(self.lock_path, "lock file")
+        except InputError as exc:
+            raise AuditError(str(exc)) from None
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -182,6 +188,8 @@ class AuditLog:
                     chunk = fh.read(end - start) + rest
                     lines = chunk.split(b"\n")
                     rest = lines.pop(0) if start > 0 else b""
+                    if len(rest) > AUDIT_LINE_LIMIT:
+                        return  # a line longer than any record: nothing before it is read
                     for line in reversed(lines):
                         if line.strip():
                             sealed = _parse(line)
@@ -230,7 +238,7 @@ class AuditLog:
         torn = self._torn
         try:
             if torn is not None:
-                _durable_append(self.torn_path, torn if torn.endswith(b"\n") else torn + b"\n")
+                self._copy_aside(*torn)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot append the audit record: {exc.strerror}") from None
@@ -256,45 +264,62 @@ class AuditLog:
 
     def _read_tail(self) -> None:
         """Find the head and where the next record goes; a torn last line is noted, and set aside by the first
-        write (a complete last record that only lost its newline gets it back at once)."""
+        write (a complete last record that only lost its newline gets it back at once). Memory stays bounded
+        whatever the tail holds: lines are found by their offsets and none over the line cap is read whole."""
         self._last, self._head, self._end, self._torn = None, GENESIS, 0, None
         try:
             with self.path.open("rb") as fh:
                 end = self._end = fh.seek(0, os.SEEK_END)
-                data = _tail(fh, end) if end else b""
+                if end == 0:
+                    return
+                last_nl = _newline_before(fh, end)
+                if last_nl == end - 1:  # the file ends with a newline: its last line is whole
+                    line_start = _newline_before(fh, last_nl) + 1
+                    line = _read_line(fh, line_start, last_nl)
+                    if line is not None and _json_object(line) is not None:
+                        self._last, self._head = _parse(line), _hash_of(line)
+                        return
+                    torn_start = line_start  # a whole line that is no JSON at all (zeros, garbage)
+                else:
+                    torn_start = last_nl + 1
+                    tail = _read_line(fh, torn_start, end)
+                    prev = _read_line(fh, _newline_before(fh, last_nl) + 1, last_nl) if last_nl >= 0 else b""
+                    whole = _parse(tail) if tail is not None else None
+                    if whole is not None and whole.prev_hash == _hash_of(prev or b""):
+                        self._append_raw(b"\n")  # a complete record whose newline was lost
+                        self._last, self._head, self._end = whole, whole.hash, end + 1
+                        return
+                prev_end = torn_start - 1
+                prev_line = _read_line(fh, _newline_before(fh, prev_end) + 1, prev_end) if prev_end >= 0 else b""
         except FileNotFoundError:
             return
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot read: {exc.strerror}") from None
-        if not data:
-            return
-        lines = data.split(b"\n")
-        unterminated = lines.pop()  # b"" when the file ends with a newline
-        if unterminated:
-            prev_line = lines[-1] if lines else b""
-            whole = _parse(unterminated)
-            if whole is not None and whole.prev_hash == _hash_of(prev_line):
-                self._append_raw(b"\n")  # a complete record whose newline was lost
-                self._last, self._head, self._end = whole, whole.hash, end + 1
-                return
-            torn, keep = unterminated, end - len(unterminated)
-        elif _json_object(lines[-1]) is None:  # a whole last line that is no JSON at all (zeros, garbage)
-            torn, keep = lines[-1] + b"\n", end - len(lines[-1]) - 1
-            lines.pop()
-            prev_line = lines[-1] if lines else b""
-        else:
-            self._last, self._head = _parse(lines[-1]), _hash_of(lines[-1])
-            return
-        self._torn, self._end = torn, keep
-        self._last, self._head = _parse(prev_line), _hash_of(prev_line)
+        self._torn, self._end = (torn_start, end), torn_start
+        self._last, self._head = _parse(prev_line or b""), _hash_of(prev_line or b"")
+        size = end - torn_start
         self._notes.append(
             NoteRecord(
                 time=time.time(),
-                reason=f"a torn last line ({len(torn)} bytes at offset {keep}) was set aside in {self.torn_path.name}",
+                reason=f"a torn last line ({size} bytes at offset {torn_start}) was set aside in {self.torn_path.name}",
                 actor=self.actor,
-                details={"offset": keep, "bytes": len(torn), "file": str(self.torn_path)},
+                details={"offset": torn_start, "bytes": size, "file": str(self.torn_path)},
             )
         )
+
+    def _copy_aside(self, start: int, end: int) -> None:
+        """The torn bytes [start, end) of the log, appended to the side file (streamed), ending with a newline."""
+        with self.path.open("rb") as src, self.torn_path.open("ab") as side:
+            src.seek(start)
+            last = b""
+            while start < end and (chunk := src.read(min(MIB, end - start))):
+                side.write(chunk)
+                start += len(chunk)
+                last = chunk[-1:]
+            if last != b"\n":
+                side.write(b"\n")
+            side.flush()
+            os.fsync(side.fileno())
 
     def _append_raw(self, data: bytes) -> None:
         try:
@@ -320,17 +345,25 @@ def _open_change(newest_first: Iterable[Sealed]) -> Sealed | None:
     return None
 
 
-def _tail(fh: BinaryIO, end: int) -> bytes:
-    """The file's last two lines (more when a block holds more), from a line start or the file's start."""
-    start, data = end, b""
+def _newline_before(fh: BinaryIO, end: int) -> int:
+    """The offset of the last newline before `end`, or -1; read backwards a block at a time."""
+    start = end
     while start > 0:
         start = max(0, start - READ_BLOCK)
         fh.seek(start)
-        data = fh.read(end - start)
-        body = data[:-1] if data.endswith(b"\n") else data
-        if body.count(b"\n") >= 2:
-            return data[data.index(b"\n") + 1 :]  # drop the partial line the block began in
-    return data
+        found = fh.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        end = start
+    return -1
+
+
+def _read_line(fh: BinaryIO, start: int, end: int) -> bytes | None:
+    """The bytes of [start, end), or None when longer than a record may be (never read whole)."""
+    if end - start > AUDIT_LINE_LIMIT:
+        return None
+    fh.seek(start)
+    return fh.read(end - start)
 
 
 def _json_object(line: bytes) -> dict[str, object] | None:
@@ -369,17 +402,28 @@ def read_records(path: str | Path) -> Iterator[Sealed]:
 
 
 def _lines(path: str | Path) -> Iterator[tuple[int, dict[str, object] | None]]:
+    """Each line parsed (None for a line that is no JSON object); a line over the cap is not read whole."""
     try:
+        check_regular(path, "audit log")
         with Path(path).open("rb") as fh:
-            for number, raw in enumerate(fh, start=1):
+            number = 0
+            while raw := fh.readline(AUDIT_LINE_LIMIT + 1):
+                number += 1
+                if len(raw) > AUDIT_LINE_LIMIT and not raw.endswith(b"\n"):
+                    while (rest := fh.readline(MIB)) and not rest.endswith(b"\n"):
+                        pass  # skip the rest of the overlong line without holding it
+                    yield number, None
+                    continue
                 if not raw.strip():
                     continue
                 try:
                     data = json.loads(raw)
-                except (UnicodeDecodeError, ValueError):
+                except (UnicodeDecodeError, ValueError, RecursionError):
                     yield number, None
                     continue
                 yield number, data if isinstance(data, dict) else None
+    except InputError as exc:
+        raise AuditError(str(exc)) from None
     except FileNotFoundError:
         raise AuditError(f"{path}: no such file") from None
     except IsADirectoryError:

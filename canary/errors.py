@@ -23,6 +23,10 @@ class PolicyError(CanaryError):
         super().__init__(prefix + message)
 
 
+class InputError(CanaryError):
+    """A file canary was given cannot be read as what it should be (not a regular file, too large, binary)."""
+
+
 class ScenarioError(CanaryError):
     """A simulated-mesh scenario is missing or invalid."""
 

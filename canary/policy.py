@@ -17,7 +17,8 @@ from typing import Any, Literal
 import yaml
 
 from canary.codec import describe, join
-from canary.errors import PolicyError
+from canary.errors import InputError, PolicyError
+from canary.inputs import read_text
 from canary.promql import template_error
 
 API_VERSION = "canary.dev/v1alpha1"
@@ -149,11 +150,9 @@ def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file; raises PolicyError with file, field and line."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError(name, "", "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(name, "", f"cannot read: {exc}") from exc
+        text = read_text(path, "policy")
+    except InputError as exc:
+        raise PolicyError(name, "", str(exc).removeprefix(f"{name}: ")) from None
     return parse_policy(text, name)
 
 
@@ -177,8 +176,15 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
     return _Reader(source, lines).policy(data)
 
 
-def _plain(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
-    """A composed YAML node as plain Python, recording the line of every field path."""
+def _plain(node: yaml.Node, path: str, lines: dict[str, int], seen: set[int] | None = None) -> Any:
+    """A composed YAML node as plain Python, recording the line of every field path.
+
+    A node met twice is an alias (`*name`): refused, so an alias bomb cannot expand into billions of values.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        raise _NodeError(path, node.start_mark.line + 1, "YAML aliases (*name) are not supported in a policy")
+    seen.add(id(node))
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -187,16 +193,39 @@ def _plain(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
             child = f"{path}.{key}" if path else str(key)
             if key in out:
                 raise _NodeError(child, key_node.start_mark.line + 1, "appears twice")
-            out[key] = _plain(value_node, child, lines)
+            out[key] = _plain(value_node, child, lines, seen)
             lines[child] = key_node.start_mark.line + 1  # a field's line is its key's, not its block value's
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_plain(item, f"{path}[{i}]", lines) for i, item in enumerate(node.value)]
+        return [_plain(item, f"{path}[{i}]", lines, seen) for i, item in enumerate(node.value)]
     try:
         return yaml.SafeLoader("").construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, AttributeError):  # an explicit tag the value does not fit
         tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
         raise _NodeError(path, node.start_mark.line + 1, f"cannot read {node.value!r} as {tag}") from None
+
+
+# Kubernetes' own rules (apimachinery's IsDNS1123Label / IsDNS1123Subdomain), which Istio applies to subsets;
+# a host is a subdomain, optionally with Istio's `*.` wildcard prefix; a route name is one printable word.
+_NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
+    "label": (re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"),
+              "a DNS-1123 label (lowercase letters, digits and '-', at most 63, starting and ending alphanumeric)"),
+    "subdomain": (re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"),
+                  "a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253)"),
+    "host": (re.compile(r"(?=.{1,253}$)(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"),
+             "a host name (a DNS-1123 subdomain such as web-app.default.svc.cluster.local)"),
+    "route": (re.compile(r"[A-Za-z0-9._:-]{1,253}"), "a route name of letters, digits, '.', '_', ':' and '-'"),
+}  # fmt: skip
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+MIN_INTERVAL_S, MAX_INTERVAL_S, MAX_DURATION_S = 0.1, 86_400.0, 30 * 86_400.0
+MAX_COUNT = 10**12
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 class _NodeError(Exception):
@@ -255,10 +284,23 @@ class _Reader:
             raise self.fail(join(path, key), "is required")
         return data[key]
 
-    def string(self, data: Mapping[str, Any], path: str, key: str, default: str | None = None) -> str:
+    def string(
+        self, data: Mapping[str, Any], path: str, key: str, default: str | None = None, *, lines: bool = False
+    ) -> str:
         value = data.get(key, default) if default is not None else self.required(data, path, key)
         if not isinstance(value, str) or not value.strip():
             raise self.fail(join(path, key), f"must be a non-empty string, got {describe(value)}")
+        if _UNPRINTABLE.search(value.replace("\n", "").replace("\t", "") if lines else value):
+            what = "printable text" if lines else "one line of printable text"
+            raise self.fail(join(path, key), f"must be {what} (no control characters)")
+        return value
+
+    def name(self, data: Mapping[str, Any], path: str, key: str, rule: str, default: str | None = None) -> str:
+        """A name Kubernetes or Istio will check by the same rule (`label`, `subdomain` or `host`)."""
+        value = self.string(data, path, key, default)
+        pattern, words = _NAME_RULES[rule]
+        if not pattern.fullmatch(value):
+            raise self.fail(join(path, key), f"must be {words}, got {describe(value)}")
         return value
 
     def number(
@@ -284,17 +326,21 @@ class _Reader:
             raise self.fail(join(path, key), f"must be {expect}, got {describe(value)}")
         return number
 
-    def integer(self, data: Mapping[str, Any], path: str, key: str, default: int, minimum: int) -> int:
+    def integer(
+        self, data: Mapping[str, Any], path: str, key: str, default: int, minimum: int, maximum: int = 1_000_000
+    ) -> int:
         value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(join(path, key), f"must be a whole number >= {minimum}, got {describe(value)}")
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise self.fail(join(path, key), f"must be a whole number {minimum} to {maximum}, got {describe(value)}")
         return value
 
-    def duration(self, data: Mapping[str, Any], path: str, key: str, default: float) -> float:
+    def duration(self, data: Mapping[str, Any], path: str, key: str, default: float, low: float, high: float) -> float:
         value = data.get(key, default)
         seconds = parse_duration(value)
         if seconds is None or seconds <= 0:
-            raise self.fail(join(path, key), f"must be a positive duration like 60s, 5m or 1h, got {value!r}")
+            raise self.fail(join(path, key), f"must be a positive duration like 60s, 5m or 1h, got {describe(value)}")
+        if not low <= seconds <= high:
+            raise self.fail(join(path, key), f"must be {_span(low)} to {_span(high)}, got {describe(value)}")
         return seconds
 
     def choice(self, data: Mapping[str, Any], path: str, key: str, default: str, options: tuple[str, ...]) -> str:
@@ -314,7 +360,7 @@ class _Reader:
         if top.get("kind") != KIND:
             raise self.fail("kind", f"must be {KIND}, got {top.get('kind')!r}")
         meta = self.mapping(self.required(top, "", "metadata"), "metadata", {"name", "namespace", "labels"})
-        name = self.string(meta, "metadata", "name")
+        name = self.name(meta, "metadata", "name", "subdomain")  # also the default audit file's name
         spec = self.mapping(
             self.required(top, "", "spec"),
             "spec",
@@ -322,20 +368,20 @@ class _Reader:
              "audit"},
         )  # fmt: skip
         steps = self.steps(spec.get("steps", [10, 50, 100]))
-        interval = self.duration(spec, "spec", "interval", 60)
-        max_duration = self.duration(spec, "spec", "maxDuration", 3600)
+        interval = self.duration(spec, "spec", "interval", 60, MIN_INTERVAL_S, MAX_INTERVAL_S)
+        max_duration = self.duration(spec, "spec", "maxDuration", 3600, MIN_INTERVAL_S, MAX_DURATION_S)
         if max_duration < interval:
             raise self.fail("spec.maxDuration", f"must be at least one interval ({interval:g}s)")
         audit = spec.get("audit")
-        if audit is not None and (not isinstance(audit, str) or not audit.strip()):
-            raise self.fail("spec.audit", f"must be a file path, got {describe(audit)}")
+        if audit is not None and (not isinstance(audit, str) or not audit.strip() or _UNPRINTABLE.search(audit)):
+            raise self.fail("spec.audit", f"must be a file path on one line, got {describe(audit)}")
         return Policy(
             name=name,
             target=self.target(self.required(spec, "spec", "target")),
             metrics=self.metrics(self.required(spec, "spec", "metrics")),
             steps=steps,
             interval_s=interval,
-            min_requests=self.integer(spec, "spec", "minRequests", 100, 0),
+            min_requests=self.integer(spec, "spec", "minRequests", 100, 0, MAX_COUNT),
             max_duration_s=max_duration,
             on_deadline=self.choice(spec, "spec", "onDeadline", "rollback", DEADLINE_RULES),  # type: ignore[arg-type]
             analysis=self.analysis(spec.get("analysis", {})),
@@ -347,12 +393,12 @@ class _Reader:
         path = "spec.target"
         data = self.mapping(value, path, {"namespace", "virtualService", "host", "baseline", "canary", "route"})
         target = Target(
-            namespace=self.string(data, path, "namespace"),
-            virtual_service=self.string(data, path, "virtualService"),
-            host=self.string(data, path, "host"),
-            baseline=self.string(data, path, "baseline", "v1"),
-            canary=self.string(data, path, "canary", "v2"),
-            route=self.string(data, path, "route") if "route" in data else None,
+            namespace=self.name(data, path, "namespace", "label"),
+            virtual_service=self.name(data, path, "virtualService", "subdomain"),
+            host=self.name(data, path, "host", "host"),
+            baseline=self.name(data, path, "baseline", "label", "v1"),
+            canary=self.name(data, path, "canary", "label", "v2"),
+            route=self.name(data, path, "route", "route") if "route" in data else None,
         )
         if target.baseline == target.canary:
             raise self.fail(f"{path}.canary", f"must differ from the baseline subset ({target.baseline!r})")
@@ -459,7 +505,7 @@ class _Reader:
         raise self.fail(f"{path}.kind", f"must be one of error-rate, latency, custom, got {kind!r}")
 
     def template(self, data: Mapping[str, Any], path: str, key: str) -> str:
-        text = self.string(data, path, key)
+        text = self.string(data, path, key, lines=True)  # a PromQL template may span lines
         problem = template_error(text)
         if problem is not None:
             raise self.fail(join(path, key), problem)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from canary.codec import DecodeError, from_data, to_data
 from canary.errors import AuditError
 from canary.model import Action, Phase, Weights
+from canary.secrets import scrub_data
 
 RECORD_SCHEMA = 1
 GENESIS = "0" * 64
@@ -123,7 +124,7 @@ _CANONICAL: dict[str, Any] = {"sort_keys": True, "separators": (",", ":"), "ensu
 
 
 def _body(record: Record, prev_hash: str) -> dict[str, Any]:
-    body: dict[str, Any] = to_data(record)
+    body: dict[str, Any] = scrub_data(to_data(record))  # no known secret is ever sealed into the log
     body["schema"] = RECORD_SCHEMA
     body["prev_hash"] = prev_hash
     return body

@@ -14,7 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from canary.errors import ScenarioError
+from canary.errors import InputError, ScenarioError
+from canary.inputs import read_text
 
 Expectation = Literal["promote", "rollback"]
 MAX_SECONDS = 30 * 86400  # a month of simulated time at the most
@@ -203,11 +204,9 @@ def parse_scenario(data: object) -> Scenario:
 def load_scenarios(path: str | Path) -> list[Scenario]:
     """A benchmark file ({"scenarios": [...]}) or a single scenario object."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+        data = json.loads(read_text(path, "scenario"))
+    except InputError as exc:
+        raise ScenarioError(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise ScenarioError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
     items = data.get("scenarios", [data]) if isinstance(data, dict) else None

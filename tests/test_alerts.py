@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from canary.alerts import alert_rules
+from canary.errors import PolicyError
 from canary.policy import Policy, load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,10 +56,13 @@ def test_rules_for_the_example_policy_pass_promtool_check(policy: Policy, tmp_pa
 @needs_promtool
 def test_rules_with_custom_metrics_and_hostile_names_pass_promtool_check(tmp_path: Path):
     text = (REPO / "policies" / "web-app.yaml").read_text()
-    text = text.replace(f"host: {HOST}", "host: 'we\"b}{app\\\\.svc'").replace("interval: 60s", "interval: 90s")
+    hostile_host = text.replace(f"host: {HOST}", "host: 'we\"b}{app\\\\.svc'")
+    with pytest.raises(PolicyError, match=r"spec\.target\.host: must be a host name"):
+        parse_policy(hostile_host, "hostile.yaml")  # never reaches a rule: Kubernetes' own rules refuse it
+    text = text.replace("interval: 60s", "interval: 90s")
     text = text.replace("kind: latency", "kind: latency\n      critical: true")
     text += (
-        "    - name: checkouts\n"
+        "    - name: 'che\"ck}{outs\\\\'\n"
         "      kind: custom\n"
         '      events: app_checkout_failures_total{service="{service}", version="{version}"}\n'
         '      total: app_checkouts_total{service="{service}", version="{version}"}\n'

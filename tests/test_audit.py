@@ -338,3 +338,25 @@ def test_a_command_that_writes_nothing_leaves_a_torn_line_where_it_is(log: tuple
     with pytest.raises(ConflictError), AuditLog(path).locked(1):
         raise ConflictError("refused before writing")
     assert path.read_bytes() == before and not path.with_name("audit.jsonl.torn").exists()
+
+
+def test_a_huge_garbage_tail_is_set_aside_without_being_read_into_memory(log: tuple[Path, str]) -> None:
+    path, head = log
+    with path.open("ab") as fh:  # 40 MiB of garbage with no newline: more than any record may be
+        for _ in range(40):
+            fh.write(b"\x00" * (1024 * 1024))
+    audit = AuditLog(path)
+    with audit.locked(1):
+        assert audit.head == head
+        audit.append(decision(8, writes=False))
+    assert verify_chain(path).ok
+    assert path.with_name("audit.jsonl.torn").stat().st_size == 40 * 1024 * 1024 + 1
+
+
+@pytest.mark.parametrize("where", ["/dev/zero", "dir"])
+def test_an_audit_log_that_is_not_a_regular_file_is_one_line(tmp_path: Path, where: str) -> None:
+    path = Path(where) if where.startswith("/") else tmp_path
+    with pytest.raises(AuditError, match="not an audit log"):
+        list(read_records(path))
+    with pytest.raises(AuditError, match="not an audit log"), AuditLog(path).locked(1):
+        pass

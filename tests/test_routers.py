@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,26 @@ def test_a_temporary_file_a_killed_write_left_is_removed_by_the_next_write(manif
     router = ManifestRouter(manifest)
     router.write(WEB, router.read(WEB), Weights(50, 50), state)
     assert sorted(p.name for p in manifest.parent.iterdir()) == [manifest.name]
+
+
+def test_yaml_aliases_in_a_manifest_are_refused_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text((FIXTURES / "web-app-virtualservice.yaml").read_text() + "x: &a [1]\ny: [*a, *a]\n")
+    with pytest.raises(RouterError, match=r"m\.yaml:\d+: YAML aliases \(\*name\) are not supported in a manifest"):
+        ManifestRouter(path).read(WEB)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p.mkdir(), "is a directory, not a manifest file"),
+    (lambda p: os.mkfifo(p), "is a FIFO, not a manifest file"),
+    (lambda p: p.write_bytes(b"#" * (9 * 1024 * 1024)), "9.0 MiB, more than a manifest file may be (8.0 MiB)"),
+])  # fmt: skip
+def test_a_manifest_that_is_not_a_regular_file_of_sane_size_is_one_line(
+    tmp_path: Path, make: Any, message: str
+) -> None:
+    path = tmp_path / "m.yaml"
+    make(path)
+    with pytest.raises(RouterError, match=re.escape(message)):
+        ManifestRouter(path).read(WEB)
+    with pytest.raises(RouterError, match="is a device, not a manifest file"):
+        ManifestRouter("/dev/zero").read(WEB)

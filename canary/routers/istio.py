@@ -21,7 +21,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from canary.errors import RouterError, WeightConflict
+from canary import secrets
+from canary.errors import InputError, RouterError, WeightConflict
+from canary.inputs import checked_secret, read_file
 from canary.model import Weights
 from canary.policy import Target
 from canary.routers.virtualservice import RouteRead, read_route, subsets_problem, with_route
@@ -47,19 +49,58 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> cli
         configuration = client.Configuration()
         configuration.retries = False
         if kubeconfig is not None:
-            made = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            read_file(kubeconfig, "kubeconfig")  # a regular file of sane size, before the client parses it
+            made = cast(client.ApiClient, config.new_client_from_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig, context=context, persist_config=False, client_configuration=configuration
-            )
-            return cast(client.ApiClient, made)
+            ))  # fmt: skip
+            _clean_credentials(made.configuration, f"kubeconfig {kubeconfig}")
+            return made
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             if context is not None:
                 raise RouterError("--context needs a kubeconfig; in-cluster config has no contexts")
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            _clean_credentials(configuration, "the in-cluster service account")
             return client.ApiClient(configuration)
+    except InputError as exc:
+        raise RouterError(f"kubeconfig {exc}") from None
     except (ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError) as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "in-cluster config"
         raise RouterError(f"{where}: cannot configure a Kubernetes client: {_one_line(str(exc))}") from exc
     raise RouterError("no Kubernetes configuration: give a kubeconfig file, or run in a pod (KUBERNETES_SERVICE_HOST)")
+
+
+def _clean_credentials(configuration: client.Configuration, where: str) -> None:
+    """A bearer token as a header can carry it: one trailing newline trimmed (a `token: |` block leaves one),
+    anything else unprintable refused by name; every token is registered so no message ever shows it. The
+    kubeconfig loader reloads tokens before each request (they may expire): its hook is kept, and cleaned after."""
+    _clean_keys(configuration, where)
+    first: Any = getattr(configuration, "refresh_api_key_hook", None)
+    if first is None:
+        return
+    hooks = [first]
+
+    def refresh(conf: client.Configuration) -> None:
+        hooks[0](conf)  # the loader's hook sets the token again, and itself as the hook
+        hooks[0] = conf.refresh_api_key_hook if conf.refresh_api_key_hook is not refresh else hooks[0]
+        conf.refresh_api_key_hook = refresh  # type: ignore[assignment]
+        _clean_keys(conf, where)
+
+    configuration.refresh_api_key_hook = refresh  # type: ignore[assignment]
+
+
+def _clean_keys(configuration: client.Configuration, where: str) -> None:
+    keys = getattr(configuration, "api_key", None) or {}
+    for name, value in list(keys.items()):
+        if not isinstance(value, str):
+            continue
+        scheme, _, token = value.partition(" ") if value.startswith("Bearer ") else ("", "", value)
+        token = token.removesuffix("\n").removesuffix("\r")
+        secrets.register(token)
+        checked_secret(token, f"the bearer token of {where}")
+        keys[name] = f"{scheme} {token}" if scheme else token
+    password = getattr(configuration, "password", None)
+    if isinstance(password, str):
+        secrets.register(password)
 
 
 class IstioRouter:
@@ -153,10 +194,14 @@ class IstioRouter:
             _raise_for(exc, target, doing)
         except urllib3.exceptions.HTTPError as exc:
             raise _unreachable(exc, target) from exc
-        except (ValueError, TypeError) as exc:  # a 200 whose body is not what the API promises (a proxy's page)
+        except json.JSONDecodeError as exc:  # a 200 whose body is not what the API promises (a proxy's page)
             raise RouterServerError(
                 f"VirtualService {_name(target)}: the API server's answer to {doing} is not valid JSON "
                 f"({_one_line(str(exc))[:80]}); whether the write was made is read back"
+            ) from exc
+        except (ValueError, TypeError) as exc:  # the client refused to build the request, or to read the answer
+            raise RouterError(
+                f"VirtualService {_name(target)}: cannot {doing} it: {secrets.scrub(_one_line(str(exc)))[:200]}"
             ) from exc
 
 

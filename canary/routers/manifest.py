@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from canary.errors import RouterError, WeightConflict
+from canary.errors import InputError, RouterError, WeightConflict
+from canary.inputs import read_file
 from canary.model import Weights
 from canary.policy import Target
 from canary.routers.virtualservice import RouteRead, read_route, subsets_problem, with_route
@@ -41,13 +42,9 @@ class ManifestRouter:
 
     def _bytes(self) -> bytes:
         try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            raise RouterError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise RouterError(f"{self.path}: is a directory, not a manifest file") from None
-        except OSError as exc:
-            raise RouterError(f"{self.path}: cannot read: {exc.strerror}") from None
+            return read_file(self.path, "manifest")
+        except InputError as exc:
+            raise RouterError(str(exc)) from None
 
     def _documents(self, data: bytes) -> list[Any]:
         try:
@@ -55,9 +52,14 @@ class ManifestRouter:
         except UnicodeDecodeError:
             raise RouterError(f"{self.path}: not a text file") from None
         try:
-            return list(yaml.load_all(text, Loader=_LOADER))
+            alias = next((e for e in yaml.parse(text, Loader=_LOADER) if isinstance(e, yaml.AliasEvent)), None)
+            if alias is None:
+                return list(yaml.load_all(text, Loader=_LOADER))
         except yaml.YAMLError:
             pass
+        else:
+            line = alias.start_mark.line + 1 if alias.start_mark else "?"
+            raise RouterError(f"{self.path}:{line}: YAML aliases (*name) are not supported in a manifest")
         try:  # the pure-Python parser says where the mistake is more precisely: let it tell
             return list(yaml.safe_load_all(text))
         except yaml.YAMLError as exc:

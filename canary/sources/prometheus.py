@@ -18,7 +18,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,7 +27,9 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from canary.errors import BadQuery, SourceError, SourceTimeout, SourceUnreachable
+from canary import secrets
+from canary.errors import BadQuery, InputError, SourceError, SourceTimeout, SourceUnreachable
+from canary.inputs import checked_secret, read_file, read_secret
 from canary.model import MetricWindow, Observation
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, MetricSpec, MetricsScope
 from canary.promql import (
@@ -44,7 +45,10 @@ from canary.sources.counters import CountError, custom_window, error_window, his
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = (500, 502, 503, 504)
+MAX_TIMEOUT_S = 3600.0  # a query, a delay, a lookback: an hour at the most
+MAX_RETRIES = 10
 MAX_SUBQUERY_POINTS = 11_000  # per series, Prometheus' own limit for range queries
+_SENSITIVE = re.compile(r"auth|token|secret|key|cookie|pass", re.IGNORECASE)  # header names whose values hide
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -83,11 +87,18 @@ class PrometheusSettings:
             raise SourceError(f"Prometheus URL must look like http://host:9090, got {self.safe_url!r}")
         if parts.username or parts.password:
             raise SourceError("put Prometheus credentials in a token or password file or env var, not the URL")
-        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
-            raise SourceError(f"Prometheus timeout must be a positive number of seconds, got {self.timeout_s!r}")
-        amounts = (self.retries, self.backoff_s, self.lookback_s, self.delay_s)
-        if not all(math.isfinite(x) and x >= 0 for x in amounts):
-            raise SourceError("Prometheus retries, backoff, lookback and delay must be finite and not negative")
+        if not (0 < self.timeout_s <= MAX_TIMEOUT_S):
+            raise SourceError(
+                f"--prometheus-timeout must be more than 0 and at most {MAX_TIMEOUT_S:g} seconds, "
+                f"got {self.timeout_s!r}"
+            )
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise SourceError(f"--prometheus-retries must be 0 to {MAX_RETRIES}, got {self.retries!r}")
+        amounts = (self.backoff_s, self.lookback_s, self.delay_s)
+        if not all(0 <= x <= MAX_TIMEOUT_S for x in amounts):
+            raise SourceError(
+                f"Prometheus backoff, lookback and --prometheus-delay must be 0 to {MAX_TIMEOUT_S:g} seconds"
+            )
         if self.bearer_token_file and self.bearer_token_env:
             raise SourceError("give the Prometheus bearer token as a file or an env var, not both")
         if self.basic_auth_password_file and self.basic_auth_password_env:
@@ -203,19 +214,18 @@ def make_retry(retries: int, backoff_s: float) -> Retry:
 
 
 def _read_secret(path: str | None, env: str | None, what: str) -> str | None:
-    if path:
-        try:
-            value = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SourceError(f"cannot read the Prometheus {what} file {path}: {exc.strerror or exc}") from None
-        if not value:
-            raise SourceError(f"the Prometheus {what} file {path} is empty")
-        return value
-    if env:
-        value = os.environ.get(env, "").strip()
-        if not value:
-            raise SourceError(f"the environment variable {env} (Prometheus {what}) is not set")
-        return value
+    """A token or password from its file (one trailing newline trimmed) or environment variable; an
+    unprintable byte is an error naming where it came from, never the value."""
+    try:
+        if path:
+            return read_secret(path, f"Prometheus {what}")
+        if env:
+            where = f"the environment variable {env} (Prometheus {what})"
+            if not os.environ.get(env, "").strip():
+                raise SourceError(f"{where} is not set")
+            return checked_secret(os.environ[env].strip(), where)
+    except InputError as exc:
+        raise SourceError(f"the Prometheus {what}: {exc}") from None
     return None
 
 
@@ -234,10 +244,18 @@ class PrometheusSource:
     def _connect(settings: PrometheusSettings) -> PrometheusConnect:
         headers = dict(settings.headers)
         token = _read_secret(settings.bearer_token_file, settings.bearer_token_env, "bearer token")
+        password = _read_secret(settings.basic_auth_password_file, settings.basic_auth_password_env, "password")
+        sensitive = [value for name, value in settings.headers if _SENSITIVE.search(name)]
+        for secret in (token, password, *sensitive):
+            secrets.register(secret)
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        password = _read_secret(settings.basic_auth_password_file, settings.basic_auth_password_env, "password")
         auth = (settings.basic_auth_user, password) if password is not None else None
+        if settings.ca_file:
+            try:
+                read_file(settings.ca_file, "CA bundle")  # there, a regular file, not huge: ssl reads it later
+            except InputError as exc:
+                raise SourceError(f"--prometheus-ca-file {exc}") from None
         session = requests.Session()
         session.verify = settings.ca_file if settings.ca_file and settings.verify else settings.verify
         return PrometheusConnect(

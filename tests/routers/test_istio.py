@@ -20,7 +20,7 @@ from canary.app import simulated_rollout
 from canary.audit import MemoryAudit
 from canary.errors import RouterError, WeightConflict
 from canary.model import Weights
-from canary.policy import Policy
+from canary.policy import Policy, Target
 from canary.routers.istio import IstioRouter, RouterServerError, api_client
 from canary.scenario import builtin_scenario
 from canary.state import ANNOTATION, RolloutState, decode_state
@@ -342,8 +342,29 @@ def test_the_kubeconfig_context_is_chosen_by_name(kube_api: KubeApiServer, tmp_p
 
 def test_a_missing_kubeconfig_is_a_router_error(tmp_path: Path) -> None:
     missing = tmp_path / "none"
-    with pytest.raises(RouterError, match=f"^kubeconfig {missing}: cannot configure a Kubernetes client"):
+    with pytest.raises(RouterError, match=f"^kubeconfig {missing}: no such file$"):
         api_client(str(missing))
+
+
+def test_a_kubeconfig_token_block_with_its_newline_works_and_is_never_shown(
+    tmp_path: Path, kube_api: KubeApiServer
+) -> None:
+    """`token: |` leaves a trailing newline: trimmed, so the header is valid; an inner newline is refused by
+    name; neither the token nor any part of it appears in a message."""
+    secret = "s3cr3t-TOKEN-4f9a"
+    config = tmp_path / "kubeconfig"
+    kube_api.kubeconfig(config)
+    text = config.read_text().replace("user: {}", f"user:\n    token: |\n      {secret}")
+    config.write_text(text)
+    router = IstioRouter.from_kubeconfig(str(config))
+    try:
+        assert router.read(Target("default", "web-app", "web-app.default.svc.cluster.local", "v1", "v2")).weights
+    finally:
+        router.close()
+    config.write_text(text.replace(secret, f"{secret}\n      more"))
+    with pytest.raises(RouterError) as caught:
+        api_client(str(config))
+    assert "holds a line break" in str(caught.value) and secret not in str(caught.value)
 
 
 def test_without_kubeconfig_outside_a_cluster_the_error_says_what_to_give(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -203,7 +203,7 @@ def test_missing_secret_sources_are_clear_errors(tmp_path: Path, monkeypatch: py
     monkeypatch.delenv("CANARY_NO_SUCH_TOKEN", raising=False)
     with pytest.raises(SourceError, match=r"environment variable CANARY_NO_SUCH_TOKEN .* is not set"):
         PrometheusSource(PrometheusSettings("http://127.0.0.1:9", bearer_token_env="CANARY_NO_SUCH_TOKEN"))
-    with pytest.raises(SourceError, match=r"cannot read the Prometheus password file .*nope: No such file"):
+    with pytest.raises(SourceError, match=r"the Prometheus password: .*nope: no such file"):
         PrometheusSource(
             PrometheusSettings(
                 "http://127.0.0.1:9", basic_auth_user="u", basic_auth_password_file=str(tmp_path / "nope")
@@ -216,7 +216,7 @@ def test_missing_secret_sources_are_clear_errors(tmp_path: Path, monkeypatch: py
     [
         ({"url": "127.0.0.1:9090"}, "must look like http://host:9090"),
         ({"url": "http://user:pw@127.0.0.1:9090"}, "not the URL"),
-        ({"url": "http://x", "timeout_s": 0}, "positive number of seconds"),
+        ({"url": "http://x", "timeout_s": 0}, "more than 0 and at most 3600 seconds"),
         ({"url": "http://x", "bearer_token_file": "a", "bearer_token_env": "B"}, "not both"),
         ({"url": "http://x", "basic_auth_user": "u"}, "needs both a user and a password"),
         ({"url": "http://x", "headers": (("X-Bad\nHeader", "v"),)}, "invalid HTTP header name"),
@@ -224,10 +224,10 @@ def test_missing_secret_sources_are_clear_errors(tmp_path: Path, monkeypatch: py
         ({"url": "http://[::1"}, "cannot be parsed"),
         ({"url": "http://user:pw@[::1:9090"}, "cannot be parsed"),
         ({"url": "http://x:99999"}, "cannot be parsed"),
-        ({"url": "http://x", "delay_s": math.nan}, "must be finite and not negative"),
-        ({"url": "http://x", "delay_s": math.inf}, "must be finite and not negative"),
-        ({"url": "http://x", "backoff_s": math.nan}, "must be finite and not negative"),
-        ({"url": "http://x", "lookback_s": -1.0}, "must be finite and not negative"),
+        ({"url": "http://x", "delay_s": math.nan}, "must be 0 to 3600 seconds"),
+        ({"url": "http://x", "delay_s": math.inf}, "must be 0 to 3600 seconds"),
+        ({"url": "http://x", "backoff_s": math.nan}, "must be 0 to 3600 seconds"),
+        ({"url": "http://x", "lookback_s": -1.0}, "must be 0 to 3600 seconds"),
     ],
 )
 def test_invalid_settings_are_rejected_with_one_line(kwargs, message):
