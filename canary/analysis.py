@@ -45,11 +45,25 @@ class AnalysisResult:
         return EXIT_CODES[self.verdict]
 
 
-def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, end: float) -> AnalysisResult:
-    """Observe [start, end] interval by interval, judge each, and sum the counts."""
+MAX_INTERVALS = 10_080  # a week of one-minute intervals: one query per metric each
+
+
+def intervals(policy: Policy, start: float, end: float) -> int:
+    """How many of the policy's intervals [start, end] holds; ValueError for an empty or too long window."""
     if not end > start:
         raise ValueError(f"the window must end after it starts ({iso(start)} .. {iso(end)})")
     count = max(1, math.ceil((end - start) / policy.interval_s - 1e-9))
+    if count > MAX_INTERVALS:
+        raise ValueError(
+            f"the window {iso(start)} .. {iso(end)} holds {count} intervals of {policy.interval_s:g}s, more than "
+            f"{MAX_INTERVALS} (one query per metric each): choose a later --start"
+        )
+    return count
+
+
+def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, end: float) -> AnalysisResult:
+    """Observe [start, end] interval by interval, judge each, and sum the counts."""
+    count = intervals(policy, start, end)
     edges = [min(start + i * policy.interval_s, end) for i in range(count)] + [end]
     observations: list[Observation] = []
     judgements: list[Judgement] = []

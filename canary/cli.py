@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click import exceptions as usage  # the click typer carries (typer vendors its own)
 
-from canary import __version__
+from canary import __version__, secrets
 from canary.alerts import alert_rules
-from canary.analysis import AnalysisResult, parse_time
+from canary.analysis import AnalysisResult, intervals, parse_time
 from canary.app import (
     audit_path_for,
     judge_for,
@@ -66,8 +67,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain usage errors (main() makes them one line)
 )
-audit_app = typer.Typer(help="Read and verify audit logs.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read and verify audit logs.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(audit_app, name="audit")
 
 
@@ -177,13 +179,14 @@ Context = Annotated[str | None, typer.Option(help="The kubeconfig context to use
 AuditFile = Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")]
 LockTimeout = Annotated[
     float,
-    typer.Option(help="Seconds to wait for another canary command on the same audit log to finish."),
+    typer.Option(help="Seconds to wait for another canary command on the same audit log to finish.", min=0, max=3600),
 ]
+Seed = Annotated[int, typer.Option(help="Random seed of the simulated mesh.", min=0, max=2**32 - 1)]
 Output = Annotated[OutputFormat, typer.Option(help="text or json.")]
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    typer.echo(f"canary: {safe(message)}", err=True)
+    typer.echo(f"canary: {safe(secrets.scrub(message))}", err=True)
     return typer.Exit(code)
 
 
@@ -282,7 +285,7 @@ def _simulated_start(router: Router, policy: Policy) -> float | None:
 def demo(
     scenario: Annotated[Scenario, typer.Option(help="Which built-in simulated canary to roll out.")] = "healthy",  # type: ignore[assignment]
     policy: Annotated[str, typer.Option(help="Policy file.")] = "policies/web-app.yaml",
-    seed: Annotated[int, typer.Option(help="Random seed of the simulated mesh.")] = 1,
+    seed: Seed = 1,
     audit: AuditFile = None,
     output: Annotated[OutputFormat, typer.Option(help="text (live progress) or json.")] = OutputFormat.text,
 ) -> None:
@@ -305,7 +308,7 @@ def run(
         str | None,
         typer.Option(help="Run on the simulated mesh: a built-in scenario name or a scenario JSON file."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed of the simulated mesh.")] = 1,
+    seed: Seed = 1,
     audit: AuditFile = None,
     output: Annotated[OutputFormat, typer.Option(help="text (live progress) or json.")] = OutputFormat.text,
     manifest: Manifest = None,
@@ -422,8 +425,7 @@ def analyze(
         try:
             until = parse_time(end, now)
             since = parse_time(start, now) if start is not None else until - 10 * loaded.interval_s
-            if not until > since:
-                raise ValueError(f"the window must end after it starts ({iso(since)} .. {iso(until)})")
+            intervals(loaded, since, until)  # before Prometheus is asked anything
         except ValueError as exc:
             raise CanaryError(str(exc)) from None
         result = prometheus_analysis(loaded, settings, since, until)
@@ -458,17 +460,18 @@ def queries(
     """Print the PromQL behind each metric (rates, error and success rates, quantiles, dependencies)."""
     try:
         loaded = load_policy(policy)
+        target = loaded.target
+        found = operator_queries(
+            Scope(target.host, target.namespace, target.baseline, target.canary, reporter),
+            error_classes=tuple(m.errors for m in loaded.metrics if isinstance(m, ErrorRateMetric)) or ("5xx",),
+            quantiles=tuple(q.quantile for m in loaded.metrics if isinstance(m, LatencyMetric) for q in m.quantiles),
+            custom=tuple((m.name, m.events, m.total) for m in loaded.metrics if isinstance(m, CustomRatioMetric)),
+            window=window,
+        )
+    except ValueError as exc:  # the window or the reporter
+        raise _fail(f"--{'window' if 'window' in str(exc) else 'reporter'}: {exc}") from None
     except CanaryError as exc:
         raise _fail(str(exc)) from None
-    target = loaded.target
-    scope = Scope(target.host, target.namespace, target.baseline, target.canary, reporter)
-    found = operator_queries(
-        scope,
-        error_classes=tuple(m.errors for m in loaded.metrics if isinstance(m, ErrorRateMetric)) or ("5xx",),
-        quantiles=tuple(q.quantile for m in loaded.metrics if isinstance(m, LatencyMetric) for q in m.quantiles),
-        custom=tuple((m.name, m.events, m.total) for m in loaded.metrics if isinstance(m, CustomRatioMetric)),
-        window=window,
-    )
     if output is OutputFormat.json:
         typer.echo(
             json.dumps([{"name": q.name, "description": q.description, "promql": q.promql} for q in found], indent=2)
@@ -486,6 +489,8 @@ def alerts(
     """Print Prometheus alerting rules (HighErrorRate, HighLatency) for the canary, from the policy."""
     try:
         typer.echo(alert_rules(load_policy(policy), reporter=reporter), nl=False)
+    except ValueError as exc:
+        raise _fail(f"--reporter: {exc}") from None
     except CanaryError as exc:
         raise _fail(str(exc)) from None
 
@@ -732,16 +737,43 @@ def audit_verify(
     typer.echo(f"{file}: {check.records} records, hash chain intact{against}, head {check.head}{note}")
 
 
+class _Scrubbed:
+    """A text stream that never lets a known secret through (everything canary prints goes through one)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(secrets.scrub(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
     # A full disk or a file size limit must fail a write (and be recorded or reported), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if not isinstance(sys.stdout, _Scrubbed):
+        sys.stdout, sys.stderr = _Scrubbed(sys.stdout), _Scrubbed(sys.stderr)
     try:
-        app()
+        code = app(standalone_mode=False)
+    except usage.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(EXIT_ERROR)
+    except usage.UsageError as exc:  # a mistyped flag or value: one line, not a usage screen
+        command = exc.ctx.command_path if exc.ctx is not None else "canary"
+        print(f"canary: {safe(exc.format_message())} (see {command} --help)", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    except usage.ClickException as exc:
+        print(f"canary: {safe(exc.format_message())}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # a bug or an unforeseen input: one line and exit 2, never "rolled back" (1)
-        print(f"canary: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # a bug: one line and exit 2, never "rolled back" (1)
+        print(f"canary: internal error: {type(exc).__name__}: {safe(exc)}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main", "summary"]

@@ -26,6 +26,17 @@ REQUESTS_TOTAL = "istio_requests_total"
 DURATION_BUCKET = "istio_request_duration_milliseconds_bucket"
 
 DEFAULT_REPORTER = "destination"  # the server-side proxy: each request counted once
+REPORTERS = ("destination", "source", "waypoint")  # sidecars on either side, ambient mode's waypoint proxy
+_DURATION = re.compile(r"(?:[0-9]+(?:ms|s|m|h|d|w|y))+")
+
+
+def check_window(text: str) -> str:
+    """A PromQL duration (`5m`, `1h30m`) as given; ValueError for anything else (it is pasted into queries)."""
+    if not isinstance(text, str) or not _DURATION.fullmatch(text):
+        raise ValueError(f"a window must be a Prometheus duration such as 1m, 5m or 1h30m, got {text!r}")
+    return text
+
+
 VERSION_LABEL = "destination_version"
 
 # Labels the custom-metric query adds so one answer can be split by version and by events/total.
@@ -34,6 +45,7 @@ CUSTOM_VERSION_LABEL = "canary_version"
 
 PLACEHOLDERS = ("service", "namespace", "version", "window")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_REGEX_MATCHER = re.compile(r'(=~|!~)\s*"((?:[^"\\]|\\.)*)"')  # a regex matcher and its string's inside
 
 
 # ------------------------------------------------------------------------------------------ escaping
@@ -124,6 +136,10 @@ class Scope:
     canary: str
     reporter: str = DEFAULT_REPORTER
 
+    def __post_init__(self) -> None:
+        if self.reporter not in REPORTERS:
+            raise ValueError(f"the Istio reporter must be one of {', '.join(REPORTERS)}, got {self.reporter!r}")
+
     @property
     def versions(self) -> tuple[str, str]:
         return (self.baseline, self.canary)
@@ -202,13 +218,28 @@ def render_template(template: str, *, service: str, namespace: str, version: str
     Only the four known placeholders are replaced, so PromQL's own braces (`m{a="b"}`) pass through.
     `{window}` is a duration (`60s`) and is inserted as is.
     """
-    values = {
-        "service": _escape_in_string(service),
-        "namespace": _escape_in_string(namespace),
-        "version": _escape_in_string(version),
-        "window": window,
-    }
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+    raw = {"service": service, "namespace": namespace, "version": version}
+
+    def fill(text: str, *, regex: bool) -> str:
+        def value(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name == "window":
+                return window
+            if name not in raw:
+                return m.group(0)
+            return _escape_in_string(regex_literal(raw[name]) if regex else raw[name])
+
+        return _PLACEHOLDER.sub(value, text)
+
+    # Inside a `=~` or `!~` matcher's string a value is a regular expression: escape it as one first, so a
+    # host such as `web.default` matches only itself.
+    out, at = [], 0
+    for m in _REGEX_MATCHER.finditer(template):
+        out.append(fill(template[at : m.start(2)], regex=False))
+        out.append(fill(m.group(2), regex=True))
+        at = m.end(2)
+    out.append(fill(template[at:], regex=False))
+    return "".join(out)
 
 
 def _escape_in_string(value: str) -> str:
@@ -352,6 +383,7 @@ def operator_queries(
     `custom` holds (name, events template, total template) triples; each is shown per version as a
     ratio of increases over `window`.
     """
+    check_window(window)
     queries = [OperatorQuery("request rate", "requests per second, per version", request_rate(scope, window))]
     for name in dict.fromkeys(error_classes):
         what = ERROR_CLASSES[name].description

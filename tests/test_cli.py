@@ -393,7 +393,7 @@ def test_an_unexpected_exception_exits_2_never_1(
     """Exit 1 means "rolled back" to a pipeline: a bug must never look like one."""
     import canary.cli
 
-    def broken() -> None:
+    def broken(**kwargs: object) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(canary.cli, "app", broken)

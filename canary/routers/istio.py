@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from canary import secrets
+from canary.deadline import DeadlineExceeded, deadline
 from canary.errors import InputError, RouterError, WeightConflict
 from canary.inputs import checked_secret, read_file
 from canary.model import Weights
@@ -187,7 +188,13 @@ class IstioRouter:
         """One API call with canary's error vocabulary: every failure is one line naming the VirtualService.
         `instead` maps a status the caller handles itself to the exception it catches."""
         try:
-            return call(*args, _request_timeout=REQUEST_TIMEOUT_S)
+            with deadline(REQUEST_TIMEOUT_S):
+                return call(*args, _request_timeout=REQUEST_TIMEOUT_S)
+        except DeadlineExceeded:
+            raise RouterServerError(
+                f"VirtualService {_name(target)}: the API server did not finish answering ({doing}) within "
+                f"{REQUEST_TIMEOUT_S:g} s"
+            ) from None
         except ApiException as exc:
             if instead and exc.status in instead:
                 raise instead[exc.status] from exc

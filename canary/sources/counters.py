@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from canary.codec import describe
 from canary.model import Histogram, MetricWindow, Ratio, Sample
 from canary.promql import CUSTOM_VERSION_LABEL, PART_LABEL, VERSION_LABEL, parse_le
 
@@ -58,6 +59,8 @@ def parse_matrix(result: object) -> list[Series]:
             raise CountError("expected series with a 'metric' label set")
         if "values" not in item:
             raise CountError("expected a range vector (series with 'values'), got an instant vector")
+        if not isinstance(item["values"], list):
+            raise CountError(f"expected a list of samples in 'values', got {describe(item['values'])}")
         labels = {str(k): str(v) for k, v in item["metric"].items()}
         out.append(Series(labels, tuple(_sample(pair) for pair in item["values"])))
     return out
@@ -66,9 +69,12 @@ def parse_matrix(result: object) -> list[Series]:
 def _sample(pair: Any) -> tuple[float, float]:
     try:
         timestamp, value = pair
-        return float(timestamp), float(value)
+        sample = float(timestamp), float(value)
     except (TypeError, ValueError) as exc:
-        raise CountError(f"malformed sample {pair!r}") from exc
+        raise CountError(f"malformed sample {describe(pair)}") from exc
+    if sample[1] < 0:  # NaN compares false: a stale marker is skipped later, not refused
+        raise CountError(f"a counter sample is negative ({sample[1]:g}); counters only grow")
+    return sample
 
 
 def reset_times(samples: Iterable[tuple[float, float]]) -> list[float]:

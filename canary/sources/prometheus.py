@@ -28,6 +28,7 @@ from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from canary import secrets
+from canary.deadline import DeadlineExceeded, deadline
 from canary.errors import BadQuery, InputError, SourceError, SourceTimeout, SourceUnreachable
 from canary.inputs import checked_secret, read_file, read_secret
 from canary.model import MetricWindow, Observation
@@ -35,6 +36,7 @@ from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Met
 from canary.promql import (
     DURATION_BUCKET,
     ERROR_CLASSES,
+    REPORTERS,
     REQUESTS_TOTAL,
     Scope,
     custom_raw_query,
@@ -48,6 +50,7 @@ RETRY_STATUSES = (500, 502, 503, 504)
 MAX_TIMEOUT_S = 3600.0  # a query, a delay, a lookback: an hour at the most
 MAX_RETRIES = 10
 MAX_SUBQUERY_POINTS = 11_000  # per series, Prometheus' own limit for range queries
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _SENSITIVE = re.compile(r"auth|token|secret|key|cookie|pass", re.IGNORECASE)  # header names whose values hide
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -113,8 +116,10 @@ class PrometheusSettings:
                 raise SourceError(f"invalid HTTP header name{_header_hint(name)}")
             if any(c in value for c in "\r\n\0"):
                 raise SourceError(f"the value of header {name} must be one line")
-        if not self.pod_label or not self.reporter:
-            raise SourceError("the pod label and the reporter must not be empty")
+        if not _LABEL_NAME.fullmatch(self.pod_label):
+            raise SourceError(f"--prometheus-pod-label must be a Prometheus label name, got {self.pod_label!r}")
+        if self.reporter not in REPORTERS:
+            raise SourceError(f"--prometheus-reporter must be one of {', '.join(REPORTERS)}, got {self.reporter!r}")
 
     @property
     def safe_url(self) -> str:
@@ -229,6 +234,33 @@ def _read_secret(path: str | None, env: str | None, what: str) -> str | None:
     return None
 
 
+MAX_ANSWER_BYTES = 256 * 1024 * 1024  # far above a tick's answer; a server streaming without end is cut here
+
+
+class AnswerTooLarge(requests.exceptions.RequestException):
+    """The server's answer grew past MAX_ANSWER_BYTES."""
+
+
+class _CappedSession(requests.Session):
+    """A session that reads each answer in chunks and stops past MAX_ANSWER_BYTES: memory stays bounded."""
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        kwargs["stream"] = True
+        response = super().send(request, **kwargs)
+        chunks, size = [], 0
+        try:
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise AnswerTooLarge(f"the answer is over {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
+                chunks.append(chunk)
+        finally:
+            response.close()
+        response._content = b"".join(chunks)
+        response._content_consumed = True
+        return response
+
+
 class PrometheusSource:
     """A MetricsSource reading Istio's metrics from Prometheus: one query per metric per tick."""
 
@@ -256,7 +288,7 @@ class PrometheusSource:
                 read_file(settings.ca_file, "CA bundle")  # there, a regular file, not huge: ssl reads it later
             except InputError as exc:
                 raise SourceError(f"--prometheus-ca-file {exc}") from None
-        session = requests.Session()
+        session = _CappedSession()
         session.verify = settings.ca_file if settings.ca_file and settings.verify else settings.verify
         return PrometheusConnect(
             url=settings.safe_url,
@@ -341,7 +373,14 @@ class PrometheusSource:
         params = {"time": f"{at:.3f}", "timeout": f"{self.settings.timeout_s:g}"}
         log.debug("prometheus query for %s at %.3f: %s", what, at, promql)
         try:
-            result = self._client.custom_query(promql, params=params)
+            with deadline(self.settings.timeout_s):
+                result = self._client.custom_query(promql, params=params)
+        except DeadlineExceeded:
+            self._client._session.close()  # the interrupted connection is not reused
+            raise SourceTimeout(
+                f"Prometheus at {self.url} did not answer the {what} query within {self.settings.timeout_s:g} s "
+                "(--prometheus-timeout bounds the whole query: connecting, every read, every retry)"
+            ) from None
         except PrometheusApiClientException as exc:
             raise self._http_error(str(exc), what) from exc
         except requests.exceptions.RequestException as exc:
