@@ -211,5 +211,7 @@ def describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, str) and len(value) > 24:  # a long string may be a file's content, a token: not echoed
+        return f"a string of {len(value)} characters"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
