@@ -369,7 +369,7 @@ def _read_line(fh: BinaryIO, start: int, end: int) -> bytes | None:
 def _json_object(line: bytes) -> dict[str, object] | None:
     try:
         data = json.loads(line)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -238,7 +238,7 @@ def _follow(runner: Runner, policy_name: str, output: OutputFormat, title: str, 
     try:
         if output is OutputFormat.json:
             result = runner.run(resume=resume, restart=restart)
-            typer.echo(json.dumps(result_json(result, policy_name), indent=2, default=str))
+            typer.echo(secrets.scrub(json.dumps(result_json(result, policy_name), indent=2, default=str)))
         else:
             progress = Progress(title)
             try:

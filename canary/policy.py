@@ -159,6 +159,8 @@ def load_policy(path: str | Path) -> Policy:
 def parse_policy(text: str, source: str = "<string>") -> Policy:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise PolicyError(source, "", TOO_DEEP) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -172,8 +174,11 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
     except _NodeError as bad:
         raise PolicyError(source, bad.path, bad.message, bad.line) from None
     except RecursionError:
-        raise PolicyError(source, "", "a YAML alias refers to itself (the document never ends)") from None
+        raise PolicyError(source, "", TOO_DEEP) from None
     return _Reader(source, lines).policy(data)
+
+
+TOO_DEEP = "nested too deeply to be a policy"
 
 
 def _plain(node: yaml.Node, path: str, lines: dict[str, int], seen: set[int] | None = None) -> Any:
@@ -272,7 +277,8 @@ class _Reader:
 
     def mapping(self, value: object, path: str, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(path, f"must be a mapping, got {describe(value)}")
+            got = type(value).__name__ if not path else describe(value)  # the whole file: never echoed
+            raise self.fail(path, f"must be a mapping, got {'a ' + got if not path else got}")
         unknown = sorted(set(value) - allowed)
         if unknown:
             hint = ", ".join(sorted(allowed))

@@ -33,7 +33,11 @@ _DURATION = re.compile(r"(?:[0-9]+(?:ms|s|m|h|d|w|y))+")
 def check_window(text: str) -> str:
     """A PromQL duration (`5m`, `1h30m`) as given; ValueError for anything else (it is pasted into queries)."""
     if not isinstance(text, str) or not _DURATION.fullmatch(text):
-        raise ValueError(f"a window must be a Prometheus duration such as 1m, 5m or 1h30m, got {text!r}")
+        raise ValueError(f"a window must be a Prometheus duration such as 1m, 5m or 1h30m, got {text[:40]!r}")
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800, "y": 31_536_000}
+    seconds = sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", text))
+    if not 1 <= seconds <= 30 * 86_400:
+        raise ValueError(f"a window must be 1s to 30d, got {text[:40]!r}")
     return text
 
 

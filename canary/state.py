@@ -22,6 +22,7 @@ from canary.codec import DecodeError, from_data, to_data
 from canary.errors import StateError
 from canary.model import Action, Phase, Weights
 from canary.policy import Policy
+from canary.secrets import scrub_data
 
 STATE_SCHEMA = 1
 ANNOTATION = "canary.dev/rollout-state"  # where the state lives on the VirtualService
@@ -73,7 +74,7 @@ def policy_digest(policy: Policy) -> str:
 
 def encode_state(state: RolloutState) -> str:
     """The state as compact JSON, the form it takes in the annotation."""
-    return json.dumps(to_data(state), separators=(",", ":"), sort_keys=False, allow_nan=False)
+    return json.dumps(scrub_data(to_data(state)), separators=(",", ":"), sort_keys=False, allow_nan=False)
 
 
 def decode_state(text: str, evidence_type: type | None = None) -> RolloutState:

@@ -124,12 +124,17 @@ class IstioRouter:
         if self._version is None:
             for candidate in VERSIONS:
                 try:
-                    self._call(
+                    found = self._call(
                         target, "discover the Istio API of", self._objects.get_api_resources, GROUP, candidate,
                         instead={404: _NotServed},
                     )  # fmt: skip
                 except _NotServed:
                     continue
+                if not isinstance(found, dict) or found.get("groupVersion") != f"{GROUP}/{candidate}":
+                    raise RouterServerError(
+                        f"VirtualService {_name(target)}: the API server's discovery answer for {GROUP}/{candidate} "
+                        "is not an APIResourceList"
+                    )
                 self._version = candidate
                 break
             else:
@@ -141,7 +146,8 @@ class IstioRouter:
 
     def read(self, target: Target, evidence: type | None = None) -> RouteRead:
         vs = self._object(target, "read", self._objects.get_namespaced_custom_object, target.virtual_service)
-        revision = (vs.get("metadata") or {}).get("resourceVersion")
+        meta = vs.get("metadata")
+        revision = meta.get("resourceVersion") if isinstance(meta, dict) else None
         if not isinstance(revision, str) or not revision:
             raise RouterError(f"VirtualService {_name(target)}: the API server sent no metadata.resourceVersion")
         return read_route(vs, target, revision, evidence)
@@ -189,7 +195,13 @@ class IstioRouter:
         `instead` maps a status the caller handles itself to the exception it catches."""
         try:
             with deadline(REQUEST_TIMEOUT_S):
-                return call(*args, _request_timeout=REQUEST_TIMEOUT_S)
+                answer = call(*args, _request_timeout=REQUEST_TIMEOUT_S, _preload_content=False)
+                return _bounded_json(answer)
+        except _TooLarge:
+            raise RouterServerError(
+                f"VirtualService {_name(target)}: the API server's answer ({doing}) is over "
+                f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB; not read"
+            ) from None
         except DeadlineExceeded:
             raise RouterServerError(
                 f"VirtualService {_name(target)}: the API server did not finish answering ({doing}) within "
@@ -201,7 +213,7 @@ class IstioRouter:
             _raise_for(exc, target, doing)
         except urllib3.exceptions.HTTPError as exc:
             raise _unreachable(exc, target) from exc
-        except json.JSONDecodeError as exc:  # a 200 whose body is not what the API promises (a proxy's page)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # a 200 that is no API answer
             raise RouterServerError(
                 f"VirtualService {_name(target)}: the API server's answer to {doing} is not valid JSON "
                 f"({_one_line(str(exc))[:80]}); whether the write was made is read back"
@@ -210,6 +222,28 @@ class IstioRouter:
             raise RouterError(
                 f"VirtualService {_name(target)}: cannot {doing} it: {secrets.scrub(_one_line(str(exc)))[:200]}"
             ) from exc
+
+
+MAX_ANSWER_BYTES = 32 * 1024 * 1024  # a VirtualService or a list of DestinationRules is kilobytes
+
+
+class _TooLarge(Exception):
+    """The answer grew past MAX_ANSWER_BYTES (decompressed)."""
+
+
+def _bounded_json(answer: Any) -> Any:
+    """The body of a raw answer, read in chunks and decoded as JSON; never more than MAX_ANSWER_BYTES."""
+    chunks, size = [], 0
+    try:
+        while chunk := answer.read(64 * 1024):
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise _TooLarge
+            chunks.append(chunk)
+    finally:
+        answer.release_conn()
+    data = b"".join(chunks)
+    return json.loads(data) if data.strip() else None
 
 
 class _NotServed(Exception):

@@ -55,6 +55,8 @@ class ManifestRouter:
             alias = next((e for e in yaml.parse(text, Loader=_LOADER) if isinstance(e, yaml.AliasEvent)), None)
             if alias is None:
                 return list(yaml.load_all(text, Loader=_LOADER))
+        except RecursionError:
+            raise RouterError(f"{self.path}: nested too deeply to be a manifest") from None
         except yaml.YAMLError:
             pass
         else:
@@ -62,6 +64,8 @@ class ManifestRouter:
             raise RouterError(f"{self.path}:{line}: YAML aliases (*name) are not supported in a manifest")
         try:  # the pure-Python parser says where the mistake is more precisely: let it tell
             return list(yaml.safe_load_all(text))
+        except RecursionError:
+            raise RouterError(f"{self.path}: nested too deeply to be a manifest") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{self.path}:{mark.line + 1}" if mark is not None else str(self.path)
@@ -71,7 +75,9 @@ class ManifestRouter:
         for i, doc in enumerate(documents):
             if not isinstance(doc, dict) or doc.get("kind") != "VirtualService":
                 continue
-            meta = doc.get("metadata") or {}
+            meta = doc.get("metadata")
+            if not isinstance(meta, dict):
+                continue  # not an object canary could name
             if meta.get("name") == target.virtual_service and meta.get("namespace", "default") == target.namespace:
                 return i
         raise RouterError(f"{self.path}: no VirtualService {target.namespace}/{target.virtual_service} in the file")

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from canary.codec import describe
 from canary.errors import RouterError, StateError
 from canary.model import Weights
 from canary.policy import Target
@@ -122,6 +123,8 @@ def _weight(dest: dict[str, Any], field: str, target: Target) -> int:
 
 
 def read_weights(vs: dict[str, Any], target: Target) -> Weights:
+    if not isinstance(vs.get("metadata"), dict):
+        raise RouterError(f"{vs_name(target)}: metadata must be a mapping, got {describe(vs.get('metadata'))}")
     index = route_index(vs, target)
     rule = _http(vs, target)[index]
     dests = _subset_destinations(rule, target, _namespace(vs, target.namespace))
@@ -199,6 +202,10 @@ def with_route(vs: dict[str, Any], target: Target, weights: Weights, state: Roll
     return with_state(with_weights(vs, target, weights), state)
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def subsets_problem(rules: Iterable[Any], target: Target) -> str | None:
     """Why the DestinationRules given do not define both subsets for the target host (None: they do)."""
     host = fqdn(target.host, target.namespace)
@@ -209,10 +216,16 @@ def subsets_problem(rules: Iterable[Any], target: Target) -> str | None:
     ]  # fmt: skip
     if not found:
         return f"no DestinationRule for {host} in namespace {target.namespace}: Istio cannot route to its subsets"
-    names = {s.get("name") for r in found for s in (r["spec"].get("subsets") or []) if isinstance(s, dict)}
+    names = {
+        s["name"]
+        for r in found
+        for s in _list(r["spec"].get("subsets"))
+        if isinstance(s, dict) and isinstance(s.get("name"), str)
+    }
     missing = [s for s in (target.baseline, target.canary) if s not in names]
     if missing:
-        rule = (found[0].get("metadata") or {}).get("name", "?")
+        meta = found[0].get("metadata")
+        rule = meta.get("name", "?") if isinstance(meta, dict) else "?"
         have = ", ".join(sorted(str(n) for n in names if n)) or "none"
         return f"DestinationRule {target.namespace}/{rule} for {host} has no subset {missing[0]!r} (subsets: {have})"
     return None

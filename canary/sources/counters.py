@@ -36,6 +36,8 @@ from canary.codec import describe
 from canary.model import Histogram, MetricWindow, Ratio, Sample
 from canary.promql import CUSTOM_VERSION_LABEL, PART_LABEL, VERSION_LABEL, parse_le
 
+MAX_COUNT = 2.0**53  # a float holds every integer up to here exactly
+
 
 class CountError(ValueError):
     """The samples cannot be turned into counts (malformed answer, inconsistent series)."""
@@ -74,6 +76,8 @@ def _sample(pair: Any) -> tuple[float, float]:
         raise CountError(f"malformed sample {describe(pair)}") from exc
     if sample[1] < 0:  # NaN compares false: a stale marker is skipped later, not refused
         raise CountError(f"a counter sample is negative ({sample[1]:g}); counters only grow")
+    if sample[1] > MAX_COUNT or abs(sample[0]) > MAX_COUNT:  # beyond exact integers in a float: no count
+        raise CountError(f"a sample is implausibly large ({sample[1]:g} at {sample[0]:g})")
     return sample
 
 

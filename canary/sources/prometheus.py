@@ -389,6 +389,8 @@ class PrometheusSource:
             raise SourceError(f"{self.url} answered the {what} query with something other than JSON") from exc
         except (KeyError, TypeError) as exc:
             raise SourceError(f"{self.url} answered the {what} query without data.result") from exc
+        except RecursionError:
+            raise SourceError(f"{self.url} answered the {what} query with JSON nested too deeply") from None
         if not isinstance(result, list):
             raise SourceError(f"{self.url} answered the {what} query with a malformed result")
         return result
@@ -409,7 +411,7 @@ class PrometheusSource:
         return SourceError(f"request to Prometheus at {self.url} for {what} failed: {_reason(exc)}")
 
     def _http_error(self, message: str, what: str) -> SourceError:
-        status, error_type, error = _parse_http_error(message)
+        status, error_type, error = _parse_http_error(secrets.scrub(message))  # a server may echo our token
         detail = f": {error}" if error else ""
         if error_type == "timeout" or status == 504:
             return SourceTimeout(f"Prometheus at {self.url} gave up on the {what} query (HTTP {status}){detail}")
