@@ -328,3 +328,11 @@ def test_a_manifest_that_is_not_a_regular_file_of_sane_size_is_one_line(
         ManifestRouter(path).read(WEB)
     with pytest.raises(RouterError, match="is a device, not a manifest file"):
         ManifestRouter("/dev/zero").read(WEB)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a file to another owner")
+def test_a_write_keeps_the_files_owner(manifest: Path, state: RolloutState) -> None:
+    os.chown(manifest, 65534, 65534)
+    router = ManifestRouter(manifest)
+    router.write(WEB, router.read(WEB), Weights(50, 50), state)
+    assert (manifest.stat().st_uid, manifest.stat().st_gid) == (65534, 65534)

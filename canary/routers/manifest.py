@@ -6,14 +6,16 @@ written together, atomically: a temporary file in the same folder, flushed, rena
 (the folder flushed too), so a crash leaves the old file or the new one, never half of either. A write
 is made only if the file still holds what was read (its digest is the revision); the commands that write
 hold the audit log's lock, so two canary commands never interleave on one file. The file keeps its mode;
-a symbolic link is followed and its target replaced; a file without write permission is refused; a
-temporary file a killed command left behind is removed by the next write.
+a symbolic link is followed and its target replaced; a file without write permission is refused; the
+file keeps its owner where canary may keep it (as root); a temporary file a killed command left behind is
+removed by the next write.
 The file may hold several YAML documents (a DestinationRule beside the VirtualService is used by the
 preflight); only the VirtualService named by the policy's target changes. Comments are not preserved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -103,7 +105,8 @@ class ManifestRouter:
     def _replace(self, data: bytes) -> None:
         real = Path(os.path.realpath(self.path))  # a symbolic link keeps pointing at the file it names
         try:
-            mode = stat.S_IMODE(real.stat().st_mode)
+            info = real.stat()
+            mode = stat.S_IMODE(info.st_mode)
         except OSError as exc:
             raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
         if not mode & 0o222:
@@ -119,6 +122,9 @@ class ManifestRouter:
                 fh.write(data)
                 fh.flush()
                 os.fchmod(fh.fileno(), mode)
+                if (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
+                    with contextlib.suppress(PermissionError):  # only root may give a file away
+                        os.fchown(fh.fileno(), info.st_uid, info.st_gid)
                 os.fsync(fh.fileno())
             os.replace(temp, real)
         except OSError as exc:
