@@ -37,7 +37,8 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow and not prometheus"
 
 bench: install
-	$(PY) bench/detection.py --scenarios bench/scenarios/default.json --judge all --replications 250 --seed 1 --json bench/results-default.json
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(PY) bench/detection.py --scenarios bench/scenarios/default.json --judge all --replications 200 --seed 1 --json bench/results-default.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

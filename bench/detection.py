@@ -7,8 +7,9 @@ evidence, or reached the deadline without a decision, and how long it took.
     python bench/detection.py --scenarios bench/scenarios/default.json --judge all \
         --replications 200 --seed 1 --json bench/results.json
 
-The `oracle` judge is a sequential probability ratio test told the scenario's true parameters: the
-limit to measure canary's decision times against.
+The `oracle` judge is a sequential probability ratio test told the scenario's true parameters, tested
+against the nearest point on the other side of the tolerance: the limit to measure canary's decision
+times against.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from canary.policy import LatencyMetric, MetricSpec, Policy, load_policy
 from canary.scenario import Behaviour, Scenario, load_scenarios
 from canary.sources.simulated import bucket_probabilities
 
-JUDGES = ("canary", "flagger", "kayenta", "oracle")
+JUDGES = ("canary", "flagger", "kayenta", "savvi", "savvi-boundary", "oracle")
 ENGINE_JUDGE = {"canary": "sequential", "flagger": "flagger", "kayenta": "kayenta"}
 DEFAULT_POLICY = "policies/web-app.yaml"
 
@@ -66,6 +67,22 @@ def _tolerated(behaviour: Behaviour, policy: Policy) -> Behaviour:
     )
 
 
+def _nearest_tolerated(truth: Behaviour, baseline: Behaviour, policy: Policy) -> Behaviour:
+    """A regressing canary moved back onto the tolerance: error rate down to baseline + margin if above it,
+    latency (and tail) back to the baseline scaled by 1 + the tightest quantile tolerance if slower."""
+    from dataclasses import replace
+
+    edge = _tolerated(baseline, policy)
+    error_rate = min(truth.error_rate, edge.error_rate)
+    slower = (
+        truth.tail is not None
+        or truth.latency.sigma > baseline.latency.sigma
+        or truth.latency.median_ms > (edge.latency.median_ms)
+    )
+    return replace(truth, error_rate=error_rate, latency=edge.latency if slower else truth.latency,
+                   tail=None if slower else truth.tail)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class OracleState:
     llr: float = 0.0
@@ -83,8 +100,11 @@ class OracleJudge:
         self.policy = policy
         truth = scenario.canary
         healthy = scenario.expect == "promote"
-        # A regression is told from "canary = baseline"; a healthy canary from "canary at the tolerance".
-        other = _tolerated(scenario.baseline, policy) if healthy else scenario.baseline
+        # A healthy canary is told from "canary at the tolerance"; a regression from the nearest canary the
+        # null allows (its own behaviour, moved back to the tolerance where it is beyond it): the honest
+        # limit for any test that keeps α at the tolerance.
+        base = scenario.baseline
+        other = _tolerated(base, policy) if healthy else _nearest_tolerated(truth, base, policy)
         self.healthy = healthy
         self.p_true, self.p_other = truth.error_rate, other.error_rate
         self.truth, self.other, self.diurnal = truth, other, scenario.diurnal
@@ -133,6 +153,78 @@ def _binomial_llr(e: int, n: int, p1: float, p0: float) -> float:
     return e * math.log(p1 / p0) + (n - e) * math.log((1 - p1) / (1 - p0))
 
 
+# ------------------------------------------------------------------------------------------ savvi
+
+
+@dataclass(frozen=True)
+class SavviState:
+    step: int = -1
+    intervals: int = 0  # in this step
+    log_odds: float = 0.0  # the Bayes factor against the null, this step
+    baseline_counts: tuple[int, int] = (0, 0)  # errors this step (baseline, canary), the test's data
+
+
+class SavviJudge:
+    """Lindon, Sanden & Shirikian's canary test (KDD 2022) as the `savvi` package implements it: the error
+    counts of the two versions as an inhomogeneous Poisson process split by the traffic weights, with a
+    Dirichlet–multinomial Bayes factor as the e-process. Its own null is "the canary's error rate equals the
+    baseline's"; `boundary=True` moves the null to the tolerance (baseline + margin), told the baseline's true
+    rate, which no real judge knows. A step is tested afresh at α / (number of steps) and passed after
+    HOLD intervals without a rollback, as a fixed-duration canary is; latency is not judged (the package's
+    canary test is for counts)."""
+
+    name = "savvi"
+    state_type = SavviState
+    HOLD = 10
+
+    def __init__(self, policy: Policy, scenario: Scenario, *, boundary: bool) -> None:
+        from savvi.multinomial import InhomogeneousPoissonProcess
+
+        self.policy, self.scenario, self.boundary = policy, scenario, boundary
+        self.process = InhomogeneousPoissonProcess
+        self.alpha = policy.analysis.alpha / len(policy.steps)
+        self.margin = next((m.max_increase for m in policy.metrics if not isinstance(m, LatencyMetric)), 0.0)
+        self.labels = [label for m in policy.metrics for label in check_labels(m)]
+
+    def start(self) -> SavviState:
+        return SavviState()
+
+    def refuses(self, metric: MetricSpec) -> str | None:
+        return None
+
+    def _null_split(self, weight: float) -> np.ndarray:
+        if not self.boundary:
+            return np.array([1 - weight, weight])
+        p = self.scenario.baseline.error_rate
+        split = np.array([(1 - weight) * p, weight * min(p + self.margin, 1.0)])
+        return split / split.sum()
+
+    def judge(self, state: SavviState, observation: Observation, step: int) -> tuple[SavviState, Judgement]:
+        if step != state.step:
+            state = SavviState(step=step)
+        weight = self.policy.steps[step] / 100
+        errors = [0, 0]
+        for name, window in observation.metrics.items():
+            if name in {m.name for m in self.policy.metrics if not isinstance(m, LatencyMetric)}:
+                for i, samples in enumerate((window.baseline, window.canary)):
+                    errors[i] += sum(s.events for s in samples.values() if isinstance(s, Ratio))
+        counts = (state.baseline_counts[0] + errors[0], state.baseline_counts[1] + errors[1])
+        # The Bayes factor of all this step's counts at once equals the product of its per-interval updates.
+        null = self._null_split(weight)
+        test = self.process(self.alpha, null, np.array([[-1, 1]]))
+        test.update(np.array(counts, dtype=np.int64))
+        log_odds = float(np.log(max(test.odds, 1e-300)))
+        new = SavviState(step, state.intervals + 1, log_odds, counts)
+        worse = counts[1] > null[1] * sum(counts)  # the test is two-sided; only "the canary worse" rolls back
+        outcome = Outcome.CONTINUE
+        if log_odds >= math.log(1 / self.alpha) and worse:
+            outcome = Outcome.FAIL
+        elif new.intervals >= self.HOLD:
+            outcome = Outcome.PASS
+        verdicts = [Verdict(label, outcome, f"savvi log Bayes factor {log_odds:.2f}") for label in self.labels]
+        return new, combine(verdicts)
+
+
 # ------------------------------------------------------------------------------------------ runs
 
 
@@ -147,6 +239,9 @@ def run_one(scenario: Scenario, policy: Policy, judge: str, seed: int) -> Run:
     if judge == "oracle":
         rollout = simulated_rollout(policy, scenario, seed=seed, audit=MemoryAudit())
         rollout.runner.judge = OracleJudge(rollout.runner.policy, scenario)
+    elif judge.startswith("savvi"):
+        rollout = simulated_rollout(policy, scenario, seed=seed, audit=MemoryAudit())
+        rollout.runner.judge = SavviJudge(rollout.runner.policy, scenario, boundary=judge == "savvi-boundary")
     else:
         rollout = simulated_rollout(policy, scenario, seed=seed, audit=MemoryAudit(), judge=ENGINE_JUDGE[judge])
     result = rollout.runner.run()

@@ -7,6 +7,7 @@ carries on). A user mistake is one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import getpass
 import inspect
@@ -644,6 +645,48 @@ def status(
 
 
 @app.command()
+def plan(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    rps: Annotated[float, typer.Option(help="Requests per second to the service, both versions.", min=0.1, max=1e6)],
+    error_rate: Annotated[float, typer.Option(help="The baseline's error rate (0.01 = 1%).", min=0, max=0.5)] = 0.01,
+    latency_median: Annotated[float, typer.Option(help="The baseline's median latency, ms.", min=0.1, max=1e6)] = 80.0,
+    latency_sigma: Annotated[
+        float, typer.Option(help="Spread of log latency (0.5: p99 = 3.2x median).", min=0.05, max=3.0)
+    ] = 0.5,
+    baseline_pods: Annotated[int, typer.Option(min=1, max=1000)] = 6,
+    canary_pods: Annotated[int, typer.Option(min=1, max=1000)] = 2,
+    seeds: Annotated[int, typer.Option(help="Simulated rollouts per figure.", min=1, max=50)] = 5,
+    output: Output = OutputFormat.text,
+) -> None:
+    """Before a rollout: how long each step takes to pass at this traffic for a canary equal to the baseline,
+    and the smallest regression each kind of check rolls back before the deadline (from the policy's judge)."""
+    from canary.planning import Baseline
+    from canary.planning import plan as make_plan
+
+    try:
+        loaded = load_policy(policy)
+        judge_for(loaded)
+        base = Baseline(rps, error_rate, latency_median, latency_sigma, (baseline_pods, canary_pods))
+        found = make_plan(loaded, base, seeds=seeds)
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+    if output is OutputFormat.json:
+        typer.echo(json.dumps(dataclasses.asdict(found)))
+        return
+    typer.echo(f"{policy} at {rps:g} requests/s ({seeds} simulated rollouts per figure, deadline "
+               f"{loaded.max_duration_s / 60:g} min):")  # fmt: skip
+    for weight, minutes in zip(loaded.steps, found.step_minutes, strict=False):
+        shown = f"{minutes:.0f} min" if minutes is not None else "not passed in most rollouts"
+        typer.echo(f"  step {weight}%: passes in {shown} for a canary equal to the baseline")
+    total = f"{found.total_minutes:.0f} min" if found.total_minutes is not None else "not within the deadline"
+    typer.echo(f"  promoted: {100 * found.promoted_share:.0f}% of rollouts, median {total}")
+    for kind, smallest in found.smallest.items():
+        typer.echo(f"  smallest {kind} regression rolled back before the deadline: {smallest}")
+    for line in found.undecidable:
+        typer.echo(f"  {line}")
+
+
+@app.command()
 def validate(policy: Annotated[str, typer.Argument(help="Policy file to check.")]) -> None:
     """Check a policy, and that its judge can judge every metric; one line naming file, field and line on
     the first mistake."""
@@ -655,6 +698,11 @@ def validate(policy: Annotated[str, typer.Argument(help="Policy file to check.")
     metrics = ", ".join(m.name for m in loaded.metrics)
     steps = " -> ".join(f"{s}%" for s in loaded.steps)
     typer.echo(f"{policy}: valid CanaryPolicy {loaded.name!r}: steps {steps}, metrics {metrics}")
+    if loaded.analysis.judge == "sequential":
+        from canary.planning import undecidable_ranges
+
+        for line in undecidable_ranges(loaded):
+            typer.echo(f"warning: {line}")
     simulated = [m.name for m in loaded.metrics if SimulatedMesh.refuses(m)]
     if simulated:
         typer.echo(f"note: {', '.join(simulated)} needs Prometheus; the simulated mesh (--simulate) cannot serve it")

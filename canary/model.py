@@ -189,3 +189,4 @@ class Judgement:
     outcome: Outcome
     verdicts: tuple[Verdict, ...]
     summary: str
+    figures: Mapping[str, object] = field(default_factory=dict)  # the judge's evidence across checks, if any

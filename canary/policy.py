@@ -124,6 +124,7 @@ class FlaggerSettings:
 class Analysis:
     judge: JudgeKind = "sequential"
     alpha: float = 0.05  # probability of ever rolling back a canary that is within tolerance
+    pass_alpha: float = 0.2  # probability of passing a step with a canary outside tolerance (at that step)
     kayenta: KayentaSettings = field(default_factory=KayentaSettings)
     flagger: FlaggerSettings = field(default_factory=FlaggerSettings)
 
@@ -426,8 +427,9 @@ class _Reader:
 
     def analysis(self, value: object) -> Analysis:
         path = "spec.analysis"
-        data = self.mapping(value, path, {"judge", "alpha", "kayenta", "flagger"})
+        data = self.mapping(value, path, {"judge", "alpha", "passAlpha", "kayenta", "flagger"})
         alpha = self.number(data, path, "alpha", 0.05, lambda a: 0 < a < 0.5, "a probability in (0, 0.5)")
+        pass_alpha = self.number(data, path, "passAlpha", 0.2, lambda a: 0 < a < 0.5, "a probability in (0, 0.5)")
         kp = f"{path}.kayenta"
         kay = self.mapping(data.get("kayenta", {}), kp, {"confidence", "effect", "marginal", "pass", "minIntervals"})
         kayenta = KayentaSettings(
@@ -452,6 +454,7 @@ class _Reader:
         return Analysis(
             judge=self.choice(data, path, "judge", "sequential", JUDGES),  # type: ignore[arg-type]
             alpha=alpha,
+            pass_alpha=pass_alpha,
             kayenta=kayenta,
             flagger=flagger,
         )

@@ -108,4 +108,5 @@ def judgement_dict(judgement: Judgement) -> dict[str, Any]:
         "outcome": judgement.outcome.value,
         "summary": judgement.summary,
         "verdicts": [verdict_dict(v) for v in judgement.verdicts],
+        **({"figures": dict(judgement.figures)} if judgement.figures else {}),
     }

@@ -150,7 +150,7 @@ def test_alerts_fire_for_a_failing_slow_canary_and_not_for_the_baseline(policy: 
                                     f"(policy web-app, metric latency); canary p{p} {value} ms.",
                                 },
                             }
-                            for q, p, tol, value in (("0.5", "50", "10", "50"), ("0.95", "95", "10", "95"),
+                            for q, p, tol, value in (("0.5", "50", "10", "50"), ("0.95", "95", "20", "95"),
                                                      ("0.99", "99", "25", "99"))
                         ],
                     },

@@ -106,9 +106,24 @@ def scenario_file(tmp_path: Path, **data: Any) -> Path:
 def test_validate_accepts_the_example_policy(runner: CliRunner) -> None:
     result = invoke(runner, "validate", POLICY)
     assert result.exit_code == 0
-    assert result.stdout == (
-        f"{POLICY}: valid CanaryPolicy 'web-app': steps 10% -> 50% -> 100%, metrics error-rate, latency\n"
+    first, *warnings = result.stdout.splitlines()
+    assert first == f"{POLICY}: valid CanaryPolicy 'web-app': steps 10% -> 50% -> 100%, metrics error-rate, latency"
+    # Istio's 1–5 ms bucket is too wide for +20% at p95 and +25% at p99: said, never silently decided.
+    assert [w.split(":")[1] for w in warnings] == [" latency p95 +20%", " latency p99 +25%"]
+    assert all(w.startswith("warning: ") and "undecidable" in w and "1–5 ms" not in w for w in warnings)
+
+
+def test_validate_warns_where_the_buckets_cannot_resolve_a_tolerance(
+    runner: CliRunner, write_policy: Callable[..., Path]
+) -> None:
+    """p95 +10%: Istio's 100–250 ms bucket holds a p95 near 180 ms; the warning names where and what to do."""
+    text = (
+        Path(POLICY).read_text().replace("{quantile: 0.95, maxIncrease: 0.20}", "{quantile: 0.95, maxIncrease: 0.10}")
     )
+    result = invoke(runner, "validate", write_policy(text))
+    assert result.exit_code == 0
+    (p95,) = [line for line in result.stdout.splitlines() if "p95" in line]
+    assert "178–224 ms" in p95 and "finer buckets or a larger tolerance" in p95
 
 
 def test_validate_reports_a_bad_policy_in_one_line(runner: CliRunner, write_policy: Callable[..., Path]) -> None:

@@ -89,7 +89,7 @@ def test_example_policy_has_the_documented_defaults(web_policy: Policy) -> None:
     assert isinstance(latency, LatencyMetric)
     assert latency.quantiles == (
         QuantileTolerance(0.50, 0.10),
-        QuantileTolerance(0.95, 0.10),
+        QuantileTolerance(0.95, 0.20),
         QuantileTolerance(0.99, 0.25),
     )
     assert web_policy.source_path.endswith("policies/web-app.yaml")

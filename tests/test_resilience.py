@@ -57,7 +57,7 @@ from canary.records import applied_outcome, decode, seal
 pytestmark = pytest.mark.slow
 
 SEED = (90, 10)  # the seed's split: v1 90, v2 10
-PROMOTED_AT = 13  # the tick at which an uninterrupted `--simulate healthy` run (seed 1) promotes
+TICK = re.compile(r"^\[tick +(\d+)\]", re.MULTILINE)
 HEAD = re.compile(r"head ([0-9a-f]{64})\)")
 
 
@@ -432,7 +432,7 @@ def test_a_promote_and_a_rollback_at_the_same_instant_are_made_one_after_the_oth
 
 @pytest.mark.parametrize(("where", "rounds"), [("manifest", 20), ("cluster", 4)])
 def test_a_persons_rollback_during_a_run_ends_it_and_the_route_its_state_and_the_log_agree(
-    launch: Launcher, tmp_path: Path, where: str, rounds: int
+    launch: Launcher, tmp_path: Path, promoted_at: int, where: str, rounds: int
 ) -> None:
     """`canary rollback` at a random tick of a running `canary run` on one route and log: the rollback is
     made; the run ends rolled back (exit 1) if it had not ended, or promoted (exit 0) if it had, and wrote
@@ -444,7 +444,7 @@ def test_a_persons_rollback_during_a_run_ends_it_and_the_route_its_state_and_the
     for i in range(rounds):
         with route_in(where, launch, tmp_path / f"round-{i}") as c:
             run = c.start(c.run_args("healthy"))
-            tick = rng.randrange(PROMOTED_AT + 1 if where == "manifest" else 6)  # from tick 13 on, it has ended
+            tick = rng.randrange(promoted_at + 1 if where == "manifest" else 6)  # after promoted_at, it has ended
             assert wait_for_line(run, f"[tick {tick:>3}]", 60), run.stderr()
             time.sleep(rng.uniform(0.0, 0.05))
             rollback = c.start(c.manual_args("rollback", "--actor", "user:alice", "--reason", f"pager {i}"))
@@ -589,6 +589,15 @@ def test_a_death_right_after_a_torn_line_was_copied_aside_still_leaves_a_note(la
     assert lines[-1].hash == done["audit_head"]
     assert torn_notes(lines, torn), "a note says the torn line was set aside"
     assert torn + b"\n" in side.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def promoted_at(launch: Launcher, tmp_path_factory: pytest.TempPathFactory) -> int:
+    """The tick at which an uninterrupted `--simulate healthy` run (deterministic) promotes."""
+    c = manifest_canary(launch, tmp_path_factory.mktemp("promoted-at"))
+    result = c.call(c.run_args("healthy"))
+    assert result.code == 0, result.err
+    return max(int(n) for n in TICK.findall(result.out))
 
 
 @pytest.fixture(scope="module")

@@ -3,18 +3,20 @@
 Each check (an error rate, or one latency quantile) keeps two confidence sequences for the effect
 "canary minus what the tolerance allows":
 - the *fail* sequence accumulates over the whole rollout; the canary is rolled back when its lower bound
-  clears zero, i.e. it is shown worse than tolerated;
-- the *pass* sequence starts afresh at every step; the step is passed when its upper bound falls below
-  zero, i.e. the canary is shown within tolerance with the traffic of this step.
-Both use the normal-mixture boundary of `canary.stats.confidence`, so looking every interval costs
-nothing: the chance of ever rolling back a canary within tolerance is at most α, split evenly over the
-metrics and then over a latency metric's quantiles (docs/statistics.md states the method and what it
-assumes).
+  clears zero, i.e. it is shown worse than tolerated. Its level is α, split evenly over the metrics and
+  then over a latency metric's quantiles: the chance of ever rolling back a canary within tolerance,
+  checking every interval, is at most α;
+- the *pass* sequence starts afresh at every step; the step's check is passed when its upper bound falls
+  below zero at the pass level (`analysis.passAlpha`, split the same way), and stays passed for the rest
+  of the step unless the canary fails.
+Both use the normal-mixture boundary of `canary.stats.confidence`, so looking every interval costs nothing.
 
 Every interval is compared within itself (canary against the baseline over the same minute, with each
 version's observed request count), so service-wide drift and an inexact traffic split cancel out.
-Pod-to-pod spread, which does not shrink with more requests, is estimated from the baseline's pods and
-widens both sequences by a fixed amount.
+Pod-to-pod spread, which does not shrink with more requests, is estimated from the baseline's active pods
+and widens both sequences by a Student t quantile (the spread is estimated from few pods).
+A latency check tests the quantile the policy names: the share of canary requests slower than (1 + m)
+times the baseline's q-quantile, against 1 − q (docs/statistics.md states the method and what it assumes).
 """
 
 from __future__ import annotations
@@ -23,25 +25,30 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from canary.codec import clone
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio, Sample, Verdict
 from canary.policy import LatencyMetric, MetricSpec, Policy, QuantileTolerance
 from canary.stats.buckets import (
     common_layout,
+    density,
+    locate,
     merge,
     quantile_range,
     rebucket,
-    reference_edge,
+    sparse_survival,
     survival_at,
-    survival_counts,
 )
 from canary.stats.confidence import Evidence, Interval, confidence_sequence, mixture_e_value
 from canary.stats.pods import between_pod_variance, pod_effect_sd
 
 TINY_EFFECT = 1e-3  # floor of the mixture's effect scale τ, in rate units
 POD_SHARE = 0.25  # share of a check's α spent on the pod term
+ACTIVE_BLOCKS = 5  # a pod counts while it served requests in one of the last this many blocks
+MIN_EXPECTED = 5.0  # latency: a block closes once each version expects this many requests beyond the point
+INTERPOLATION_ALLOWANCE = 0.02  # latency: how far an interpolated share may be off, as a share of its bucket
+LOCATE_AFTER = 50.0  # baseline requests expected beyond its q-quantile before the quantile is placed
 
 
 @dataclass
@@ -51,21 +58,40 @@ class Sequences:
     rho: float
     fail: Evidence = field(default_factory=Evidence)
     step: Evidence = field(default_factory=Evidence)
-    best_e: float = 1.0  # running maximum of the fail e-value: 1 / best_e is the always-valid p-value
+    best_e: float = 1.0  # running maximum of the fail e-process: 1 / best_e is the always-valid p-value
 
-    def add(self, estimate: float, variance: float, weight: float) -> None:
-        self.fail = self.fail.add(estimate, variance, weight)
+    def add(self, estimate: float, variance: float, weight: float, *, fail_allowance: float = 0.0) -> None:
+        """One interval's estimate; the fail sequence sees it less `fail_allowance` (a margin for what the
+        estimate assumes), the pass sequence as it is."""
+        self.fail = self.fail.add(estimate - fail_allowance, variance, weight)
         self.step = self.step.add(estimate, variance, weight)
 
-    def intervals(self, alpha: float, widen: float) -> tuple[Interval, Interval]:
-        return (
-            confidence_sequence(self.fail, self.rho, alpha, widen),
-            confidence_sequence(self.step, self.rho, alpha, widen),
-        )
+    def e_values(self, widen: float) -> tuple[float, float]:
+        """The fail e-process now, evidence against "within tolerance" with the boundary moved out by the pod
+        term (the check fails exactly when it reaches 1 / the sequences' α), and its running maximum."""
+        now = mixture_e_value(self.fail, widen, self.rho, upper=True)
+        self.best_e = max(self.best_e, now)
+        return now, self.best_e
 
-    def e_value(self) -> float:
-        self.best_e = max(self.best_e, mixture_e_value(self.fail, 0.0, self.rho, upper=True))
-        return self.best_e
+
+@dataclass(frozen=True)
+class Reading:
+    """A check's sequences read at its levels: the fail interval (whole rollout, α), the step's pass interval
+    (pass level), and the fail e-process with its running maximum."""
+
+    fail: Interval
+    passed: Interval
+    e_value: float
+    e_max: float
+
+
+@dataclass
+class PodCounts:
+    """One pod's counts for the pod term, and the block it last served requests in."""
+
+    events: float = 0.0  # errors, or (latency) requests slower than the baseline's quantile
+    trials: int = 0
+    last: int = 0
 
 
 def _total_ratio(samples: Mapping[str, Sample]) -> Ratio:
@@ -126,19 +152,33 @@ class RatioState:
     seq: Sequences
     baseline: Ratio = field(default_factory=lambda: Ratio(0, 0))
     canary: Ratio = field(default_factory=lambda: Ratio(0, 0))
-    baseline_pods: dict[str, Ratio] = field(default_factory=dict)
-    canary_pods: list[str] = field(default_factory=list)  # sorted: every canary pod seen with requests
+    baseline_pods: dict[str, PodCounts] = field(default_factory=dict)
+    canary_pods: dict[str, int] = field(default_factory=dict)  # pod -> the block it last served requests in
     reference: float | None = None  # the rate weights are scaled by, fixed at the first data
     step_requests: tuple[int, int] = (0, 0)  # (baseline, canary) requests in the current step
     step_index: int = -1
+    block: int = 0  # intervals (blocks, for latency) added so far
+    passed: bool = False  # shown within tolerance in this step: a pass does not flip back within it
 
 
-def _seen(pods: list[str], window: Mapping[str, Sample], kind: type) -> list[str]:
-    """The pods seen so far plus those of this window that served requests."""
-    fresh = {
-        p for p, s in window.items() if isinstance(s, kind) and (s.trials if isinstance(s, Ratio) else s.total) > 0
-    }
-    return sorted(set(pods) | fresh)
+@dataclass
+class QuantileState:
+    """What a latency check carries from tick to tick: the located quantile, its sequences, running totals."""
+
+    seq: Sequences | None = None  # made once the baseline's q-quantile is located
+    baseline_quantile_ms: float | None = None  # t: the baseline's q-quantile, interpolated, fixed once located
+    undecidable: str = ""  # why the buckets cannot place t or (1 + m) t, when they cannot
+    baseline: Histogram | None = None  # running totals, on the edges every interval had
+    canary: Histogram | None = None
+    block_baseline: Histogram | None = None  # the block being filled (sparse counts are pooled)
+    block_canary: Histogram | None = None
+    baseline_pods: dict[str, PodCounts] = field(default_factory=dict)
+    canary_pods: dict[str, int] = field(default_factory=dict)
+    layout_note: str = ""
+    step_requests: tuple[int, int] = (0, 0)
+    step_index: int = -1
+    block: int = 0
+    passed: bool = False
 
 
 @dataclass
@@ -147,28 +187,63 @@ class SequentialState:
 
     ratios: dict[str, RatioState] = field(default_factory=dict)
     quantiles: dict[str, QuantileState] = field(default_factory=dict)
+    e_max: float = 1.0  # running maximum of the checks' combined e-process
+
+
+def _pod_sd(
+    baseline: dict[str, PodCounts], canary: dict[str, int], block: int, canary_scale: float = 1.0
+) -> tuple[float, int]:
+    """The pod term's standard deviation from the pods active in the last ACTIVE_BLOCKS blocks, and how
+    many baseline pods estimated it (a pod that stopped serving no longer counts)."""
+    active = [p for p in baseline.values() if block - p.last < ACTIVE_BLOCKS and p.trials > 0]
+    canary_active = sum(1 for last in canary.values() if block - last < ACTIVE_BLOCKS)
+    tau2 = between_pod_variance([p.events for p in active], [p.trials for p in active])
+    return pod_effect_sd(tau2, canary_active, len(active), canary_scale), len(active)
+
+
+def _quantile_z(share: float, pods: int) -> float:
+    """A Student t quantile with pods − 1 degrees of freedom: the spread is estimated from that many pods."""
+    return float(student_t.isf(share, df=max(pods - 1, 1)))
 
 
 class _Check:
     """One line of the judge's report: its configuration (from the policy); the evidence is passed in."""
 
     label: str
-    alpha_cs: float  # level of each confidence sequence
-    z_pod: float  # how many pod-effect standard deviations widen the sequences
 
-    def __init__(self, label: str, alpha: float) -> None:
+    def __init__(self, label: str, alpha: float, pass_alpha: float) -> None:
         self.label = label
         self.alpha = alpha
-        # A union bound: three quarters of the check's α for the time-uniform sequences, a quarter for the
+        self.pass_alpha = pass_alpha
+        # A union bound: three quarters of each level for the time-uniform sequences, a quarter for the
         # luck of the canary's pods. With homogeneous pods the pod term is zero and costs little.
         self.alpha_cs = alpha * (1 - POD_SHARE)
-        self.z_pod = float(norm.isf(alpha * POD_SHARE))
+        self.pass_cs = pass_alpha * (1 - POD_SHARE)
+
+    def read(self, seq: Sequences, pod_sd: float, pods: int) -> Reading:
+        """The fail sequence at the check's α, the step's pass sequence at its pass level, the e-process."""
+        fail_widen = _quantile_z(self.alpha * POD_SHARE, pods) * pod_sd if pod_sd > 0 else 0.0
+        pass_widen = _quantile_z(self.pass_alpha * POD_SHARE, pods) * pod_sd if pod_sd > 0 else 0.0
+        return Reading(
+            confidence_sequence(seq.fail, seq.rho, self.alpha_cs, fail_widen),
+            confidence_sequence(seq.step, seq.rho, self.pass_cs, pass_widen),
+            *seq.e_values(fail_widen),
+        )
+
+    def e_figures(self, reading: Reading) -> dict[str, object]:
+        """The e-process in the record: p_value ≤ the check's α exactly when the check has failed."""
+        return {
+            "e_value": reading.e_value,
+            "e_max": reading.e_max,
+            "p_value": min(1.0, 1.0 / ((1 - POD_SHARE) * reading.e_max)),
+            "alpha": self.alpha,
+        }
 
     def verdict(
         self,
+        st: RatioState | QuantileState,
         head: str,
         figures: dict[str, object],
-        step_requests: tuple[int, int],
         min_requests: int,
         *,
         fail: str | None,
@@ -176,24 +251,34 @@ class _Check:
         open_: str,
     ) -> Verdict:
         """The decision ladder every check shares: a failure acts at once (the fail sequence is anytime-valid),
-        a pass needs the step's minimum of requests, anything else keeps collecting."""
+        a pass needs the step's minimum of requests and then holds for the step, anything else keeps
+        collecting."""
         if fail is not None:
             return Verdict(self.label, Outcome.FAIL, f"{head}: {fail}", figures)
-        if min(step_requests) < min_requests:
+        if min(st.step_requests) < min_requests:
             return Verdict(
                 self.label, Outcome.CONTINUE, f"{head}; waiting for {min_requests} requests per version in this step",
                 figures,
             )  # fmt: skip
-        if passed is not None:
-            return Verdict(self.label, Outcome.PASS, f"{head}: {passed}", figures)
+        if passed is not None or st.passed:
+            st.passed = True
+            return Verdict(self.label, Outcome.PASS, f"{head}: {passed or 'within tolerance, shown in this step'}",
+                           figures)  # fmt: skip
         return Verdict(self.label, Outcome.CONTINUE, f"{head}: {open_}", figures)
+
+    @staticmethod
+    def new_step(st: RatioState | QuantileState, step: int) -> None:
+        if step != st.step_index:
+            st.step_index, st.step_requests, st.passed = step, (0, 0), False
+            if st.seq is not None:
+                st.seq.step = Evidence()
 
 
 class _RatioCheck(_Check):
     """Canary rate − baseline rate − margin, per interval; higher is worse."""
 
-    def __init__(self, label: str, margin: float, alpha: float) -> None:
-        super().__init__(label, alpha)
+    def __init__(self, label: str, margin: float, alpha: float, pass_alpha: float) -> None:
+        super().__init__(label, alpha, pass_alpha)
         self.margin = margin
 
     def start_in(self, state: SequentialState) -> None:
@@ -203,16 +288,23 @@ class _RatioCheck(_Check):
         return self.update(state.ratios[self.label], window, step, min_requests)
 
     def update(self, st: RatioState, window: MetricWindow, step: int, min_requests: int) -> Verdict:
-        if step != st.step_index:
-            st.step_index, st.step_requests, st.seq.step = step, (0, 0), Evidence()
+        self.new_step(st, step)
         base, can = _total_ratio(window.baseline), _total_ratio(window.canary)
         if base.trials > 0 and can.trials > 0:
+            st.block += 1
             st.baseline += base
             st.canary += can
             for pod, sample in window.baseline.items():
                 if isinstance(sample, Ratio) and sample.trials > 0:
-                    st.baseline_pods[pod] = st.baseline_pods.get(pod, Ratio(0, 0)) + sample
-            st.canary_pods = _seen(st.canary_pods, window.canary, Ratio)
+                    seen = st.baseline_pods.setdefault(pod, PodCounts())
+                    seen.events, seen.trials, seen.last = (
+                        seen.events + sample.events,
+                        seen.trials + sample.trials,
+                        st.block,
+                    )
+            for pod, sample in window.canary.items():
+                if isinstance(sample, Ratio) and sample.trials > 0:
+                    st.canary_pods[pod] = st.block
             tb = st.baseline
             if st.reference is None:
                 st.reference = _shrunk(base.events + can.events, base.trials + can.trials)
@@ -224,44 +316,101 @@ class _RatioCheck(_Check):
         tb, tc = st.baseline, st.canary
         if tb.trials == 0 or tc.trials == 0:
             return Verdict(self.label, Outcome.NO_DATA, _missing(self.label, base.trials, can.trials))
-        tau2 = between_pod_variance(
-            [r.events for r in st.baseline_pods.values()], [r.trials for r in st.baseline_pods.values()]
-        )
-        pod_sd = pod_effect_sd(tau2, len(st.canary_pods), len(st.baseline_pods))
-        fail_ci, pass_ci = st.seq.intervals(self.alpha_cs, self.z_pod * pod_sd)
+        running = _shrunk(tb.events, tb.trials)
+        pod_sd, pods = _pod_sd(st.baseline_pods, st.canary_pods, st.block, (running + self.margin) / running)
+        reading = self.read(st.seq, pod_sd, pods)
+        fail_ci, pass_ci = reading.fail, reading.passed
         rate_b, rate_c = tb.events / tb.trials, tc.events / tc.trials
-        diff = st.seq.fail.estimate + self.margin
         figures: dict[str, object] = {
             "baseline": {"errors": tb.events, "requests": tb.trials, "rate": rate_b},
             "canary": {"errors": tc.events, "requests": tc.trials, "rate": rate_c},
-            "difference": diff,
+            "difference": st.seq.fail.estimate + self.margin,
             "difference_cs": [fail_ci.lower + self.margin, fail_ci.upper + self.margin],
             "step_difference_cs": [pass_ci.lower + self.margin, pass_ci.upper + self.margin],
             "max_increase": self.margin,
-            "e_value": st.seq.e_value(),
+            **self.e_figures(reading),
             "pod_sd": pod_sd,
             "confidence": 1 - self.alpha,
+            "pass_confidence": 1 - self.pass_alpha,
             "step_requests": {"baseline": st.step_requests[0], "canary": st.step_requests[1]},
         }
-        figures["p_value"] = min(1.0, 1.0 / float(figures["e_value"]))  # type: ignore[arg-type]
         head = (
             f"{self.label}: canary {_pct(rate_c)} vs baseline {_pct(rate_b)} "
             f"({tc.events}/{tc.trials} vs {tb.events}/{tb.trials}), allowed +{100 * self.margin:.2f} pp"
         )
-        conf = f"{100 * (1 - self.alpha):.1f}%"
         lo, hi = fail_ci.lower + self.margin, fail_ci.upper + self.margin
         return self.verdict(
-            head, figures, st.step_requests, min_requests,
-            fail=f"worse than tolerated, the increase is at least +{100 * lo:.2f} pp ({conf} confidence)"
-            if fail_ci.lower > 0 else None,
+            st, head, figures, min_requests,
+            fail=f"worse than tolerated, the increase is at least +{100 * lo:.2f} pp "
+            f"({100 * (1 - self.alpha):.1f}% confidence)" if fail_ci.lower > 0 else None,
             passed=f"within tolerance, the increase is at most +{100 * (pass_ci.upper + self.margin):.2f} pp "
-            f"({conf} confidence)" if pass_ci.upper < 0 else None,
+            f"({100 * (1 - self.pass_alpha):.1f}% confidence)" if pass_ci.upper < 0 else None,
             open_=f"not yet shown either way (increase between {100 * lo:+.2f} and {100 * hi:+.2f} pp)",
         )  # fmt: skip
 
 
 def _total_histogram(samples: Mapping[str, Sample], bounds: tuple[float, ...]) -> Histogram | None:
     return merge([rebucket(s, bounds) for s in samples.values() if isinstance(s, Histogram)])
+
+
+def _add(total: Histogram | None, more: Histogram) -> Histogram:
+    return (merge([total, more]) or more) if total is not None else more
+
+
+def _bucket_around(bounds: tuple[float, ...], x: float) -> tuple[float, float]:
+    """The edges (lower, upper) of the bucket that holds x."""
+    lower = 0.0
+    for edge in bounds:
+        if x <= edge:
+            return lower, edge
+        lower = edge
+    return lower, math.inf
+
+
+def _inside(hist: Histogram, x: float) -> float:
+    """The share of requests in the bucket that holds x."""
+    lower, upper = _bucket_around(hist.bounds, x)
+    return max((survival_at(hist, lower) if lower > 0 else 1.0) - survival_at(hist, upper), 0.0)
+
+
+def _kappa(canary: Histogram, baseline: Histogram, point: float, t: float, m: float) -> float:
+    """How far the canary's share at the point moves per share the baseline's quantile t is off: the
+    densities' ratio there (bounded, so one empty bucket cannot make it vanish or explode)."""
+    return min(max(density(canary, point) * (1 + m) / max(density(baseline, t), 1e-12), 0.25), 4.0)
+
+
+def _slack(canary: Histogram, baseline: Histogram, t: float, point: float, kappa: float = 1.0) -> float:
+    """How far the interpolated D may be off: INTERPOLATION_ALLOWANCE of the canary's bucket at the point,
+    and of the baseline's bucket at t carried to the point (docs/statistics.md states and measures it)."""
+    return INTERPOLATION_ALLOWANCE * (_inside(canary, point) + kappa * _inside(baseline, t))
+
+
+def place(baseline: Histogram, q: float, m: float) -> tuple[float, float] | str:
+    """Where a latency check can test: the baseline's q-quantile t and the share a shift of m moves past it
+    (the effect, the scale of the check's sequences); or, where the buckets cannot resolve the tolerance,
+    why not, in words. Resolvable means a canary twice the tolerance beyond the baseline would stand out
+    from what the interpolation may be off: the effect is at least twice the slack at t and (1 + m) t."""
+    t = locate(baseline, 1 - q)
+    last = baseline.bounds[-1] if baseline.bounds else 0.0
+    if t is None:
+        where = _fmt_range(quantile_range(baseline, q))
+        return f"the baseline's p{100 * q:g} lies in the bucket {where}, which holds no shape to place it"
+    if (1 + m) * t >= last:
+        return (
+            f"{(1 + m) * t:.0f} ms is beyond the last bucket edge ({last:g} ms): no count can show where "
+            f"the canary's p{100 * q:g} lies"
+        )
+    effect = survival_at(baseline, t / (1 + m)) - (1 - q)
+    slack = _slack(baseline, baseline, t, (1 + m) * t)
+    if effect < 2 * slack:
+        around = sorted({_bucket_around(baseline.bounds, t), _bucket_around(baseline.bounds, (1 + m) * t)})
+        return (
+            f"the buckets around the baseline's p{100 * q:g} (about {t:.0f} ms) are "
+            f"{' and '.join(_fmt_range(r) for r in around)}; a shift of +{100 * m:g}% moves {_pct(effect)} of "
+            f"requests, too few to tell from how far reading inside the buckets may be off ({_pct(slack)}); it "
+            "needs finer buckets (sidecar.istio.io/statsHistogramBuckets) or a larger tolerance"
+        )
+    return t, effect
 
 
 def _fmt_range(r: tuple[float, float] | None) -> str:
@@ -271,42 +420,22 @@ def _fmt_range(r: tuple[float, float] | None) -> str:
     return f"above {lo:g} ms" if math.isinf(hi) else f"{lo:g}–{hi:g} ms"
 
 
-@dataclass
-class EdgeTest:
-    """The sequences of one bucket edge x: canary share slower than x − baseline share slower than x/(1+m)."""
-
-    edge: float
-    seq: Sequences
-    reference: float  # the baseline's share slower than x when chosen: scales the weights
-    baseline_pods: dict[str, tuple[int, int]] = field(default_factory=dict)  # pod -> (slower, requests)
-    canary_slower: int = 0  # canary requests slower than x, over the intervals where x was an edge
-    canary_seen: int = 0
-
-
-@dataclass
-class QuantileState:
-    """What a latency check carries from tick to tick: its edge tests and running totals."""
-
-    tests: list[EdgeTest] = field(default_factory=list)  # chosen once from the baseline's data, then fixed
-    baseline: Histogram | None = None  # running totals, on the edges every interval had
-    canary: Histogram | None = None
-    canary_pods: list[str] = field(default_factory=list)
-    layout_note: str = ""
-    step_requests: tuple[int, int] = (0, 0)
-    step_index: int = -1
-
-
 class _QuantileCheck(_Check):
-    """Latency at quantile q may be at most (1 + m) times the baseline's.
+    """The canary's q-quantile may be at most (1 + m) times the baseline's.
 
-    A canary within that tolerance has, at any edge x near its q-quantile, no larger a share of requests
-    slower than x than the baseline has slower than x / (1 + m). The edge nearest the baseline's
-    q-quantile decides passes and failures; the next edge above can also fail the canary, so a slow tail
-    just beyond the quantile is not hidden by the bucket width (α is split between the two).
+    That is: at the point x* = (1 + m) t, with t the baseline's q-quantile, the share of canary requests
+    slower than x* is at most 1 − q. Per block of intervals the judge tests
+
+        D = (canary share slower than x*) − (1 − q),
+
+    with t located in the block's own baseline counts and the share read from its canary counts, both off
+    the smooth curve `survival_at` draws through the bucket edges (the stated assumption); a failure must
+    hold beyond the allowance for that read-off (`_slack`). Where the buckets cannot resolve the tolerance
+    (`place`), the check is undecidable and ends inconclusive rather than deciding another quantile.
     """
 
-    def __init__(self, label: str, tolerance: QuantileTolerance, alpha: float) -> None:
-        super().__init__(label, alpha)
+    def __init__(self, label: str, tolerance: QuantileTolerance, alpha: float, pass_alpha: float) -> None:
+        super().__init__(label, alpha, pass_alpha)
         self.tolerance = tolerance
 
     def start_in(self, state: SequentialState) -> None:
@@ -327,10 +456,7 @@ class _QuantileCheck(_Check):
         return layout.bounds
 
     def update(self, st: QuantileState, window: MetricWindow, step: int, min_requests: int) -> Verdict:
-        if step != st.step_index:
-            st.step_index, st.step_requests = step, (0, 0)
-            for test in st.tests:
-                test.seq.step = Evidence()
+        self.new_step(st, step)
         if (
             st.baseline is None
             and st.canary is None
@@ -347,107 +473,128 @@ class _QuantileCheck(_Check):
         if tb is None or tc is None:
             n_b, n_c = (h.total if h is not None else 0 for h in (base, can))
             return Verdict(self.label, Outcome.NO_DATA, _missing(self.label, n_b, n_c))
-        if not st.tests:
+        if st.undecidable:
+            return Verdict(self.label, Outcome.CONTINUE,
+                           f"{self.label} +{100 * self.tolerance.max_increase:g}%: undecidable: {st.undecidable}",
+                           {"decidable": False, "why": st.undecidable})  # fmt: skip
+        if st.seq is None or st.baseline_quantile_ms is None:
             return Verdict(
                 self.label, Outcome.CONTINUE,
-                f"{self.label}: {tb.total} baseline requests so far, too few to place the "
-                f"{self.tolerance.quantile:g} quantile in a bucket",
+                f"{self.label}: {tb.total} baseline requests so far, too few to place its "
+                f"{self.tolerance.quantile:g} quantile",
             )  # fmt: skip
         return self._verdict(st, tb, tc, min_requests)
 
-    def _choose_edges(self, st: QuantileState, tb: Histogram, bounds: tuple[float, ...]) -> None:
+    def _locate(self, st: QuantileState, tb: Histogram) -> None:
+        """Place the baseline's q-quantile t, once enough requests lie beyond it to tell buckets apart."""
         q, m = self.tolerance.quantile, self.tolerance.max_increase
-        # Place the quantile once the baseline has enough requests beyond it to tell buckets apart.
-        index = reference_edge(tb, q) if tb.total * (1 - q) >= 10 else None
-        if index is None:
+        if tb.total * (1 - q) < LOCATE_AFTER:
             return
-        for i in (index, index + 1)[: 2 if index + 1 < len(bounds) else 1]:
-            above = survival_at(tb, bounds[i])
-            allowed = survival_at(tb, bounds[i] / (1 + m))
-            rho = 1.0 / max(allowed - above, TINY_EFFECT) ** 2
-            st.tests.append(EdgeTest(bounds[i], Sequences(rho=rho), min(max(above, 1e-4), 1 - 1e-4)))
+        placed = place(tb, q, m)
+        if isinstance(placed, str):
+            st.undecidable = placed
+            return
+        st.baseline_quantile_ms, effect = placed
+        st.seq = Sequences(rho=1.0 / max(effect, TINY_EFFECT) ** 2)
 
     def _accumulate(
         self, st: QuantileState, window: MetricWindow, base: Histogram, can: Histogram, bounds: tuple[float, ...]
     ) -> None:
-        st.baseline = (merge([st.baseline, base]) or base) if st.baseline is not None else base
-        st.canary = (merge([st.canary, can]) or can) if st.canary is not None else can
-        tb = st.baseline
-        if not st.tests:
-            self._choose_edges(st, tb, bounds)
-        m = self.tolerance.max_increase
-        for test in st.tests:
-            if test.edge not in bounds:
-                continue  # the edge vanished with a layout change: no honest comparison this interval
-            index = bounds.index(test.edge)
-            slower_c = survival_counts(can)[index]
-            allowed_b = survival_at(base, test.edge / (1 + m))
-            allowed_so_far = round(survival_at(tb, test.edge / (1 + m)) * tb.total)
-            rate_b = _baseline_rate((round(allowed_b * base.total), base.total), (allowed_so_far, tb.total))
-            variance = _null_variance(rate_b, rate_b, can.total, base.total)
-            weight = _weight(can.total, base.total, test.reference)
-            test.seq.add(slower_c / can.total - allowed_b, variance, weight)
-            test.canary_slower += slower_c
-            test.canary_seen += can.total
-            for pod, sample in window.baseline.items():
-                if isinstance(sample, Histogram) and sample.total > 0:
-                    h = rebucket(sample, bounds)
-                    prev = test.baseline_pods.get(pod, (0, 0))
-                    test.baseline_pods[pod] = (prev[0] + survival_counts(h)[index], prev[1] + h.total)
-        st.canary_pods = _seen(st.canary_pods, window.canary, Histogram)
+        st.baseline, st.canary = _add(st.baseline, base), _add(st.canary, can)
         st.step_requests = (st.step_requests[0] + base.total, st.step_requests[1] + can.total)
+        if st.seq is None and not st.undecidable:
+            self._locate(st, st.baseline)
+            return  # the data that placed the quantile does not also test it
+        if st.seq is None or st.baseline_quantile_ms is None:
+            return
+        t = st.baseline_quantile_ms
+        st.block_baseline, st.block_canary = _add(st.block_baseline, base), _add(st.block_canary, can)
+        block = st.block + 1
+        for pod, sample in window.baseline.items():
+            if isinstance(sample, Histogram) and sample.total > 0:
+                share = survival_at(rebucket(sample, bounds), t)
+                if math.isfinite(share):
+                    seen = st.baseline_pods.setdefault(pod, PodCounts())
+                    seen.events, seen.trials, seen.last = (
+                        seen.events + share * sample.total,
+                        seen.trials + sample.total,
+                        block,
+                    )
+        for pod, sample in window.canary.items():
+            if isinstance(sample, Histogram) and sample.total > 0:
+                st.canary_pods[pod] = block
+        self._close_block(st)
 
-    def _intervals(self, st: QuantileState, test: EdgeTest, edges: int) -> tuple[Interval, Interval, float]:
-        """The fail sequence at α split over the edges (pod term too), the pass sequence at the full α."""
-        pods = test.baseline_pods.values()
-        tau2 = between_pod_variance([a for a, _ in pods], [n for _, n in pods])
-        pod_sd = pod_effect_sd(tau2, len(st.canary_pods), len(test.baseline_pods))
-        z_fail = float(norm.isf(self.alpha * POD_SHARE / edges))
-        fail_ci = confidence_sequence(test.seq.fail, test.seq.rho, self.alpha_cs / edges, z_fail * pod_sd)
-        pass_ci = confidence_sequence(test.seq.step, test.seq.rho, self.alpha_cs, self.z_pod * pod_sd)
-        return fail_ci, pass_ci, pod_sd
+    def _close_block(self, st: QuantileState) -> None:
+        """Add the block once each version expects MIN_EXPECTED requests beyond the point under the null:
+        the block's end depends on request counts only, never on what they show."""
+        q, m = self.tolerance.quantile, self.tolerance.max_increase
+        pb, pc, t = st.block_baseline, st.block_canary, st.baseline_quantile_ms
+        assert st.seq is not None and t is not None and st.baseline is not None
+        if pb is None or pc is None or min(pb.total, pc.total) * (1 - q) < MIN_EXPECTED:
+            return
+        assert st.canary is not None
+        # This block's own baseline quantile: the test is at q in every block, whatever the load did.
+        t_block = locate(pb, 1 - q, st.baseline)
+        if t_block is None or (1 + m) * t_block >= pb.bounds[-1]:
+            return  # this block cannot place it: it keeps filling
+        point = (1 + m) * t_block
+        share_c = sparse_survival(pc, st.canary, point)
+        if not math.isfinite(share_c):
+            return
+        p = 1 - q if q > 0.5 else 0.5  # the least favourable canary sits at 1 − q beyond the point
+        # The baseline's quantile is estimated too: its error moves the point, weighed by the densities.
+        kappa = _kappa(st.canary, st.baseline, point, t, m)
+        variance = p * (1 - p) * (1 / pc.total + kappa * kappa / pb.total)
+        st.seq.add(
+            share_c - (1 - q), variance, _weight(pc.total, pb.total, 1 - q),
+            fail_allowance=_slack(pc, pb, t_block, point, kappa),
+        )  # fmt: skip
+        st.block += 1
+        st.block_baseline = st.block_canary = None
 
     def _verdict(self, st: QuantileState, tb: Histogram, tc: Histogram, min_requests: int) -> Verdict:
         q, m = self.tolerance.quantile, self.tolerance.max_increase
-        results = [(test, *self._intervals(st, test, len(st.tests))) for test in st.tests]
-        main, fail_ci, pass_ci, pod_sd = results[0]  # passes are decided at the nearest edge alone
-        failing = [(t, ci) for t, ci, _, _ in results if ci.lower > 0]
-        shown, shown_ci = failing[0] if failing else (main, fail_ci)
-        share_c = shown.canary_slower / shown.canary_seen if shown.canary_seen else survival_at(tc, shown.edge)
-        share_b = survival_at(tb, shown.edge)
-        allowed = survival_at(tb, shown.edge / (1 + m))
+        assert st.seq is not None and st.baseline_quantile_ms is not None
+        t = st.baseline_quantile_ms
+        point = (1 + m) * t
+        pod_sd, pods = _pod_sd(st.baseline_pods, st.canary_pods, st.block)
+        reading = self.read(st.seq, pod_sd, pods)
+        fail_ci, pass_ci = reading.fail, reading.passed
+        share_c, share_b = survival_at(tc, point), survival_at(tb, t)
         figures: dict[str, object] = {
             "quantile": q,
             "max_increase": m,
-            "edge_ms": shown.edge,
-            "edges_ms": [t.edge for t in st.tests],
+            "baseline_quantile_ms": t,
+            "point_ms": point,
             "canary_share_slower": share_c,
             "baseline_share_slower": share_b,
-            "allowed_share_slower": allowed,
-            "excess": shown.seq.fail.estimate,
-            "excess_cs": [shown_ci.lower, shown_ci.upper],
+            "allowed_share_slower": 1 - q,
+            "excess": st.seq.fail.estimate,
+            "excess_cs": [fail_ci.lower, fail_ci.upper],
             "step_excess_cs": [pass_ci.lower, pass_ci.upper],
-            "e_value": shown.seq.e_value(),
+            **self.e_figures(reading),
             "pod_sd": pod_sd,
+            "blocks": st.block,
             "confidence": 1 - self.alpha,
+            "pass_confidence": 1 - self.pass_alpha,
             "baseline_quantile_bucket_ms": list(quantile_range(tb, q) or ()),
             "canary_quantile_bucket_ms": list(quantile_range(tc, q) or ()),
             "requests": {"baseline": tb.total, "canary": tc.total},
             "step_requests": {"baseline": st.step_requests[0], "canary": st.step_requests[1]},
+            "decidable": True,
         }
-        figures["p_value"] = min(1.0, 1.0 / float(figures["e_value"]))  # type: ignore[arg-type]
         head = (
-            f"{self.label}: {_pct(share_c)} of canary requests slower than {shown.edge:g} ms, where "
-            f"+{100 * m:.0f}% on the baseline allows {_pct(allowed)} (baseline {_pct(share_b)}); "
+            f"{self.label}: {_pct(share_c)} of canary requests slower than {point:.0f} ms (+{100 * m:g}% on the "
+            f"baseline's p{100 * q:g}, about {t:.0f} ms), where the tolerance allows {_pct(1 - q)}; "
             f"p{100 * q:g} canary {_fmt_range(quantile_range(tc, q))}, baseline {_fmt_range(quantile_range(tb, q))}"
             f"{st.layout_note}"
         )
-        conf = f"{100 * (1 - self.alpha):.1f}%"
         return self.verdict(
-            head, figures, st.step_requests, min_requests,
-            fail=f"slower than tolerated, by at least {100 * shown_ci.lower:.2f} pp of requests ({conf} confidence)"
-            if failing else None,
-            passed=f"within tolerance ({conf} confidence)" if pass_ci.upper < 0 else None,
+            st, head, figures, min_requests,
+            fail=f"slower than tolerated, by at least {100 * fail_ci.lower:.2f} pp of requests "
+            f"({100 * (1 - self.alpha):.1f}% confidence)" if fail_ci.lower > 0 else None,
+            passed=f"within tolerance ({100 * (1 - self.pass_alpha):.1f}% confidence)" if pass_ci.upper < 0 else None,
             open_=f"not yet shown either way (excess between {100 * fail_ci.lower:+.2f} and "
             f"{100 * fail_ci.upper:+.2f} pp)",
         )  # fmt: skip
@@ -465,16 +612,19 @@ class SequentialJudge:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        # Bonferroni, which needs no independence: α evenly over metrics, then over a metric's quantiles.
+        # A rollback needs one check to fail: Bonferroni, which needs no independence, spreads α evenly over
+        # metrics, then over a metric's quantiles. A pass needs every check to pass (an intersection-union
+        # test): a wrong pass is a wrong pass of some one check, so each check is tested at the whole level.
         alpha = policy.analysis.alpha / len(policy.metrics)
+        pass_alpha = policy.analysis.pass_alpha
         self.checks: list[tuple[str, _RatioCheck | _QuantileCheck]] = []
         for metric in policy.metrics:
             if isinstance(metric, LatencyMetric):
-                share = alpha / len(metric.quantiles)
+                k = len(metric.quantiles)
                 for label, tol in zip(check_labels(metric), metric.quantiles, strict=True):
-                    self.checks.append((metric.name, _QuantileCheck(label, tol, share)))
+                    self.checks.append((metric.name, _QuantileCheck(label, tol, alpha / k, pass_alpha)))
             else:
-                self.checks.append((metric.name, _RatioCheck(metric.name, metric.max_increase, alpha)))
+                self.checks.append((metric.name, _RatioCheck(metric.name, metric.max_increase, alpha, pass_alpha)))
 
     def refuses(self, metric: MetricSpec) -> str | None:
         return None  # every metric kind is a ratio or a latency check
@@ -494,18 +644,42 @@ class SequentialJudge:
                 verdicts.append(Verdict(check.label, Outcome.NO_DATA, f"{check.label}: the source returned nothing"))
                 continue
             verdicts.append(check.update_in(new, window, step, self.policy.min_requests))
-        return new, combine(verdicts)
+        # The checks' fail e-processes averaged with weights α_i / α (the Bonferroni shares, which sum to 1;
+        # a check without evidence yet counts 1). An average of e-processes is one, so a rollback when it
+        # reaches 1 / (α (1 − POD_SHARE)) keeps the rollout's α, the pod terms keeping their own shares. One
+        # check reaching its own threshold lifts the average there too: never less powerful than Bonferroni,
+        # and more where several checks each hold part of the evidence.
+        alpha = self.policy.analysis.alpha
+        combined = 0.0
+        for (_, check), verdict in zip(self.checks, verdicts, strict=True):
+            e = verdict.figures.get("e_value")
+            combined += check.alpha / alpha * (e if isinstance(e, float) else 1.0)
+        new.e_max = max(new.e_max, combined)
+        figures = {"e_value": combined, "e_max": new.e_max, "alpha": alpha,
+                   "p_value": min(1.0, 1.0 / ((1 - POD_SHARE) * new.e_max))}  # fmt: skip
+        if combined * (1 - POD_SHARE) * alpha >= 1.0 and not any(v.outcome is Outcome.FAIL for v in verdicts):
+            ranked = sorted(verdicts, key=lambda v: -_e(v))[:3]
+            named = ", ".join(f"{v.metric} (e = {_e(v):.3g})" for v in ranked)
+            summary = f"worse than tolerated on the checks' evidence together (e = {combined:.3g}): {named}"
+            return new, Judgement(Outcome.FAIL, tuple(verdicts), summary, figures)
+        return new, combine(verdicts, figures)
 
 
-def combine(verdicts: list[Verdict]) -> Judgement:
+def _e(verdict: Verdict) -> float:
+    e = verdict.figures.get("e_value")
+    return e if isinstance(e, float) else 1.0
+
+
+def combine(verdicts: list[Verdict], figures: Mapping[str, object] | None = None) -> Judgement:
     """Any failure fails; all passing passes; otherwise keep collecting evidence."""
+    figures = figures or {}
     outcomes = [v.outcome for v in verdicts]
     failed = [v.metric for v in verdicts if v.outcome is Outcome.FAIL]
     if failed:
-        return Judgement(Outcome.FAIL, tuple(verdicts), f"worse than tolerated: {', '.join(failed)}")
+        return Judgement(Outcome.FAIL, tuple(verdicts), f"worse than tolerated: {', '.join(failed)}", figures)
     if outcomes and all(o is Outcome.PASS for o in outcomes):
-        return Judgement(Outcome.PASS, tuple(verdicts), "every metric shown within tolerance")
+        return Judgement(Outcome.PASS, tuple(verdicts), "every metric shown within tolerance", figures)
     if outcomes and all(o is Outcome.NO_DATA for o in outcomes):
-        return Judgement(Outcome.NO_DATA, tuple(verdicts), "no data for either version yet")
+        return Judgement(Outcome.NO_DATA, tuple(verdicts), "no data for either version yet", figures)
     pending = [v.metric for v in verdicts if v.outcome is not Outcome.PASS]
-    return Judgement(Outcome.CONTINUE, tuple(verdicts), f"collecting evidence: {', '.join(pending)}")
+    return Judgement(Outcome.CONTINUE, tuple(verdicts), f"collecting evidence: {', '.join(pending)}", figures)

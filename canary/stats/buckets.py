@@ -1,9 +1,9 @@
 """Latency histograms as Prometheus keeps them: counts per `le` bucket, nothing finer.
 
-Decisions are made only at bucket edges, where counts are exact. Where the tolerance needs the
-baseline's distribution between two edges (the share of requests slower than edge / 1.1, say), it is
-interpolated inside that one bucket as if latency were locally lognormal (see `survival_at`). Reported
-quantiles are bucket ranges, never a point inside a bucket.
+Counts are exact at bucket edges only. Where a check needs a point between two edges (the baseline's
+p95, the share of requests slower than 1.2 times it), it is read off a smooth monotone curve through the
+edges, exact for a lognormal (`survival_at`, `locate`): the assumption docs/statistics.md states and
+measures. Reported quantile ranges are bucket ranges.
 """
 
 from __future__ import annotations
@@ -28,38 +28,125 @@ def survival_counts(hist: Histogram) -> list[int]:
 
 
 def survival_at(hist: Histogram, x: float) -> float:
-    """Share of requests slower than x; inside a bucket, interpolated as if locally lognormal.
+    """Share of requests slower than x; between edges, read off a smooth curve through the edges.
 
-    At an edge the share is exact. Between edges a and b the probit of the CDF is taken as linear in
-    log x, which is exact when latency is lognormal over [a, b], follows both the body and the tail far
-    better than the linear interpolation of `histogram_quantile`, and falls back to linear in log x
-    where an edge holds all or none of the requests.
+    At an edge the share is exact. Between edges the probit of the CDF, z = Φ⁻¹(1 − S), is taken as a
+    monotone cubic in log x through every edge where 0 < S < 1 (PCHIP's Fritsch–Carlson slopes, from
+    the neighbouring edges only). A lognormal has z linear in log x, so it is interpolated exactly; the cubic
+    also follows the curvature that gamma, Weibull and other unimodal shapes put into z (docs/statistics.md
+    measures how far off it is for each). Where no request lies beyond the bucket's upper edge yet, the
+    slope of z is continued from below; a bucket from 0, or one with no shape either side, is linear.
     """
     total = hist.total
     if total <= 0:
         return math.nan
-    if x <= 0:
-        return 1.0
     edges = hist.bounds
     surv = [c / total for c in survival_counts(hist)]
     for i, edge in enumerate(edges):
+        if x > edge:
+            continue
         if x == edge:
             return surv[i]
-        if x < edge:
-            lo_surv = surv[i - 1] if i > 0 else 1.0
-            lo_edge = edges[i - 1] if i > 0 else 0.0
-            if lo_edge <= 0:  # a bucket from 0 (or below): nothing is known about its shape
-                return lo_surv + (surv[i] - lo_surv) * (x - lo_edge) / (edge - lo_edge)
-            w = math.log(x / lo_edge) / math.log(edge / lo_edge)
-            return _between(lo_surv, surv[i], w)
+        lo_surv = surv[i - 1] if i > 0 else 1.0
+        lo_edge = edges[i - 1] if i > 0 else 0.0
+        if lo_edge <= 0:  # a bucket from 0 (or below): nothing is known about its shape
+            return lo_surv + (surv[i] - lo_surv) * (x - lo_edge) / (edge - lo_edge)
+        if 0 < surv[i] <= lo_surv < 1:
+            return 1 - float(ndtr(_probit_curve(edges, surv, i, math.log(x))))
+        if surv[i] == 0 < lo_surv < 1 and i >= 2 and lo_surv < surv[i - 2] < 1:
+            below, at = float(ndtri(1 - surv[i - 2])), float(ndtri(1 - lo_surv))
+            slope = (at - below) / math.log(lo_edge / edges[i - 2])
+            return max(1 - float(ndtr(at + slope * math.log(x / lo_edge))), 0.0)
+        w = math.log(x / lo_edge) / math.log(edge / lo_edge)
+        return lo_surv + (surv[i] - lo_surv) * w
     return surv[-1] if surv else 1.0  # beyond the last finite edge nothing finer is known
 
 
-def _between(lo_surv: float, hi_surv: float, w: float) -> float:
-    if 0 < hi_surv <= lo_surv < 1:
-        lo_z, hi_z = float(ndtri(1 - lo_surv)), float(ndtri(1 - hi_surv))
-        return 1 - float(ndtr(lo_z + (hi_z - lo_z) * w))
-    return lo_surv + (hi_surv - lo_surv) * w
+def _probit_curve(edges: tuple[float, ...], surv: list[float], i: int, u: float) -> float:
+    """z at log x = u inside bucket (edges[i-1], edges[i]], both edges with 0 < S < 1: the Hermite cubic
+    with Fritsch–Carlson slopes from the neighbouring edges that have a shape (0 < S < 1) too."""
+
+    def point(k: int) -> tuple[float, float] | None:
+        if 0 <= k < len(edges) and 0 < surv[k] < 1:
+            return math.log(edges[k]), float(ndtri(1 - surv[k]))
+        return None
+
+    a, b = point(i - 1), point(i)
+    assert a is not None and b is not None
+    h = b[0] - a[0]
+    secant = (b[1] - a[1]) / h
+
+    def slope(mid: tuple[float, float], other: tuple[float, float] | None, toward_b: bool) -> float:
+        if other is None:
+            return secant  # no shape beyond: the secant, as the straight line would have
+        h_other = abs(mid[0] - other[0])
+        d_other = (mid[1] - other[1]) / (mid[0] - other[0])
+        if d_other * secant <= 0:
+            return 0.0
+        w1, w2 = (2 * h + h_other, h + 2 * h_other) if toward_b else (2 * h_other + h, h_other + 2 * h)
+        first, second = (d_other, secant) if toward_b else (secant, d_other)
+        return (w1 + w2) / (w1 / first + w2 / second)
+
+    da, db = slope(a, point(i - 2), True), slope(b, point(i + 1), False)
+    t = (u - a[0]) / h
+    h00, h10, h01, h11 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t, -2 * t**3 + 3 * t**2, t**3 - t**2
+    return h00 * a[1] + h10 * h * da + h01 * b[1] + h11 * h * db
+
+
+SPARSE_BEYOND = 5.0  # below this many requests expected beyond a bucket, its shape comes from the totals
+
+
+def sparse_survival(hist: Histogram, shape: Histogram, x: float) -> float:
+    """`survival_at`, for a few requests (one block's). Where fewer than SPARSE_BEYOND of them are expected
+    beyond the upper edge of x's bucket (judged from `shape`, the running totals, never from the block's
+    own counts), the block's edges say little of the shape inside that bucket: its share beyond the lower
+    edge is split as `shape` splits the bucket, which keeps the estimate linear in the block's counts."""
+    edges = hist.bounds
+    i = next((k for k, edge in enumerate(edges) if x <= edge), None)
+    if i is None or i == 0 or x == edges[i]:
+        return survival_at(hist, x)
+    given = survival_at(shape, edges[i - 1])
+    if hist.total * survival_at(shape, edges[i]) < SPARSE_BEYOND and given > 0:
+        return survival_counts(hist)[i - 1] / hist.total * survival_at(shape, x) / given
+    return survival_at(hist, x)
+
+
+def density(hist: Histogram, x: float) -> float:
+    """The interpolated density of latency at x (share per ms), from `survival_at` around x."""
+    lo, hi = survival_at(hist, x / 1.02), survival_at(hist, x * 1.02)
+    return max(lo - hi, 0.0) / (x * (1.02 - 1 / 1.02))
+
+
+def locate(hist: Histogram, share_above: float, shape: Histogram | None = None) -> float | None:
+    """The latency x with `survival_at(hist, x) == share_above` (its inverse, by bisection in log x), or
+    `sparse_survival` with that shape.
+
+    None where the buckets cannot place it: in the first bucket (from 0, no shape known) or beyond the last
+    finite edge (the +Inf bucket), or with no requests.
+    """
+
+    def survival(x: float) -> float:
+        return survival_at(hist, x) if shape is None else sparse_survival(hist, shape, x)
+
+    total = hist.total
+    if total <= 0 or not 0 < share_above < 1:
+        return None
+    surv = [c / total for c in survival_counts(hist)]
+    lo_edge = 0.0
+    for edge, hi_surv in zip(hist.bounds, surv, strict=True):
+        if hi_surv <= share_above:
+            if lo_edge <= 0:
+                return None
+            lo, hi = math.log(lo_edge), math.log(edge)
+            for _ in range(50):
+                mid = (lo + hi) / 2
+                if survival(math.exp(mid)) > share_above:
+                    lo = mid
+                else:
+                    hi = mid
+            return math.exp((lo + hi) / 2)
+        lo_edge = edge
+    return None
 
 
 def quantile_range(hist: Histogram, q: float) -> tuple[float, float] | None:

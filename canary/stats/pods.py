@@ -4,7 +4,8 @@ Requests served by one pod are not independent draws from the version's distribu
 own level. With 2 canary pods the canary's level is the mean of two random pod levels, so a healthy
 version can look a few percent worse by the luck of its pods. The between-pod variance τ² is estimated
 from the baseline's pods (many of them) by the DerSimonian–Laird method of moments, and enters the
-judge as a fixed extra uncertainty σ_b = τ · sqrt(1/k_canary + 1/k_baseline).
+judge as a fixed extra uncertainty σ_b = τ · sqrt(s²/k_canary + 1/k_baseline), s the canary's rate at the
+tolerance over the baseline's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def between_pod_variance(events: Sequence[int], trials: Sequence[int]) -> float:
+def between_pod_variance(events: Sequence[float], trials: Sequence[int]) -> float:
     """DerSimonian–Laird τ² of per-pod proportions; 0 when fewer than 2 pods have trials."""
     e = np.asarray(events, dtype=float)
     n = np.asarray(trials, dtype=float)
@@ -38,8 +39,10 @@ def between_pod_variance(events: Sequence[int], trials: Sequence[int]) -> float:
     return max(tau2, 0.0) if math.isfinite(tau2) else 0.0
 
 
-def pod_effect_sd(tau2: float, canary_pods: int, baseline_pods: int) -> float:
-    """Standard deviation of the difference between two versions' pod-average levels."""
+def pod_effect_sd(tau2: float, canary_pods: int, baseline_pods: int, canary_scale: float = 1.0) -> float:
+    """Standard deviation of the difference between two versions' pod-average levels. Pod levels act on a
+    rate multiplicatively, so the canary's pods spread `canary_scale` times as much as the baseline's when
+    its rate is that many times the baseline's (the least favourable canary: at the tolerance)."""
     if tau2 <= 0 or canary_pods <= 0 or baseline_pods <= 0:
         return 0.0
-    return math.sqrt(tau2 * (1.0 / canary_pods + 1.0 / baseline_pods))
+    return math.sqrt(tau2 * (canary_scale**2 / canary_pods + 1.0 / baseline_pods))

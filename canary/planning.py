@@ -1,0 +1,172 @@
+"""`canary plan`: before a rollout, what the policy can decide at a given traffic, from the judge itself.
+
+A team learns before deploying whether 10 req/s can show +0.5 pp in an hour. The answers come from the
+same statistics that will decide the rollout: the policy's real judge on the embedded simulated mesh, fed
+traffic at the given rate with the given baseline (error rate, latency, pods), seeds fixed:
+- for a canary equal to the baseline, how long each step takes to pass (the median over seeds), and
+  whether it promotes before the deadline;
+- per check, the smallest regression that is rolled back before the deadline in most seeds: errors
+  +Δ percentage points, or latency Δ slower at every quantile (a scale shift), found by bisection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from scipy.special import ndtr, ndtri
+
+from canary.app import simulated_rollout
+from canary.audit import MemoryAudit
+from canary.judges.sequential import place
+from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, Phase
+from canary.policy import ErrorRateMetric, LatencyMetric, Policy
+from canary.scenario import Behaviour, Lognormal, Pods, Scenario
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the baseline is assumed to look like."""
+
+    rps: float
+    error_rate: float = 0.01
+    median_ms: float = 80.0
+    sigma: float = 0.5
+    pods: tuple[int, int] = (6, 2)  # baseline, canary
+
+
+@dataclass(frozen=True)
+class Plan:
+    promoted_share: float  # of the seeds, how many promoted a canary equal to the baseline
+    step_minutes: tuple[float | None, ...]  # median time to pass each step (None: not passed in most seeds)
+    total_minutes: float | None
+    smallest: dict[str, str]  # per check kind: the smallest regression rolled back before the deadline
+    undecidable: tuple[str, ...]  # latency tolerances Istio's buckets cannot resolve at this baseline, and why
+
+
+def _scenario(base: Baseline, canary: Behaviour, name: str) -> Scenario:
+    baseline = Behaviour(base.error_rate, Lognormal(base.median_ms, base.sigma))
+    return Scenario(name=name, rps=base.rps, baseline=baseline, canary=canary,
+                    pods=Pods(baseline=base.pods[0], canary=base.pods[1]))  # fmt: skip
+
+
+def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[str], None] | None = None) -> Plan:
+    healthy = Behaviour(base.error_rate, Lognormal(base.median_ms, base.sigma))
+    results = [simulated_rollout(policy, _scenario(base, healthy, "plan"), seed=s, audit=MemoryAudit()).runner.run()
+               for s in range(seeds)]  # fmt: skip
+    promoted = [r for r in results if r.phase is Phase.PROMOTED]
+    steps = []
+    for i in range(len(policy.steps) - 1):
+        times = [r.step_seconds[i] / 60 for r in promoted if len(r.step_seconds) > i]
+        steps.append(statistics.median(times) if len(times) * 2 > seeds else None)
+    total = statistics.median([r.duration_s / 60 for r in promoted]) if len(promoted) * 2 > seeds else None
+    smallest: dict[str, str] = {}
+    if any(isinstance(m, ErrorRateMetric) for m in policy.metrics):
+        if progress:
+            progress("error rate")
+        found = _smallest(policy, base, seeds, lambda d: dataclasses.replace(healthy, error_rate=base.error_rate + d),
+                          low=0.0, high=0.5)  # fmt: skip
+        smallest["error-rate"] = f"+{100 * found:.2f} pp" if found is not None else "none up to +50 pp"
+    if any(isinstance(m, LatencyMetric) for m in policy.metrics):
+        if progress:
+            progress("latency")
+        found = _smallest(
+            policy, base, seeds,
+            lambda d: dataclasses.replace(healthy, latency=Lognormal(base.median_ms * (1 + d), base.sigma)),
+            low=0.0, high=3.0,
+        )  # fmt: skip
+        smallest["latency"] = f"+{100 * found:.0f}% slower" if found is not None else "none up to 4x slower"
+    return Plan(
+        len(promoted) / seeds, tuple(steps), total, smallest, tuple(undecidable(policy, base.median_ms, base.sigma))
+    )
+
+
+def _expected(median_ms: float, sigma: float) -> Histogram:
+    """A lognormal latency's expected counts over Istio's buckets, as from a billion requests."""
+    cdf = [float(ndtr(math.log(edge / median_ms) / sigma)) for edge in ISTIO_LATENCY_BUCKETS_MS]
+    shares = [b - a for a, b in zip([0.0, *cdf], [*cdf, 1.0], strict=True)]
+    return Histogram(ISTIO_LATENCY_BUCKETS_MS, tuple(round(1e9 * s) for s in shares))
+
+
+def undecidable(policy: Policy, median_ms: float, sigma: float) -> list[str]:
+    """The latency checks the buckets cannot resolve for a lognormal baseline of that median and spread:
+    the judge's own test (`place`) on the baseline's expected counts."""
+    baseline = _expected(median_ms, sigma)
+    out = []
+    for metric in policy.metrics:
+        if isinstance(metric, LatencyMetric):
+            for tol in metric.quantiles:
+                placed = place(baseline, tol.quantile, tol.max_increase)
+                if isinstance(placed, str):
+                    out.append(
+                        f"{metric.name} p{100 * tol.quantile:g} +{100 * tol.max_increase:g}%: undecidable: {placed}"
+                    )
+    return out
+
+
+def undecidable_ranges(policy: Policy, sigma: float = 0.5) -> list[str]:
+    """For `canary validate`, knowing nothing of the service: per latency tolerance, where on Istio's
+    buckets the baseline's quantile may lie for the tolerance to be undecidable (a lognormal of that
+    spread, its quantile moved from 1 ms to 10 s)."""
+    out = []
+    grid = [10 ** (k / 40) for k in range(161)]  # 1 ms .. 10 s, 40 points per decade
+    for metric in policy.metrics:
+        if not isinstance(metric, LatencyMetric):
+            continue
+        for tol in metric.quantiles:
+            z = float(ndtri(tol.quantile))
+            bad = [x for x in grid if isinstance(place(_expected(x / math.exp(sigma * z), sigma), tol.quantile,
+                                                       tol.max_increase), str)]  # fmt: skip
+            if bad:
+                out.append(
+                    f"{metric.name} p{100 * tol.quantile:g} +{100 * tol.max_increase:g}%: undecidable with Istio's "
+                    f"buckets where the baseline's p{100 * tol.quantile:g} lies at {_ranges(bad, grid)} (a lognormal "
+                    f"latency, spread {sigma:g}); such a check ends inconclusive: use finer buckets or a larger "
+                    "tolerance (`canary plan` shows it for a given baseline)"
+                )
+    return out
+
+
+def _ranges(points: list[float], grid: list[float]) -> str:
+    """Grid points as merged ranges, '150–250 ms, 1500–2500 ms'."""
+    step = grid[1] / grid[0]
+    spans: list[list[float]] = []
+    for x in points:
+        if spans and x / spans[-1][1] < step * 1.001:
+            spans[-1][1] = x
+        else:
+            spans.append([x, x])
+    return ", ".join(f"{_ms(a)}–{_ms(b)} ms" if a != b else f"{_ms(a)} ms" for a, b in spans)
+
+
+def _ms(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _caught(policy: Policy, base: Baseline, seeds: int, canary: Behaviour) -> bool:
+    """Rolled back before the deadline in most seeds."""
+    scenario = dataclasses.replace(_scenario(base, canary, "plan-regression"), expect="rollback")
+    rolled = sum(
+        simulated_rollout(policy, scenario, seed=100 + s, audit=MemoryAudit()).runner.run().phase is Phase.ROLLED_BACK
+        for s in range(seeds)
+    )
+    return rolled * 2 > seeds
+
+
+def _smallest(
+    policy: Policy, base: Baseline, seeds: int, regress: Callable[[float], Behaviour], *, low: float, high: float
+) -> float | None:
+    """Bisection (6 rounds, on a log scale above low) for the smallest regression caught in most seeds."""
+    if not _caught(policy, base, seeds, regress(high)):
+        return None
+    lo, hi = low, high
+    for _ in range(6):
+        mid = math.sqrt(max(lo, high / 1000) * hi)
+        if _caught(policy, base, seeds, regress(mid)):
+            hi = mid
+        else:
+            lo = mid
+    return hi

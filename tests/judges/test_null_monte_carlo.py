@@ -1,0 +1,124 @@
+"""Monte Carlo: the sequential judge's false rollbacks at the null boundary, from the definition of the null.
+
+Each case is a canary *exactly at the tolerance* (the least favourable canary the null allows): latency with
+another shape than the baseline's but its named quantile exactly (1 + m) times the baseline's, error rates
+exactly baseline + margin with pods whose levels differ, and sparse counts. Fixed seeds, 400 replications
+of 30 one-minute intervals each; the upper 95% Clopper–Pearson bound of the false-rollback rate must be at
+most 1.5 α. The cases and the simulator are the benchmark's (bench/latency_shapes.py), whose full figures
+are in docs/statistics.md.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import latency_shapes  # noqa: E402
+from detection import clopper_pearson  # noqa: E402
+
+from canary.judges.sequential import SequentialJudge  # noqa: E402
+from canary.model import MetricWindow, Observation, Outcome, Ratio  # noqa: E402
+from canary.policy import parse_policy  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+ALPHA = 0.05
+RUNS = 400
+INTERVALS = 30
+LATENCY_CASES = [
+    "wider-p50",
+    "narrower-p95",
+    "faster-median-longer-tail-p50",
+    "faster-median-longer-tail-p95",
+    "tail-growing-p99",
+    "pods-2-vs-10-spread-p95",
+    "pods-2-vs-18-spread-p50",
+    "sparse-20rps-p99",
+]
+ERROR_POLICY = """
+apiVersion: canary.dev/v1alpha1
+kind: CanaryPolicy
+metadata: {name: pods}
+spec:
+  target: {namespace: default, virtualService: web, host: web.default.svc.cluster.local}
+  minRequests: 0
+  analysis: {alpha: 0.05}
+  metrics:
+    - {name: errors, kind: error-rate, maxIncrease: 0.005}
+"""
+
+
+def _latency(name: str) -> tuple[str, int, int]:
+    case = next(c for c in latency_shapes.cases() if c.name == name)
+    seed = 1000 + LATENCY_CASES.index(name)
+    result = latency_shapes.run_case(replace(case, intervals=INTERVALS), RUNS, seed)
+    return name, result.fails, result.runs
+
+
+def _errors(spec: tuple[str, int, float, float, float]) -> tuple[str, int, int]:
+    """Error rates exactly at baseline + 0.5 pp for the version; each pod's rate is the version's times a
+    level drawn afresh per rollout (mean 1, log-sd `spread`), traffic spread evenly over the pods."""
+    name, baseline_pods, spread, rps, base_rate = spec
+    rng = np.random.default_rng(2000 + [c[0] for c in ERROR_CASES].index(name))
+    judge = SequentialJudge(parse_policy(ERROR_POLICY, "pods.yaml"))
+    fails = 0
+    for _ in range(RUNS):
+        levels = [np.exp(rng.normal(-spread * spread / 2, spread, k)) for k in (baseline_pods, 2)]
+        rates = (base_rate * levels[0], (base_rate + 0.005) * levels[1])
+        state = judge.start()
+        for _ in range(INTERVALS):
+            windows = []
+            for version, share in enumerate((0.9, 0.1)):
+                pods = len(rates[version])
+                per_pod = rng.multinomial(rng.poisson(rps * 60 * share), np.full(pods, 1 / pods))
+                errors = rng.binomial(per_pod, np.clip(rates[version], 0, 1))
+                pairs = enumerate(zip(errors, per_pod, strict=True))
+                windows.append({f"v{version}-{i}": Ratio(int(e), int(n)) for i, (e, n) in pairs})
+            observation = Observation(0.0, 60.0, {"errors": MetricWindow(windows[0], windows[1])})
+            state, judgement = judge.judge(state, observation, 0)
+            if judgement.outcome is Outcome.FAIL:
+                fails += 1
+                break
+    return name, fails, RUNS
+
+
+ERROR_CASES = [
+    ("errors-pods-2-vs-10-spread-0.3", 10, 0.3, 100.0, 0.01),
+    ("errors-pods-2-vs-18-spread-0.3", 18, 0.3, 100.0, 0.01),
+    ("errors-sparse-0.1%-20rps", 6, 0.0, 20.0, 0.001),
+]
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, tuple[int, int]]:
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        results = [*pool.map(_latency, LATENCY_CASES), *pool.map(_errors, ERROR_CASES)]
+    for name, fails, runs in results:
+        print(f"{name}: {fails}/{runs} false rollbacks, upper 95% bound {clopper_pearson(fails, runs)[1]:.3f}")
+    return {name: (fails, runs) for name, fails, runs in results}
+
+
+@pytest.mark.parametrize("name", LATENCY_CASES + [c[0] for c in ERROR_CASES])
+def test_a_canary_exactly_at_the_tolerance_is_rarely_rolled_back(
+    measured: dict[str, tuple[int, int]], name: str
+) -> None:
+    fails, runs = measured[name]
+    upper = clopper_pearson(fails, runs)[1]
+    assert upper <= 1.5 * ALPHA, f"{name}: {fails}/{runs} false rollbacks, upper 95% bound {upper:.3f}"
+
+
+def test_the_cases_are_at_the_tolerance_by_construction() -> None:
+    """The latency canaries' named quantile is (1 + m) times the baseline's, to a part in a million."""
+    for name in LATENCY_CASES:
+        case = next(c for c in latency_shapes.cases() if c.name == name)
+        ratio = case.canary().quantile(case.q) / case.baseline.quantile(case.q)
+        assert math.isclose(ratio, 1 + case.m, rel_tol=1e-6), name

@@ -1,0 +1,68 @@
+"""`canary plan`: what a policy can decide at a given traffic, from the judge itself, in process and as a user
+runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from canary.cli import app
+from canary.planning import Baseline, plan, undecidable
+from canary.policy import load_policy, parse_policy
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = REPO / "policies" / "web-app.yaml"
+P95_10 = POLICY.read_text().replace("{quantile: 0.95, maxIncrease: 0.20}", "{quantile: 0.95, maxIncrease: 0.10}")
+
+
+def test_plan_prints_step_times_the_smallest_regressions_and_exits_0() -> None:
+    result = CliRunner().invoke(app, ["plan", str(POLICY), "--rps", "100", "--seeds", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{POLICY} at 100 requests/s (2 simulated rollouts per figure, deadline 60 min)")
+    assert [line.split(":")[0].strip() for line in lines[1:3]] == ["step 10%", "step 50%"]
+    assert any(line.strip().startswith("promoted: 100% of rollouts") for line in lines)
+    assert any("smallest error-rate regression" in line and "pp" in line for line in lines)
+    assert any("smallest latency regression" in line and "% slower" in line for line in lines)
+    assert not any("undecidable" in line for line in lines), "the shipped tolerances are decidable at 80 ms"
+
+
+def test_plan_as_json_from_the_console_script(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "canary"), "plan", str(POLICY), "--rps", "50", "--seeds", "2",
+         "--output", "json"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert set(doc) == {"promoted_share", "step_minutes", "total_minutes", "smallest", "undecidable"}
+    assert doc["promoted_share"] == 1.0 and len(doc["step_minutes"]) == 2
+    assert set(doc["smallest"]) == {"error-rate", "latency"} and doc["undecidable"] == []
+
+
+def test_less_traffic_means_a_larger_smallest_regression() -> None:
+    """The same statistics that decide a rollout: at 10 req/s +0.5 pp cannot be shown within the hour."""
+    policy = load_policy(str(POLICY))
+    low, high = plan(policy, Baseline(10.0), seeds=2), plan(policy, Baseline(200.0), seeds=2)
+    low_pp, high_pp = (float(p.smallest["error-rate"].split()[0].lstrip("+")) for p in (low, high))
+    assert low_pp > 0.5 and low_pp > high_pp
+
+
+def test_a_tolerance_the_buckets_cannot_resolve_is_named_by_plan(tmp_path: Path) -> None:
+    path = tmp_path / "p95-10.yaml"
+    path.write_text(P95_10)
+    (line,) = undecidable(parse_policy(P95_10, str(path)), 80.0, 0.5)
+    assert line.startswith("latency p95 +10%: undecidable: the buckets around the baseline's p95 (about 182 ms)")
+    result = CliRunner().invoke(app, ["plan", str(path), "--rps", "100", "--seeds", "1"])
+    assert result.exit_code == 0 and "latency p95 +10%: undecidable" in result.stdout
+
+
+def test_plan_refuses_a_bad_policy_and_bad_traffic_in_one_line(tmp_path: Path) -> None:
+    missing = CliRunner().invoke(app, ["plan", str(tmp_path / "none.yaml"), "--rps", "10"])
+    assert missing.exit_code == 2 and "none.yaml" in missing.output and "Traceback" not in missing.output
+    zero = CliRunner().invoke(app, ["plan", str(POLICY), "--rps", "0"])
+    assert zero.exit_code == 2 and "--rps" in zero.output
