@@ -79,6 +79,11 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
+class ExportFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
 Scenario = StrEnum("Scenario", {name: name for name in BUILTIN_SCENARIOS})  # type: ignore[misc]
 
 
@@ -746,6 +751,115 @@ def _show(record: DecisionRecord | OutcomeRecord | NoteRecord) -> list[str]:
         if isinstance(verdict, dict):
             lines.append(f"    {safe(verdict.get('outcome')):>8}  {safe(verdict.get('summary'))}")
     return lines
+
+
+@audit_app.command("list")
+def audit_list(
+    file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
+    output: Output = OutputFormat.text,
+) -> None:
+    """The rollouts in a log: outcome, duration, ticks, final weights, and who acted besides the controller."""
+    from canary.auditing import rollouts
+
+    try:
+        found = rollouts(read_records(file))
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+    if output is OutputFormat.json:
+        typer.echo(json.dumps([{**dataclasses.asdict(r), "duration_s": r.duration_s} for r in found]))
+        return
+    for r in found:
+        weights = f"{r.final_weights.canary}% canary" if r.final_weights else "weights unknown"
+        people = f", by hand: {', '.join(safe(p) for p in r.people)}" if r.people else ""
+        failed = f", {r.changes_failed} change(s) failed" if r.changes_failed else ""
+        took = f"{r.outcome} after {r.duration_s / 60:.0f} min ({r.ticks} ticks, {weights}{people}{failed})"
+        typer.echo(f"{safe(r.rollout)} {iso(r.started)} {safe(r.policy)}: {took}")
+
+
+@audit_app.command("export")
+def audit_export(
+    file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="csv or json.")] = ExportFormat.csv,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """One row per check per judged tick (estimate, interval, tolerance, e-value, p-value, requests,
+    verdict), for spreadsheets and BI tools."""
+    import csv
+    import io
+
+    from canary.auditing import EXPORT_COLUMNS, check_rows
+
+    try:
+        rows = check_rows(read_records(file))
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+    if format is ExportFormat.json:
+        text = json.dumps(rows) + "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
+    typer.echo(f"{out}: {len(rows)} rows", err=True)
+
+
+@audit_app.command("replay")
+def audit_replay(
+    file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
+    policy: Annotated[
+        str | None, typer.Option(help="Judge with this policy instead of the one each rollout recorded.")
+    ] = None,
+    output: Output = OutputFormat.text,
+) -> None:
+    """Recompute every automated judgement from the inputs the log recorded. With the recorded policy every
+    one must come out the same (exit 1 on any difference); with --policy, where that policy would differ."""
+    from canary.auditing import compare_decisions, replay
+    from canary.judges import make_judge
+    from canary.records import PolicyRef
+    from canary.state import policy_digest
+
+    other = None
+
+    def judge_for(ref: PolicyRef, kind: str | None) -> Any:
+        if other is not None:
+            return make_judge(other)
+        loaded = load_policy(ref.file)
+        if policy_digest(loaded) != ref.digest:
+            raise CanaryError(
+                f"{ref.file}: not the policy the rollout ran under (digest {policy_digest(loaded)}, recorded "
+                f"{ref.digest}); give the recorded policy with --policy to compare"
+            )
+        return make_judge(loaded, kind)
+
+    try:
+        if policy is not None:
+            other = load_policy(policy)
+        result = replay(read_records(file), judge_for, strict=other is None)
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+    differing = result.differing
+    lines = compare_decisions(result.ticks) if other is not None else []
+    if output is OutputFormat.json:
+        typer.echo(json.dumps({"ticks": len(result.ticks), "differing": [dataclasses.asdict(t) for t in differing],
+                               "decisions": lines, "policy": policy}))  # fmt: skip
+    else:
+        against = f"with {policy}" if policy else "with the recorded policies"
+        typer.echo(f"{file}: {len(result.ticks)} automated judgements replayed {against}: "
+                   f"{len(differing)} differ")  # fmt: skip
+        for t in differing:
+            typer.echo(f"  {safe(t.rollout)} tick {t.tick}: {'; '.join(safe(d) for d in t.differences)}")
+        for line in lines:
+            typer.echo(f"  {safe(line)}")
+    if differing and other is None:
+        raise typer.Exit(1)
 
 
 @audit_app.command("verify")

@@ -1,0 +1,223 @@
+"""Reading an audit log afterwards: the rollouts it holds, one row per check per tick, and a replay of every
+automated decision from the inputs the log recorded. Pure: records in, values out (the CLI reads the file).
+
+A replay rebuilds the judge from a policy and feeds it, tick by tick, exactly the observation each decision
+record carries (per metric, version and pod), at the step the rollout was in. With the policy the rollout
+ran under, every judgement must come out as recorded — outcome, each check's verdict and its words; any
+difference means the log, the engine or the policy is not what it claims. With another policy it shows
+where that policy would have judged the same evidence differently. It re-judges what was observed: a policy
+that would have moved the weights at other times would also have seen other traffic, which no log holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from canary.judges import Judge
+from canary.model import Action, Judgement, Outcome, Weights
+from canary.records import DecisionRecord, NoteRecord, OutcomeRecord, PolicyRef, Sealed
+from canary.report import judgement_dict, observation_from_dict
+
+CONTROLLER = "canary-controller"
+
+
+def _automated(record: DecisionRecord) -> bool:
+    return record.actor.startswith(CONTROLLER)
+
+
+@dataclass
+class RolloutSummary:
+    """One rollout in a log: how it ended, how long it took, who acted besides the controller."""
+
+    rollout: str
+    policy: str
+    judge: str | None
+    started: float
+    ended: float
+    outcome: str  # the phase after its last decision
+    ticks: int
+    final_weights: Weights | None
+    people: list[str] = field(default_factory=list)  # actors other than the controller, in order of first act
+    changes_failed: int = 0
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended - self.started
+
+
+def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
+    """The rollouts of a log in the order they started."""
+    found: dict[str, RolloutSummary] = {}
+    for item in sealed:
+        record = item.record
+        if isinstance(record, DecisionRecord):
+            summary = found.get(record.rollout)
+            if summary is None:
+                summary = found[record.rollout] = RolloutSummary(
+                    record.rollout, record.policy.name, record.judge, record.time, record.time, record.phase.value,
+                    0, record.weights_after,
+                )  # fmt: skip
+            summary.ended, summary.outcome = record.time, record.phase.value
+            summary.judge = summary.judge or record.judge
+            if record.tick is not None:
+                summary.ticks = max(summary.ticks, record.tick)
+            if record.weights_after is not None:
+                summary.final_weights = record.weights_after
+            if not _automated(record) and record.actor not in summary.people:
+                summary.people.append(record.actor)
+        elif isinstance(record, OutcomeRecord) and record.rollout in found:
+            summary = found[record.rollout]
+            summary.ended = max(summary.ended, record.time)
+            if record.result == "failed":
+                summary.changes_failed += 1
+            elif record.weights is not None:
+                summary.final_weights = record.weights
+    return list(found.values())
+
+
+EXPORT_COLUMNS = (
+    "rollout", "tick", "time", "step", "canary_weight", "action", "actor", "check", "outcome", "estimate",
+    "lower", "upper", "tolerance", "e_value", "p_value", "baseline_requests", "canary_requests", "summary",
+)  # fmt: skip
+
+
+def check_rows(sealed: Iterable[Sealed]) -> list[dict[str, Any]]:
+    """One row per check per judged tick, the columns of EXPORT_COLUMNS (None where a check has no figure)."""
+    rows = []
+    for item in sealed:
+        record = item.record
+        if not isinstance(record, DecisionRecord) or not record.judgement:
+            continue
+        for verdict in record.judgement.get("verdicts", []):
+            if not isinstance(verdict, dict):
+                continue
+            figures = verdict.get("figures") or {}
+            estimate, interval, tolerance = _effect(figures)
+            requests = _requests(figures)
+            rows.append({
+                "rollout": record.rollout, "tick": record.tick, "time": record.time, "step": record.step,
+                "canary_weight": record.weights_after.canary if record.weights_after else None,
+                "action": record.action.value, "actor": record.actor, "check": verdict.get("metric"),
+                "outcome": verdict.get("outcome"), "estimate": estimate, "lower": interval[0], "upper": interval[1],
+                "tolerance": tolerance, "e_value": figures.get("e_value"), "p_value": figures.get("p_value"),
+                "baseline_requests": requests[0], "canary_requests": requests[1], "summary": verdict.get("summary"),
+            })  # fmt: skip
+    return rows
+
+
+def _effect(figures: dict[str, Any]) -> tuple[Any, tuple[Any, Any], Any]:
+    """The check's estimate, its fail interval and its tolerance, in the check's own units: a rate
+    difference (error rate, custom) or an excess share of slow requests (latency)."""
+    if "difference" in figures:
+        cs = figures.get("difference_cs") or [None, None]
+        return figures["difference"], (cs[0], cs[1]), figures.get("max_increase")
+    if "excess" in figures:
+        cs = figures.get("excess_cs") or [None, None]
+        return figures["excess"], (cs[0], cs[1]), figures.get("max_increase")
+    return None, (None, None), figures.get("max_increase")
+
+
+def _requests(figures: dict[str, Any]) -> tuple[Any, Any]:
+    if isinstance(figures.get("requests"), dict):
+        return figures["requests"].get("baseline"), figures["requests"].get("canary")
+    base, can = figures.get("baseline"), figures.get("canary")
+    if isinstance(base, dict) and isinstance(can, dict):
+        return base.get("requests"), can.get("requests")
+    return None, None
+
+
+@dataclass(frozen=True)
+class Rejudged:
+    """One automated tick judged again."""
+
+    rollout: str
+    tick: int | None
+    recorded: str  # the recorded judgement's outcome
+    now: str  # the replay's
+    differences: tuple[str, ...]  # what differs, in words (empty: the same judgement)
+
+
+@dataclass(frozen=True)
+class Replay:
+    ticks: tuple[Rejudged, ...]
+
+    @property
+    def differing(self) -> tuple[Rejudged, ...]:
+        return tuple(t for t in self.ticks if t.differences)
+
+
+def replay(
+    sealed: Iterable[Sealed], judge_for: Callable[[PolicyRef, str | None], Judge], *, strict: bool = True
+) -> Replay:
+    """Judge every automated tick of every rollout again, from its recorded observation and step. `strict`
+    (the recorded policy): the verdicts' words must match too; otherwise outcomes only."""
+    out: list[Rejudged] = []
+    evidence: dict[str, Any] = {}
+    judges: dict[str, Judge] = {}
+    step: dict[str, int] = {}
+    for item in sealed:
+        record = item.record
+        if isinstance(record, (OutcomeRecord, NoteRecord)):
+            continue
+        rollout = record.rollout
+        if record.action is Action.START and rollout not in judges:
+            judges[rollout] = judge_for(record.policy, record.judge)
+            evidence[rollout] = judges[rollout].start()
+        if rollout in judges and _automated(record) and record.observation is not None and record.judgement:
+            judge = judges[rollout]
+            evidence[rollout], judgement = judge.judge(
+                evidence[rollout], observation_from_dict(record.observation), step.get(rollout, 0)
+            )
+            out.append(_compare(record, judgement, strict))
+        if record.step is not None:
+            step[rollout] = record.step
+    return Replay(tuple(out))
+
+
+def _compare(record: DecisionRecord, judgement: Judgement, strict: bool) -> Rejudged:
+    recorded = record.judgement or {}
+    now = judgement_dict(judgement)
+    differences = []
+    if recorded.get("outcome") != now["outcome"]:
+        differences.append(f"outcome {recorded.get('outcome')} -> {now['outcome']}")
+    before = {v.get("metric"): v for v in recorded.get("verdicts", []) if isinstance(v, dict)}
+    for verdict in now["verdicts"]:
+        was = before.pop(verdict["metric"], None)
+        if was is None:
+            differences.append(f"{verdict['metric']}: not in the record")
+        elif was.get("outcome") != verdict["outcome"]:
+            differences.append(f"{verdict['metric']}: {was.get('outcome')} -> {verdict['outcome']}")
+        elif strict and was.get("summary") != verdict["summary"]:
+            differences.append(f"{verdict['metric']}: the same outcome, other figures: {verdict['summary']}")
+    differences += [f"{metric}: recorded, not judged now" for metric in before]
+    return Rejudged(record.rollout, record.tick, str(recorded.get("outcome")), now["outcome"], tuple(differences))
+
+
+def first(ticks: Iterable[Rejudged], outcome: str, *, recorded: bool) -> int | None:
+    """The first tick whose (recorded or replayed) judgement has this outcome."""
+    for t in ticks:
+        if (t.recorded if recorded else t.now) == outcome:
+            return t.tick
+    return None
+
+
+def compare_decisions(ticks: tuple[Rejudged, ...]) -> list[str]:
+    """Per rollout, in words, where the replayed policy's first failure or pass differs from the record's."""
+    lines = []
+    for rollout in dict.fromkeys(t.rollout for t in ticks):
+        mine = tuple(t for t in ticks if t.rollout == rollout)
+        for outcome, word in ((Outcome.FAIL.value, "rollback"), (Outcome.PASS.value, "first pass")):
+            was, now = first(mine, outcome, recorded=True), first(mine, outcome, recorded=False)
+            if was == now:
+                continue
+            if now is None:
+                lines.append(f"{rollout}: the {word} at tick {was} does not happen within the recorded ticks")
+            elif was is None:
+                lines.append(f"{rollout}: a {word} at tick {now}, where the record has none")
+            else:
+                shift = now - was
+                lines.append(f"{rollout}: the {word} happens at tick {now}, {abs(shift)} tick{'s' * (abs(shift) != 1)} "
+                             f"{'later' if shift > 0 else 'earlier'} than recorded ({was})")  # fmt: skip
+    return lines
