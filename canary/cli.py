@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -39,7 +40,7 @@ from canary.app import (
     simulated_rollout,
 )
 from canary.audit import read_records, verify_chain
-from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner
+from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, TickReport
 from canary.display import Progress, summary
 from canary.errors import CanaryError
 from canary.model import Phase
@@ -188,6 +189,11 @@ LockTimeout = Annotated[
     typer.Option(help="Seconds to wait for another canary command on the same audit log to finish.", min=0, max=3600),
 ]
 Seed = Annotated[int, typer.Option(help="Random seed of the simulated mesh.", min=0, max=2**32 - 1)]
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(help="Serve canary's own Prometheus metrics on this port while the rollout runs.", min=1, max=65535),
+]
+MetricsAddress = Annotated[str, typer.Option(help="Address the metrics server listens on (0.0.0.0: every one).")]
 Output = Annotated[OutputFormat, typer.Option(help="text or json.")]
 
 
@@ -237,25 +243,61 @@ def exit_code(result: RolloutResult) -> int:
     return EXIT_ERROR if result.stopped else PHASE_EXIT[result.phase]
 
 
-def _follow(runner: Runner, policy_name: str, output: OutputFormat, title: str, resume: bool, restart: bool) -> int:
+@dataclass(frozen=True)
+class Serving:
+    """Where canary's own metrics are served during a run (`--metrics-port`, `--metrics-address`)."""
+
+    port: int
+    address: str = "127.0.0.1"
+
+
+def _follow(
+    runner: Runner, policy_name: str, output: OutputFormat, title: str, resume: bool, restart: bool,
+    metrics: Serving | None = None,
+) -> int:  # fmt: skip
     """Run (or resume) a rollout to its end, showing progress (or printing the JSON outcome); the exit code.
     SIGTERM and SIGINT end the current tick cleanly and record the rollout as cancelled."""
+    observers: list[Callable[[TickReport], None]] = []
+    stop_serving: Callable[[], None] | None = None
+    if metrics is not None:
+        from canary.engine_metrics import EngineMetrics
+
+        engine = EngineMetrics(policy_name)
+        try:
+            stop_serving = engine.serve(metrics.port, metrics.address)
+        except OSError as exc:
+            raise CanaryError(f"--metrics-port {metrics.port}: cannot listen on {metrics.address}: "
+                              f"{exc.strerror or exc}") from None  # fmt: skip
+        observers.append(lambda report: engine.observe(report, report.seconds))
     restore = runner.cancel_flag.install()
     try:
         if output is OutputFormat.json:
-            result = runner.run(resume=resume, restart=restart)
+            result = runner.run(_fan_out(observers), resume=resume, restart=restart)
             typer.echo(secrets.scrub(json.dumps(result_json(result, policy_name), indent=2, default=str)))
         else:
             progress = Progress(title)
             try:
-                result = runner.run(progress.update, resume=resume, restart=restart)
+                result = runner.run(_fan_out([progress.update, *observers]), resume=resume, restart=restart)
             except BaseException:
                 progress.stop()
                 raise
             progress.finish(result)
     finally:
         restore()
+        if stop_serving is not None:
+            stop_serving()
     return exit_code(result)
+
+
+def _fan_out(observers: list[Callable[[TickReport], None]]) -> Callable[[TickReport], None] | None:
+    if not observers:
+        return None
+
+    def each(report: TickReport) -> None:
+        for observe in observers:
+            observe(report)
+
+    return each
 
 
 def _run_simulated(
@@ -269,6 +311,7 @@ def _run_simulated(
     resume: bool = False,
     restart: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    metrics: Serving | None = None,
 ) -> int:
     """`weights` is where they live: (manifest, kubeconfig, context)."""
     policy = load_policy(policy_file)
@@ -278,7 +321,7 @@ def _run_simulated(
         policy, scenario, seed=seed, audit=open_audit(policy, audit), router=router,
         start=_simulated_start(router, policy) if resume else None, lock_timeout_s=lock_timeout,
     )  # fmt: skip
-    return _follow(rollout.runner, policy.name, output, title, resume, restart)
+    return _follow(rollout.runner, policy.name, output, title, resume, restart, metrics)
 
 
 def _simulated_start(router: Router, policy: Policy) -> float | None:
@@ -331,10 +374,13 @@ def run(
         bool, typer.Option(help="Abandon the open rollout the route's state holds (recorded) and start a new one.")
     ] = False,
     lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
+    metrics_port: MetricsPort = None,
+    metrics_address: MetricsAddress = "127.0.0.1",
     *,
     prometheus: PrometheusOptions,
 ) -> None:
     """Run a rollout to its end (blocking): 0 promoted, 1 rolled back, 2 error, 3 inconclusive, 4 cancelled."""
+    metrics = Serving(metrics_port, metrics_address) if metrics_port is not None else None
     try:
         url = prometheus.url
         if simulate is not None and url == os.environ.get("CANARY_PROMETHEUS_URL"):
@@ -349,14 +395,18 @@ def run(
         weights = (manifest, kubeconfig, context)
         if url:
             settings = PrometheusOptions({**prometheus.values, "url": url}).settings()
-            raise typer.Exit(_run_prometheus(policy, settings, audit, output, weights, resume, restart, lock_timeout))
+            raise typer.Exit(
+                _run_prometheus(policy, settings, audit, output, weights, resume, restart, lock_timeout, metrics)
+            )
         if simulate is None:
             raise CanaryError(
                 "choose a metrics source: --prometheus-url URL, or --simulate SCENARIO (the embedded simulated mesh)"
             )
         title = f"canary run {policy} on the simulated mesh ({simulate})"
         raise typer.Exit(
-            _run_simulated(policy, simulate, seed, audit, output, title, weights, resume, restart, lock_timeout)
+            _run_simulated(
+                policy, simulate, seed, audit, output, title, weights, resume, restart, lock_timeout, metrics
+            )
         )
     except CanaryError as exc:
         raise _fail(str(exc)) from None
@@ -371,6 +421,7 @@ def _run_prometheus(
     resume: bool,
     restart: bool,
     lock_timeout: float,
+    metrics: Serving | None = None,
 ) -> int:
     """`weights` is where they live: (manifest, kubeconfig, context)."""
     policy = load_policy(policy_file)
@@ -382,7 +433,7 @@ def _run_prometheus(
     where = "weights in " + (manifest or (kubeconfig and f"the cluster of {kubeconfig}") or "memory")
     title = f"canary run {policy_file} on Prometheus at {settings.safe_url} ({where})"
     try:
-        return _follow(rollout.runner, policy.name, output, title, resume, restart)
+        return _follow(rollout.runner, policy.name, output, title, resume, restart, metrics)
     finally:
         rollout.source.close()
 

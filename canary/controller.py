@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class TickReport:
     decision: Decision
     judgement: Judgement | None
     step_index: int
+    seconds: float | None = None  # how long the tick took (query, judge, record, write), when timed
 
 
 @dataclass(frozen=True)
@@ -409,10 +411,11 @@ class Runner:
                     if on_tick:
                         on_tick(cancelled)
                     return self._result(self.state, stopped=cancelled.decision.phase is not Phase.CANCELLED)
+                began = time.monotonic()
                 ticked = self.tick()
                 if isinstance(ticked, RolloutResult):
                     return ticked
-                report = ticked
+                report = dataclasses.replace(ticked, seconds=time.monotonic() - began)
                 if on_tick:
                     on_tick(report)
         except CanaryError:

@@ -1,0 +1,91 @@
+"""canary's own Prometheus metrics (`canary run --metrics-port`): filled from every tick of a real simulated
+rollout, served over HTTP on 127.0.0.1 and read back with prometheus_client's own text parser."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from canary.app import simulated_rollout
+from canary.audit import MemoryAudit
+from canary.cli import app
+from canary.controller import TickReport
+from canary.engine_metrics import EngineMetrics
+from canary.policy import load_policy
+from canary.scenario import builtin_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = ROOT / "policies" / "web-app.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_a_promoted_rollout_leaves_weight_phase_decisions_checks_and_tick_times_in_the_metrics() -> None:
+    policy = load_policy(str(POLICY))
+    engine = EngineMetrics(policy.name)
+    reports: list[TickReport] = []
+
+    def observe(report: TickReport) -> None:
+        reports.append(report)
+        engine.observe(report, report.seconds)
+
+    result = simulated_rollout(policy, builtin_scenario("healthy"), seed=1, audit=MemoryAudit()).runner.run(observe)
+    port = free_port()
+    stop = engine.serve(port)
+    try:
+        got = scrape(port)
+    finally:
+        stop()
+    p = (("policy", "web-app"),)
+    assert got[("canary_weight", p)] == 100 and got[("canary_step", p)] == 2
+    assert got[("canary_phase", (("phase", "promoted"), *p))] == 1
+    assert got[("canary_phase", (("phase", "progressing"), *p))] == 0
+    decisions = {dict(labels)["action"]: v for (name, labels), v in got.items() if name == "canary_decisions_total"}
+    assert decisions == {"start": 1, "hold": len(reports) - 3, "advance": 1, "promote": 1}
+    assert got[("canary_tick_duration_seconds_count", p)] == result.ticks  # every tick but the start is timed
+    for check in ("error-rate", "latency p50", "latency p95", "latency p99"):
+        labels = (("check", check), *p)
+        assert got[("canary_check_excess_upper", labels)] < 0, f"{check} shown within tolerance"
+        assert got[("canary_check_excess_lower", labels)] <= got[("canary_check_excess", labels)]
+        assert got[("canary_check_e_value", labels)] < 1
+    assert not any(name == "canary_errors_total" for name, _ in got)
+
+
+def test_run_serves_metrics_and_frees_the_port_when_it_ends(tmp_path: Path) -> None:
+    port = free_port()
+    result = CliRunner().invoke(app, ["run", str(POLICY), "--simulate", "healthy", "--audit", str(tmp_path / "a.jsonl"),
+                                      "--metrics-port", str(port), "--output", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # the server is gone with the run
+
+
+def test_a_port_in_use_is_one_line_and_nothing_moves(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        audit = tmp_path / "a.jsonl"
+        result = CliRunner().invoke(app, ["run", str(POLICY), "--simulate", "healthy", "--audit", str(audit),
+                                          "--metrics-port", str(port)])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.startswith(f"canary: --metrics-port {port}: cannot listen on 127.0.0.1")
+    assert len(result.output.splitlines()) == 1 and not audit.exists()
