@@ -743,6 +743,32 @@ def plan(
 
 
 @app.command()
+def dashboard(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    window: Annotated[str, typer.Option(help="Rate window of the panels' queries, e.g. 1m or 5m.")] = "1m",
+    reporter: Annotated[str, typer.Option(help="Istio reporter to count.")] = "destination",
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """A Grafana dashboard (JSON) for the policy's rollout: v1 against v2 (request rate, error rate, latency,
+    dependencies by source_app) and canary's own metrics (weight, phase, checks, decisions)."""
+    from canary.dashboard import dashboard as build
+
+    try:
+        text = json.dumps(build(load_policy(policy), reporter=reporter, window=window), indent=2) + "\n"
+    except ValueError as exc:  # the window or the reporter
+        raise _fail(f"--{'window' if 'window' in str(exc) else 'reporter'}: {exc}") from None
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
+
+
+@app.command()
 def validate(policy: Annotated[str, typer.Argument(help="Policy file to check.")]) -> None:
     """Check a policy, and that its judge can judge every metric; one line naming file, field and line on
     the first mistake."""

@@ -24,8 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from canary.controller import TickReport
 from canary.model import Action, Outcome, Phase
-
-PREFIX = "canary"
+from canary.promql import ENGINE_PREFIX as PREFIX
 
 
 class EngineMetrics:

@@ -23,6 +23,7 @@ from decimal import Decimal
 import promql_parser
 
 REQUESTS_TOTAL = "istio_requests_total"
+ENGINE_PREFIX = "canary"  # canary's own metrics (canary/engine_metrics.py): canary_weight, canary_phase, ...
 DURATION_BUCKET = "istio_request_duration_milliseconds_bucket"
 
 DEFAULT_REPORTER = "destination"  # the server-side proxy: each request counted once
@@ -353,6 +354,11 @@ def incoming_dependencies(scope: Scope, window: str = "1m") -> str:
     """Who calls the target, per calling workload and version called."""
     by = f"source_workload, source_workload_namespace, {VERSION_LABEL}"
     return f"sum by ({by}) (rate({REQUESTS_TOTAL}{{{selector(scope)}}}[{window}]))"
+
+
+def dependencies_by_app(scope: Scope, window: str = "1m") -> str:
+    """Who calls the target, per calling app (the seed's service graph query) and version called."""
+    return f"sum by (source_app, {VERSION_LABEL}) (rate({REQUESTS_TOTAL}{{{selector(scope)}}}[{window}]))"
 
 
 def outgoing_dependencies(scope: Scope, window: str = "1m") -> str:

@@ -49,7 +49,7 @@ def test_rules_for_the_example_policy_pass_promtool_check(policy: Policy, tmp_pa
     (tmp_path / "rules.yml").write_text(alert_rules(policy))
     run = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert "SUCCESS: 4 rules found" in run.stdout
+    assert "SUCCESS: 7 rules found" in run.stdout  # 4 on the versions, 3 on canary's own metrics
 
 
 @pytest.mark.prometheus
@@ -72,7 +72,7 @@ def test_rules_with_custom_metrics_and_hostile_names_pass_promtool_check(tmp_pat
     (tmp_path / "rules.yml").write_text(alert_rules(policy))
     run = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert "SUCCESS: 5 rules found" in run.stdout
+    assert "SUCCESS: 8 rules found" in run.stdout
     rules = rules_of((tmp_path / "rules.yml").read_text())
     assert rules[1]["labels"]["severity"] == "critical" and rules[1]["for"] == "90s"  # type: ignore[index]
 
@@ -190,6 +190,46 @@ def test_no_alert_for_a_canary_within_tolerance(policy: Policy, tmp_path: Path):
             }
         ],
     }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    run = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.prometheus
+@needs_promtool
+def test_the_engine_rules_fire_for_a_rollback_and_a_rollout_stuck_in_a_step(policy: Policy, tmp_path: Path):
+    """canary's own series as `canary run --metrics-port` serves them: a rollback counted at minute 10; a
+    rollout in progress whose step never changes fires after half its 60 min deadline, not before."""
+    text = alert_rules(policy)
+    (tmp_path / "rules.yml").write_text(text)
+    notes = {r["alert"]: r["annotations"] for r in yaml.safe_load(text)["groups"][1]["rules"]}
+    of = 'policy="web-app"'
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'canary_decisions_total{{{of},action="rollback"}}', "values": "0x9 1x30"},
+                    {"series": f'canary_phase{{{of},phase="progressing"}}', "values": "1x60"},
+                    {"series": f"canary_step{{{of}}}", "values": "0x60"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "12m", "alertname": "CanaryRolledBack",
+                     "exp_alerts": [{"exp_labels": {"canary_policy": "web-app", "severity": "critical",
+                                                    "policy": "web-app", "action": "rollback"},
+                                     "exp_annotations": notes["CanaryRolledBack"]}]},
+                    {"eval_time": "25m", "alertname": "CanaryRolloutStuck", "exp_alerts": []},
+                    {"eval_time": "40m", "alertname": "CanaryRolloutStuck",
+                     "exp_alerts": [{"exp_labels": {"canary_policy": "web-app", "severity": "warning",
+                                                    "policy": "web-app", "phase": "progressing"},
+                                     "exp_annotations": notes["CanaryRolloutStuck"]}]},
+                    {"eval_time": "40m", "alertname": "CanaryErrors", "exp_alerts": []},
+                ],
+            }
+        ],
+    }  # fmt: skip
     (tmp_path / "test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
     run = promtool("test", "rules", "test.yml", cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
