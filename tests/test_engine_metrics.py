@@ -3,10 +3,15 @@ rollout, served over HTTP on 127.0.0.1 and read back with prometheus_client's ow
 
 from __future__ import annotations
 
+import json
 import socket
+import sys
+import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -20,6 +25,9 @@ from canary.scenario import builtin_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "policies" / "web-app.yaml"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from prometheus_server import PROMETHEUS, PrometheusServer  # noqa: E402
 
 
 def free_port() -> int:
@@ -89,3 +97,34 @@ def test_a_port_in_use_is_one_line_and_nothing_moves(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.output.startswith(f"canary: --metrics-port {port}: cannot listen on 127.0.0.1")
     assert len(result.output.splitlines()) == 1 and not audit.exists()
+
+
+@pytest.mark.prometheus
+def test_a_real_prometheus_scrapes_canarys_metrics() -> None:
+    """Debian's prometheus on 127.0.0.1 scrapes the metrics server every second; its API then holds the
+    rollout's weight, phase and checks as canary served them."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus not installed (make prometheus)")
+    policy = load_policy(str(POLICY))
+    engine = EngineMetrics(policy.name)
+    simulated_rollout(policy, builtin_scenario("latency-regression"), seed=1, audit=MemoryAudit()).runner.run(
+        lambda report: engine.observe(report, report.seconds)
+    )
+    port = free_port()
+    stop = engine.serve(port)
+    try:
+        with PrometheusServer(scrape_targets=[f"127.0.0.1:{port}"]) as prometheus:
+            deadline = time.monotonic() + 30
+            found: dict[str, float] = {}
+            while time.monotonic() < deadline and len(found) < 3:
+                for query in ('canary_weight{policy="web-app"}', 'canary_phase{phase="rolled-back"}',
+                              'canary_check_excess_lower{check="latency p50"}'):  # fmt: skip
+                    answer = json.loads(prometheus._get(f"/api/v1/query?query={urllib.parse.quote(query)}"))
+                    if answer["data"]["result"]:
+                        found[query] = float(answer["data"]["result"][0]["value"][1])
+                time.sleep(0.5)
+    finally:
+        stop()
+    assert found['canary_weight{policy="web-app"}'] == 0  # rolled back: all traffic on the baseline
+    assert found['canary_phase{phase="rolled-back"}'] == 1
+    assert found['canary_check_excess_lower{check="latency p50"}'] > 0  # shown worse than tolerated
