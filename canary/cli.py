@@ -44,6 +44,8 @@ from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, Tic
 from canary.display import Progress, summary
 from canary.errors import CanaryError
 from canary.model import Phase
+from canary.notices import Notice, event_of
+from canary.notifier import Failure, Notifier
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
 from canary.promql import Scope, operator_queries
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
@@ -243,6 +245,9 @@ def exit_code(result: RolloutResult) -> int:
     return EXIT_ERROR if result.stopped else PHASE_EXIT[result.phase]
 
 
+NOTIFY_FLUSH_S = 10.0  # how long a run that ended waits for its last notifications
+
+
 @dataclass(frozen=True)
 class Serving:
     """Where canary's own metrics are served during a run (`--metrics-port`, `--metrics-address`)."""
@@ -258,6 +263,7 @@ def _follow(
     """Run (or resume) a rollout to its end, showing progress (or printing the JSON outcome); the exit code.
     SIGTERM and SIGINT end the current tick cleanly and record the rollout as cancelled."""
     observers: list[Callable[[TickReport], None]] = []
+    notifier = _notifier(runner, observers)  # its URLs are read (or refused) before anything else starts
     stop_serving: Callable[[], None] | None = None
     if metrics is not None:
         from canary.engine_metrics import EngineMetrics
@@ -272,7 +278,7 @@ def _follow(
     restore = runner.cancel_flag.install()
     try:
         if output is OutputFormat.json:
-            result = runner.run(_fan_out(observers), resume=resume, restart=restart)
+            result = _closed(runner, notifier, runner.run(_fan_out(observers), resume=resume, restart=restart))
             typer.echo(secrets.scrub(json.dumps(result_json(result, policy_name), indent=2, default=str)))
         else:
             progress = Progress(title)
@@ -281,12 +287,54 @@ def _follow(
             except BaseException:
                 progress.stop()
                 raise
-            progress.finish(result)
+            progress.finish(_closed(runner, notifier, result))
     finally:
         restore()
         if stop_serving is not None:
             stop_serving()
+        if notifier is not None:
+            notifier.close(flush_s=0)  # a run that raised: nothing more is waited for
     return exit_code(result)
+
+
+def _notifier(runner: Runner, observers: list[Callable[[TickReport], None]]) -> Notifier | None:
+    """The policy's webhooks told of each event; a failed delivery becomes a note in the log at the next
+    tick, never a change to the rollout."""
+    if not runner.policy.notifications:
+        return None
+    notifier = Notifier(runner.policy.notifications)
+
+    def tell(report: TickReport) -> None:
+        event = event_of(report.decision)
+        if event is not None and runner.state is not None:
+            target = runner.policy.target
+            notifier.notify(Notice(event, runner.policy.name, runner.state.rollout, report.now, report.decision,
+                                   report.step_index, target.host))  # fmt: skip
+        _record_failures(runner, notifier.take_failures())
+
+    observers.append(tell)
+    return notifier
+
+
+def _closed(runner: Runner, notifier: Notifier | None, result: RolloutResult) -> RolloutResult:
+    """The run's result once its notifications were sent (waiting a bounded time), failures recorded."""
+    if notifier is None:
+        return result
+    head = _record_failures(runner, notifier.close(flush_s=NOTIFY_FLUSH_S))
+    return dataclasses.replace(result, audit_head=head) if head else result
+
+
+def _record_failures(runner: Runner, failures: list[Failure]) -> str | None:
+    """One note per failed delivery; the log's head after them (None: nothing to record)."""
+    if not failures:
+        return None
+    sealed = None
+    rollout = runner.state.rollout if runner.state is not None else None
+    with runner.audit.locked(runner.lock_timeout_s):
+        for failure in failures:
+            note = f"notification {failure.target!r} of {failure.event} not delivered: {failure.reason}"
+            sealed = runner.audit.append(NoteRecord(runner.clock.now(), note, "canary-notifier", rollout))
+    return sealed.hash if sealed is not None else None
 
 
 def _fan_out(observers: list[Callable[[TickReport], None]]) -> Callable[[TickReport], None] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -129,6 +130,26 @@ class Analysis:
     flagger: FlaggerSettings = field(default_factory=FlaggerSettings)
 
 
+NOTIFY_EVENTS = ("start", "step", "promoted", "rolled-back", "inconclusive", "cancelled", "aborted")
+NOTIFY_FORMATS = ("json", "slack", "teams")
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A webhook told of a rollout's events. A URL that carries a token comes from a file or an environment
+    variable (read when the rollout starts, never printed), else it may stand in the policy."""
+
+    name: str
+    format: str = "json"  # json (canary's own), slack (incoming webhook), teams (MessageCard)
+    url: str | None = None
+    url_file: str | None = None
+    url_env: str | None = None
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    timeout_s: float = 5.0
+    retries: int = 3
+    backoff_s: float = 1.0  # the wait before the first retry, doubling after each
+
+
 @dataclass(frozen=True)
 class Policy:
     name: str
@@ -142,6 +163,7 @@ class Policy:
     analysis: Analysis = field(default_factory=Analysis)
     audit_path: str | None = None
     source_path: str = "<memory>"
+    notifications: tuple[Notification, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -221,6 +243,7 @@ _NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
     "host": (re.compile(r"(?=.{1,253}$)(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"),
              "a host name (a DNS-1123 subdomain such as web-app.default.svc.cluster.local)"),
     "route": (re.compile(r"[A-Za-z0-9._:-]{1,253}"), "a route name of letters, digits, '.', '_', ':' and '-'"),
+    "env": (re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}"), "an environment variable name (letters, digits and '_')"),
 }  # fmt: skip
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MIN_INTERVAL_S, MAX_INTERVAL_S, MAX_DURATION_S = 0.1, 86_400.0, 30 * 86_400.0
@@ -372,7 +395,7 @@ class _Reader:
             self.required(top, "", "spec"),
             "spec",
             {"target", "steps", "interval", "minRequests", "maxDuration", "onDeadline", "analysis", "metrics",
-             "audit"},
+             "audit", "notifications"},
         )  # fmt: skip
         steps = self.steps(spec.get("steps", [10, 50, 100]))
         interval = self.duration(spec, "spec", "interval", 60, MIN_INTERVAL_S, MAX_INTERVAL_S)
@@ -394,7 +417,48 @@ class _Reader:
             analysis=self.analysis(spec.get("analysis", {})),
             audit_path=audit,
             source_path=self.source,
+            notifications=self.notifications(spec.get("notifications", [])),
         )
+
+    def relative(self, path: str) -> str:
+        """A file the policy names, relative to the policy file's folder (as Prometheus reads its config)."""
+        if os.path.isabs(path) or self.source.startswith("<"):
+            return path
+        return os.path.join(os.path.dirname(self.source), path)
+
+    def notifications(self, value: object) -> tuple[Notification, ...]:
+        path = "spec.notifications"
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list, got {describe(value)}")
+        out: list[Notification] = []
+        for i, item in enumerate(value):
+            at = f"{path}[{i}]"
+            data = self.mapping(item, at, {"name", "format", "url", "urlFile", "urlEnv", "events", "timeout",
+                                           "retries", "backoff"})  # fmt: skip
+            name = self.name(data, at, "name", "label")
+            if name in {n.name for n in out}:
+                raise self.fail(join(at, "name"), f"duplicate notification name {name!r}")
+            given = [k for k in ("url", "urlFile", "urlEnv") if k in data]
+            if len(given) != 1:
+                raise self.fail(at, "needs exactly one of url, urlFile, urlEnv (a URL with a token: urlFile or urlEnv)")
+            url = self.string(data, at, "url") if "url" in data else None
+            if url is not None and not re.fullmatch(r"https?://[^\s]+", url):
+                raise self.fail(join(at, "url"), "must be an http:// or https:// URL")
+            events = data.get("events", list(NOTIFY_EVENTS))
+            if not isinstance(events, list) or not events or any(e not in NOTIFY_EVENTS for e in events):
+                raise self.fail(join(at, "events"), f"must be a list of: {', '.join(NOTIFY_EVENTS)}")
+            out.append(Notification(
+                name=name,
+                format=self.choice(data, at, "format", "json", NOTIFY_FORMATS),
+                url=url,
+                url_file=self.relative(self.string(data, at, "urlFile")) if "urlFile" in data else None,
+                url_env=self.name(data, at, "urlEnv", "env") if "urlEnv" in data else None,
+                events=tuple(dict.fromkeys(events)),
+                timeout_s=self.duration(data, at, "timeout", 5, 0.1, 60),
+                retries=self.integer(data, at, "retries", 3, 0, 10),
+                backoff_s=self.duration(data, at, "backoff", 1, 0.01, 60),
+            ))  # fmt: skip
+        return tuple(out)
 
     def target(self, value: object) -> Target:
         path = "spec.target"

@@ -68,7 +68,7 @@ class RolloutState:
 
 def policy_digest(policy: Policy) -> str:
     """A short digest of what the policy decides with (not where it was read from)."""
-    data = to_data(dataclasses.replace(policy, source_path="", audit_path=None))
+    data = to_data(dataclasses.replace(policy, source_path="", audit_path=None, notifications=()))
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
