@@ -182,7 +182,7 @@ BAD_POLICIES = [
         "  target:\n",
         "  targt:\n",
         "web-app.yaml:6: spec.targt: unknown field (expected one of: analysis, audit, interval, maxDuration, "
-        "metrics, minRequests, onDeadline, steps, target)",
+        "metrics, minRequests, notifications, onDeadline, steps, target)",
         id="spec-field-typo",
     ),
     pytest.param(

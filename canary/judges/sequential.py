@@ -502,13 +502,14 @@ class _QuantileCheck(_Check):
     ) -> None:
         st.baseline, st.canary = _add(st.baseline, base), _add(st.canary, can)
         st.step_requests = (st.step_requests[0] + base.total, st.step_requests[1] + can.total)
+        # Every interval joins a block, those before the quantile is placed too: each block locates the
+        # baseline's quantile in its own counts, so placing t (for the scale and the pods) costs no data.
+        st.block_baseline, st.block_canary = _add(st.block_baseline, base), _add(st.block_canary, can)
         if st.seq is None and not st.undecidable:
             self._locate(st, st.baseline)
-            return  # the data that placed the quantile does not also test it
         if st.seq is None or st.baseline_quantile_ms is None:
             return
         t = st.baseline_quantile_ms
-        st.block_baseline, st.block_canary = _add(st.block_baseline, base), _add(st.block_canary, can)
         block = st.block + 1
         for pod, sample in window.baseline.items():
             if isinstance(sample, Histogram) and sample.total > 0:
