@@ -221,3 +221,36 @@ def compare_decisions(ticks: tuple[Rejudged, ...]) -> list[str]:
                 lines.append(f"{rollout}: the {word} happens at tick {now}, {abs(shift)} tick{'s' * (abs(shift) != 1)} "
                              f"{'later' if shift > 0 else 'earlier'} than recorded ({was})")  # fmt: skip
     return lines
+
+
+def latest_decision(sealed: Iterable[Sealed], rollout: str) -> DecisionRecord | None:
+    """The rollout's last judged decision in the log (what `canary status` explains)."""
+    last = None
+    for item in sealed:
+        record = item.record
+        if isinstance(record, DecisionRecord) and record.rollout == rollout and record.judgement:
+            last = record
+    return last
+
+
+def minutes_to_decision(figures: dict[str, Any], step_minutes: float, rollout_minutes: float) -> float | None:
+    """About how long until a check decides at the current traffic, if its estimate holds: a bound shrinks
+    about as 1 / sqrt(requests), so the requests needed grow as (half-width / distance)². The fail sequence
+    spans the rollout, the pass sequence the step. None when there is no estimate to extrapolate."""
+    est, fail, _ = _effect(figures)
+    passing = figures.get("step_difference_cs") or figures.get("step_excess_cs")
+    if not isinstance(est, float) or fail[0] is None or not passing:
+        return None
+    margin = float(figures.get("max_increase", 0.0)) if "difference" in figures else 0.0
+    excess, lower, upper = est - margin, float(fail[0]) - margin, float(passing[1]) - margin
+    if excess > 0 and lower < 0 < rollout_minutes:
+        factor, spent = ((excess - lower) / excess) ** 2, rollout_minutes
+    elif excess < 0 < upper and step_minutes > 0:
+        factor, spent = ((upper - excess) / -excess) ** 2, step_minutes
+    else:
+        return None
+    return max(factor - 1.0, 0.0) * spent if all(map(_finite, (factor, spent))) else None
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")

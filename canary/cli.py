@@ -54,6 +54,7 @@ from canary.routers import Router
 from canary.scenario import BUILTIN_SCENARIOS, builtin_scenario, resolve_scenario
 from canary.sources.prometheus import PrometheusSettings
 from canary.sources.simulated import SimulatedMesh
+from canary.state import RolloutState
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_CANCELLED = 0, 1, 2, 3, 4
 PHASE_EXIT = {
@@ -705,15 +706,19 @@ def status(
     manifest: StoredManifest = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
+    audit: AuditFile = None,
     output: Output = OutputFormat.text,
 ) -> None:
-    """Print the route's weights and the rollout state beside them."""
+    """Print the route's weights and the rollout state beside them: phase, step, time in it, and each check's
+    latest evidence from the audit log, with about how long it needs to decide at the current traffic."""
     try:
         loaded = load_policy(policy)
         read = _stored_router(loaded, manifest, kubeconfig, context).read(loaded.target)
+        state = read.state
+        checks, judged_at = _check_outlook(loaded, audit, state) if state is not None else ([], None)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
-    target, weights, state = loaded.target, read.weights, read.state
+    target, weights = loaded.target, read.weights
     if output is OutputFormat.json:
         doc: dict[str, Any] = {
             "target": f"{target.namespace}/{target.virtual_service}",
@@ -728,6 +733,8 @@ def status(
                 "last": {"time": iso(state.last.time), "action": state.last.action.value,
                          "reason": state.last.reason, "actor": state.last.actor},
                 "audit_head": state.audit_head,
+                "minutes_in_step": ((judged_at or state.last.time) - state.step_started_at) / 60,
+                "checks": checks,
             }  # fmt: skip
         if read.state_error:
             doc["state_error"] = read.state_error
@@ -743,9 +750,38 @@ def status(
             f"({state.weight}%), tick {state.tick}; last: {state.last.action.value} by {safe(state.last.actor)} "
             f"at {iso(state.last.time)}: {safe(state.last.reason)}"
         )
-        typer.echo(f"audit head {state.audit_head}")
+        typer.echo(
+            f"{(state.last.time - state.step_started_at) / 60:.0f} min in this step; audit head {state.audit_head}"
+        )
+        for check in checks:
+            soon = check["next_decision_min"]
+            when = f" (a decision in about {soon:.0f} min at the current traffic)" if soon is not None else ""
+            typer.echo(f"  {safe(check['outcome']):>8}  {safe(check['summary'])}{when}")
     if read.state_error:
         typer.echo(f"rollout state unreadable: {safe(read.state_error)}")
+
+
+def _check_outlook(policy: Policy, audit: str | None, state: RolloutState) -> tuple[list[dict[str, Any]], float | None]:
+    """Each check's latest verdict for the route's rollout, from the log (empty when the log has none), and
+    when it was judged."""
+    from canary.auditing import latest_decision, minutes_to_decision
+
+    path = audit_path_for(policy, audit)
+    if not Path(path).exists():
+        return [], None
+    record = latest_decision(read_records(path), state.rollout)
+    if record is None or not record.judgement:
+        return [], None
+    step_min, rollout_min = (record.time - state.step_started_at) / 60, (record.time - state.started_at) / 60
+    out = []
+    for verdict in record.judgement.get("verdicts", []):
+        if isinstance(verdict, dict):
+            figures = verdict.get("figures") or {}
+            pending = verdict.get("outcome") == "continue"
+            soon = minutes_to_decision(figures, step_min, rollout_min) if pending else None
+            out.append({"check": verdict.get("metric"), "outcome": verdict.get("outcome"),
+                        "summary": verdict.get("summary"), "next_decision_min": soon})  # fmt: skip
+    return out, record.time
 
 
 @app.command()

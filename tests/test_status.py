@@ -1,0 +1,60 @@
+"""`canary status`: the route's rollout with each check's latest evidence from the log and about how long it
+needs to decide at the current traffic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from canary.app import simulated_rollout
+from canary.audit import AuditLog
+from canary.cli import app
+from canary.policy import load_policy
+from canary.routers.manifest import ManifestRouter
+from canary.scenario import builtin_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = ROOT / "policies" / "web-app.yaml"
+VS = ROOT / "fixtures" / "istio" / "web-app-virtualservice.yaml"
+DR = ROOT / "fixtures" / "istio" / "web-app-destinationrule.yaml"
+
+
+def test_an_open_rollout_shows_each_checks_evidence_and_the_time_to_its_decision(tmp_path: Path) -> None:
+    manifest, audit = tmp_path / "web-app.yaml", tmp_path / "audit.jsonl"
+    manifest.write_text(DR.read_text() + "---\n" + VS.read_text())
+    policy = load_policy(str(POLICY))
+    runner = simulated_rollout(policy, builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
+                               router=ManifestRouter(manifest)).runner  # fmt: skip
+    runner.open()
+    for _ in range(2):  # two minutes in: some checks are still collecting
+        runner.clock.wait(policy.interval_s, runner.cancel_flag.event)
+        runner.tick()
+    args = ["status", str(POLICY), "--manifest", str(manifest), "--audit", str(audit)]
+    text = CliRunner().invoke(app, args)
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    assert lines[1].startswith("rollout ") and ": progressing, step 1 of 3 (10%), tick 2" in lines[1]
+    assert lines[2].startswith("2 min in this step; audit head ")
+    checks = lines[3:]
+    assert [c.split()[1] for c in checks] == ["error-rate:", "latency", "latency", "latency"]
+    doc = json.loads(CliRunner().invoke(app, [*args, "--output", "json"]).stdout)
+    rollout = doc["rollout"]
+    assert rollout["phase"] == "progressing" and rollout["minutes_in_step"] == 2.0
+    pending = [c for c in rollout["checks"] if c["outcome"] == "continue"]
+    assert pending, "two minutes at 10% do not decide every check"
+    assert all(c["next_decision_min"] is None or 0 <= c["next_decision_min"] < 600 for c in pending)
+    assert any(c["next_decision_min"] for c in pending), "an estimate for a check that is on its way"
+    error_rate = next(c for c in rollout["checks"] if c["check"] == "error-rate")
+    assert any(error_rate["summary"] in line and "a decision in about" in line for line in checks) == (
+        error_rate["next_decision_min"] is not None
+    )
+
+
+def test_status_without_a_log_shows_the_state_alone(tmp_path: Path) -> None:
+    manifest = tmp_path / "web-app.yaml"
+    manifest.write_text(DR.read_text() + "---\n" + VS.read_text())
+    result = CliRunner().invoke(app, ["status", str(POLICY), "--manifest", str(manifest), "--audit",
+                                      str(tmp_path / "none.jsonl"), "--output", "json"])  # fmt: skip
+    assert result.exit_code == 0 and json.loads(result.stdout)["rollout"] is None
