@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from typer._click import exceptions as usage  # the click typer carries (typer vendors its own)
@@ -63,6 +63,7 @@ PHASE_EXIT = {
     Phase.INCONCLUSIVE: EXIT_INCONCLUSIVE,
     Phase.ABORTED: EXIT_ERROR,
     Phase.PROGRESSING: EXIT_ERROR,
+    Phase.PAUSED: EXIT_ERROR,
     Phase.CANCELLED: EXIT_CANCELLED,
 }
 
@@ -618,7 +619,7 @@ def _stored_router(policy: Policy, manifest: str | None, kubeconfig: str | None,
 
 
 def _manual(
-    command: str,
+    command: Literal["promote", "rollback", "pause", "continue"],
     policy: str,
     weights: tuple[str | None, str | None, str | None],
     audit: str | None,
@@ -633,7 +634,7 @@ def _manual(
         runner = manual_runner(
             loaded, _stored_router(loaded, *weights), open_audit(loaded, audit, who), lock_timeout_s=lock_timeout
         )
-        applied = runner.manual("promote" if command == "promote" else "rollback", actor=who, reason=reason)
+        applied = runner.manual(command, actor=who, reason=reason)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     target = loaded.target
@@ -698,6 +699,41 @@ def rollback(
     """Send all traffic back to the baseline by hand; recorded before and after the weights change. A rollout
     running on the route ends rolled back at its next tick."""
     _manual("rollback", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
+
+
+@app.command()
+def pause(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    manifest: StoredManifest = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+    audit: AuditFile = None,
+    actor: ManualActor = None,
+    reason: ManualReason = "",
+    output: Output = OutputFormat.text,
+    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
+) -> None:
+    """Pause the route's rollout: the weights stay, no step is taken and the deadline stops until `canary
+    continue`; a canary shown worse than tolerated is still rolled back. A running rollout sees it at its
+    next tick."""
+    _manual("pause", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
+
+
+@app.command("continue")
+def continue_(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    manifest: StoredManifest = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+    audit: AuditFile = None,
+    actor: ManualActor = None,
+    reason: ManualReason = "",
+    output: Output = OutputFormat.text,
+    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
+) -> None:
+    """Let a paused rollout go on (not the crash `run --resume`): the deadline moves by the time it was
+    paused."""
+    _manual("continue", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
 
 
 @app.command()

@@ -258,9 +258,11 @@ class Runner:
 
     # ------------------------------------------------------------------------------- commands
 
-    def manual(self, command: Literal["promote", "rollback"], *, actor: str, reason: str) -> Applied:
-        """A person's promote (canary to 100%) or rollback (to 0%): joins the route's chain; a rollout
-        running on the route sees it at its next tick and ends with it."""
+    def manual(
+        self, command: Literal["promote", "rollback", "pause", "continue"], *, actor: str, reason: str
+    ) -> Applied:
+        """A person's promote (canary to 100%), rollback (to 0%), pause or continue: joins the route's chain;
+        a rollout running on the route sees it at its next tick (and ends with a promote or a rollback)."""
         with self.audit.locked(self.lock_timeout_s):
             read = self._read()
             for problem in (read.state_error, self._anchored(read)):
@@ -340,7 +342,7 @@ class Runner:
         this command ends with what the route now says."""
         assert self.state is not None
         state = read.state
-        if state is not None and state.rollout == self.state.rollout and state.phase is Phase.PROGRESSING:
+        if state is not None and state.rollout == self.state.rollout and state.phase.open:
             return None
         if state is None or state.rollout != self.state.rollout:
             raise ConflictError(
@@ -378,7 +380,7 @@ class Runner:
 
     def crashed(self, exc: BaseException) -> None:
         """An unexpected error during a tick: end the rollout with a record saying so (best effort)."""
-        if self.state is None or self.state.phase is not Phase.PROGRESSING:
+        if self.state is None or not self.state.phase.open:
             return
         error = f"{type(exc).__name__}: {exc}"
         try:
@@ -401,7 +403,7 @@ class Runner:
         if on_tick:
             on_tick(report)
         try:
-            while self.state is not None and self.state.phase is Phase.PROGRESSING:
+            while self.state is not None and self.state.phase.open:
                 if report.decision.action is Action.STOP:
                     return self._result(self.state, stopped=True)
                 if self._sleep(self.policy.interval_s):

@@ -19,6 +19,7 @@ _PHASE_WORDS = {
     Phase.INCONCLUSIVE: "INCONCLUSIVE at the deadline",
     Phase.ABORTED: "ABORTED",
     Phase.PROGRESSING: "STOPPED with the rollout open",
+    Phase.PAUSED: "STOPPED with the rollout paused",
     Phase.CANCELLED: "CANCELLED",
 }
 

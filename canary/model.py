@@ -148,6 +148,7 @@ class Verdict:
 
 class Phase(enum.StrEnum):
     PROGRESSING = "progressing"
+    PAUSED = "paused"  # by a person: no step is taken until `canary continue`; a failure still rolls back
     CANCELLED = "cancelled"  # stopped by a signal, weights left as they stood: `run --resume` carries on
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled-back"
@@ -157,7 +158,12 @@ class Phase(enum.StrEnum):
     @property
     def ended(self) -> bool:
         """Over for good: `run --resume` reports the outcome and changes nothing."""
-        return self not in (Phase.PROGRESSING, Phase.CANCELLED)
+        return self not in (Phase.PROGRESSING, Phase.PAUSED, Phase.CANCELLED)
+
+    @property
+    def open(self) -> bool:
+        """A running rollout ticks on: progressing, or paused by a person."""
+        return self in (Phase.PROGRESSING, Phase.PAUSED)
 
 
 class Action(enum.StrEnum):
@@ -170,6 +176,8 @@ class Action(enum.StrEnum):
     RESUME = "resume"  # a command carried on an open rollout
     ABORT = "abort"  # the rollout ends where it stands
     STOP = "stop"  # the command stops, the route could not be written: the rollout stays open on it
+    PAUSE = "pause"  # a person paused the rollout: weights stay, steps wait
+    CONTINUE = "continue"  # a person let a paused rollout go on
 
 
 @dataclass(frozen=True)

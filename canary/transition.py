@@ -92,7 +92,7 @@ class RouterUnavailable:
 class Manual:
     now: float
     weights: Weights
-    command: Literal["promote", "rollback"]
+    command: Literal["promote", "rollback", "pause", "continue"]
     reason: str
 
 
@@ -127,7 +127,7 @@ class Transition:
     @property
     def stops(self) -> bool:
         """The command ends after this: the rollout ended, was cancelled, or cannot go on from here."""
-        return self.state.phase is not Phase.PROGRESSING or self.decision.action is Action.STOP
+        return not self.state.phase.open or self.decision.action is Action.STOP
 
 
 def transition(state: RolloutState | None, event: Event, ctx: Context) -> Transition:
@@ -138,7 +138,7 @@ def transition(state: RolloutState | None, event: Event, ctx: Context) -> Transi
             return _manual(state, event, ctx)
     if state is None:
         raise ConflictError(f"no rollout on {_route(ctx)} to {type(event).__name__.lower()}")
-    if not isinstance(event, Resume) and state.phase is not Phase.PROGRESSING:
+    if not isinstance(event, Resume) and not state.phase.open:
         raise ConflictError(f"rollout {state.rollout} on {_route(ctx)} is {state.phase.value}, not progressing")
     match event:
         case Resume():
@@ -251,8 +251,9 @@ def _resume(state: RolloutState, event: Resume, ctx: Context) -> Transition:
         )
     was = "cancelled" if state.phase is Phase.CANCELLED else "interrupted"
     reason = f"resumed at tick {state.tick} ({was}; canary at {event.weights.canary}%)"
-    new = _advance(state, ctx, event.now, Action.RESUME, reason, phase=Phase.PROGRESSING)
-    decision = Decision(Action.RESUME, state.weights, Phase.PROGRESSING, reason)
+    phase = Phase.PAUSED if state.paused_at is not None else Phase.PROGRESSING  # a pause outlives a restart
+    new = _advance(state, ctx, event.now, Action.RESUME, reason, phase=phase)
+    decision = Decision(Action.RESUME, state.weights, phase, reason)
     return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision),))
 
 
@@ -300,7 +301,39 @@ def _router_unavailable(state: RolloutState, event: RouterUnavailable, ctx: Cont
     return Transition(state, decision, (dataclasses.replace(record, weights_after=None),))
 
 
+def _pause_or_continue(state: RolloutState | None, event: Manual, ctx: Context) -> Transition:
+    """A pause holds the weights and stops the deadline and the step's clock; a failure still rolls back.
+    Continue restarts both clocks where they stood."""
+    pause = event.command == "pause"
+    wanted = Phase.PROGRESSING if pause else Phase.PAUSED
+    if state is None or state.phase is not wanted:
+        now_is = f"is {state.phase.value}" if state is not None else "has no rollout"
+        raise ConflictError(
+            f"{_route(ctx)} {now_is}: only a {wanted.value} rollout can be {'paused' if pause else 'continued'}"
+        )
+    if event.weights != state.weights:
+        return _outside_change(state, event.weights, event.now, ctx)
+    if pause:
+        reason = event.reason or "paused by hand"
+        new = dataclasses.replace(_advance(state, ctx, event.now, Action.PAUSE, reason, phase=Phase.PAUSED),
+                                  paused_at=event.now)  # fmt: skip
+        decision = Decision(Action.PAUSE, state.weights, Phase.PAUSED, f"{reason}; weights held at {state.weights}")
+    else:
+        assert state.paused_at is not None
+        paused_for = event.now - state.paused_at
+        reason = event.reason or "continued by hand"
+        new = dataclasses.replace(
+            _advance(state, ctx, event.now, Action.CONTINUE, reason, phase=Phase.PROGRESSING),
+            paused_at=None, deadline=state.deadline + paused_for, step_started_at=state.step_started_at + paused_for,
+        )  # fmt: skip
+        decision = Decision(Action.CONTINUE, state.weights, Phase.PROGRESSING,
+                            f"{reason} after {paused_for / 60:.0f} min paused; the deadline moves with it")  # fmt: skip
+    return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision, judged=False),))
+
+
 def _manual(state: RolloutState | None, event: Manual, ctx: Context) -> Transition:
+    if event.command in ("pause", "continue"):
+        return _pause_or_continue(state, event, ctx)
     promote = event.command == "promote"
     weights = Weights.canary_at(100 if promote else 0)
     phase = Phase.PROMOTED if promote else Phase.ROLLED_BACK
@@ -353,7 +386,7 @@ def _decide(
     if judgement.outcome is Outcome.FAIL:
         phase, action, weights = Phase.ROLLED_BACK, Action.ROLLBACK, Weights.canary_at(0)
         reason = judgement.summary
-    elif judgement.outcome is Outcome.PASS:
+    elif judgement.outcome is Outcome.PASS and state.phase is not Phase.PAUSED:
         step += 1
         weights = Weights.canary_at(state.steps[step])
         if state.steps[step] == 100:
@@ -361,6 +394,8 @@ def _decide(
         else:
             action = Action.ADVANCE
             reason = f"{judgement.summary} at {state.weight}%; next step {state.steps[step]}%"
+    elif state.phase is Phase.PAUSED:
+        reason = f"paused at {state.weight}%: {judgement.summary}; waiting for `canary continue`"
     elif now >= state.deadline:
         phase = Phase.INCONCLUSIVE
         if state.on_deadline == "promote":
