@@ -137,6 +137,7 @@ class Rejudged:
     recorded: str  # the recorded judgement's outcome
     now: str  # the replay's
     differences: tuple[str, ...]  # what differs, in words (empty: the same judgement)
+    other_figures: bool = False  # the same outcomes, with other figures (bounds, e-values)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ def _compare(record: DecisionRecord, judgement: Judgement, strict: bool) -> Reju
     recorded = record.judgement or {}
     now = judgement_dict(judgement)
     differences = []
+    other_figures = False
     if recorded.get("outcome") != now["outcome"]:
         differences.append(f"outcome {recorded.get('outcome')} -> {now['outcome']}")
     before = {v.get("metric"): v for v in recorded.get("verdicts", []) if isinstance(v, dict)}
@@ -189,10 +191,14 @@ def _compare(record: DecisionRecord, judgement: Judgement, strict: bool) -> Reju
             differences.append(f"{verdict['metric']}: not in the record")
         elif was.get("outcome") != verdict["outcome"]:
             differences.append(f"{verdict['metric']}: {was.get('outcome')} -> {verdict['outcome']}")
-        elif strict and was.get("summary") != verdict["summary"]:
-            differences.append(f"{verdict['metric']}: the same outcome, other figures: {verdict['summary']}")
+        elif was.get("summary") != verdict["summary"]:
+            other_figures = True
+            if strict:
+                differences.append(f"{verdict['metric']}: the same outcome, other figures: {verdict['summary']}")
     differences += [f"{metric}: recorded, not judged now" for metric in before]
-    return Rejudged(record.rollout, record.tick, str(recorded.get("outcome")), now["outcome"], tuple(differences))
+    return Rejudged(
+        record.rollout, record.tick, str(recorded.get("outcome")), now["outcome"], tuple(differences), other_figures
+    )
 
 
 def first(ticks: Iterable[Rejudged], outcome: str, *, recorded: bool) -> int | None:

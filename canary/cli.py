@@ -1046,7 +1046,8 @@ def audit_replay(
     lines = compare_decisions(result.ticks) if other is not None else []
     if output is OutputFormat.json:
         typer.echo(json.dumps({"ticks": len(result.ticks), "differing": [dataclasses.asdict(t) for t in differing],
-                               "decisions": lines, "policy": policy}))  # fmt: skip
+                               "decisions": lines, "other_figures": sum(1 for t in result.ticks if t.other_figures),
+                               "policy": policy}))  # fmt: skip
     else:
         against = f"with {policy}" if policy else "with the recorded policies"
         typer.echo(f"{file}: {len(result.ticks)} automated judgements replayed {against}: "
@@ -1055,6 +1056,9 @@ def audit_replay(
             typer.echo(f"  {safe(t.rollout)} tick {t.tick}: {'; '.join(safe(d) for d in t.differences)}")
         for line in lines:
             typer.echo(f"  {safe(line)}")
+        if other is not None and not lines:
+            bounds = sum(1 for t in result.ticks if t.other_figures)
+            typer.echo(f"  every rollback and pass at the same tick; {bounds} judgements with other bounds")
     if differing and other is None:
         raise typer.Exit(1)
 

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,27 @@ def test_the_verbs_as_a_user_runs_them(log: Path) -> None:
     missing = subprocess.run([str(canary), "audit", "list", str(log.parent / "none.jsonl")], capture_output=True,
                              text=True, timeout=60, check=False)  # fmt: skip
     assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1 and "Traceback" not in missing.stderr
+
+
+def test_the_demos_log_replays_exactly_and_another_alpha_reports_how_it_differs(tmp_path: Path) -> None:
+    """What `make demo` writes (both scenarios, into the policy's audit/web-app.jsonl) is reproduced
+    judgement by judgement; under α = 0.0001 every decision falls at the same tick with other bounds."""
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    canary = Path(sys.executable).parent / "canary"
+    for scenario, code in (("healthy", 0), ("latency-regression", 1)):
+        done = subprocess.run([str(canary), "demo", "--scenario", scenario], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+        assert done.returncode == code, done.stderr
+    log = tmp_path / "audit" / "web-app.jsonl"
+    exact = subprocess.run([str(canary), "audit", "replay", str(log), "--output", "json"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert exact.returncode == 0, exact.stderr
+    assert json.loads(exact.stdout)["differing"] == [] and json.loads(exact.stdout)["ticks"] == ticks(log)
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(POLICY.read_text().replace("alpha: 0.05 ", "alpha: 0.0001 "))
+    other = subprocess.run([str(canary), "audit", "replay", str(log), "--policy", str(strict)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    lines = other.stdout.splitlines()
+    assert lines[-1].startswith("  every rollback and pass at the same tick; ") and "with other bounds" in lines[-1]
+    assert int(lines[-1].split("; ")[1].split()[0]) > 0
