@@ -77,7 +77,8 @@ def test_status_shows_the_weights_and_the_rollout_state(manifest: Path, tmp_path
     assert doc["rollout"]["phase"] == "promoted" and doc["rollout"]["audit_head"] == made["audit_head"]
     text = runner.invoke(app, ["status", POLICY, "--manifest", str(manifest)]).stdout.splitlines()
     assert text[0] == "default/web-app: v1 0%, v2 100%"
-    assert text[1].startswith(f"rollout {made['rollout']}: promoted") and text[2].endswith(f"audit head {made['audit_head']}")
+    assert text[1].startswith(f"rollout {made['rollout']}: promoted")
+    assert text[2].endswith(f"audit head {made['audit_head']}")
 
 
 def test_verify_checks_the_log_against_the_head_the_route_holds(manifest: Path, tmp_path: Path) -> None:

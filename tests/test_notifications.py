@@ -5,8 +5,8 @@ output or record shows a URL read from a file or the environment."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import socket
 import subprocess
 import sys
