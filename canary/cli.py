@@ -64,6 +64,7 @@ PHASE_EXIT = {
     Phase.ABORTED: EXIT_ERROR,
     Phase.PROGRESSING: EXIT_ERROR,
     Phase.PAUSED: EXIT_ERROR,
+    Phase.WAITING: EXIT_ERROR,
     Phase.CANCELLED: EXIT_CANCELLED,
 }
 
@@ -619,7 +620,7 @@ def _stored_router(policy: Policy, manifest: str | None, kubeconfig: str | None,
 
 
 def _manual(
-    command: Literal["promote", "rollback", "pause", "continue"],
+    command: Literal["promote", "rollback", "pause", "continue", "approve"],
     policy: str,
     weights: tuple[str | None, str | None, str | None],
     audit: str | None,
@@ -734,6 +735,23 @@ def continue_(
     """Let a paused rollout go on (not the crash `run --resume`): the deadline moves by the time it was
     paused."""
     _manual("continue", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
+
+
+@app.command()
+def approve(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    manifest: StoredManifest = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+    audit: AuditFile = None,
+    actor: ManualActor = None,
+    reason: ManualReason = "",
+    output: Output = OutputFormat.text,
+    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
+) -> None:
+    """Approve the rollout's next step (a weight the policy's `approvals` gates): a rollout waiting for it
+    moves there at its next tick; approved ahead of time, it moves on without waiting."""
+    _manual("approve", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
 
 
 @app.command()

@@ -259,7 +259,7 @@ class Runner:
     # ------------------------------------------------------------------------------- commands
 
     def manual(
-        self, command: Literal["promote", "rollback", "pause", "continue"], *, actor: str, reason: str
+        self, command: Literal["promote", "rollback", "pause", "continue", "approve"], *, actor: str, reason: str
     ) -> Applied:
         """A person's promote (canary to 100%), rollback (to 0%), pause or continue: joins the route's chain;
         a rollout running on the route sees it at its next tick (and ends with a promote or a rollback)."""

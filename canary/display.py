@@ -20,6 +20,7 @@ _PHASE_WORDS = {
     Phase.ABORTED: "ABORTED",
     Phase.PROGRESSING: "STOPPED with the rollout open",
     Phase.PAUSED: "STOPPED with the rollout paused",
+    Phase.WAITING: "STOPPED with the rollout waiting for approval",
     Phase.CANCELLED: "CANCELLED",
 }
 

@@ -149,6 +149,7 @@ class Verdict:
 class Phase(enum.StrEnum):
     PROGRESSING = "progressing"
     PAUSED = "paused"  # by a person: no step is taken until `canary continue`; a failure still rolls back
+    WAITING = "waiting"  # a step passed; the next needs a person's `canary approve`; a failure still rolls back
     CANCELLED = "cancelled"  # stopped by a signal, weights left as they stood: `run --resume` carries on
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled-back"
@@ -158,12 +159,12 @@ class Phase(enum.StrEnum):
     @property
     def ended(self) -> bool:
         """Over for good: `run --resume` reports the outcome and changes nothing."""
-        return self not in (Phase.PROGRESSING, Phase.PAUSED, Phase.CANCELLED)
+        return self not in (Phase.PROGRESSING, Phase.PAUSED, Phase.WAITING, Phase.CANCELLED)
 
     @property
     def open(self) -> bool:
         """A running rollout ticks on: progressing, or paused by a person."""
-        return self in (Phase.PROGRESSING, Phase.PAUSED)
+        return self in (Phase.PROGRESSING, Phase.PAUSED, Phase.WAITING)
 
 
 class Action(enum.StrEnum):
@@ -178,6 +179,7 @@ class Action(enum.StrEnum):
     STOP = "stop"  # the command stops, the route could not be written: the rollout stays open on it
     PAUSE = "pause"  # a person paused the rollout: weights stay, steps wait
     CONTINUE = "continue"  # a person let a paused rollout go on
+    APPROVE = "approve"  # a person approved the next step's weight
 
 
 @dataclass(frozen=True)

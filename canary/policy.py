@@ -164,6 +164,7 @@ class Policy:
     audit_path: str | None = None
     source_path: str = "<memory>"
     notifications: tuple[Notification, ...] = ()
+    approvals: tuple[int, ...] = ()  # step weights the canary moves to only after `canary approve`
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -395,7 +396,7 @@ class _Reader:
             self.required(top, "", "spec"),
             "spec",
             {"target", "steps", "interval", "minRequests", "maxDuration", "onDeadline", "analysis", "metrics",
-             "audit", "notifications"},
+             "audit", "notifications", "approvals"},
         )  # fmt: skip
         steps = self.steps(spec.get("steps", [10, 50, 100]))
         interval = self.duration(spec, "spec", "interval", 60, MIN_INTERVAL_S, MAX_INTERVAL_S)
@@ -418,7 +419,16 @@ class _Reader:
             audit_path=audit,
             source_path=self.source,
             notifications=self.notifications(spec.get("notifications", [])),
+            approvals=self.approvals(spec.get("approvals", []), steps),
         )
+
+    def approvals(self, value: object, steps: tuple[int, ...]) -> tuple[int, ...]:
+        """Step weights that wait for a person's `canary approve` (never the first: a rollout starts there)."""
+        if not isinstance(value, list) or any(isinstance(v, bool) or v not in steps[1:] for v in value):
+            later = ", ".join(str(w) for w in steps[1:])
+            raise self.fail("spec.approvals", f"must be a list of step weights after the first ({later}), got "
+                            f"{describe(value)}")  # fmt: skip
+        return tuple(sorted(set(value)))
 
     def relative(self, path: str) -> str:
         """A file the policy names, relative to the policy file's folder (as Prometheus reads its config)."""

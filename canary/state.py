@@ -60,6 +60,7 @@ class RolloutState:
     audit_head: str  # the hash of the last audit record this write accounts for
     step_seconds: tuple[float, ...] = ()  # time spent at each step left so far
     paused_at: float | None = None  # when a person paused it (the deadline and the step's clock stop)
+    approved: tuple[int, ...] = ()  # step weights a person approved (the policy's `approvals`)
     schema: int = STATE_SCHEMA
 
     @property

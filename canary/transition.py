@@ -92,7 +92,7 @@ class RouterUnavailable:
 class Manual:
     now: float
     weights: Weights
-    command: Literal["promote", "rollback", "pause", "continue"]
+    command: Literal["promote", "rollback", "pause", "continue", "approve"]
     reason: str
 
 
@@ -331,9 +331,27 @@ def _pause_or_continue(state: RolloutState | None, event: Manual, ctx: Context) 
     return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision, judged=False),))
 
 
+def _approve(state: RolloutState | None, event: Manual, ctx: Context) -> Transition:
+    """A person approves the next step's weight; a rollout waiting for it moves there at its next tick."""
+    if state is None or not state.phase.open or state.step_index + 1 >= len(state.steps):
+        now_is = f"is {state.phase.value}" if state is not None else "has no rollout"
+        raise ConflictError(f"{_route(ctx)} {now_is}: only an open rollout with a step ahead can be approved")
+    if event.weights != state.weights:
+        return _outside_change(state, event.weights, event.now, ctx)
+    weight = state.steps[state.step_index + 1]
+    reason = event.reason or "approved by hand"
+    phase = Phase.PROGRESSING if state.phase is Phase.WAITING else state.phase
+    new = dataclasses.replace(_advance(state, ctx, event.now, Action.APPROVE, reason, phase=phase),
+                              approved=tuple(sorted({*state.approved, weight})))  # fmt: skip
+    decision = Decision(Action.APPROVE, state.weights, phase, f"{reason}: the canary may go to {weight}%")
+    return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision, judged=False),))
+
+
 def _manual(state: RolloutState | None, event: Manual, ctx: Context) -> Transition:
     if event.command in ("pause", "continue"):
         return _pause_or_continue(state, event, ctx)
+    if event.command == "approve":
+        return _approve(state, event, ctx)
     promote = event.command == "promote"
     weights = Weights.canary_at(100 if promote else 0)
     phase = Phase.PROMOTED if promote else Phase.ROLLED_BACK
@@ -386,7 +404,18 @@ def _decide(
     if judgement.outcome is Outcome.FAIL:
         phase, action, weights = Phase.ROLLED_BACK, Action.ROLLBACK, Weights.canary_at(0)
         reason = judgement.summary
+    elif (
+        judgement.outcome is Outcome.PASS
+        and state.phase is not Phase.PAUSED
+        and state.steps[step + 1] in ctx.policy.approvals
+        and state.steps[step + 1] not in state.approved
+        and now < state.deadline
+    ):
+        phase = Phase.WAITING
+        reason = (f"{judgement.summary} at {state.weight}%; waiting for approval to go to {state.steps[step + 1]}% "
+                  "(`canary approve`)")  # fmt: skip
     elif judgement.outcome is Outcome.PASS and state.phase is not Phase.PAUSED:
+        phase = Phase.PROGRESSING
         step += 1
         weights = Weights.canary_at(state.steps[step])
         if state.steps[step] == 100:

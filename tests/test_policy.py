@@ -181,8 +181,8 @@ BAD_POLICIES = [
     pytest.param(
         "  target:\n",
         "  targt:\n",
-        "web-app.yaml:6: spec.targt: unknown field (expected one of: analysis, audit, interval, maxDuration, "
-        "metrics, minRequests, notifications, onDeadline, steps, target)",
+        "web-app.yaml:6: spec.targt: unknown field (expected one of: analysis, approvals, audit, interval, "
+        "maxDuration, metrics, minRequests, notifications, onDeadline, steps, target)",
         id="spec-field-typo",
     ),
     pytest.param(

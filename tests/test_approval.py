@@ -1,0 +1,104 @@
+"""A gated rollout against the test Kubernetes API server: the policy's `approvals` make the canary wait at
+a passed step until a person runs `canary approve`; a failure still rolls it back; approving ahead of time
+lets it go on without waiting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kube_api_server import KubeApiServer
+from typer.testing import CliRunner
+
+from canary.app import router_for, simulated_rollout
+from canary.audit import AuditLog, read_records
+from canary.cli import app
+from canary.controller import Runner
+from canary.errors import PolicyError
+from canary.model import Action, Phase
+from canary.policy import load_policy, parse_policy
+from canary.records import DecisionRecord
+from canary.scenario import builtin_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = (ROOT / "policies" / "web-app.yaml").read_text()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Path]:
+    with KubeApiServer.with_fixtures() as api:
+        yield api.kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Path:
+    path = tmp_path / "gated.yaml"
+    path.write_text(POLICY.replace("  steps: [10, 50, 100]", "  steps: [10, 50, 100]\n  approvals: [50]", 1))
+    return path
+
+
+def rollout(policy: Path, kubeconfig: Path, audit: Path, scenario: str = "healthy") -> Runner:
+    loaded = load_policy(str(policy))
+    router = router_for(loaded, None, str(kubeconfig), None)
+    return simulated_rollout(loaded, builtin_scenario(scenario), seed=1, audit=AuditLog(audit), router=router).runner
+
+
+def tick(r: Runner) -> None:
+    r.clock.wait(r.policy.interval_s, r.cancel_flag.event)
+    r.tick()
+
+
+def test_a_passed_step_waits_for_approval_and_goes_on_once_approved(gated: Path, cluster: Path, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    r = rollout(gated, cluster, audit)
+    r.open()
+    for _ in range(15):
+        tick(r)
+        assert r.state is not None and r.state.weights.canary == 10, "never past the gate without approval"
+    assert r.state.phase is Phase.WAITING and "waiting for approval to go to 50%" in r.state.last.reason
+    r.manual("approve", actor="user:alice", reason="change board ok")
+    while r.state is not None and r.state.phase.open:
+        tick(r)
+    assert r.state is not None and r.state.phase is Phase.PROMOTED
+    decisions = [s.record for s in read_records(audit) if isinstance(s.record, DecisionRecord)]
+    approvals = [d for d in decisions if d.action is Action.APPROVE]
+    assert [(d.actor, d.reason) for d in approvals] == [("user:alice", "change board ok: the canary may go to 50%")]
+    moved = [d.weights_after.canary for d in decisions if d.weights_after and d.action is Action.ADVANCE]
+    assert moved == [50]
+
+
+def test_a_gate_never_blocks_a_rollback(gated: Path, cluster: Path, tmp_path: Path) -> None:
+    r = rollout(gated, cluster, tmp_path / "audit.jsonl", "error-regression")
+    r.open()
+    while r.state is not None and r.state.phase.open:
+        tick(r)
+    assert r.state is not None and r.state.phase is Phase.ROLLED_BACK
+
+
+def test_approve_from_the_cli_ahead_of_time_and_as_a_subprocess(gated: Path, cluster: Path, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    r = rollout(gated, cluster, audit)
+    r.open()
+    args = [str(gated), "--kubeconfig", str(cluster), "--audit", str(audit), "--actor", "user:bob"]
+    done = CliRunner().invoke(app, ["approve", *args, "--output", "json"])
+    assert done.exit_code == 0, done.output
+    doc = json.loads(done.stdout)
+    assert doc["action"] == "approve" and doc["phase"] == "progressing" and doc["weights_after"]["canary"] == 10
+    while r.state is not None and r.state.phase.open:
+        tick(r)
+        assert r.state is None or r.state.phase is not Phase.WAITING, "approved ahead: no wait"
+    assert r.state is not None and r.state.phase is Phase.PROMOTED
+    again = subprocess.run([str(Path(sys.executable).parent / "canary"), "approve", *args], capture_output=True,
+                           text=True, timeout=60, check=False)  # fmt: skip
+    assert again.returncode == 2 and "only an open rollout with a step ahead can be approved" in again.stderr
+    assert len(again.stderr.splitlines()) == 1
+
+
+def test_approvals_must_name_later_steps() -> None:
+    for bad in ("[10]", "[75]", "[true]", "fifty"):
+        with pytest.raises(PolicyError, match=r"spec\.approvals: must be a list of step weights after the first"):
+            parse_policy(POLICY.replace("  steps: [10, 50, 100]", f"  steps: [10, 50, 100]\n  approvals: {bad}"), "p")
