@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +35,12 @@ def write_policy(tmp_path: Path) -> Callable[..., Path]:
 def audit_path(tmp_path: Path) -> Path:
     """Where a test's audit log goes: never the repository's audit/ folder."""
     return tmp_path / "audit" / "rollout.jsonl"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Path]:
+    """The test Kubernetes API server holding every fixture VirtualService and DestinationRule: its kubeconfig."""
+    from kube_api_server import KubeApiServer
+
+    with KubeApiServer.with_fixtures() as api:
+        yield api.kubeconfig(tmp_path / "kubeconfig")

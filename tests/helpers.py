@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from canary.audit import read_records
-from canary.policy import Target
+from canary.app import router_for, simulated_rollout
+from canary.audit import AuditLog, read_records
+from canary.controller import Runner
+from canary.policy import Target, load_policy
 from canary.records import DecisionRecord
 from canary.routers.memory import MemoryRouter, seed_objects
+from canary.scenario import builtin_scenario
 
 
 def memory_router(target: Target, canary_weight: int = 0) -> MemoryRouter:
@@ -24,3 +27,16 @@ def decisions(path: Path) -> list[DecisionRecord]:
 def judged(path: Path) -> list[DecisionRecord]:
     """The decisions that judged an observation (the ticks with counts)."""
     return [r for r in decisions(path) if r.counts is not None]
+
+
+def cluster_rollout(policy: Path, kubeconfig: Path, audit: Path, scenario: str = "healthy") -> Runner:
+    """A simulated rollout whose weights live in the cluster the kubeconfig names (the test API server)."""
+    loaded = load_policy(str(policy))
+    router = router_for(loaded, None, str(kubeconfig), None)
+    return simulated_rollout(loaded, builtin_scenario(scenario), seed=1, audit=AuditLog(audit), router=router).runner
+
+
+def tick(r: Runner) -> None:
+    """One interval later on the rollout's (simulated) clock, one tick."""
+    r.clock.wait(r.policy.interval_s, r.cancel_flag.event)
+    r.tick()

@@ -7,31 +7,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_api_server import KubeApiServer
+from helpers import cluster_rollout, tick
 from typer.testing import CliRunner
 
-from canary.app import router_for, simulated_rollout
-from canary.audit import AuditLog, read_records
+from canary.audit import read_records
 from canary.cli import app
-from canary.controller import Runner
 from canary.errors import PolicyError
 from canary.model import Action, Phase
-from canary.policy import load_policy, parse_policy
+from canary.policy import parse_policy
 from canary.records import DecisionRecord
-from canary.scenario import builtin_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = (ROOT / "policies" / "web-app.yaml").read_text()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Path]:
-    with KubeApiServer.with_fixtures() as api:
-        yield api.kubeconfig(tmp_path / "kubeconfig")
 
 
 @pytest.fixture
@@ -41,15 +31,7 @@ def gated(tmp_path: Path) -> Path:
     return path
 
 
-def rollout(policy: Path, kubeconfig: Path, audit: Path, scenario: str = "healthy") -> Runner:
-    loaded = load_policy(str(policy))
-    router = router_for(loaded, None, str(kubeconfig), None)
-    return simulated_rollout(loaded, builtin_scenario(scenario), seed=1, audit=AuditLog(audit), router=router).runner
-
-
-def tick(r: Runner) -> None:
-    r.clock.wait(r.policy.interval_s, r.cancel_flag.event)
-    r.tick()
+rollout = cluster_rollout
 
 
 def test_a_passed_step_waits_for_approval_and_goes_on_once_approved(gated: Path, cluster: Path, tmp_path: Path) -> None:

@@ -7,42 +7,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from kube_api_server import KubeApiServer
+from helpers import cluster_rollout, tick
 from typer.testing import CliRunner
 
-from canary.app import router_for, simulated_rollout
-from canary.audit import AuditLog, read_records, verify_chain
+from canary.audit import read_records, verify_chain
 from canary.cli import app
 from canary.controller import Runner
 from canary.model import Action, Phase
-from canary.policy import load_policy
 from canary.records import DecisionRecord
-from canary.scenario import builtin_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "policies" / "web-app.yaml"
 runner = CliRunner()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Path]:
-    with KubeApiServer.with_fixtures() as api:
-        yield api.kubeconfig(tmp_path / "kubeconfig")
-
-
 def rollout(kubeconfig: Path, audit: Path, scenario: str) -> Runner:
-    policy = load_policy(str(POLICY))
-    router = router_for(policy, None, str(kubeconfig), None)
-    return simulated_rollout(policy, builtin_scenario(scenario), seed=1, audit=AuditLog(audit), router=router).runner
-
-
-def tick(r: Runner) -> None:
-    r.clock.wait(r.policy.interval_s, r.cancel_flag.event)
-    r.tick()
+    return cluster_rollout(POLICY, kubeconfig, audit, scenario)
 
 
 def by_hand(r: Runner, verb: str) -> None:

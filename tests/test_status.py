@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from helpers import tick
 from typer.testing import CliRunner
 
 from canary.app import simulated_rollout
@@ -29,8 +30,7 @@ def test_an_open_rollout_shows_each_checks_evidence_and_the_time_to_its_decision
                                router=ManifestRouter(manifest)).runner  # fmt: skip
     runner.open()
     for _ in range(2):  # two minutes in: some checks are still collecting
-        runner.clock.wait(policy.interval_s, runner.cancel_flag.event)
-        runner.tick()
+        tick(runner)
     args = ["status", str(POLICY), "--manifest", str(manifest), "--audit", str(audit)]
     text = CliRunner().invoke(app, args)
     assert text.exit_code == 0, text.output
