@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from typer._click import exceptions as usage  # the click typer carries (typer vendors its own)
@@ -55,6 +55,7 @@ from canary.scenario import BUILTIN_SCENARIOS, builtin_scenario, resolve_scenari
 from canary.sources.prometheus import PrometheusSettings
 from canary.sources.simulated import SimulatedMesh
 from canary.state import RolloutState
+from canary.transition import ManualCommand
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_CANCELLED = 0, 1, 2, 3, 4
 PHASE_EXIT = {
@@ -620,7 +621,7 @@ def _stored_router(policy: Policy, manifest: str | None, kubeconfig: str | None,
 
 
 def _manual(
-    command: Literal["promote", "rollback", "pause", "continue", "approve"],
+    command: ManualCommand,
     policy: str,
     weights: tuple[str | None, str | None, str | None],
     audit: str | None,
@@ -668,90 +669,43 @@ StoredManifest = Annotated[
 ]
 
 
-@app.command()
-def promote(
-    policy: Annotated[str, typer.Argument(help="Policy file.")],
-    manifest: StoredManifest = None,
-    kubeconfig: Kubeconfig = None,
-    context: Context = None,
-    audit: AuditFile = None,
-    actor: ManualActor = None,
-    reason: ManualReason = "",
-    output: Output = OutputFormat.text,
-    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
-) -> None:
-    """Send all traffic to the canary by hand; recorded before and after the weights change. A rollout
-    running on the route ends promoted at its next tick."""
-    _manual("promote", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
+MANUAL_HELP: dict[ManualCommand, str] = {
+    "promote": "Send all traffic to the canary by hand; recorded before and after the weights change. A rollout "
+    "running on the route ends promoted at its next tick.",
+    "rollback": "Send all traffic back to the baseline by hand; recorded before and after the weights change. A "
+    "rollout running on the route ends rolled back at its next tick.",
+    "pause": "Pause the route's rollout: the weights stay, no step is taken and the deadline stops until `canary "
+    "continue`; a canary shown worse than tolerated is still rolled back. A running rollout sees it at its next "
+    "tick.",
+    "continue": "Let a paused rollout go on (not the crash `run --resume`): the deadline moves by the time it was "
+    "paused.",
+    "approve": "Approve the rollout's next step (a weight the policy's `approvals` gates): a rollout waiting for "
+    "it moves there at its next tick; approved ahead of time, it moves on without waiting.",
+}
 
 
-@app.command()
-def rollback(
-    policy: Annotated[str, typer.Argument(help="Policy file.")],
-    manifest: StoredManifest = None,
-    kubeconfig: Kubeconfig = None,
-    context: Context = None,
-    audit: AuditFile = None,
-    actor: ManualActor = None,
-    reason: ManualReason = "",
-    output: Output = OutputFormat.text,
-    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
-) -> None:
-    """Send all traffic back to the baseline by hand; recorded before and after the weights change. A rollout
-    running on the route ends rolled back at its next tick."""
-    _manual("rollback", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
+def _manual_command(command: ManualCommand) -> None:
+    """One verb a person runs on the route: the same options for each, recorded with actor and reason."""
+
+    def verb(
+        policy: Annotated[str, typer.Argument(help="Policy file.")],
+        manifest: StoredManifest = None,
+        kubeconfig: Kubeconfig = None,
+        context: Context = None,
+        audit: AuditFile = None,
+        actor: ManualActor = None,
+        reason: ManualReason = "",
+        output: Output = OutputFormat.text,
+        lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
+    ) -> None:
+        _manual(command, policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
+
+    verb.__doc__ = MANUAL_HELP[command]
+    app.command(command)(verb)
 
 
-@app.command()
-def pause(
-    policy: Annotated[str, typer.Argument(help="Policy file.")],
-    manifest: StoredManifest = None,
-    kubeconfig: Kubeconfig = None,
-    context: Context = None,
-    audit: AuditFile = None,
-    actor: ManualActor = None,
-    reason: ManualReason = "",
-    output: Output = OutputFormat.text,
-    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
-) -> None:
-    """Pause the route's rollout: the weights stay, no step is taken and the deadline stops until `canary
-    continue`; a canary shown worse than tolerated is still rolled back. A running rollout sees it at its
-    next tick."""
-    _manual("pause", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
-
-
-@app.command("continue")
-def continue_(
-    policy: Annotated[str, typer.Argument(help="Policy file.")],
-    manifest: StoredManifest = None,
-    kubeconfig: Kubeconfig = None,
-    context: Context = None,
-    audit: AuditFile = None,
-    actor: ManualActor = None,
-    reason: ManualReason = "",
-    output: Output = OutputFormat.text,
-    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
-) -> None:
-    """Let a paused rollout go on (not the crash `run --resume`): the deadline moves by the time it was
-    paused."""
-    _manual("continue", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
-
-
-@app.command()
-def approve(
-    policy: Annotated[str, typer.Argument(help="Policy file.")],
-    manifest: StoredManifest = None,
-    kubeconfig: Kubeconfig = None,
-    context: Context = None,
-    audit: AuditFile = None,
-    actor: ManualActor = None,
-    reason: ManualReason = "",
-    output: Output = OutputFormat.text,
-    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
-) -> None:
-    """Approve the rollout's next step (a weight the policy's `approvals` gates): a rollout waiting for it
-    moves there at its next tick; approved ahead of time, it moves on without waiting."""
-    _manual("approve", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout)
+for _command in MANUAL_HELP:
+    _manual_command(_command)
 
 
 @app.command()
@@ -897,13 +851,19 @@ def dashboard(
         raise _fail(f"--{'window' if 'window' in str(exc) else 'reporter'}: {exc}") from None
     except CanaryError as exc:
         raise _fail(str(exc)) from None
+    _emit(text, out)
+
+
+def _emit(text: str, out: str | None) -> bool:
+    """Print a generated document, or write it to `out` (a one-line error if it cannot be); True if written."""
     if out is None:
         typer.echo(text, nl=False)
-        return
+        return False
     try:
         Path(out).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
+    return True
 
 
 @app.command()
@@ -1016,14 +976,8 @@ def audit_export(
         writer.writeheader()
         writer.writerows(rows)
         text = buffer.getvalue()
-    if out is None:
-        typer.echo(text, nl=False)
-        return
-    try:
-        Path(out).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
-    typer.echo(f"{out}: {len(rows)} rows", err=True)
+    if _emit(text, out):
+        typer.echo(f"{out}: {len(rows)} rows", err=True)
 
 
 @audit_app.command("replay")

@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from canary import failpoints
 from canary.audit import AuditSink
@@ -42,6 +41,7 @@ from canary.transition import (
     Crash,
     Event,
     Manual,
+    ManualCommand,
     Observed,
     Resume,
     RouterUnavailable,
@@ -258,9 +258,7 @@ class Runner:
 
     # ------------------------------------------------------------------------------- commands
 
-    def manual(
-        self, command: Literal["promote", "rollback", "pause", "continue", "approve"], *, actor: str, reason: str
-    ) -> Applied:
+    def manual(self, command: ManualCommand, *, actor: str, reason: str) -> Applied:
         """A person's promote (canary to 100%), rollback (to 0%), pause or continue: joins the route's chain;
         a rollout running on the route sees it at its next tick (and ends with a promote or a rollback)."""
         with self.audit.locked(self.lock_timeout_s):

@@ -88,11 +88,14 @@ class RouterUnavailable:
     temporary: bool
 
 
+ManualCommand = Literal["promote", "rollback", "pause", "continue", "approve"]
+
+
 @dataclass(frozen=True)
 class Manual:
     now: float
     weights: Weights
-    command: Literal["promote", "rollback", "pause", "continue", "approve"]
+    command: ManualCommand
     reason: str
 
 
