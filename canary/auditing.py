@@ -11,6 +11,7 @@ that would have moved the weights at other times would also have seen other traf
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,24 +240,44 @@ def latest_decision(sealed: Iterable[Sealed], rollout: str) -> DecisionRecord | 
     return last
 
 
+@dataclass(frozen=True)
+class Excess:
+    """A check's estimate and bounds less its tolerance, so above 0 is worse than allowed whatever the check's
+    units: the fail sequence's bounds, and the step's pass bound (NaN where the check has none)."""
+
+    estimate: float
+    lower: float
+    upper: float
+    pass_upper: float
+
+
+def excess(figures: dict[str, Any]) -> Excess | None:
+    """A ratio check reports its difference (less the tolerance here), a latency check its excess share,
+    already relative to the tolerance; None for a check with no estimate yet."""
+    est, (low, high), tolerance = _effect(figures)
+    if not isinstance(est, float):
+        return None
+    shift = float(tolerance or 0.0) if "difference" in figures else 0.0
+    passing = figures.get("step_difference_cs") or figures.get("step_excess_cs") or (None, None)
+
+    def less(x: Any) -> float:
+        return float(x) - shift if x is not None else math.nan
+
+    return Excess(est - shift, less(low), less(high), less(passing[1]))
+
+
 def minutes_to_decision(figures: dict[str, Any], step_minutes: float, rollout_minutes: float) -> float | None:
     """About how long until a check decides at the current traffic, if its estimate holds: a bound shrinks
     about as 1 / sqrt(requests), so the requests needed grow as (half-width / distance)². The fail sequence
     spans the rollout, the pass sequence the step. None when there is no estimate to extrapolate."""
-    est, fail, _ = _effect(figures)
-    passing = figures.get("step_difference_cs") or figures.get("step_excess_cs")
-    if not isinstance(est, float) or fail[0] is None or not passing:
+    found = excess(figures)
+    if found is None or math.isnan(found.lower) or math.isnan(found.pass_upper):
         return None
-    margin = float(figures.get("max_increase", 0.0)) if "difference" in figures else 0.0
-    excess, lower, upper = est - margin, float(fail[0]) - margin, float(passing[1]) - margin
-    if excess > 0 and lower < 0 < rollout_minutes:
-        factor, spent = ((excess - lower) / excess) ** 2, rollout_minutes
-    elif excess < 0 < upper and step_minutes > 0:
-        factor, spent = ((upper - excess) / -excess) ** 2, step_minutes
+    est, lower, upper = found.estimate, found.lower, found.pass_upper
+    if est > 0 and lower < 0 < rollout_minutes:
+        factor, spent = ((est - lower) / est) ** 2, rollout_minutes
+    elif est < 0 < upper and step_minutes > 0:
+        factor, spent = ((upper - est) / -est) ** 2, step_minutes
     else:
         return None
-    return max(factor - 1.0, 0.0) * spent if all(map(_finite, (factor, spent))) else None
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")
+    return max(factor - 1.0, 0.0) * spent if math.isfinite(factor) and math.isfinite(spent) else None

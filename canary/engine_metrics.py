@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from canary.auditing import excess
 from canary.controller import TickReport
 from canary.model import Action, Outcome, Phase
 from canary.promql import ENGINE_PREFIX as PREFIX
@@ -65,11 +65,10 @@ class EngineMetrics:
         if seconds is not None:
             self.tick.labels(p).observe(seconds)
         for verdict in report.judgement.verdicts if report.judgement else ():
-            excess = _excess(verdict.figures)
-            if excess is None:
+            found = excess(dict(verdict.figures))
+            if found is None:
                 continue
-            value, low, high = excess
-            for gauge, x in ((self.excess, value), (self.lower, low), (self.upper, high)):
+            for gauge, x in ((self.excess, found.estimate), (self.lower, found.lower), (self.upper, found.upper)):
                 gauge.labels(p, verdict.metric).set(x if math.isfinite(x) else math.copysign(1e300, x))
             e = verdict.figures.get("e_value")
             if isinstance(e, float):
@@ -85,19 +84,6 @@ class EngineMetrics:
             thread.join(timeout=5)
 
         return stop
-
-
-def _excess(figures: Any) -> tuple[float, float, float] | None:
-    """(estimate, lower, upper) relative to the tolerance: a ratio check reports its difference, a latency
-    check its excess share already relative to the tolerance."""
-    if "excess" in figures:
-        low, high = figures.get("excess_cs") or (math.nan, math.nan)
-        return float(figures["excess"]), float(low), float(high)
-    if "difference" in figures and "max_increase" in figures:
-        m = float(figures["max_increase"])
-        low, high = figures.get("difference_cs") or (math.nan, math.nan)
-        return float(figures["difference"]) - m, float(low) - m, float(high) - m
-    return None
 
 
 def _error_kind(report: TickReport) -> str | None:
