@@ -17,7 +17,8 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scipy.special import ndtr, ndtri
+import numpy as np
+from scipy.special import ndtri
 
 from canary.app import simulated_rollout
 from canary.audit import MemoryAudit
@@ -25,6 +26,7 @@ from canary.judges.sequential import place
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, Phase
 from canary.policy import ErrorRateMetric, LatencyMetric, Policy
 from canary.scenario import Behaviour, Lognormal, Pods, Scenario
+from canary.sources.simulated import bucket_probabilities
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,8 @@ def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[
 
 def _expected(median_ms: float, sigma: float) -> Histogram:
     """A lognormal latency's expected counts over Istio's buckets, as from a billion requests."""
-    cdf = [float(ndtr(math.log(edge / median_ms) / sigma)) for edge in ISTIO_LATENCY_BUCKETS_MS]
-    shares = [b - a for a, b in zip([0.0, *cdf], [*cdf, 1.0], strict=True)]
-    return Histogram(ISTIO_LATENCY_BUCKETS_MS, tuple(round(1e9 * s) for s in shares))
+    shares = bucket_probabilities(Behaviour(0.0, Lognormal(median_ms, sigma)), np.ones(1))[0]
+    return Histogram(ISTIO_LATENCY_BUCKETS_MS, tuple(round(1e9 * float(s)) for s in shares))
 
 
 def undecidable(policy: Policy, median_ms: float, sigma: float) -> list[str]:
