@@ -30,6 +30,20 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
+def promtool_test(
+    tmp_path: Path, rules: str, input_series: list[dict[str, str]], alert_rule_test: list[dict[str, object]]
+) -> subprocess.CompletedProcess[str]:
+    """`promtool test rules` of these rules on one test of 1 min intervals."""
+    (tmp_path / "rules.yml").write_text(rules)
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": input_series, "alert_rule_test": alert_rule_test}],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    return promtool("test", "rules", "test.yml", cwd=tmp_path)
+
+
 def rules_of(text: str) -> list[dict[str, object]]:
     return yaml.safe_load(text)["groups"][0]["rules"]
 
@@ -106,60 +120,49 @@ def _alert_labels(policy: Policy, metric: str, **extra: str) -> dict[str, str]:
 @needs_promtool
 def test_alerts_fire_for_a_failing_slow_canary_and_not_for_the_baseline(policy: Policy, tmp_path: Path):
     """promtool test rules: v2 fails 10% of requests and is slower; v1 is healthy."""
-    (tmp_path / "rules.yml").write_text(alert_rules(policy))
     fast = {"10": 50, "25": 40, "50": 10, "100": 0, "+Inf": 0}
     slow = {"10": 0, "25": 10, "50": 40, "100": 50, "+Inf": 0}
-    tests = {
-        "rule_files": ["rules.yml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    _series("v1", "200", 100),
-                    _series("v2", "200", 90),
-                    _series("v2", "503", 10),
-                    *_buckets("v1", fast),
-                    *_buckets("v2", slow),
-                ],
-                "alert_rule_test": [
-                    {"eval_time": "1m", "alertname": "HighErrorRate", "exp_alerts": []},  # pending: `for: 1m`
-                    {
-                        "eval_time": "15m",
-                        "alertname": "HighErrorRate",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": _alert_labels(policy, "error-rate"),
-                                "exp_annotations": {
-                                    "summary": f"v2 of {HOST} fails more often than v1",
-                                    "description": "The 5xx error rate of v2 is more than 0.5 percentage points "
-                                    "above v1 (policy web-app, metric error-rate); canary rate 10%.",
-                                },
-                            }
-                        ],
+    series = [
+        _series("v1", "200", 100),
+        _series("v2", "200", 90),
+        _series("v2", "503", 10),
+        *_buckets("v1", fast),
+        *_buckets("v2", slow),
+    ]
+    expected = [
+        {"eval_time": "1m", "alertname": "HighErrorRate", "exp_alerts": []},  # pending: `for: 1m`
+        {
+            "eval_time": "15m",
+            "alertname": "HighErrorRate",
+            "exp_alerts": [
+                {
+                    "exp_labels": _alert_labels(policy, "error-rate"),
+                    "exp_annotations": {
+                        "summary": f"v2 of {HOST} fails more often than v1",
+                        "description": "The 5xx error rate of v2 is more than 0.5 percentage points "
+                        "above v1 (policy web-app, metric error-rate); canary rate 10%.",
                     },
-                    {
-                        "eval_time": "15m",
-                        "alertname": "HighLatency",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": _alert_labels(policy, "latency", quantile=q),
-                                "exp_annotations": {
-                                    "summary": f"v2 of {HOST} is slower than v1 at p{p}",
-                                    "description": f"p{p} request duration of v2 is more than {tol}% above v1 "
-                                    f"(policy web-app, metric latency); canary p{p} {value} ms.",
-                                },
-                            }
-                            for q, p, tol, value in (("0.5", "50", "10", "50"), ("0.95", "95", "20", "95"),
-                                                     ("0.99", "99", "25", "99"))
-                        ],
+                }
+            ],
+        },
+        {
+            "eval_time": "15m",
+            "alertname": "HighLatency",
+            "exp_alerts": [
+                {
+                    "exp_labels": _alert_labels(policy, "latency", quantile=q),
+                    "exp_annotations": {
+                        "summary": f"v2 of {HOST} is slower than v1 at p{p}",
+                        "description": f"p{p} request duration of v2 is more than {tol}% above v1 "
+                        f"(policy web-app, metric latency); canary p{p} {value} ms.",
                     },
-                ],
-            }
-        ],
-    }  # fmt: skip
-    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
-    run = promtool("test", "rules", "test.yml", cwd=tmp_path)
+                }
+                for q, p, tol, value in (("0.5", "50", "10", "50"), ("0.95", "95", "20", "95"),
+                                         ("0.99", "99", "25", "99"))
+            ],
+        },
+    ]  # fmt: skip
+    run = promtool_test(tmp_path, alert_rules(policy), series, expected)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS" in run.stdout
 
@@ -167,31 +170,17 @@ def test_alerts_fire_for_a_failing_slow_canary_and_not_for_the_baseline(policy: 
 @pytest.mark.prometheus
 @needs_promtool
 def test_no_alert_for_a_canary_within_tolerance(policy: Policy, tmp_path: Path):
-    (tmp_path / "rules.yml").write_text(alert_rules(policy))
     same = {"10": 50, "25": 40, "50": 10, "100": 0, "+Inf": 0}
-    tests = {
-        "rule_files": ["rules.yml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    _series("v1", "200", 1000),
-                    _series("v1", "503", 2),
-                    _series("v2", "200", 1000),
-                    _series("v2", "503", 5),  # +0.3 points: within +0.5
-                    *_buckets("v1", same),
-                    *_buckets("v2", same),
-                ],
-                "alert_rule_test": [
-                    {"eval_time": "15m", "alertname": name, "exp_alerts": []}
-                    for name in ("HighErrorRate", "HighLatency")
-                ],
-            }
-        ],
-    }
-    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
-    run = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    series = [
+        _series("v1", "200", 1000),
+        _series("v1", "503", 2),
+        _series("v2", "200", 1000),
+        _series("v2", "503", 5),  # +0.3 points: within +0.5
+        *_buckets("v1", same),
+        *_buckets("v2", same),
+    ]
+    expected = [{"eval_time": "15m", "alertname": name, "exp_alerts": []} for name in ("HighErrorRate", "HighLatency")]
+    run = promtool_test(tmp_path, alert_rules(policy), series, expected)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -201,35 +190,24 @@ def test_the_engine_rules_fire_for_a_rollback_and_a_rollout_stuck_in_a_step(poli
     """canary's own series as `canary run --metrics-port` serves them: a rollback counted at minute 10; a
     rollout in progress whose step never changes fires after half its 60 min deadline, not before."""
     text = alert_rules(policy)
-    (tmp_path / "rules.yml").write_text(text)
     notes = {r["alert"]: r["annotations"] for r in yaml.safe_load(text)["groups"][1]["rules"]}
     of = 'policy="web-app"'
-    tests = {
-        "rule_files": ["rules.yml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    {"series": f'canary_decisions_total{{{of},action="rollback"}}', "values": "0x9 1x30"},
-                    {"series": f'canary_phase{{{of},phase="progressing"}}', "values": "1x60"},
-                    {"series": f"canary_step{{{of}}}", "values": "0x60"},
-                ],
-                "alert_rule_test": [
-                    {"eval_time": "12m", "alertname": "CanaryRolledBack",
-                     "exp_alerts": [{"exp_labels": {"canary_policy": "web-app", "severity": "critical",
-                                                    "policy": "web-app", "action": "rollback"},
-                                     "exp_annotations": notes["CanaryRolledBack"]}]},
-                    {"eval_time": "25m", "alertname": "CanaryRolloutStuck", "exp_alerts": []},
-                    {"eval_time": "40m", "alertname": "CanaryRolloutStuck",
-                     "exp_alerts": [{"exp_labels": {"canary_policy": "web-app", "severity": "warning",
-                                                    "policy": "web-app", "phase": "progressing"},
-                                     "exp_annotations": notes["CanaryRolloutStuck"]}]},
-                    {"eval_time": "40m", "alertname": "CanaryErrors", "exp_alerts": []},
-                ],
-            }
-        ],
-    }  # fmt: skip
-    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
-    run = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    series = [
+        {"series": f'canary_decisions_total{{{of},action="rollback"}}', "values": "0x9 1x30"},
+        {"series": f'canary_phase{{{of},phase="progressing"}}', "values": "1x60"},
+        {"series": f"canary_step{{{of}}}", "values": "0x60"},
+    ]
+    expected = [
+        {"eval_time": "12m", "alertname": "CanaryRolledBack",
+         "exp_alerts": [{"exp_labels": {"canary_policy": "web-app", "severity": "critical",
+                                        "policy": "web-app", "action": "rollback"},
+                         "exp_annotations": notes["CanaryRolledBack"]}]},
+        {"eval_time": "25m", "alertname": "CanaryRolloutStuck", "exp_alerts": []},
+        {"eval_time": "40m", "alertname": "CanaryRolloutStuck",
+         "exp_alerts": [{"exp_labels": {"canary_policy": "web-app", "severity": "warning",
+                                        "policy": "web-app", "phase": "progressing"},
+                         "exp_annotations": notes["CanaryRolloutStuck"]}]},
+        {"eval_time": "40m", "alertname": "CanaryErrors", "exp_alerts": []},
+    ]  # fmt: skip
+    run = promtool_test(tmp_path, text, series, expected)
     assert run.returncode == 0, run.stdout + run.stderr
