@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import resource
@@ -326,7 +327,12 @@ def _serve(path: str) -> None:
     import canary.judges.flagger
     import canary.judges.kayenta
     import canary.judges.sequential
-    import canary.routers.istio  # noqa: F401
+    import canary.routers.istio
+
+    # One command in process loads what typer and click import only when a command runs, so a forked command
+    # needs no file of the installation (a command run as nobody may not read a checkout under a 0700 folder).
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        canary.cli.app(["validate", str(REPO / "policies" / "web-app.yaml")], standalone_mode=False)
 
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
