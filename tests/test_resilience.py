@@ -29,6 +29,7 @@ import pytest
 from kube_api_server import KubeApiServer
 from resilience_helpers import (
     NOBODY,
+    POLICY,
     STEPS,
     Canary,
     Handle,
@@ -693,7 +694,10 @@ def test_a_read_only_manifest_folder_fails_the_run_records_the_change_as_failed_
         routes, logs = root / "routes", root / "audit"
         routes.mkdir()
         logs.mkdir()
-        c = Canary(launch, audit=logs / "web-app.jsonl", manifest=write_manifest(routes / "web-app.yaml"))
+        policy = root / "web-app-policy.yaml"  # nobody may not read a checkout under a 0700 folder
+        policy.write_bytes(POLICY.read_bytes())
+        c = Canary(launch, audit=logs / "web-app.jsonl", manifest=write_manifest(routes / "web-app.yaml"),
+                   policy=policy, cwd=root)  # fmt: skip
         for path in (routes, logs, routes / "web-app.yaml"):
             os.chown(path, NOBODY, NOBODY)
         if when == "mid-rollout":
