@@ -53,7 +53,7 @@ def survival_at(hist: Histogram, x: float) -> float:
             return lo_surv + (surv[i] - lo_surv) * (x - lo_edge) / (edge - lo_edge)
         if 0 < surv[i] <= lo_surv < 1:
             return 1 - float(ndtr(_probit_curve(edges, surv, i, math.log(x))))
-        if surv[i] == 0 < lo_surv < 1 and i >= 2 and lo_surv < surv[i - 2] < 1:
+        if surv[i] == 0 < lo_surv < 1 and i >= 2 and edges[i - 2] > 0 and lo_surv < surv[i - 2] < 1:
             below, at = float(ndtri(1 - surv[i - 2])), float(ndtri(1 - lo_surv))
             slope = (at - below) / math.log(lo_edge / edges[i - 2])
             return max(1 - float(ndtr(at + slope * math.log(x / lo_edge))), 0.0)
@@ -67,7 +67,7 @@ def _probit_curve(edges: tuple[float, ...], surv: list[float], i: int, u: float)
     with Fritsch–Carlson slopes from the neighbouring edges that have a shape (0 < S < 1) too."""
 
     def point(k: int) -> tuple[float, float] | None:
-        if 0 <= k < len(edges) and 0 < surv[k] < 1:
+        if 0 <= k < len(edges) and edges[k] > 0 and 0 < surv[k] < 1:
             return math.log(edges[k]), float(ndtri(1 - surv[k]))
         return None
 

@@ -286,6 +286,21 @@ def test_a_bucket_edge_at_zero_does_not_crash() -> None:
     assert judge.judge(obs, 0).outcome in {Outcome.CONTINUE, Outcome.PASS, Outcome.FAIL}
 
 
+@pytest.mark.parametrize(
+    "baseline",
+    [(1, 1, 98, 0, 0, 0, 0, 0, 0), (1, 0, 49, 0, 0, 0, 0, 0, 50)],
+    ids=["tail-continued-from-a-zero-edge", "curve-through-a-zero-edge"],
+)
+def test_a_zero_edge_two_buckets_below_the_quantile_gives_a_finite_verdict(baseline: tuple[int, ...]) -> None:
+    """Found by hypothesis: an le="0" edge was taken into log space as a neighbour of the quantile's bucket."""
+    bounds = (0.0, 0.5, 1, 5, 10, 25, 50, 100)
+    judge = Running(SequentialJudge(policy(LATENCY_POLICY)))
+    window = MetricWindow({"b0": Histogram(bounds, baseline)}, {"c0": Histogram((0.0, 0.5, 1), (0, 0, 0, 1))})
+    result = judge.judge(Observation(0, 60, {"latency": window}), 0)
+    assert result.outcome in set(Outcome)
+    assert all(_all_numbers_finite(dict(v.figures)) for v in result.verdicts)
+
+
 def test_a_clear_failure_rolls_back_before_min_requests_is_reached() -> None:
     """minRequests gates passes only: the fail sequence is valid at any sample size."""
     judge = Running(SequentialJudge(policy(**{"minRequests: 0": "minRequests: 100000"})))
