@@ -7,6 +7,7 @@ malformed field is a one-line ScenarioError naming the scenario and the field.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -221,11 +222,16 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
 BUILTIN_SCENARIOS = ("healthy", "error-regression", "latency-regression")
 
 
+@functools.cache
 def builtin_scenario(name: str) -> Scenario:
-    """The demo's scenarios, shipped as JSON inside the package."""
+    """The demo's scenarios, shipped as JSON inside the package (read once per process)."""
     if name not in BUILTIN_SCENARIOS:
         raise ScenarioError(f"unknown scenario {name!r} (built in: {', '.join(BUILTIN_SCENARIOS)})")
-    text = resources.files("canary").joinpath("scenarios", f"{name}.json").read_text(encoding="utf-8")
+    source = resources.files("canary").joinpath("scenarios", f"{name}.json")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{source}: cannot read the built-in scenario: {exc.strerror or exc}") from None
     return parse_scenario(json.loads(text))
 
 

@@ -328,11 +328,14 @@ def _serve(path: str) -> None:
     import canary.judges.kayenta
     import canary.judges.sequential
     import canary.routers.istio
+    import canary.scenario
 
     # One command in process loads what typer and click import only when a command runs, so a forked command
     # needs no file of the installation (a command run as nobody may not read a checkout under a 0700 folder).
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         canary.cli.app(["validate", str(REPO / "policies" / "web-app.yaml")], standalone_mode=False)
+    for name in canary.scenario.BUILTIN_SCENARIOS:  # read once per process: the forks inherit them
+        canary.scenario.builtin_scenario(name)
 
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
