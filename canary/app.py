@@ -24,6 +24,7 @@ from canary.scenario import Scenario
 from canary.sources import MetricsSource
 from canary.sources.prometheus import PrometheusSettings, PrometheusSource
 from canary.sources.simulated import SimulatedMesh
+from canary.webhooks import Hooks
 
 SIM_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z: simulated rollouts start here, so records are stable
 
@@ -117,6 +118,8 @@ def simulated_rollout(
         actor="canary-controller (simulated mesh)",
         lock_timeout_s=lock_timeout_s,
         cancel=cancel,
+        hooks=hooks_for(policy),
+        waits_for_people=False,
     )
     return SimulatedRollout(runner, mesh, router, clock)
 
@@ -146,6 +149,7 @@ def prometheus_rollout(
     """
     router = router or router_for(policy, None)
     clock = clock or SystemClock()
+    hooks = hooks_for(policy)
     source = PrometheusSource(settings)
     try:
         chosen = judge_for(policy, judge, source)
@@ -163,8 +167,14 @@ def prometheus_rollout(
         actor=f"canary-controller (prometheus {source.url}, {type(router).__name__})",
         lock_timeout_s=lock_timeout_s,
         cancel=cancel,
+        hooks=hooks,
     )
     return PrometheusRollout(runner, source, router)
+
+
+def hooks_for(policy: Policy) -> Hooks | None:
+    """The policy's webhooks, their URLs read now (a missing file or variable fails before anything moves)."""
+    return Hooks(policy.webhooks) if policy.webhooks else None
 
 
 def manual_runner(policy: Policy, router: Router, audit: AuditSink, *, lock_timeout_s: float) -> Runner:

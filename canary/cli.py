@@ -43,7 +43,7 @@ from canary.audit import read_records, verify_chain
 from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, TickReport
 from canary.display import Progress, summary
 from canary.errors import CanaryError
-from canary.model import Phase
+from canary.model import Decision, Phase
 from canary.notices import Notice, event_of
 from canary.notifier import Failure, Notifier
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
@@ -307,17 +307,21 @@ def _notifier(runner: Runner, observers: list[Callable[[TickReport], None]]) -> 
     if not runner.policy.notifications:
         return None
     notifier = Notifier(runner.policy.notifications)
+    was: list[Phase] = []  # the phase the last tick left: "waiting" is told once, when the wait begins
 
     def tell(report: TickReport) -> None:
-        event = event_of(report.decision)
+        event = event_of(report.decision, was[-1] if was else None)
+        was.append(report.decision.phase)
         if event is not None and runner.state is not None:
-            target = runner.policy.target
-            notifier.notify(Notice(event, runner.policy.name, runner.state.rollout, report.now, report.decision,
-                                   report.step_index, target.host))  # fmt: skip
+            notifier.notify(_notice(runner.policy, event, runner.state, report.decision, report.now))
         _record_failures(runner, notifier.take_failures())
 
     observers.append(tell)
     return notifier
+
+
+def _notice(policy: Policy, event: str, state: RolloutState, decision: Decision, now: float) -> Notice:
+    return Notice(event, policy.name, state.rollout, now, decision, state.step_index, policy.target.host)
 
 
 def _closed(runner: Runner, notifier: Notifier | None, result: RolloutResult) -> RolloutResult:
@@ -629,6 +633,7 @@ def _manual(
     reason: str,
     output: OutputFormat,
     lock_timeout: float,
+    full: bool = False,
 ) -> None:
     try:
         loaded = load_policy(policy)
@@ -636,7 +641,19 @@ def _manual(
         runner = manual_runner(
             loaded, _stored_router(loaded, *weights), open_audit(loaded, audit, who), lock_timeout_s=lock_timeout
         )
-        applied = runner.manual(command, actor=who, reason=reason)
+        notifier = Notifier(loaded.notifications) if loaded.notifications else None  # URLs read before any change
+        try:
+            applied = runner.manual(command, actor=who, reason=reason, full=full)
+        except BaseException:
+            if notifier is not None:
+                notifier.close(flush_s=0)
+            raise
+        if notifier is not None:
+            event = event_of(applied.decision)
+            if event is not None:
+                notifier.notify(_notice(loaded, event, applied.state, applied.decision, runner.clock.now()))
+            head = _record_failures(runner, notifier.close(flush_s=NOTIFY_FLUSH_S))
+            applied = dataclasses.replace(applied, head=head or applied.head)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     target = loaded.target
@@ -670,8 +687,6 @@ StoredManifest = Annotated[
 
 
 MANUAL_HELP: dict[ManualCommand, str] = {
-    "promote": "Send all traffic to the canary by hand; recorded before and after the weights change. A rollout "
-    "running on the route ends promoted at its next tick.",
     "rollback": "Send all traffic back to the baseline by hand; recorded before and after the weights change. A "
     "rollout running on the route ends rolled back at its next tick.",
     "pause": "Pause the route's rollout: the weights stay, no step is taken and the deadline stops until `canary "
@@ -682,6 +697,25 @@ MANUAL_HELP: dict[ManualCommand, str] = {
     "approve": "Approve the rollout's next step (a weight the policy's `approvals` gates): a rollout waiting for "
     "it moves there at its next tick; approved ahead of time, it moves on without waiting.",
 }
+
+
+@app.command()
+def promote(
+    policy: Annotated[str, typer.Argument(help="Policy file.")],
+    manifest: StoredManifest = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+    audit: AuditFile = None,
+    actor: ManualActor = None,
+    reason: ManualReason = "",
+    full: Annotated[bool, typer.Option("--full", help="Straight to 100%, with or without a rollout.")] = False,
+    output: Output = OutputFormat.text,
+    lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
+) -> None:
+    """Move the route's open rollout to its next step by hand, past any gate (with --full: send all traffic to
+    the canary); recorded before and after the weights change. A rollout running on the route judges the new
+    step from its next tick (promoted to 100%, it ends)."""
+    _manual("promote", policy, (manifest, kubeconfig, context), audit, actor, reason, output, lock_timeout, full)
 
 
 def _manual_command(command: ManualCommand) -> None:

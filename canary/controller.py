@@ -30,6 +30,7 @@ from canary.clock import Clock
 from canary.errors import CanaryError, ConflictError, RouterError, SourceError
 from canary.judges import Judge
 from canary.model import Action, Decision, Judgement, Phase, Weights
+from canary.notices import hook_body
 from canary.policy import Policy, Target
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord, Sealed, applied_outcome, seal
 from canary.routers import Router, RouteRead
@@ -40,6 +41,7 @@ from canary.transition import (
     Context,
     Crash,
     Event,
+    GateAnswer,
     Manual,
     ManualCommand,
     Observed,
@@ -51,6 +53,7 @@ from canary.transition import (
     transition,
     write_failed,
 )
+from canary.webhooks import Hooks
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 
@@ -146,8 +149,14 @@ class Runner:
         actor: str = "canary-controller",
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         cancel: CancelFlag | None = None,
+        hooks: Hooks | None = None,
+        waits_for_people: bool = True,
     ) -> None:
         self.policy = policy
+        self.hooks = hooks  # the policy's webhooks (none asked when None: a gate then waits to its timeout)
+        # False on a simulated clock, where no person can `canary continue` between two ticks: a paused
+        # rollout stops the command (the rollout stays paused on the route) instead of holding forever
+        self.waits_for_people = waits_for_people
         self.source = source
         self.router = router
         self.judge = judge
@@ -258,16 +267,16 @@ class Runner:
 
     # ------------------------------------------------------------------------------- commands
 
-    def manual(self, command: ManualCommand, *, actor: str, reason: str) -> Applied:
-        """A person's promote (canary to 100%), rollback (to 0%), pause or continue: joins the route's chain;
-        a rollout running on the route sees it at its next tick (and ends with a promote or a rollback)."""
+    def manual(self, command: ManualCommand, *, actor: str, reason: str, full: bool = False) -> Applied:
+        """A person's promote (the next step, or 100% with `full`), rollback (to 0%), pause, continue or
+        approve: joins the route's chain; a rollout running on the route sees it at its next tick."""
         with self.audit.locked(self.lock_timeout_s):
             read = self._read()
             for problem in (read.state_error, self._anchored(read)):
                 if problem:
                     self.audit.append(NoteRecord(self.clock.now(), f"{problem}; {command} goes ahead", actor))
             state = read.state if read.state_error is None else None
-            event = Manual(self.clock.now(), read.weights, command, reason)
+            event = Manual(self.clock.now(), read.weights, command, reason, full)
             applied = self._commit(read, transition(state, event, self._ctx(actor)))
         if not applied.written:
             raise RouterError(f"the {command} was not made ({applied.error}); recorded in {self.audit.path}")
@@ -275,7 +284,9 @@ class Runner:
 
     def open(self, *, resume: bool = False, restart: bool = False) -> TickReport | RolloutResult:
         """Start a rollout, or carry on the open one (`resume`), or abandon it for a new one (`restart`).
-        An ended rollout with `resume` is reported as it stands; nothing changes."""
+        An ended rollout with `resume` is reported as it stands; nothing changes. A new rollout first asks
+        the policy's pre-rollout webhooks (outside the log's lock: they may take a while)."""
+        self._pre_rollout(restart)
         now = self.clock.now()
         with self.audit.locked(self.lock_timeout_s):
             read = self._read()
@@ -305,6 +316,48 @@ class Runner:
             raise RouterError(f"the rollout was not started ({applied.error}); recorded in {self.audit.path}")
         return self._report(applied)
 
+    def _pre_rollout(self, restart: bool) -> None:
+        """Each pre-rollout webhook must say go before a new rollout writes anything; every answer is noted."""
+        hooks = self.policy.hooks("pre-rollout")
+        if not hooks or self.hooks is None:
+            return
+        read = self.router.read(self.target)
+        if read.state is not None and read.state.phase.open and not restart:
+            return  # carried on (it was asked when the rollout started), or refused by open()
+        for hook in hooks:
+            problem = self.hooks.call(hook, hook_body(self.policy, hook, None, read.weights))
+            said = "said go" if problem is None else problem
+            with self.audit.locked(self.lock_timeout_s):
+                self.audit.append(NoteRecord(self.clock.now(), f"pre-rollout webhook {hook.name!r} {said}",
+                                             "canary-webhooks"))  # fmt: skip
+            if problem is not None:
+                raise CanaryError(f"pre-rollout webhook {hook.name!r} {problem}: the rollout was not started")
+
+    def _post_rollout(self, result: RolloutResult) -> RolloutResult:
+        """Each post-rollout webhook told how the rollout ended; the answers are noted and change nothing."""
+        hooks = self.policy.hooks("post-rollout")
+        if not hooks or self.hooks is None or self.state is None:
+            return result
+        head = result.audit_head
+        for hook in hooks:
+            problem = self.hooks.call(hook, hook_body(self.policy, hook, self.state, self.state.weights))
+            said = "said go" if problem is None else f"{problem} (the rollout's outcome stands)"
+            with self.audit.locked(self.lock_timeout_s):
+                head = self.audit.append(NoteRecord(self.clock.now(), f"post-rollout webhook {hook.name!r} {said}",
+                                                    "canary-webhooks", self.state.rollout)).hash  # fmt: skip
+        return dataclasses.replace(result, audit_head=head)
+
+    def _ask_gates(self, state: RolloutState) -> tuple[GateAnswer, ...]:
+        """While a passed step waits, each webhook gate before the next weight that has not said go yet."""
+        if state.phase is not Phase.WAITING or self.hooks is None or state.step_index + 1 >= len(state.steps):
+            return ()
+        weight = state.steps[state.step_index + 1]
+        return tuple(
+            self.hooks.ask(gate, weight, hook_body(self.policy, gate, state, state.weights))
+            for gate in self.policy.gates(weight)
+            if f"{gate.name}@{weight}" not in state.opened
+        )
+
     def tick(self) -> TickReport | RolloutResult:
         """One analysis interval. Returns the result instead when someone else ended the rollout."""
         assert self.state is not None, "open() the rollout before ticking it"
@@ -316,11 +369,12 @@ class Runner:
         if (ended := self._taken_over(pre)) is not None:
             return ended
         assert pre.state is not None
+        gates = self._ask_gates(pre.state)
         event: Event
         try:
             assert self.source is not None
             observation = self.source.observe(self.target.scope, self.policy.metrics, pre.state.observed_until, now)
-            event = Observed(now, pre.weights, observation)
+            event = Observed(now, pre.weights, observation, gates)
         except SourceError as exc:
             event = SourceFailed(now, pre.weights, str(exc), exc.temporary)
         with self.audit.locked(self.lock_timeout_s):
@@ -393,16 +447,28 @@ class Runner:
     def run(
         self, on_tick: Callable[[TickReport], None] | None = None, *, resume: bool = False, restart: bool = False
     ) -> RolloutResult:
-        """Start (or resume) and tick until the rollout ends, is cancelled, or cannot go on."""
+        """Start (or resume) and tick until the rollout ends, is cancelled, or cannot go on; a rollout that
+        ended on this command's watch is told to the post-rollout webhooks."""
         opened = self.open(resume=resume, restart=restart)
         if isinstance(opened, RolloutResult):
-            return opened
+            return opened  # it had ended before this command
+        result = self._ticks(opened, on_tick)
+        return self._post_rollout(result) if result.phase.ended and not result.stopped else result
+
+    def _ticks(self, opened: TickReport, on_tick: Callable[[TickReport], None] | None) -> RolloutResult:
         report = opened
         if on_tick:
             on_tick(report)
         try:
             while self.state is not None and self.state.phase.open:
                 if report.decision.action is Action.STOP:
+                    return self._result(self.state, stopped=True)
+                if self.state.phase is Phase.PAUSED and not self.waits_for_people:
+                    self.last_decision = Decision(
+                        Action.STOP, self.state.weights, Phase.PAUSED,
+                        f"{self.state.last.reason}; paused on a simulated clock, which no `canary continue` can "
+                        "reach between two ticks: stopping with the rollout paused on the route",
+                    )  # fmt: skip
                     return self._result(self.state, stopped=True)
                 if self._sleep(self.policy.interval_s):
                     cancelled = self.cancel()

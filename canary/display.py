@@ -20,7 +20,7 @@ _PHASE_WORDS = {
     Phase.ABORTED: "ABORTED",
     Phase.PROGRESSING: "STOPPED with the rollout open",
     Phase.PAUSED: "STOPPED with the rollout paused",
-    Phase.WAITING: "STOPPED with the rollout waiting for approval",
+    Phase.WAITING: "STOPPED with the rollout waiting at a gate",
     Phase.CANCELLED: "CANCELLED",
 }
 

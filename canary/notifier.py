@@ -5,21 +5,15 @@ the rollout only enqueues; what could not be delivered is handed back as failure
 
 from __future__ import annotations
 
-import json
-import os
 import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from canary import secrets
-from canary.errors import CanaryError
-from canary.inputs import checked_secret, read_secret
 from canary.notices import Notice, payload
 from canary.policy import Notification
+from canary.webhooks import post_with_retries, resolve_url
 
 
 @dataclass(frozen=True)
@@ -31,30 +25,12 @@ class Failure:
     reason: str
 
 
-def resolve_url(target: Notification) -> str:
-    """The webhook's URL: from the policy, or read from its file or environment variable (then registered as
-    a secret, so no message or record ever shows it)."""
-    if target.url is not None:
-        return target.url
-    if target.url_file is not None:
-        url = read_secret(target.url_file, f"notification {target.name!r} URL")
-    else:
-        assert target.url_env is not None
-        value = os.environ.get(target.url_env)
-        if value is None:
-            raise CanaryError(f"notification {target.name!r}: the environment variable {target.url_env} is not set")
-        url = checked_secret(value.strip(), f"the environment variable {target.url_env}")
-    if not url.startswith(("http://", "https://")):
-        raise CanaryError(f"notification {target.name!r}: its URL must start with http:// or https://")
-    secrets.register(url)
-    return url
-
-
 class Notifier:
     """Send in the background; `close` waits at most `flush_s` for what is queued, then gives up on it."""
 
     def __init__(self, targets: tuple[Notification, ...], *, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.targets = [(t, resolve_url(t)) for t in targets]  # resolved before the rollout moves anything
+        # resolved before the rollout moves anything
+        self.targets = [(t, resolve_url(t, "notification")) for t in targets]
         self.sleep = sleep
         self.queue: queue.Queue[Notice | None] = queue.Queue()
         self.failures: list[Failure] = []
@@ -102,20 +78,5 @@ class Notifier:
 
     def _deliver(self, target: Notification, url: str, notice: Notice) -> str | None:
         """None when delivered (2xx); else why not, after every retry."""
-        body = json.dumps(payload(notice, target.format)).encode()
-        problem = "not tried"
-        for attempt in range(target.retries + 1):
-            if attempt:
-                self.sleep(target.backoff_s * 2 ** (attempt - 1))
-            request = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=target.timeout_s) as answer:
-                    answer.read(65536)
-                    return None
-            except urllib.error.HTTPError as exc:
-                problem = f"answered HTTP {exc.code}"
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", exc)
-                problem = f"could not be reached ({secrets.scrub(str(reason))})"
-        tries = target.retries + 1
-        return f"{problem}, {tries} attempt{'s' * (tries != 1)}"
+        return post_with_retries(url, payload(notice, target.format), timeout_s=target.timeout_s,
+                                 retries=target.retries, backoff_s=target.backoff_s, sleep=self.sleep)  # fmt: skip

@@ -130,7 +130,19 @@ class Analysis:
     flagger: FlaggerSettings = field(default_factory=FlaggerSettings)
 
 
-NOTIFY_EVENTS = ("start", "step", "promoted", "rolled-back", "inconclusive", "cancelled", "aborted")
+NOTIFY_EVENTS = (
+    "start",
+    "step",
+    "paused",
+    "continued",
+    "waiting",
+    "approved",
+    "promoted",
+    "rolled-back",
+    "inconclusive",
+    "cancelled",
+    "aborted",
+)
 NOTIFY_FORMATS = ("json", "slack", "teams")
 
 
@@ -150,6 +162,35 @@ class Notification:
     backoff_s: float = 1.0  # the wait before the first retry, doubling after each
 
 
+WEBHOOK_TYPES = ("pre-rollout", "gate", "post-rollout")
+GATE_TIMEOUT_RULES = ("rollback", "continue")
+WebhookType = Literal["pre-rollout", "gate", "post-rollout"]
+GateTimeoutRule = Literal["rollback", "continue"]
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """An HTTP endpoint the rollout asks (a POST of the rollout's state as JSON; 2xx means go).
+
+    pre-rollout: before the first weight is written; no go after every retry, and the rollout does not start.
+    gate: while a passed step waits to move to one of `steps`; asked each interval until it says go, for at most
+    `max_wait_s`, then `on_timeout` decides (roll back, or go on as if it had said go).
+    post-rollout: once the rollout has ended, whatever the outcome; an answer changes nothing.
+    """
+
+    name: str
+    type: WebhookType
+    url: str | None = None
+    url_file: str | None = None
+    url_env: str | None = None
+    timeout_s: float = 10.0  # each call
+    retries: int = 2  # pre- and post-rollout calls; a gate is asked again at the next interval instead
+    backoff_s: float = 1.0
+    steps: tuple[int, ...] = ()  # gate: the weights it guards (all steps after the first when not given)
+    max_wait_s: float = 1800.0  # gate: how long it may keep saying wait
+    on_timeout: GateTimeoutRule = "rollback"
+
+
 @dataclass(frozen=True)
 class Policy:
     name: str
@@ -165,6 +206,14 @@ class Policy:
     source_path: str = "<memory>"
     notifications: tuple[Notification, ...] = ()
     approvals: tuple[int, ...] = ()  # step weights the canary moves to only after `canary approve`
+    webhooks: tuple[Webhook, ...] = ()
+
+    def gates(self, weight: int) -> tuple[Webhook, ...]:
+        """The webhook gates the canary must pass to move to `weight`."""
+        return tuple(w for w in self.webhooks if w.type == "gate" and weight in w.steps)
+
+    def hooks(self, type: WebhookType) -> tuple[Webhook, ...]:
+        return tuple(w for w in self.webhooks if w.type == type)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -396,7 +445,7 @@ class _Reader:
             self.required(top, "", "spec"),
             "spec",
             {"target", "steps", "interval", "minRequests", "maxDuration", "onDeadline", "analysis", "metrics",
-             "audit", "notifications", "approvals"},
+             "audit", "notifications", "approvals", "webhooks"},
         )  # fmt: skip
         steps = self.steps(spec.get("steps", [10, 50, 100]))
         interval = self.duration(spec, "spec", "interval", 60, MIN_INTERVAL_S, MAX_INTERVAL_S)
@@ -420,6 +469,7 @@ class _Reader:
             source_path=self.source,
             notifications=self.notifications(spec.get("notifications", [])),
             approvals=self.approvals(spec.get("approvals", []), steps),
+            webhooks=self.webhooks(spec.get("webhooks", []), steps),
         )
 
     def approvals(self, value: object, steps: tuple[int, ...]) -> tuple[int, ...]:
@@ -448,12 +498,7 @@ class _Reader:
             name = self.name(data, at, "name", "label")
             if name in {n.name for n in out}:
                 raise self.fail(join(at, "name"), f"duplicate notification name {name!r}")
-            given = [k for k in ("url", "urlFile", "urlEnv") if k in data]
-            if len(given) != 1:
-                raise self.fail(at, "needs exactly one of url, urlFile, urlEnv (a URL with a token: urlFile or urlEnv)")
-            url = self.string(data, at, "url") if "url" in data else None
-            if url is not None and not re.fullmatch(r"https?://[^\s]+", url):
-                raise self.fail(join(at, "url"), "must be an http:// or https:// URL")
+            url, url_file, url_env = self.url_source(data, at)
             events = data.get("events", list(NOTIFY_EVENTS))
             if not isinstance(events, list) or not events or any(e not in NOTIFY_EVENTS for e in events):
                 raise self.fail(join(at, "events"), f"must be a list of: {', '.join(NOTIFY_EVENTS)}")
@@ -461,12 +506,65 @@ class _Reader:
                 name=name,
                 format=self.choice(data, at, "format", "json", NOTIFY_FORMATS),
                 url=url,
-                url_file=self.relative(self.string(data, at, "urlFile")) if "urlFile" in data else None,
-                url_env=self.name(data, at, "urlEnv", "env") if "urlEnv" in data else None,
+                url_file=url_file,
+                url_env=url_env,
                 events=tuple(dict.fromkeys(events)),
                 timeout_s=self.duration(data, at, "timeout", 5, 0.1, 60),
                 retries=self.integer(data, at, "retries", 3, 0, 10),
                 backoff_s=self.duration(data, at, "backoff", 1, 0.01, 60),
+            ))  # fmt: skip
+        return tuple(out)
+
+    def url_source(self, data: Mapping[str, Any], at: str) -> tuple[str | None, str | None, str | None]:
+        """Exactly one of url, urlFile (relative to the policy's folder), urlEnv."""
+        given = [k for k in ("url", "urlFile", "urlEnv") if k in data]
+        if len(given) != 1:
+            raise self.fail(at, "needs exactly one of url, urlFile, urlEnv (a URL with a token: urlFile or urlEnv)")
+        url = self.string(data, at, "url") if "url" in data else None
+        if url is not None and not re.fullmatch(r"https?://[^\s]+", url):
+            raise self.fail(join(at, "url"), "must be an http:// or https:// URL")
+        url_file = self.relative(self.string(data, at, "urlFile")) if "urlFile" in data else None
+        url_env = self.name(data, at, "urlEnv", "env") if "urlEnv" in data else None
+        return url, url_file, url_env
+
+    def webhooks(self, value: object, steps: tuple[int, ...]) -> tuple[Webhook, ...]:
+        path = "spec.webhooks"
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list, got {describe(value)}")
+        out: list[Webhook] = []
+        for i, item in enumerate(value):
+            at = f"{path}[{i}]"
+            data = self.mapping(item, at, {"name", "type", "url", "urlFile", "urlEnv", "timeout", "retries",
+                                           "backoff", "steps", "maxWait", "onTimeout"})  # fmt: skip
+            name = self.name(data, at, "name", "label")
+            if name in {w.name for w in out}:
+                raise self.fail(join(at, "name"), f"duplicate webhook name {name!r}")
+            self.required(data, at, "type")
+            kind = self.choice(data, at, "type", "gate", WEBHOOK_TYPES)
+            if kind != "gate":
+                for key in ("steps", "maxWait", "onTimeout"):
+                    if key in data:
+                        raise self.fail(join(at, key), f"applies to a gate only, not to a {kind} webhook")
+            guarded = data.get("steps", list(steps[1:])) if kind == "gate" else []
+            if kind == "gate" and (not isinstance(guarded, list) or not guarded or any(
+                isinstance(v, bool) or v not in steps[1:] for v in guarded
+            )):  # fmt: skip
+                later = ", ".join(str(w) for w in steps[1:]) or "none: the policy has one step"
+                raise self.fail(join(at, "steps"), f"must be a list of step weights after the first ({later}), got "
+                                f"{describe(guarded)}")  # fmt: skip
+            url, url_file, url_env = self.url_source(data, at)
+            out.append(Webhook(
+                name=name,
+                type=kind,  # type: ignore[arg-type]
+                url=url,
+                url_file=url_file,
+                url_env=url_env,
+                timeout_s=self.duration(data, at, "timeout", 10, 0.1, 300),
+                retries=self.integer(data, at, "retries", 2, 0, 10),
+                backoff_s=self.duration(data, at, "backoff", 1, 0.01, 60),
+                steps=tuple(sorted(set(guarded))),
+                max_wait_s=self.duration(data, at, "maxWait", 1800, 1, MAX_DURATION_S),
+                on_timeout=self.choice(data, at, "onTimeout", "rollback", GATE_TIMEOUT_RULES),  # type: ignore[arg-type]
             ))  # fmt: skip
         return tuple(out)
 

@@ -73,6 +73,7 @@ class DecisionRecord:
     observation: dict[str, Any] | None = None  # per metric, version and pod (what the judge saw)
     judgement: dict[str, Any] | None = None
     error: str | None = None
+    gates: list[dict[str, Any]] | None = None  # what each webhook gate asked before this tick answered
     engine: str = ""
     kind: Literal["decision"] = "decision"
 

@@ -61,6 +61,8 @@ class RolloutState:
     step_seconds: tuple[float, ...] = ()  # time spent at each step left so far
     paused_at: float | None = None  # when a person paused it (the deadline and the step's clock stop)
     approved: tuple[int, ...] = ()  # step weights a person approved (the policy's `approvals`)
+    opened: tuple[str, ...] = ()  # webhook gates that said go, as "name@weight"
+    waiting_since: float | None = None  # when the passed step began to wait for its gates
     schema: int = STATE_SCHEMA
 
     @property

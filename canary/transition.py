@@ -65,10 +65,21 @@ class Resume:
 
 
 @dataclass(frozen=True)
+class GateAnswer:
+    """What a webhook gate answered when asked to let the canary move to `weight`."""
+
+    name: str
+    weight: int
+    go: bool
+    detail: str  # "HTTP 200", "HTTP 503", "could not be reached (...)"
+
+
+@dataclass(frozen=True)
 class Observed:
     now: float
     weights: Weights
     observation: Observation
+    gates: tuple[GateAnswer, ...] = ()  # asked before this tick when the rollout was waiting at a gate
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class Manual:
     weights: Weights
     command: ManualCommand
     reason: str
+    full: bool = False  # promote: straight to 100% (else the next step)
 
 
 @dataclass(frozen=True)
@@ -271,6 +283,7 @@ def _observed(state: RolloutState, event: Observed, ctx: Context) -> Transition:
         window=window,
         counts=version_counts(event.observation, ctx.policy),
         observation=observation_dict(event.observation),
+        gates=event.gates,
     )  # fmt: skip
 
 
@@ -350,11 +363,40 @@ def _approve(state: RolloutState | None, event: Manual, ctx: Context) -> Transit
     return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision, judged=False),))
 
 
+def _promote_step(state: RolloutState | None, event: Manual, ctx: Context) -> Transition:
+    """A person moves an open rollout to its next step, past any gate; the judge starts afresh there."""
+    if state is None or not state.phase.open:
+        now_is = f"is {state.phase.value}" if state is not None else "has no rollout"
+        raise ConflictError(f"{_route(ctx)} {now_is}: only an open rollout has a next step to promote to "
+                            f"(`--full` sends all traffic to {ctx.policy.target.canary})")  # fmt: skip
+    if event.weights != state.weights:
+        return _outside_change(state, event.weights, event.now, ctx)
+    step = state.step_index + 1
+    weight = state.steps[step]
+    last = weight == 100
+    action, phase = (Action.PROMOTE, Phase.PROMOTED) if last else (Action.ADVANCE, state.phase)
+    if phase is Phase.WAITING:
+        phase = Phase.PROGRESSING
+    reason = f"{event.reason or 'promoted a step by hand'}: canary from {state.weight}% to {weight}%"
+    new = dataclasses.replace(
+        _advance(state, ctx, event.now, action, reason, phase=phase),
+        step_index=step,
+        weights=Weights.canary_at(weight),
+        step_started_at=event.now,
+        step_seconds=(*state.step_seconds, event.now - state.step_started_at),
+        waiting_since=None,
+    )
+    decision = Decision(action, new.weights, phase, reason)
+    return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision, judged=False),))
+
+
 def _manual(state: RolloutState | None, event: Manual, ctx: Context) -> Transition:
     if event.command in ("pause", "continue"):
         return _pause_or_continue(state, event, ctx)
     if event.command == "approve":
         return _approve(state, event, ctx)
+    if event.command == "promote" and not event.full:
+        return _promote_step(state, event, ctx)
     promote = event.command == "promote"
     weights = Weights.canary_at(100 if promote else 0)
     phase = Phase.PROMOTED if promote else Phase.ROLLED_BACK
@@ -388,6 +430,44 @@ def _cancelled(event: Cancel) -> str:
 # ------------------------------------------------------------------------------------------ the rules
 
 
+@dataclass(frozen=True)
+class _Gates:
+    """Where a passed step stands with the gates in front of the next weight."""
+
+    state: RolloutState  # with the webhook gates that said go remembered
+    waits: tuple[str, ...]  # what it still waits for, in words
+    timed_out: str | None  # why a gate's timeout rolls the canary back
+    notes: tuple[str, ...]  # gates that opened this tick, in words
+
+
+def _gates(state: RolloutState, ctx: Context, weight: int, answers: tuple[GateAnswer, ...], now: float) -> _Gates:
+    """A person's approval and every webhook gate guarding `weight`; a gate that keeps saying wait past its
+    maxWait is settled by its onTimeout rule (roll back, or go on as if it had said go)."""
+    opened, notes, waits = list(state.opened), [], []
+    since = now if state.waiting_since is None else state.waiting_since
+    if weight in ctx.policy.approvals and weight not in state.approved:
+        waits.append("a person's approval (`canary approve`)")
+    for gate in ctx.policy.gates(weight):
+        key = f"{gate.name}@{weight}"
+        if key in opened:
+            continue
+        answer = next((a for a in answers if a.name == gate.name and a.weight == weight), None)
+        if answer is not None and answer.go:
+            opened.append(key)
+            notes.append(f"gate {gate.name} said go ({answer.detail})")
+            continue
+        said = f": {answer.detail}" if answer is not None else ""
+        if now - since >= gate.max_wait_s:
+            waited = f"gate {gate.name} still said wait after {(now - since) / 60:.0f} min{said}"
+            if gate.on_timeout == "rollback":
+                return _Gates(state, (), f"{waited}; its timeout rule rolls back", ())
+            opened.append(key)
+            notes.append(f"{waited}; its timeout rule goes on")
+            continue
+        waits.append(f"gate {gate.name}{said}")
+    return _Gates(dataclasses.replace(state, opened=tuple(opened)), tuple(waits), None, tuple(notes))
+
+
 def _decide(
     state: RolloutState,
     judgement: Judgement,
@@ -399,43 +479,49 @@ def _decide(
     counts: Mapping[str, object] | None = None,
     observation: Mapping[str, object] | None = None,
     error: str | None = None,
+    gates: tuple[GateAnswer, ...] = (),
 ) -> Transition:
-    """The judgement applied to the steps: fail rolls back, pass advances, the deadline ends, else hold."""
+    """The judgement applied to the steps: fail rolls back, pass advances (through its gates), the deadline
+    ends, else hold. A gate never blocks a rollback."""
     tick = state.tick + 1
     step = state.step_index
     phase, action, weights = state.phase, Action.HOLD, state.weights
+    passed = judgement.outcome is Outcome.PASS and state.phase is not Phase.PAUSED
+    gate = _Gates(state, (), None, ())
+    if passed:
+        gate = _gates(state, ctx, state.steps[step + 1], gates, now)
+        state = gate.state
+    opened = "".join(f"; {note}" for note in gate.notes)
     if judgement.outcome is Outcome.FAIL:
         phase, action, weights = Phase.ROLLED_BACK, Action.ROLLBACK, Weights.canary_at(0)
         reason = judgement.summary
-    elif (
-        judgement.outcome is Outcome.PASS
-        and state.phase is not Phase.PAUSED
-        and state.steps[step + 1] in ctx.policy.approvals
-        and state.steps[step + 1] not in state.approved
-        and now < state.deadline
-    ):
-        phase = Phase.WAITING
-        reason = (f"{judgement.summary} at {state.weight}%; waiting for approval to go to {state.steps[step + 1]}% "
-                  "(`canary approve`)")  # fmt: skip
-    elif judgement.outcome is Outcome.PASS and state.phase is not Phase.PAUSED:
+    elif gate.timed_out is not None:
+        phase, action, weights = Phase.ROLLED_BACK, Action.ROLLBACK, Weights.canary_at(0)
+        reason = f"{judgement.summary} at {state.weight}%; {gate.timed_out}"
+    elif passed and not gate.waits:
         phase = Phase.PROGRESSING
         step += 1
         weights = Weights.canary_at(state.steps[step])
         if state.steps[step] == 100:
-            phase, action, reason = Phase.PROMOTED, Action.PROMOTE, f"{judgement.summary} at {state.weight}%"
+            phase, action, reason = Phase.PROMOTED, Action.PROMOTE, f"{judgement.summary} at {state.weight}%{opened}"
         else:
             action = Action.ADVANCE
-            reason = f"{judgement.summary} at {state.weight}%; next step {state.steps[step]}%"
+            reason = f"{judgement.summary} at {state.weight}%{opened}; next step {state.steps[step]}%"
     elif state.phase is Phase.PAUSED:
         reason = f"paused at {state.weight}%: {judgement.summary}; waiting for `canary continue`"
     elif now >= state.deadline:
         phase = Phase.INCONCLUSIVE
+        waited = f", still waiting for {', '.join(gate.waits)}" if gate.waits else ""
         if state.on_deadline == "promote":
             action, weights, step = Action.PROMOTE, Weights.canary_at(100), len(state.steps) - 1
-            reason = f"deadline reached without a decision ({judgement.summary}); the policy promotes"
+            reason = f"deadline reached without a decision ({judgement.summary}{waited}); the policy promotes"
         else:
             action, weights = Action.ROLLBACK, Weights.canary_at(0)
-            reason = f"deadline reached without a decision ({judgement.summary}); the policy rolls back"
+            reason = f"deadline reached without a decision ({judgement.summary}{waited}); the policy rolls back"
+    elif gate.waits:
+        phase = Phase.WAITING
+        reason = (f"{judgement.summary} at {state.weight}%{opened}; waiting to go to {state.steps[step + 1]}% for "
+                  f"{', '.join(gate.waits)}")  # fmt: skip
     else:
         reason = f"holding at {state.weight}%: {judgement.summary}"
     moved_step = step != state.step_index or phase.ended
@@ -445,11 +531,13 @@ def _decide(
         weights=weights,
         step_started_at=now if moved_step else state.step_started_at,
         step_seconds=(*state.step_seconds, now - state.step_started_at) if moved_step else state.step_seconds,
+        waiting_since=(state.waiting_since or now) if phase is Phase.WAITING else None,
     )
     decision = Decision(action, weights, phase, reason)
     record = _record(
         new, ctx, now, before, decision, tick=tick, window=window, counts=counts, observation=observation,
         judgement=judgement_dict(judgement), error=error,
+        gates=[dataclasses.asdict(a) for a in gates] or None,
     )  # fmt: skip
     return Transition(new, decision, (record,), judgement)
 
@@ -504,6 +592,7 @@ def _record(
     observation: Mapping[str, object] | None = None,
     judgement: dict[str, object] | None = None,
     error: str | None = None,
+    gates: list[dict[str, object]] | None = None,
 ) -> DecisionRecord:
     policy = ctx.policy
     return DecisionRecord(
@@ -526,6 +615,7 @@ def _record(
         observation=dict(observation) if observation is not None else None,
         judgement=judgement,
         error=error,
+        gates=gates,
         engine=ENGINE,
     )
 

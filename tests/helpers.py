@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from canary.app import router_for, simulated_rollout
@@ -40,3 +43,36 @@ def tick(r: Runner) -> None:
     """One interval later on the rollout's (simulated) clock, one tick."""
     r.clock.wait(r.policy.interval_s, r.cancel_flag.event)
     r.tick()
+
+
+class Receiver:
+    """A webhook on 127.0.0.1 that records every POST and answers with `status` (the first POSTs with
+    `first`, in order, when given: a gate that says no, then yes)."""
+
+    def __init__(self, status: int = 200, first: tuple[int, ...] = ()) -> None:
+        self.bodies: list[tuple[str, dict[str, object]]] = []
+        self.status = status
+        self.first = list(first)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                outer.bodies.append((self.path, json.loads(self.rfile.read(length))))
+                self.send_response(outer.first.pop(0) if outer.first else outer.status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

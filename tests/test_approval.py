@@ -41,7 +41,7 @@ def test_a_passed_step_waits_for_approval_and_goes_on_once_approved(gated: Path,
     for _ in range(15):
         tick(r)
         assert r.state is not None and r.state.weights.canary == 10, "never past the gate without approval"
-    assert r.state.phase is Phase.WAITING and "waiting for approval to go to 50%" in r.state.last.reason
+    assert r.state.phase is Phase.WAITING and "waiting to go to 50% for a person's approval" in r.state.last.reason
     r.manual("approve", actor="user:alice", reason="change board ok")
     while r.state is not None and r.state.phase.open:
         tick(r)

@@ -608,7 +608,8 @@ def test_promote_and_rollback_print_the_audit_head_as_json(
     runner: CliRunner, tmp_path: Path, manifest: Path, verb: str, after: Weights
 ) -> None:
     audit = tmp_path / "a.jsonl"
-    result = invoke(runner, verb, POLICY, "--manifest", manifest, "--audit", audit, "--actor", "alice",
+    full = ["--full"] if verb == "promote" else []
+    result = invoke(runner, verb, POLICY, *full, "--manifest", manifest, "--audit", audit, "--actor", "alice",
                     "--reason", "pager alert", "--output", "json")  # fmt: skip
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

@@ -394,7 +394,7 @@ def test_a_persons_command_during_a_rollout_joins_the_chain_and_ends_it(
     runner, _, memory = rollout(web_policy, audit_path)
     runner.open()
     person = again(runner, audit_path)
-    applied = person.manual(command, actor="user:ana", reason="paged")
+    applied = person.manual(command, actor="user:ana", reason="paged", full=True)
     assert applied.written and memory.read(web_policy.target).weights == weights
     runner.clock.sleep(60)
     ended = runner.tick()

@@ -1346,7 +1346,8 @@ def kube_command(command: str, kubeconfig: Path, audit: Path) -> list[str | Path
                 "--output", "json"]  # fmt: skip
     if command == "status":
         return ["status", POLICY, "--kubeconfig", kubeconfig]
-    return [command, POLICY, "--kubeconfig", kubeconfig, "--audit", audit]
+    full = ["--full"] if command == "promote" else []  # the write path: without a rollout a step promote is refused
+    return [command, *full, POLICY, "--kubeconfig", kubeconfig, "--audit", audit]
 
 
 def check_kube_unchanged(kube: HostileKubeApi, audit: Path, weights: dict[str, int] | None) -> None:

@@ -66,7 +66,7 @@ def test_a_manual_rollback_is_recorded_as_intended_and_applied_and_prints_the_he
 
 def test_status_shows_the_weights_and_the_rollout_state(manifest: Path, tmp_path: Path) -> None:
     audit = tmp_path / "a.jsonl"
-    done = runner.invoke(app, ["promote", POLICY, "--manifest", str(manifest), "--audit", str(audit),
+    done = runner.invoke(app, ["promote", "--full", POLICY, "--manifest", str(manifest), "--audit", str(audit),
                                "--output", "json"])  # fmt: skip
     assert done.exit_code == 0, done.output
     made = json.loads(done.stdout)
@@ -83,8 +83,8 @@ def test_status_shows_the_weights_and_the_rollout_state(manifest: Path, tmp_path
 
 def test_verify_checks_the_log_against_the_head_the_route_holds(manifest: Path, tmp_path: Path) -> None:
     audit = tmp_path / "a.jsonl"
-    for verb in ("promote", "rollback"):
-        assert runner.invoke(app, [verb, POLICY, "--manifest", str(manifest), "--audit", str(audit)]).exit_code == 0
+    for verb in (["promote", "--full"], ["rollback"]):
+        assert runner.invoke(app, [*verb, POLICY, "--manifest", str(manifest), "--audit", str(audit)]).exit_code == 0
     ok = runner.invoke(app, ["audit", "verify", str(audit), "--policy", POLICY, "--manifest", str(manifest)])
     assert ok.exit_code == 0 and "4 records, hash chain intact ending at the route's head" in ok.stdout
     lines = audit.read_text().splitlines(keepends=True)

@@ -10,12 +10,11 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import Receiver
 from typer.testing import CliRunner
 
 from canary.audit import read_records
@@ -27,37 +26,6 @@ from canary.records import NoteRecord
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = (ROOT / "policies" / "web-app.yaml").read_text()
 runner = CliRunner()
-
-
-class Receiver:
-    """A webhook on 127.0.0.1 that records every POST and answers with `status`."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.bodies: list[tuple[str, dict[str, object]]] = []
-        self.status = status
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                outer.bodies.append((self.path, json.loads(self.rfile.read(length))))
-                self.send_response(outer.status)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -106,3 +106,24 @@ def test_pause_as_a_user_runs_it(cluster: Path, tmp_path: Path) -> None:
     status = subprocess.run([str(canary), "status", str(POLICY), "--kubeconfig", str(cluster), "--audit", str(audit)],
                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert ": paused, step 1 of 3 (10%)" in status.stdout
+
+
+def test_a_simulated_run_resumed_on_a_paused_rollout_stops_at_once_with_it_paused(
+    cluster: Path, tmp_path: Path
+) -> None:
+    """On a simulated clock no `canary continue` can come between two ticks: the run stops (exit 2) and says
+    why, rather than holding forever; the rollout stays paused on the route and continues later."""
+    audit = tmp_path / "audit.jsonl"
+    r = rollout(cluster, audit, "healthy")
+    r.open()
+    person("pause", cluster, audit)
+    args = ["run", str(POLICY), "--simulate", "healthy", "--kubeconfig", str(cluster), "--audit", str(audit),
+            "--resume"]  # fmt: skip
+    stopped = runner.invoke(app, [*args, "--output", "json"])
+    doc = json.loads(stopped.stdout)
+    assert stopped.exit_code == 2 and doc["stopped"] and doc["outcome"] == "paused"
+    assert "paused on a simulated clock" in str(doc["reason"])
+    person("continue", cluster, audit)
+    carried = json.loads(runner.invoke(app, [*args, "--output", "json"]).stdout)
+    # the person's commands ran on the real clock, months after the simulated one: the deadline has passed
+    assert not carried["stopped"] and carried["outcome"] == "inconclusive" and carried["rollout"] == doc["rollout"]

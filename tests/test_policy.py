@@ -182,7 +182,7 @@ BAD_POLICIES = [
         "  target:\n",
         "  targt:\n",
         "web-app.yaml:6: spec.targt: unknown field (expected one of: analysis, approvals, audit, interval, "
-        "maxDuration, metrics, minRequests, notifications, onDeadline, steps, target)",
+        "maxDuration, metrics, minRequests, notifications, onDeadline, steps, target, webhooks)",
         id="spec-field-typo",
     ),
     pytest.param(

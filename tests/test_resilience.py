@@ -401,7 +401,7 @@ def test_a_promote_and_a_rollback_at_the_same_instant_are_made_one_after_the_oth
             barrier = time.time() + 0.05
             lead = [0.0, rng.uniform(0.0, 0.004)]
             rng.shuffle(lead)
-            promote = c.start(c.manual_args("promote", "--actor", "user:alice", "--reason", f"round {i}"),
+            promote = c.start(c.manual_args("promote", "--full", "--actor", "user:alice", "--reason", f"round {i}"),
                               limits=Limits(start_at=barrier + lead[0]))  # fmt: skip
             rollback = c.start(c.manual_args("rollback", "--actor", "user:bob", "--reason", f"round {i}"),
                                limits=Limits(start_at=barrier + lead[1]))  # fmt: skip

@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 
 from canary.errors import ConflictError
 from canary.model import Action, Judgement, Observation, Outcome, Phase, Weights
-from canary.policy import ErrorRateMetric, MetricSpec, Policy, Target
+from canary.policy import ErrorRateMetric, MetricSpec, Policy, Target, Webhook
 from canary.state import RolloutState
 from canary.transition import (
     Cancel,
     Context,
     Crash,
     Event,
+    GateAnswer,
     Manual,
     Observed,
     Resume,
@@ -263,7 +264,7 @@ def test_a_manual_command_ends_the_open_rollout_in_its_chain(command: Any, phase
     ctx = context()
     state = at_step(1, ctx)
     person = dataclasses.replace(ctx, actor="user:ana")
-    t = transition(state, Manual(T0 + 90, state.weights, command, "looks bad"), person)
+    t = transition(state, Manual(T0 + 90, state.weights, command, "looks bad", full=True), person)
     assert (t.state.rollout, t.state.phase, t.state.weights) == ("r1", phase, weights)
     record = t.records[0]
     assert (record.actor, record.reason, record.judge, record.tick) == ("user:ana", "looks bad", None, None)
@@ -379,3 +380,99 @@ def test_weights_take_step_values_only_and_never_fall_except_to_zero(
         if new == 100 and weight != 100:
             assert kind is Outcome.PASS or (on_deadline == "promote" and now >= before.deadline)
         weight = new
+
+
+# ------------------------------------------------------------------------------------------ gates
+
+
+def gated(rule: str = "rollback", max_wait_s: float = 300.0, approvals: tuple[int, ...] = ()) -> Context:
+    gate = Webhook("board", "gate", url="http://127.0.0.1:9/", steps=(50,), max_wait_s=max_wait_s,
+                   on_timeout=rule)  # type: ignore[arg-type]  # fmt: skip
+    return Context(dataclasses.replace(policy(), webhooks=(gate,), approvals=approvals), ScriptedJudge(), "tester")
+
+
+def answered(state: RolloutState, ctx: Context, outcome: Outcome, now: float, *answers: GateAnswer) -> Transition:
+    assert isinstance(ctx.judge, ScriptedJudge)
+    ctx.judge.next = outcome
+    return transition(state, Observed(now, state.weights, EMPTY, answers), ctx)
+
+
+NO, YES = GateAnswer("board", 50, False, "answered HTTP 503"), GateAnswer("board", 50, True, "HTTP 200")
+
+
+def test_a_passed_step_waits_at_a_webhook_gate_until_it_says_go() -> None:
+    ctx = gated()
+    waiting = answered(started(ctx), ctx, Outcome.PASS, T0 + 60)
+    assert waiting.state.phase is Phase.WAITING and waiting.state.weights == Weights(90, 10)
+    assert waiting.state.waiting_since == T0 + 60 and "waiting to go to 50% for gate board" in waiting.decision.reason
+    still = answered(waiting.state, ctx, Outcome.PASS, T0 + 120, NO)
+    assert still.state.phase is Phase.WAITING and "gate board: answered HTTP 503" in still.decision.reason
+    assert still.records[0].gates == [dataclasses.asdict(NO)] and still.state.waiting_since == T0 + 60
+    gone = answered(still.state, ctx, Outcome.PASS, T0 + 180, YES)
+    assert (gone.decision.action, gone.state.weights, gone.state.phase) == (Action.ADVANCE, Weights(50, 50),
+                                                                             Phase.PROGRESSING)  # fmt: skip
+    assert "gate board said go (HTTP 200)" in gone.decision.reason and gone.state.waiting_since is None
+    assert gone.state.opened == ("board@50",)
+
+
+def test_a_gate_never_blocks_a_rollback() -> None:
+    ctx = gated()
+    waiting = answered(started(ctx), ctx, Outcome.PASS, T0 + 60)
+    failed = answered(waiting.state, ctx, Outcome.FAIL, T0 + 120, NO)
+    assert (failed.state.phase, failed.state.weights) == (Phase.ROLLED_BACK, Weights(100, 0))
+
+
+@pytest.mark.parametrize(("rule", "phase", "weights"), [
+    ("rollback", Phase.ROLLED_BACK, Weights(100, 0)),
+    ("continue", Phase.PROGRESSING, Weights(50, 50)),
+])  # fmt: skip
+def test_a_gate_saying_wait_past_its_max_wait_is_settled_by_its_rule(rule: str, phase: Phase, weights: Weights) -> None:
+    ctx = gated(rule, max_wait_s=120)
+    waiting = answered(started(ctx), ctx, Outcome.PASS, T0 + 60)
+    before = answered(waiting.state, ctx, Outcome.PASS, T0 + 120, NO)
+    assert before.state.phase is Phase.WAITING
+    settled = answered(before.state, ctx, Outcome.PASS, T0 + 180, NO)
+    assert (settled.state.phase, settled.state.weights) == (phase, weights)
+    assert "still said wait after 2 min: answered HTTP 503" in settled.decision.reason
+    assert f"its timeout rule {'rolls back' if rule == 'rollback' else 'goes on'}" in settled.decision.reason
+
+
+def test_the_deadline_while_waiting_follows_the_policys_deadline_rule_and_never_opens_the_gate() -> None:
+    ctx = gated(max_wait_s=10 * MAX)
+    waiting = answered(started(ctx), ctx, Outcome.PASS, T0 + 60)
+    ended = answered(waiting.state, ctx, Outcome.PASS, T0 + MAX, NO)
+    assert (ended.state.phase, ended.state.weights) == (Phase.INCONCLUSIVE, Weights(100, 0))
+    assert "still waiting for gate board" in ended.decision.reason
+
+
+def test_an_approval_and_a_gate_on_one_step_both_must_open() -> None:
+    ctx = gated(approvals=(50,))
+    waiting = answered(started(ctx), ctx, Outcome.PASS, T0 + 60)
+    said_go = answered(waiting.state, ctx, Outcome.PASS, T0 + 120, YES)
+    assert said_go.state.phase is Phase.WAITING and "a person's approval" in said_go.decision.reason
+    assert "gate board" not in said_go.decision.reason.split("waiting to go")[1], "the gate's go is remembered"
+    approved = transition(said_go.state, Manual(T0 + 130, said_go.state.weights, "approve", "ok"), ctx)
+    gone = answered(approved.state, ctx, Outcome.PASS, T0 + 180)
+    assert gone.state.weights == Weights(50, 50)
+
+
+# ------------------------------------------------------------------------------------------ promote a step
+
+
+def test_a_persons_promote_moves_an_open_rollout_one_step_past_its_gates_and_full_goes_to_100() -> None:
+    ctx = gated()
+    waiting = answered(started(ctx), ctx, Outcome.PASS, T0 + 60)
+    step = transition(waiting.state, Manual(T0 + 70, waiting.state.weights, "promote", "load test fine"), ctx)
+    assert (step.decision.action, step.state.phase, step.state.weights) == (Action.ADVANCE, Phase.PROGRESSING,
+                                                                             Weights(50, 50))  # fmt: skip
+    assert step.state.step_index == 1 and step.state.step_started_at == T0 + 70 and step.writes
+    assert step.decision.reason == "load test fine: canary from 10% to 50%"
+    last = transition(step.state, Manual(T0 + 80, step.state.weights, "promote", ""), ctx)
+    assert (last.decision.action, last.state.phase, last.state.weights) == (Action.PROMOTE, Phase.PROMOTED,
+                                                                             Weights(0, 100))  # fmt: skip
+    with pytest.raises(ConflictError, match=r"only an open rollout has a next step.*--full"):
+        transition(last.state, Manual(T0 + 90, last.state.weights, "promote", ""), ctx)
+    with pytest.raises(ConflictError, match="has no rollout"):
+        transition(None, Manual(T0, Weights(90, 10), "promote", ""), ctx)
+    full = transition(None, Manual(T0, Weights(90, 10), "promote", "", full=True), ctx)
+    assert full.state.phase is Phase.PROMOTED and full.state.weights == Weights(0, 100)

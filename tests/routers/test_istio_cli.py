@@ -97,7 +97,7 @@ def test_promote_then_rollback_by_hand_in_a_named_context_each_printing_a_head_t
 ) -> None:
     audit = tmp_path / "a.jsonl"
     common = ["--kubeconfig", str(kubeconfig), "--context", "test", "--audit", str(audit)]
-    promoted = invoke("promote", POLICY, *common, "--actor", "alice", "--output", "json")
+    promoted = invoke("promote", POLICY, "--full", *common, "--actor", "alice", "--output", "json")
     assert promoted.exit_code == 0, promoted.output
     made = json.loads(promoted.stdout)
     assert made["weights_before"] == {"baseline": 90, "canary": 10}
@@ -126,8 +126,8 @@ def test_audit_verify_against_the_clusters_route_catches_a_log_cut_short(
     kube_api: KubeApiServer, tmp_path: Path, kubeconfig: Path
 ) -> None:
     audit = tmp_path / "a.jsonl"
-    for verb in ("promote", "rollback"):
-        assert invoke(verb, POLICY, "--kubeconfig", kubeconfig, "--audit", audit).exit_code == 0
+    for verb in (["promote", "--full"], ["rollback"]):
+        assert invoke(*verb, POLICY, "--kubeconfig", kubeconfig, "--audit", audit).exit_code == 0
     audit.write_text("".join(audit.read_text().splitlines(keepends=True)[:2]))  # the rollback cut off
     cut = invoke("audit", "verify", audit, "--policy", POLICY, "--kubeconfig", kubeconfig)
     assert cut.exit_code == 1
