@@ -43,6 +43,7 @@ from canary.audit import read_records, verify_chain
 from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, TickReport
 from canary.display import Progress, summary
 from canary.errors import CanaryError
+from canary.links import reader_links
 from canary.model import Decision, Phase
 from canary.notices import Notice, event_of
 from canary.notifier import Failure, Notifier
@@ -761,6 +762,7 @@ def status(
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     target, weights = loaded.target, read.weights
+    links = reader_links(loaded, state.started_at, state.last.time) if state is not None else []
     if output is OutputFormat.json:
         doc: dict[str, Any] = {
             "target": f"{target.namespace}/{target.virtual_service}",
@@ -777,6 +779,7 @@ def status(
                 "audit_head": state.audit_head,
                 "minutes_in_step": ((judged_at or state.last.time) - state.step_started_at) / 60,
                 "checks": checks,
+                "links": {label: url for label, url in links},
             }  # fmt: skip
         if read.state_error:
             doc["state_error"] = read.state_error
@@ -799,6 +802,8 @@ def status(
             soon = check["next_decision_min"]
             when = f" (a decision in about {soon:.0f} min at the current traffic)" if soon is not None else ""
             typer.echo(f"  {safe(check['outcome']):>8}  {safe(check['summary'])}{when}")
+        for label, url in links:
+            typer.echo(f"{label}: {safe(url)}")
     if read.state_error:
         typer.echo(f"rollout state unreadable: {safe(read.state_error)}")
 
@@ -983,6 +988,36 @@ def audit_list(
         failed = f", {r.changes_failed} change(s) failed" if r.changes_failed else ""
         took = f"{r.outcome} after {r.duration_s / 60:.0f} min ({r.ticks} ticks, {weights}{people}{failed})"
         typer.echo(f"{safe(r.rollout)} {iso(r.started)} {safe(r.policy)}: {took}")
+
+
+@app.command()
+def report(
+    file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The HTML file to write.")] = "report.html",
+    rollout: Annotated[str | None, typer.Option(help="Which rollout (default: the log's last).")] = None,
+    policy: Annotated[str | None, typer.Option(help="Policy whose spec.links add Jaeger and Kiali links.")] = None,
+    output: Output = OutputFormat.text,
+) -> None:
+    """One rollout as a self-contained HTML page: the weight staircase, v1 against v2 error rate and latency
+    per tick, each check's bound closing on its tolerance, every decision with its reason and actor, and the
+    chain's head (verified). Inline SVG; nothing is fetched when it is viewed."""
+    from canary.report_page import render, rollout_view
+
+    try:
+        view = rollout_view(read_records(file), rollout)
+        if view is None:
+            raise CanaryError(f"{file}: " + (f"no rollout {rollout}" if rollout else "holds no rollout"))
+        check = verify_chain(file)
+        links = reader_links(load_policy(policy), view.start, view.decisions[-1].time) if policy else []
+    except CanaryError as exc:
+        raise _fail(str(exc)) from None
+    verified = f"{check.records} records, hash chain intact" if check.ok else f"does NOT verify: {check.problem}"
+    _emit(secrets.scrub(render(view, head=check.head, verified=verified, links=links)), out)
+    if output is OutputFormat.json:
+        typer.echo(json.dumps({"rollout": view.rollout, "out": out, "head": check.head, "verified": check.ok}))
+    else:
+        typer.echo(f"{out}: rollout {view.rollout} of {safe(view.policy)} ({view.decisions[-1].phase.value}), "
+                   f"head {check.head}")  # fmt: skip
 
 
 @audit_app.command("export")

@@ -162,6 +162,14 @@ class Notification:
     backoff_s: float = 1.0  # the wait before the first retry, doubling after each
 
 
+@dataclass(frozen=True)
+class Links:
+    """Where `status` and the report send a reader: Jaeger's and Kiali's base URLs (None: not configured)."""
+
+    jaeger: str | None = None
+    kiali: str | None = None
+
+
 WEBHOOK_TYPES = ("pre-rollout", "gate", "post-rollout")
 GATE_TIMEOUT_RULES = ("rollback", "continue")
 WebhookType = Literal["pre-rollout", "gate", "post-rollout"]
@@ -207,6 +215,7 @@ class Policy:
     notifications: tuple[Notification, ...] = ()
     approvals: tuple[int, ...] = ()  # step weights the canary moves to only after `canary approve`
     webhooks: tuple[Webhook, ...] = ()
+    links: Links = field(default_factory=Links)
 
     def gates(self, weight: int) -> tuple[Webhook, ...]:
         """The webhook gates the canary must pass to move to `weight`."""
@@ -445,7 +454,7 @@ class _Reader:
             self.required(top, "", "spec"),
             "spec",
             {"target", "steps", "interval", "minRequests", "maxDuration", "onDeadline", "analysis", "metrics",
-             "audit", "notifications", "approvals", "webhooks"},
+             "audit", "notifications", "approvals", "webhooks", "links"},
         )  # fmt: skip
         steps = self.steps(spec.get("steps", [10, 50, 100]))
         interval = self.duration(spec, "spec", "interval", 60, MIN_INTERVAL_S, MAX_INTERVAL_S)
@@ -470,7 +479,19 @@ class _Reader:
             notifications=self.notifications(spec.get("notifications", [])),
             approvals=self.approvals(spec.get("approvals", []), steps),
             webhooks=self.webhooks(spec.get("webhooks", []), steps),
+            links=self.links(spec.get("links", {})),
         )
+
+    def links(self, value: object) -> Links:
+        data = self.mapping(value, "spec.links", {"jaeger", "kiali"})
+        found: dict[str, str] = {}
+        for key in ("jaeger", "kiali"):
+            if key in data:
+                url = self.string(data, "spec.links", key)
+                if not re.fullmatch(r"https?://[^\s\"'<>]+", url):
+                    raise self.fail(join("spec.links", key), "must be an http:// or https:// URL")
+                found[key] = url.rstrip("/")
+        return Links(**found)
 
     def approvals(self, value: object, steps: tuple[int, ...]) -> tuple[int, ...]:
         """Step weights that wait for a person's `canary approve` (never the first: a rollout starts there)."""

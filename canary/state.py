@@ -71,8 +71,10 @@ class RolloutState:
 
 
 def policy_digest(policy: Policy) -> str:
-    """A short digest of what the policy decides with (not where it was read from)."""
+    """A short digest of what the policy decides with (not where it was read from, whom it tells, or where
+    its links point)."""
     data = to_data(dataclasses.replace(policy, source_path="", audit_path=None, notifications=()))
+    data.pop("links", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 

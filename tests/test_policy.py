@@ -181,7 +181,7 @@ BAD_POLICIES = [
     pytest.param(
         "  target:\n",
         "  targt:\n",
-        "web-app.yaml:6: spec.targt: unknown field (expected one of: analysis, approvals, audit, interval, "
+        "web-app.yaml:6: spec.targt: unknown field (expected one of: analysis, approvals, audit, interval, links, "
         "maxDuration, metrics, minRequests, notifications, onDeadline, steps, target, webhooks)",
         id="spec-field-typo",
     ),
