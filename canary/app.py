@@ -187,6 +187,7 @@ def manual_runner(policy: Policy, router: Router, audit: AuditSink, *, lock_time
         audit=audit,
         clock=SystemClock(),
         lock_timeout_s=lock_timeout_s,
+        hooks=hooks_for(policy) if policy.hooks("post-rollout") else None,
     )
 
 

@@ -258,7 +258,9 @@ def excess(figures: dict[str, Any]) -> Excess | None:
     if not isinstance(est, float):
         return None
     shift = float(tolerance or 0.0) if "difference" in figures else 0.0
-    passing = figures.get("step_difference_cs") or figures.get("step_excess_cs") or (None, None)
+    passing = figures.get("step_difference_cs") or figures.get("step_excess_cs")
+    if not isinstance(passing, list | tuple) or len(passing) != 2:
+        passing = (None, None)
 
     def less(x: Any) -> float:
         return float(x) - shift if x is not None else math.nan

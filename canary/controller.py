@@ -170,6 +170,7 @@ class Runner:
         self.head = ""
         self.last_judgement: Judgement | None = None
         self.last_decision: Decision | None = None  # this command's last, for a result it stops with
+        self.ended: RolloutState | None = None  # the rollout this command's own write ended (post-rollout hooks)
 
     @property
     def target(self) -> Target:
@@ -254,6 +255,9 @@ class Runner:
         self.audit.append_sealed(applied)
         failpoints.point("after-outcome")
         self.head, self.state = applied.hash, state
+        was = read.state
+        if state.phase.ended and (was is None or was.rollout != state.rollout or was.phase.open):
+            self.ended = state
         return Applied(read.weights, t.decision, state, self.head, True, t.stops)
 
     def _holds(self, head: str) -> bool | None:
@@ -280,76 +284,83 @@ class Runner:
             applied = self._commit(read, transition(state, event, self._ctx(actor)))
         if not applied.written:
             raise RouterError(f"the {command} was not made ({applied.error}); recorded in {self.audit.path}")
+        if self.ended is not None:  # a person's promote or rollback ended the rollout: they tell
+            applied = dataclasses.replace(applied, head=self._post_rollout(self.ended) or applied.head)
         return applied
 
     def open(self, *, resume: bool = False, restart: bool = False) -> TickReport | RolloutResult:
         """Start a rollout, or carry on the open one (`resume`), or abandon it for a new one (`restart`).
-        An ended rollout with `resume` is reported as it stands; nothing changes. A new rollout first asks
-        the policy's pre-rollout webhooks (outside the log's lock: they may take a while)."""
-        self._pre_rollout(restart)
-        now = self.clock.now()
-        with self.audit.locked(self.lock_timeout_s):
-            read = self._read()
-            state = read.state
-            if read.state_error is not None and not restart:
-                raise ConflictError(f"{read.state_error}; start over with --restart, or roll back")
-            problem = self._anchored(read)
-            if problem is not None and not restart:
-                raise ConflictError(f"{problem}; give --audit the route's log, or start over with --restart")
-            if resume and state is not None and state.phase.ended and state.policy == self.policy.name:
-                self.state, self.head = state, self.audit.head
-                return self._result(state, stopped=False)
-            event: Event
-            if resume and state is not None and not state.phase.ended:
-                event = Resume(now, read.weights)
-            else:
-                if read.state_error is not None:
-                    state = None
-                subsets = self.router.subsets_problem(self.target)
-                if subsets is not None:
-                    raise ConflictError(
-                        f"VirtualService {self.target.namespace}/{self.target.virtual_service}: {subsets}"
-                    )
-                event = Start(now, uuid.uuid4().hex[:12], read.weights, restart=restart)
-            applied = self._commit(read, transition(state, event, self._ctx()))
+        An ended rollout with `resume` is reported as it stands; nothing changes. A rollout that would start
+        first asks the policy's pre-rollout webhooks, outside the log's lock (they may take a while), then
+        is decided again under it."""
+        asked = not (self.policy.hooks("pre-rollout") and self.hooks is not None)
+        while True:
+            now = self.clock.now()
+            with self.audit.locked(self.lock_timeout_s):
+                read = self._read()
+                state = read.state
+                if read.state_error is not None and not restart:
+                    raise ConflictError(f"{read.state_error}; start over with --restart, or roll back")
+                problem = self._anchored(read)
+                if problem is not None and not restart:
+                    raise ConflictError(f"{problem}; give --audit the route's log, or start over with --restart")
+                if resume and state is not None and state.phase.ended and state.policy == self.policy.name:
+                    self.state, self.head = state, self.audit.head
+                    return self._result(state, stopped=False)
+                event: Event
+                if resume and state is not None and not state.phase.ended:
+                    event = Resume(now, read.weights)
+                else:
+                    if read.state_error is not None:
+                        state = None
+                    subsets = self.router.subsets_problem(self.target)
+                    if subsets is not None:
+                        raise ConflictError(
+                            f"VirtualService {self.target.namespace}/{self.target.virtual_service}: {subsets}"
+                        )
+                    event = Start(now, uuid.uuid4().hex[:12], read.weights, restart=restart)
+                t = transition(state, event, self._ctx())  # a refusal raises here, before any hook is asked
+                if asked or not isinstance(event, Start):
+                    applied = self._commit(read, t)
+                    break
+            self._pre_rollout(read.weights)
+            asked = True
         if not applied.written:
             raise RouterError(f"the rollout was not started ({applied.error}); recorded in {self.audit.path}")
         return self._report(applied)
 
-    def _pre_rollout(self, restart: bool) -> None:
+    def _note(self, text: str, rollout: str | None) -> str:
+        """A note by the webhooks in the log, after whatever the log left open is settled; the new head."""
+        with self.audit.locked(self.lock_timeout_s):
+            self._read()
+            return self.audit.append(NoteRecord(self.clock.now(), text, "canary-webhooks", rollout)).hash
+
+    def _pre_rollout(self, weights: Weights) -> None:
         """Each pre-rollout webhook must say go before a new rollout writes anything; every answer is noted."""
-        hooks = self.policy.hooks("pre-rollout")
-        if not hooks or self.hooks is None:
-            return
-        read = self.router.read(self.target)
-        if read.state is not None and read.state.phase.open and not restart:
-            return  # carried on (it was asked when the rollout started), or refused by open()
-        for hook in hooks:
-            problem = self.hooks.call(hook, hook_body(self.policy, hook, None, read.weights))
-            said = "said go" if problem is None else problem
-            with self.audit.locked(self.lock_timeout_s):
-                self.audit.append(NoteRecord(self.clock.now(), f"pre-rollout webhook {hook.name!r} {said}",
-                                             "canary-webhooks"))  # fmt: skip
+        assert self.hooks is not None
+        for hook in self.policy.hooks("pre-rollout"):
+            problem = self.hooks.call(hook, hook_body(self.policy, hook, None, weights))
+            self._note(f"pre-rollout webhook {hook.name!r} {'said go' if problem is None else problem}", None)
             if problem is not None:
                 raise CanaryError(f"pre-rollout webhook {hook.name!r} {problem}: the rollout was not started")
 
-    def _post_rollout(self, result: RolloutResult) -> RolloutResult:
-        """Each post-rollout webhook told how the rollout ended; the answers are noted and change nothing."""
+    def _post_rollout(self, state: RolloutState) -> str | None:
+        """Each post-rollout webhook told how the rollout ended (by the command whose change ended it); the
+        answers are noted and change nothing. The log's head after the notes (None: no webhook)."""
         hooks = self.policy.hooks("post-rollout")
-        if not hooks or self.hooks is None or self.state is None:
-            return result
-        head = result.audit_head
+        if not hooks or self.hooks is None:
+            return None
+        head = None
         for hook in hooks:
-            problem = self.hooks.call(hook, hook_body(self.policy, hook, self.state, self.state.weights))
+            problem = self.hooks.call(hook, hook_body(self.policy, hook, state, state.weights))
             said = "said go" if problem is None else f"{problem} (the rollout's outcome stands)"
-            with self.audit.locked(self.lock_timeout_s):
-                head = self.audit.append(NoteRecord(self.clock.now(), f"post-rollout webhook {hook.name!r} {said}",
-                                                    "canary-webhooks", self.state.rollout)).hash  # fmt: skip
-        return dataclasses.replace(result, audit_head=head)
+            head = self._note(f"post-rollout webhook {hook.name!r} {said}", state.rollout)
+        return head
 
     def _ask_gates(self, state: RolloutState) -> tuple[GateAnswer, ...]:
-        """While a passed step waits, each webhook gate before the next weight that has not said go yet."""
-        if state.phase is not Phase.WAITING or self.hooks is None or state.step_index + 1 >= len(state.steps):
+        """While a passed step waits (since `waiting_since`, approved by a person or not), each webhook gate
+        before the next weight that has not said go yet."""
+        if state.waiting_since is None or self.hooks is None or state.step_index + 1 >= len(state.steps):
             return ()
         weight = state.steps[state.step_index + 1]
         return tuple(
@@ -376,7 +387,7 @@ class Runner:
             observation = self.source.observe(self.target.scope, self.policy.metrics, pre.state.observed_until, now)
             event = Observed(now, pre.weights, observation, gates)
         except SourceError as exc:
-            event = SourceFailed(now, pre.weights, str(exc), exc.temporary)
+            event = SourceFailed(now, pre.weights, str(exc), exc.temporary, gates)
         with self.audit.locked(self.lock_timeout_s):
             read = self._read()
             if (ended := self._taken_over(read)) is not None:
@@ -447,13 +458,16 @@ class Runner:
     def run(
         self, on_tick: Callable[[TickReport], None] | None = None, *, resume: bool = False, restart: bool = False
     ) -> RolloutResult:
-        """Start (or resume) and tick until the rollout ends, is cancelled, or cannot go on; a rollout that
-        ended on this command's watch is told to the post-rollout webhooks."""
+        """Start (or resume) and tick until the rollout ends, is cancelled, or cannot go on; a rollout this
+        command's own change ended is told to the post-rollout webhooks (one a person ended, they tell)."""
         opened = self.open(resume=resume, restart=restart)
         if isinstance(opened, RolloutResult):
             return opened  # it had ended before this command
         result = self._ticks(opened, on_tick)
-        return self._post_rollout(result) if result.phase.ended and not result.stopped else result
+        if self.ended is not None and self.ended.rollout == result.rollout:
+            head = self._post_rollout(self.ended)
+            result = dataclasses.replace(result, audit_head=head or result.audit_head)
+        return result
 
     def _ticks(self, opened: TickReport, on_tick: Callable[[TickReport], None] | None) -> RolloutResult:
         report = opened

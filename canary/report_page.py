@@ -50,16 +50,23 @@ def rollout_view(sealed: Iterable[Sealed], rollout: str | None = None) -> Rollou
             return None
         rollout = ids[-1]
     view = RolloutView(rollout)
+    before: list[NoteRecord] = []  # notes of no rollout (a pre-rollout webhook's) belong to the next decision's
     for item in items:
         record = item.record
-        if isinstance(record, DecisionRecord) and record.rollout == rollout:
-            view.decisions.append(record)
-            view.policy = record.policy.name
-            view.target = f"{record.target.namespace}/{record.target.virtual_service}"
+        if isinstance(record, DecisionRecord):
+            if record.rollout == rollout:
+                view.decisions.append(record)
+                view.notes += before
+                view.policy = record.policy.name
+                view.target = f"{record.target.namespace}/{record.target.virtual_service}"
+            before = []
         elif isinstance(record, OutcomeRecord) and record.rollout == rollout:
             view.outcomes.append(record)
-        elif isinstance(record, NoteRecord) and record.rollout in (rollout, None) and view.decisions:
-            view.notes.append(record)
+        elif isinstance(record, NoteRecord):
+            if record.rollout == rollout:
+                view.notes.append(record)
+            elif record.rollout is None:
+                before.append(record)
     return view if view.decisions else None
 
 
@@ -86,42 +93,56 @@ def staircase(view: RolloutView) -> Series:
     return points
 
 
-def per_version(view: RolloutView, version: str, measure: str) -> Series:
-    """Per judged tick: the version's error rate (%) or bucket-interpolated p95 (ms) in that tick's window."""
+def per_version(view: RolloutView, role: str, measure: str) -> Series:
+    """Per judged tick, for `role` (baseline or canary, as the judge saw them): the first error-rate metric's
+    rate (%), or the first latency metric's p95 (ms, interpolated in the buckets), summed over pods."""
     out: Series = []
     for d in view.decisions:
-        counts = (d.counts or {}).get(version)
-        if not isinstance(counts, dict):
+        metrics = (d.observation or {}).get("metrics")
+        if not isinstance(metrics, dict):
             continue
-        value = _error_rate(counts) if measure == "errors" else _p95(counts)
+        pods: list[dict[str, Any]] = [m[role] for m in metrics.values() if isinstance(m, dict)
+                                      and isinstance(m.get(role), dict)]  # fmt: skip
+        samples = [s for p in pods for s in p.values() if isinstance(s, dict)]
+        value = _error_rate(samples) if measure == "errors" else _p95(samples)
         if value is not None:
             out.append(((d.time - view.start) / 60, value))
     return out
 
 
-def _error_rate(counts: dict[str, Any]) -> float | None:
-    requests, errors = counts.get("requests"), counts.get("errors")
-    if not isinstance(requests, int | float) or not isinstance(errors, int | float) or requests <= 0:
-        return None
-    return 100 * errors / requests
-
-
-def _p95(counts: dict[str, Any]) -> float | None:
-    buckets = counts.get("latency_buckets")
-    if not isinstance(buckets, dict) or not buckets:
-        return None
+def _error_rate(samples: list[dict[str, Any]]) -> float | None:
+    ratios = [s for s in samples if "trials" in s]
     try:
-        hist = Histogram.from_cumulative({float(le): int(n) for le, n in buckets.items()})
-    except (TypeError, ValueError):
+        trials, events = sum(float(s["trials"]) for s in ratios), sum(float(s["events"]) for s in ratios)
+    except (TypeError, ValueError, KeyError):
         return None
-    value = interpolated_quantile(hist, 0.95)
+    return 100 * events / trials if trials > 0 else None
+
+
+def _p95(samples: list[dict[str, Any]]) -> float | None:
+    try:
+        hists = [Histogram(tuple(s["bounds"]), tuple(s["counts"])) for s in samples if "bounds" in s]
+        first = [h for h in hists if h.bounds == hists[0].bounds] if hists else []
+        total = first[0] if first else None
+        for h in first[1:]:
+            total = total + h if total is not None else h
+    except (TypeError, ValueError, KeyError):
+        return None
+    if total is None or total.total <= 0:
+        return None
+    value = interpolated_quantile(total, 0.95)
     return value if math.isfinite(value) else None
+
+
+def _verdicts(d: DecisionRecord) -> list[dict[str, Any]]:
+    verdicts = (d.judgement or {}).get("verdicts")
+    return [v for v in verdicts if isinstance(v, dict)] if isinstance(verdicts, list) else []
 
 
 def check_names(view: RolloutView) -> list[str]:
     names: dict[str, None] = {}
     for d in view.decisions:
-        for verdict in (d.judgement or {}).get("verdicts", []):
+        for verdict in _verdicts(d):
             names.setdefault(str(verdict.get("metric")), None)
     return list(names)
 
@@ -134,10 +155,14 @@ def check_bounds(view: RolloutView, name: str) -> tuple[Series, Series, Series]:
     low: Series = []
     high: Series = []
     for d in view.decisions:
-        for verdict in (d.judgement or {}).get("verdicts", []):
-            if verdict.get("metric") != name:
+        for verdict in _verdicts(d):
+            figures = verdict.get("figures")
+            if verdict.get("metric") != name or not isinstance(figures, dict):
                 continue
-            found = excess(dict(verdict.get("figures") or {}))
+            try:
+                found = excess(figures)
+            except (TypeError, ValueError, IndexError):
+                found = None  # a hand-edited record: its figures are left out, the page still drawn
             if found is None:
                 continue
             t = (d.time - view.start) / 60
@@ -259,16 +284,16 @@ def render(view: RolloutView, *, head: str, verified: str, links: Sequence[tuple
         "</p>",
         _links(links),
         "<h2>Weights</h2>",
-        _svg(plot("the canary's weight", "canary %", [Line("v2 weight", staircase(view), CANARY_COLOUR)],
+        _svg(plot("the canary's weight", "canary %", [Line("canary weight", staircase(view), CANARY_COLOUR)],
                   y_range=(0, 100), x_range=span)),
-        "<h2>v1 against v2, per tick</h2><div class=plots>",
+        "<h2>Baseline against canary, per tick</h2><div class=plots>",
         _svg(plot("error rate per tick", "errors %", [
-            Line("v1", per_version(view, _version(view, 0), "errors"), BASELINE_COLOUR),
-            Line("v2", per_version(view, _version(view, 1), "errors"), CANARY_COLOUR),
+            Line("baseline", per_version(view, "baseline", "errors"), BASELINE_COLOUR),
+            Line("canary", per_version(view, "canary", "errors"), CANARY_COLOUR),
         ], x_range=span)),
         _svg(plot("latency p95 per tick (interpolated in the buckets)", "p95 ms", [
-            Line("v1", per_version(view, _version(view, 0), "p95"), BASELINE_COLOUR),
-            Line("v2", per_version(view, _version(view, 1), "p95"), CANARY_COLOUR),
+            Line("baseline", per_version(view, "baseline", "p95"), BASELINE_COLOUR),
+            Line("canary", per_version(view, "canary", "p95"), CANARY_COLOUR),
         ], x_range=span)),
         "</div>",
         "<h2>Each check: the canary's excess over its tolerance, and the bounds closing on it</h2>",
@@ -295,15 +320,6 @@ def render(view: RolloutView, *, head: str, verified: str, links: Sequence[tuple
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
-
-
-def _version(view: RolloutView, index: int) -> str:
-    for d in view.decisions:
-        if d.counts:
-            names = list(d.counts)
-            if len(names) > index:
-                return names[index]
-    return ("v1", "v2")[index]
 
 
 def _svg(element: ET.Element) -> str:

@@ -88,6 +88,7 @@ class SourceFailed:
     weights: Weights
     error: str
     temporary: bool
+    gates: tuple[GateAnswer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,7 @@ def _source_failed(state: RolloutState, event: SourceFailed, ctx: Context) -> Tr
             f"metrics source failed: {event.error}; stopping, weights left at {event.weights}", error=event.error,
         )  # fmt: skip
     judgement = Judgement(Outcome.NO_DATA, (), f"metrics source unavailable ({event.error}), retrying next tick")
-    return _decide(state, judgement, ctx, event.now, event.weights, error=event.error)
+    return _decide(state, judgement, ctx, event.now, event.weights, error=event.error, gates=event.gates)
 
 
 def _router_unavailable(state: RolloutState, event: RouterUnavailable, ctx: Context) -> Transition:
@@ -384,8 +385,15 @@ def _promote_step(state: RolloutState | None, event: Manual, ctx: Context) -> Tr
         weights=Weights.canary_at(weight),
         step_started_at=event.now,
         step_seconds=(*state.step_seconds, event.now - state.step_started_at),
+        observed_until=event.now,  # the new step is judged on traffic at its weight only
         waiting_since=None,
     )
+    if (
+        state.paused_at is not None and not last
+    ):  # the pause goes on: the deadline takes the time paused so far, the new
+        new = dataclasses.replace(  # step's clock starts paused
+            new, paused_at=event.now, deadline=state.deadline + (event.now - state.paused_at)
+        )
     decision = Decision(action, new.weights, phase, reason)
     return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision, judged=False),))
 
@@ -440,9 +448,20 @@ class _Gates:
     notes: tuple[str, ...]  # gates that opened this tick, in words
 
 
+def _remember(state: RolloutState, answers: tuple[GateAnswer, ...]) -> tuple[RolloutState, tuple[str, ...]]:
+    """The gates that said go, kept whatever this tick's judgement (a gate is not asked again)."""
+    opened, notes = list(state.opened), []
+    for a in answers:
+        key = f"{a.name}@{a.weight}"
+        if a.go and key not in opened:
+            opened.append(key)
+            notes.append(f"gate {a.name} said go ({a.detail})")
+    return dataclasses.replace(state, opened=tuple(opened)), tuple(notes)
+
+
 def _gates(state: RolloutState, ctx: Context, weight: int, answers: tuple[GateAnswer, ...], now: float) -> _Gates:
-    """A person's approval and every webhook gate guarding `weight`; a gate that keeps saying wait past its
-    maxWait is settled by its onTimeout rule (roll back, or go on as if it had said go)."""
+    """A person's approval and every webhook gate guarding `weight`; a gate asked this tick that still says
+    wait past its maxWait is settled by its onTimeout rule (roll back, or go on as if it had said go)."""
     opened, notes, waits = list(state.opened), [], []
     since = now if state.waiting_since is None else state.waiting_since
     if weight in ctx.policy.approvals and weight not in state.approved:
@@ -452,12 +471,8 @@ def _gates(state: RolloutState, ctx: Context, weight: int, answers: tuple[GateAn
         if key in opened:
             continue
         answer = next((a for a in answers if a.name == gate.name and a.weight == weight), None)
-        if answer is not None and answer.go:
-            opened.append(key)
-            notes.append(f"gate {gate.name} said go ({answer.detail})")
-            continue
         said = f": {answer.detail}" if answer is not None else ""
-        if now - since >= gate.max_wait_s:
+        if answer is not None and now - since >= gate.max_wait_s:
             waited = f"gate {gate.name} still said wait after {(now - since) / 60:.0f} min{said}"
             if gate.on_timeout == "rollback":
                 return _Gates(state, (), f"{waited}; its timeout rule rolls back", ())
@@ -487,11 +502,12 @@ def _decide(
     step = state.step_index
     phase, action, weights = state.phase, Action.HOLD, state.weights
     passed = judgement.outcome is Outcome.PASS and state.phase is not Phase.PAUSED
+    state, said_go = _remember(state, gates)
     gate = _Gates(state, (), None, ())
     if passed:
         gate = _gates(state, ctx, state.steps[step + 1], gates, now)
         state = gate.state
-    opened = "".join(f"; {note}" for note in gate.notes)
+    opened = "".join(f"; {note}" for note in (*said_go, *gate.notes))
     if judgement.outcome is Outcome.FAIL:
         phase, action, weights = Phase.ROLLED_BACK, Action.ROLLBACK, Weights.canary_at(0)
         reason = judgement.summary
@@ -512,7 +528,10 @@ def _decide(
     elif now >= state.deadline:
         phase = Phase.INCONCLUSIVE
         waited = f", still waiting for {', '.join(gate.waits)}" if gate.waits else ""
-        if state.on_deadline == "promote":
+        if gate.waits:  # the deadline's rule may not walk past a closed gate to 100%
+            action, weights = Action.ROLLBACK, Weights.canary_at(0)
+            reason = f"deadline reached while waiting ({judgement.summary}{waited}); rolled back: no rule opens a gate"
+        elif state.on_deadline == "promote":
             action, weights, step = Action.PROMOTE, Weights.canary_at(100), len(state.steps) - 1
             reason = f"deadline reached without a decision ({judgement.summary}{waited}); the policy promotes"
         else:

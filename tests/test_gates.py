@@ -15,12 +15,15 @@ import pytest
 from helpers import Receiver, cluster_rollout, decisions, tick
 from typer.testing import CliRunner
 
-from canary.audit import read_records, verify_chain
+from canary.app import router_for, simulated_rollout
+from canary.audit import AuditLog, read_records, verify_chain
 from canary.cli import app
+from canary.controller import Runner
 from canary.errors import PolicyError
 from canary.model import Action, Phase
-from canary.policy import parse_policy
+from canary.policy import load_policy, parse_policy
 from canary.records import NoteRecord
+from canary.scenario import builtin_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = (ROOT / "policies" / "web-app.yaml").read_text()
@@ -34,6 +37,13 @@ def with_spec(tmp_path: Path, block: str) -> Path:
     assert n == 1
     path.write_text(text)
     return path
+
+
+def manifest_rollout(policy: Path, manifest: Path, audit: Path) -> Runner:
+    """A simulated healthy rollout whose weights live in a manifest file."""
+    loaded = load_policy(str(policy))
+    router = router_for(loaded, str(manifest))
+    return simulated_rollout(loaded, builtin_scenario("healthy"), seed=1, audit=AuditLog(audit), router=router).runner
 
 
 def notes(audit: Path) -> list[str]:
@@ -183,3 +193,49 @@ def test_a_run_tells_once_when_a_passed_step_begins_to_wait(tmp_path: Path) -> N
         events = [body["event"] for _, body in receiver.bodies]
     assert code == 3 and doc is not None and doc["outcome"] == "inconclusive"
     assert events == ["start", "waiting", "inconclusive"]
+
+
+def test_pre_rollout_webhooks_are_asked_only_for_a_rollout_that_will_start(tmp_path: Path) -> None:
+    """Not on --resume of a cancelled rollout, not for a run refused (the route already all canary), and
+    after a command killed between its write and its outcome the note goes after the settled outcome."""
+    with Receiver() as hook:
+        policy = with_spec(tmp_path, f"  webhooks:\n    - {{name: load-test, type: pre-rollout, url: '{hook.url}'}}\n")
+        audit, manifest = tmp_path / "audit.jsonl", tmp_path / "vs.yaml"
+        manifest.write_bytes((ROOT / "fixtures" / "istio" / "web-app-virtualservice.yaml").read_bytes())
+        where = ["--manifest", str(manifest), "--audit", str(audit)]
+        assert CliRunner().invoke(app, ["promote", "--full", str(policy), *where]).exit_code == 0
+        lines = audit.read_text().splitlines(keepends=True)
+        audit.write_text("".join(lines[:-1]))  # killed after the write, before its outcome was appended
+        code, _, err = run_json(policy, audit, *where)
+        assert code == 2 and "nothing to roll out" in err and not hook.bodies, "refused before any hook"
+        assert verify_chain(audit).ok and notes(audit) == [], "the open change settled, nothing else added"
+        assert CliRunner().invoke(app, ["rollback", str(policy), *where]).exit_code == 0
+        audit.write_text("".join(audit.read_text().splitlines(keepends=True)[:-1]))  # killed again, so
+        r = manifest_rollout(policy, manifest, audit)
+        r.open()  # the hook's note must follow the outcome this command settles
+        assert len(hook.bodies) == 1 and verify_chain(audit).ok
+        assert notes(audit) == ["pre-rollout webhook 'load-test' said go"]
+        r.cancel_flag.set("SIGTERM")
+        assert r.run(resume=True).phase is Phase.CANCELLED
+        code, doc, _ = run_json(policy, audit, *where, "--resume")
+        assert code == 0 and doc is not None and doc["outcome"] == "promoted" and len(hook.bodies) == 1
+    assert verify_chain(audit).ok
+
+
+def test_a_post_rollout_webhook_is_told_once_by_the_command_that_ended_the_rollout(tmp_path: Path) -> None:
+    with Receiver() as hook:
+        policy = with_spec(tmp_path, f"  webhooks:\n    - {{name: ticket, type: post-rollout, url: '{hook.url}'}}\n")
+        audit, manifest = tmp_path / "audit.jsonl", tmp_path / "vs.yaml"
+        manifest.write_bytes((ROOT / "fixtures" / "istio" / "web-app-virtualservice.yaml").read_bytes())
+        r = manifest_rollout(policy, manifest, audit)
+        r.open()
+        tick(r)
+        rolled = CliRunner().invoke(app, ["rollback", str(policy), "--manifest", str(manifest), "--audit", str(audit),
+                                          "--actor", "user:dan", "--output", "json"])  # fmt: skip
+        assert rolled.exit_code == 0, rolled.output
+        assert [body["rollout"]["phase"] for _, body in hook.bodies] == ["rolled-back"]  # type: ignore[index]
+        assert json.loads(rolled.stdout)["audit_head"] == list(read_records(audit))[-1].hash
+        tick(r)  # the run sees the person's rollback: it ended no rollout itself and tells nobody
+        assert r.state is not None and r.state.phase is Phase.ROLLED_BACK and r.ended is None
+        assert len(hook.bodies) == 1
+    assert notes(audit) == ["post-rollout webhook 'ticket' said go"]

@@ -5,6 +5,7 @@ that is not blank)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -20,7 +21,8 @@ from canary.app import simulated_rollout
 from canary.audit import AuditLog, read_records
 from canary.cli import app
 from canary.policy import load_policy
-from canary.report_page import check_bounds, render, rollout_view, staircase
+from canary.records import DecisionRecord, NoteRecord
+from canary.report_page import check_bounds, per_version, render, rollout_view, staircase
 from canary.scenario import builtin_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,3 +130,29 @@ def test_a_link_that_is_not_an_http_url_is_refused_naming_the_field() -> None:
     text = POLICY.read_text().replace("  metrics:\n", "  links: {kiali: 'javascript:alert(1)'}\n  metrics:\n", 1)
     with pytest.raises(PolicyError, match=r"spec\.links\.kiali: must be an http:// or https:// URL"):
         parse_policy(text, "p.yaml")
+
+
+def test_roles_come_from_what_the_judge_saw_and_notes_go_with_their_rollout(tmp_path: Path) -> None:
+    """A canary subset that sorts before the baseline's (v10 < v9) is still drawn as the canary; a note of no
+    rollout (a pre-rollout webhook's) belongs to the rollout it came before; an edited verdict is skipped."""
+    base = load_policy(POLICY)
+    policy = dataclasses.replace(base, target=dataclasses.replace(base.target, baseline="v9", canary="v10"))
+    audit = tmp_path / "audit.jsonl"
+    log = AuditLog(audit)
+    for scenario in ("healthy", "error-regression"):
+        with log.locked(5):
+            log.append(NoteRecord(0.0, f"before {scenario}", "canary-webhooks"))
+        simulated_rollout(policy, builtin_scenario(scenario), seed=1, audit=log,
+                          router=memory_router(policy.target)).runner.run()  # fmt: skip
+    records = list(read_records(audit))
+    first = rollout_view(records, next(s.record.rollout for s in records if isinstance(s.record, DecisionRecord)))
+    last = rollout_view(records)
+    assert first is not None and last is not None
+    assert [n.reason for n in first.notes] == ["before healthy"] and [n.reason for n in last.notes] == [
+        "before error-regression"]  # fmt: skip
+    canary_rate = [y for _, y in per_version(last, "canary", "errors")]
+    baseline_rate = [y for _, y in per_version(last, "baseline", "errors")]
+    assert canary_rate and canary_rate[-1] > baseline_rate[-1], "the regressed version is the canary"
+    edited = dataclasses.replace(last.decisions[-1], judgement={"verdicts": ["?", {"metric": "x", "figures": 3}]})
+    last.decisions[-1] = edited
+    assert "<svg" in render(last, head="h", verified="edited")

@@ -167,3 +167,17 @@ def test_weights_in_the_state_are_checked_on_decode() -> None:
 def test_encoded_state_of_a_long_rollout_fits_an_annotation(web_policy: Policy, tmp_path: Path) -> None:
     """Kubernetes caps all annotations of an object at 256 KiB together; the state stays far below."""
     assert len(encode_state(finished_state(web_policy)).encode()) < 32 * 1024
+
+
+def test_a_policy_without_webhooks_keeps_the_digest_it_had_before_webhooks_existed() -> None:
+    """A rollout started by the canary before `spec.webhooks` resumes under this one with the same file; the
+    digest below is what that canary computed for policies/web-app.yaml. Links never count."""
+    import dataclasses
+    from pathlib import Path
+
+    from canary.policy import Links, load_policy
+    from canary.state import policy_digest
+
+    shipped = load_policy(Path(__file__).resolve().parent.parent / "policies" / "web-app.yaml")
+    assert policy_digest(shipped) == "5d1382f28d8d8fd8"
+    assert policy_digest(dataclasses.replace(shipped, links=Links(jaeger="http://127.0.0.1:1"))) == "5d1382f28d8d8fd8"

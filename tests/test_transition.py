@@ -476,3 +476,34 @@ def test_a_persons_promote_moves_an_open_rollout_one_step_past_its_gates_and_ful
         transition(None, Manual(T0, Weights(90, 10), "promote", ""), ctx)
     full = transition(None, Manual(T0, Weights(90, 10), "promote", "", full=True), ctx)
     assert full.state.phase is Phase.PROMOTED and full.state.weights == Weights(0, 100)
+
+
+def test_the_deadline_never_promotes_past_a_closed_gate_even_when_the_policy_promotes() -> None:
+    ctx = gated(max_wait_s=10 * MAX)
+    ctx = dataclasses.replace(ctx, policy=dataclasses.replace(ctx.policy, on_deadline="promote"))
+    waiting = answered(started(ctx), ctx, Outcome.PASS, T0 + 60)
+    ended = answered(waiting.state, ctx, Outcome.PASS, T0 + MAX, NO)
+    assert (ended.state.phase, ended.state.weights) == (Phase.INCONCLUSIVE, Weights(100, 0))
+    assert "no rule opens a gate" in ended.decision.reason
+
+
+def test_a_gate_times_out_only_on_a_tick_it_was_asked_and_a_go_counts_whatever_the_judgement() -> None:
+    ctx = gated(max_wait_s=120)
+    waiting = answered(started(ctx), ctx, Outcome.PASS, T0 + 60)
+    unasked = answered(waiting.state, ctx, Outcome.PASS, T0 + 400)  # long past maxWait, but not asked
+    assert unasked.state.phase is Phase.WAITING and unasked.state.weights == Weights(90, 10)
+    held = answered(unasked.state, ctx, Outcome.CONTINUE, T0 + 460, YES)
+    assert held.state.opened == ("board@50",) and held.state.weights == Weights(90, 10)
+    gone = answered(held.state, ctx, Outcome.PASS, T0 + 520)
+    assert gone.state.weights == Weights(50, 50), "the go was remembered"
+
+
+def test_a_step_promote_judges_the_new_step_from_its_own_traffic_and_keeps_a_pause() -> None:
+    ctx = context()
+    state = started(ctx)
+    paused = transition(state, Manual(T0 + 30, state.weights, "pause", ""), ctx).state
+    stepped = transition(paused, Manual(T0 + 90, paused.weights, "promote", ""), ctx).state
+    assert stepped.observed_until == T0 + 90 and stepped.step_started_at == T0 + 90
+    assert stepped.phase is Phase.PAUSED and stepped.paused_at == T0 + 90
+    going = transition(stepped, Manual(T0 + 150, stepped.weights, "continue", ""), ctx).state
+    assert going.step_started_at == T0 + 150 and going.deadline == paused.deadline + 120, "paused 120 s in all"
