@@ -239,3 +239,19 @@ def test_a_post_rollout_webhook_is_told_once_by_the_command_that_ended_the_rollo
         assert r.state is not None and r.state.phase is Phase.ROLLED_BACK and r.ended is None
         assert len(hook.bodies) == 1
     assert notes(audit) == ["post-rollout webhook 'ticket' said go"]
+
+
+def test_a_webhook_url_read_from_the_environment_is_never_printed_or_recorded(tmp_path: Path) -> None:
+    with Receiver(status=403) as hook:
+        secret_url = f"{hook.url}/hooks/T0KEN-s3cr3t"
+        policy = with_spec(tmp_path, "  webhooks:\n    - {name: load-test, type: pre-rollout, urlEnv: LOAD_TEST_URL, "
+                                     "retries: 0}\n")  # fmt: skip
+        audit = tmp_path / "audit.jsonl"
+        done = CliRunner().invoke(app, ["run", str(policy), "--simulate", "healthy", "--audit", str(audit)],
+                                  env={"LOAD_TEST_URL": secret_url})  # fmt: skip
+        assert [path for path, _ in hook.bodies] == ["/hooks/T0KEN-s3cr3t"]
+    assert done.exit_code == 2 and "answered HTTP 403" in done.stderr
+    assert "T0KEN" not in done.output and "T0KEN" not in audit.read_text()
+    missing = CliRunner().invoke(app, ["run", str(policy), "--simulate", "healthy", "--audit", str(audit)], env={})
+    assert missing.exit_code == 2
+    assert missing.stderr == "canary: webhook 'load-test': the environment variable LOAD_TEST_URL is not set\n"
