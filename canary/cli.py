@@ -906,25 +906,40 @@ def _emit(text: str, out: str | None) -> bool:
 
 
 @app.command()
-def validate(policy: Annotated[str, typer.Argument(help="Policy file to check.")]) -> None:
+def validate(
+    policy: Annotated[str, typer.Argument(help="Policy file to check.")], output: Output = OutputFormat.text
+) -> None:
     """Check a policy, and that its judge can judge every metric; one line naming file, field and line on
-    the first mistake."""
+    the first mistake (exit 2, with --output json too). Warns where the buckets cannot resolve a latency
+    tolerance."""
     try:
         loaded = load_policy(policy)
         judge_for(loaded)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
-    metrics = ", ".join(m.name for m in loaded.metrics)
-    steps = " -> ".join(f"{s}%" for s in loaded.steps)
-    typer.echo(f"{policy}: valid CanaryPolicy {loaded.name!r}: steps {steps}, metrics {metrics}")
+    warnings: list[str] = []
     if loaded.analysis.judge == "sequential":
         from canary.planning import undecidable_ranges
 
-        for line in undecidable_ranges(loaded):
-            typer.echo(f"warning: {line}")
+        warnings = list(undecidable_ranges(loaded))
     simulated = [m.name for m in loaded.metrics if SimulatedMesh.refuses(m)]
-    if simulated:
-        typer.echo(f"note: {', '.join(simulated)} needs Prometheus; the simulated mesh (--simulate) cannot serve it")
+    notes = (
+        [f"{', '.join(simulated)} needs Prometheus; the simulated mesh (--simulate) cannot serve it"]
+        if simulated
+        else []
+    )
+    if output is OutputFormat.json:
+        typer.echo(json.dumps({"policy": loaded.name, "file": policy, "valid": True, "steps": list(loaded.steps),
+                               "metrics": [m.name for m in loaded.metrics], "judge": loaded.analysis.judge,
+                               "warnings": warnings, "notes": notes}))  # fmt: skip
+        return
+    metrics = ", ".join(m.name for m in loaded.metrics)
+    steps = " -> ".join(f"{s}%" for s in loaded.steps)
+    typer.echo(f"{policy}: valid CanaryPolicy {loaded.name!r}: steps {steps}, metrics {metrics}")
+    for line in warnings:
+        typer.echo(f"warning: {line}")
+    for line in notes:
+        typer.echo(f"note: {line}")
 
 
 @audit_app.command("show")
@@ -1115,6 +1130,7 @@ def audit_verify(
     manifest: Manifest = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
+    output: Output = OutputFormat.text,
 ) -> None:
     """Check the hash chain and that every change has its outcome; with --head, or the route's head
     (--policy with --manifest or --kubeconfig), that the log is not cut short, extended or re-hashed."""
@@ -1133,6 +1149,14 @@ def audit_verify(
         check = verify_chain(file, head or route_head, route_head=route_head is not None)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
+    if output is OutputFormat.json:
+        against_what = "route" if route_head else ("given" if head else None)
+        typer.echo(json.dumps({"file": file, "ok": check.ok, "records": check.records, "head": check.head,
+                               "problem": check.problem, "line": check.line, "note": check.note,
+                               "against": against_what}))  # fmt: skip
+        if not check.ok:
+            raise typer.Exit(1)
+        return
     if not check.ok:
         where = f"{file}:{check.line}" if check.line else file
         raise _fail(f"{where}: {check.problem}", 1)

@@ -643,3 +643,25 @@ def test_audit_show_and_status_escape_control_characters_from_a_record(
     status = invoke(runner, "status", POLICY, "--manifest", manifest).stdout
     assert "\x1b" not in status and "\u202e" not in status and "\r" not in status
     assert len(status.splitlines()) == 3  # weights, rollout, audit head: the reason adds no line
+
+
+def test_validate_and_audit_verify_answer_in_json_for_a_pipeline(runner: CliRunner, tmp_path: Path) -> None:
+    checked = invoke(runner, "validate", POLICY, "--output", "json")
+    assert checked.exit_code == 0, checked.output
+    doc = json.loads(checked.stdout)
+    assert (doc["policy"], doc["valid"], doc["steps"], doc["metrics"]) == ("web-app", True, [10, 50, 100],
+                                                                           ["error-rate", "latency"])  # fmt: skip
+    assert doc["warnings"] and all("undecidable" in w for w in doc["warnings"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICY.read_text().replace("steps: [10, 50, 100]", "steps: [10, 5, 100]", 1))
+    refused = cli("validate", bad, "--output", "json", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.splitlines()) == 1
+    audit = tmp_path / "a.jsonl"
+    assert invoke(runner, "demo", "--audit", audit, "--output", "json").exit_code == 0
+    ok = json.loads(cli("audit", "verify", audit, "--output", "json", cwd=tmp_path).stdout)
+    assert ok["ok"] and ok["records"] == len(list(read_records(audit))) and ok["problem"] is None
+    lines = audit.read_text().splitlines(keepends=True)
+    audit.write_text("".join([*lines[:3], lines[4], lines[3], *lines[5:]]))  # two records swapped
+    broken = cli("audit", "verify", audit, "--output", "json", cwd=tmp_path)
+    doc = json.loads(broken.stdout)
+    assert broken.returncode == 1 and not doc["ok"] and doc["line"] == 4 and doc["problem"]
