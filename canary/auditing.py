@@ -89,11 +89,9 @@ def check_rows(sealed: Iterable[Sealed]) -> list[dict[str, Any]]:
     rows = []
     for item in sealed:
         record = item.record
-        if not isinstance(record, DecisionRecord) or not record.judgement:
+        if not isinstance(record, DecisionRecord):
             continue
-        for verdict in record.judgement.get("verdicts", []):
-            if not isinstance(verdict, dict):
-                continue
+        for verdict in record.verdicts:
             figures = verdict.get("figures") or {}
             estimate, interval, tolerance = _effect(figures)
             requests = _requests(figures)

@@ -821,13 +821,12 @@ def _check_outlook(policy: Policy, audit: str | None, state: RolloutState) -> tu
         return [], None
     step_min, rollout_min = (record.time - state.step_started_at) / 60, (record.time - state.started_at) / 60
     out = []
-    for verdict in record.judgement.get("verdicts", []):
-        if isinstance(verdict, dict):
-            figures = verdict.get("figures") or {}
-            pending = verdict.get("outcome") == "continue"
-            soon = minutes_to_decision(figures, step_min, rollout_min) if pending else None
-            out.append({"check": verdict.get("metric"), "outcome": verdict.get("outcome"),
-                        "summary": verdict.get("summary"), "next_decision_min": soon})  # fmt: skip
+    for verdict in record.verdicts:
+        figures = verdict.get("figures") or {}
+        pending = verdict.get("outcome") == "continue"
+        soon = minutes_to_decision(figures, step_min, rollout_min) if pending else None
+        out.append({"check": verdict.get("metric"), "outcome": verdict.get("outcome"),
+                    "summary": verdict.get("summary"), "next_decision_min": soon})  # fmt: skip
     return out, record.time
 
 
@@ -976,9 +975,8 @@ def _show(record: DecisionRecord | OutcomeRecord | NoteRecord) -> list[str]:
         f"{iso(record.time)} {safe(record.rollout)}{tick} {record.action.value}: canary {before} -> {after} "
         f"by {safe(record.actor)}: {safe(record.reason)}"
     ]
-    for verdict in (record.judgement or {}).get("verdicts", []):
-        if isinstance(verdict, dict):
-            lines.append(f"    {safe(verdict.get('outcome')):>8}  {safe(verdict.get('summary'))}")
+    for verdict in record.verdicts:
+        lines.append(f"    {safe(verdict.get('outcome')):>8}  {safe(verdict.get('summary'))}")
     return lines
 
 

@@ -366,7 +366,7 @@ class Runner:
         return tuple(
             self.hooks.ask(gate, weight, hook_body(self.policy, gate, state, state.weights))
             for gate in self.policy.gates(weight)
-            if f"{gate.name}@{weight}" not in state.opened
+            if not state.gate_open(gate.name, weight)
         )
 
     def tick(self) -> TickReport | RolloutResult:

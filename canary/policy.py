@@ -10,7 +10,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -495,11 +495,32 @@ class _Reader:
 
     def approvals(self, value: object, steps: tuple[int, ...]) -> tuple[int, ...]:
         """Step weights that wait for a person's `canary approve` (never the first: a rollout starts there)."""
-        if not isinstance(value, list) or any(isinstance(v, bool) or v not in steps[1:] for v in value):
-            later = ", ".join(str(w) for w in steps[1:])
-            raise self.fail("spec.approvals", f"must be a list of step weights after the first ({later}), got "
-                            f"{describe(value)}")  # fmt: skip
+        return self.later_steps(value, "spec.approvals", steps, empty=True)
+
+    def later_steps(self, value: object, path: str, steps: tuple[int, ...], *, empty: bool) -> tuple[int, ...]:
+        """A list of the policy's step weights after the first (the weights something can stand in front of)."""
+        if not isinstance(value, list) or (not value and not empty) or any(
+            isinstance(v, bool) or v not in steps[1:] for v in value
+        ):  # fmt: skip
+            later = ", ".join(str(w) for w in steps[1:]) or "none: the policy has one step"
+            raise self.fail(path, f"must be a list of step weights after the first ({later}), got {describe(value)}")
         return tuple(sorted(set(value)))
+
+    def named_items(
+        self, value: object, path: str, keys: set[str], kind: str
+    ) -> Iterator[tuple[str, dict[str, Any], str]]:
+        """Each entry of a list of mappings with a unique `name`: where it is, its keys, its name."""
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list, got {describe(value)}")
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            at = f"{path}[{i}]"
+            data = self.mapping(item, at, keys | {"name"})
+            name = self.name(data, at, "name", "label")
+            if name in seen:
+                raise self.fail(join(at, "name"), f"duplicate {kind} name {name!r}")
+            seen.add(name)
+            yield at, data, name
 
     def relative(self, path: str) -> str:
         """A file the policy names, relative to the policy file's folder (as Prometheus reads its config)."""
@@ -508,17 +529,9 @@ class _Reader:
         return os.path.join(os.path.dirname(self.source), path)
 
     def notifications(self, value: object) -> tuple[Notification, ...]:
-        path = "spec.notifications"
-        if not isinstance(value, list):
-            raise self.fail(path, f"must be a list, got {describe(value)}")
+        keys = {"format", "url", "urlFile", "urlEnv", "events", "timeout", "retries", "backoff"}
         out: list[Notification] = []
-        for i, item in enumerate(value):
-            at = f"{path}[{i}]"
-            data = self.mapping(item, at, {"name", "format", "url", "urlFile", "urlEnv", "events", "timeout",
-                                           "retries", "backoff"})  # fmt: skip
-            name = self.name(data, at, "name", "label")
-            if name in {n.name for n in out}:
-                raise self.fail(join(at, "name"), f"duplicate notification name {name!r}")
+        for at, data, name in self.named_items(value, "spec.notifications", keys, "notification"):
             url, url_file, url_env = self.url_source(data, at)
             events = data.get("events", list(NOTIFY_EVENTS))
             if not isinstance(events, list) or not events or any(e not in NOTIFY_EVENTS for e in events):
@@ -549,30 +562,20 @@ class _Reader:
         return url, url_file, url_env
 
     def webhooks(self, value: object, steps: tuple[int, ...]) -> tuple[Webhook, ...]:
-        path = "spec.webhooks"
-        if not isinstance(value, list):
-            raise self.fail(path, f"must be a list, got {describe(value)}")
+        keys = {"type", "url", "urlFile", "urlEnv", "timeout", "retries", "backoff", "steps", "maxWait", "onTimeout"}
         out: list[Webhook] = []
-        for i, item in enumerate(value):
-            at = f"{path}[{i}]"
-            data = self.mapping(item, at, {"name", "type", "url", "urlFile", "urlEnv", "timeout", "retries",
-                                           "backoff", "steps", "maxWait", "onTimeout"})  # fmt: skip
-            name = self.name(data, at, "name", "label")
-            if name in {w.name for w in out}:
-                raise self.fail(join(at, "name"), f"duplicate webhook name {name!r}")
+        for at, data, name in self.named_items(value, "spec.webhooks", keys, "webhook"):
             self.required(data, at, "type")
             kind = self.choice(data, at, "type", "gate", WEBHOOK_TYPES)
             if kind != "gate":
                 for key in ("steps", "maxWait", "onTimeout"):
                     if key in data:
                         raise self.fail(join(at, key), f"applies to a gate only, not to a {kind} webhook")
-            guarded = data.get("steps", list(steps[1:])) if kind == "gate" else []
-            if kind == "gate" and (not isinstance(guarded, list) or not guarded or any(
-                isinstance(v, bool) or v not in steps[1:] for v in guarded
-            )):  # fmt: skip
-                later = ", ".join(str(w) for w in steps[1:]) or "none: the policy has one step"
-                raise self.fail(join(at, "steps"), f"must be a list of step weights after the first ({later}), got "
-                                f"{describe(guarded)}")  # fmt: skip
+            guarded = (
+                self.later_steps(data.get("steps", list(steps[1:])), join(at, "steps"), steps, empty=False)
+                if kind == "gate"
+                else ()
+            )
             url, url_file, url_env = self.url_source(data, at)
             out.append(Webhook(
                 name=name,
@@ -583,7 +586,7 @@ class _Reader:
                 timeout_s=self.duration(data, at, "timeout", 10, 0.1, 300),
                 retries=self.integer(data, at, "retries", 2, 0, 10),
                 backoff_s=self.duration(data, at, "backoff", 1, 0.01, 60),
-                steps=tuple(sorted(set(guarded))),
+                steps=guarded,
                 max_wait_s=self.duration(data, at, "maxWait", 1800, 1, MAX_DURATION_S),
                 on_timeout=self.choice(data, at, "onTimeout", "rollback", GATE_TIMEOUT_RULES),  # type: ignore[arg-type]
             ))  # fmt: skip

@@ -77,6 +77,12 @@ class DecisionRecord:
     engine: str = ""
     kind: Literal["decision"] = "decision"
 
+    @property
+    def verdicts(self) -> list[dict[str, Any]]:
+        """Each check's verdict in the judgement, as recorded (an edited record's odd entries left out)."""
+        verdicts = (self.judgement or {}).get("verdicts")
+        return [v for v in verdicts if isinstance(v, dict)] if isinstance(verdicts, list) else []
+
 
 @dataclass(frozen=True)
 class OutcomeRecord:

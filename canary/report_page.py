@@ -134,15 +134,10 @@ def _p95(samples: list[dict[str, Any]]) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _verdicts(d: DecisionRecord) -> list[dict[str, Any]]:
-    verdicts = (d.judgement or {}).get("verdicts")
-    return [v for v in verdicts if isinstance(v, dict)] if isinstance(verdicts, list) else []
-
-
 def check_names(view: RolloutView) -> list[str]:
     names: dict[str, None] = {}
     for d in view.decisions:
-        for verdict in _verdicts(d):
+        for verdict in d.verdicts:
             names.setdefault(str(verdict.get("metric")), None)
     return list(names)
 
@@ -155,7 +150,7 @@ def check_bounds(view: RolloutView, name: str) -> tuple[Series, Series, Series]:
     low: Series = []
     high: Series = []
     for d in view.decisions:
-        for verdict in _verdicts(d):
+        for verdict in d.verdicts:
             figures = verdict.get("figures")
             if verdict.get("metric") != name or not isinstance(figures, dict):
                 continue

@@ -69,6 +69,15 @@ class RolloutState:
     def weight(self) -> int:
         return self.steps[self.step_index]
 
+    def gate_open(self, name: str, weight: int) -> bool:
+        """Whether the webhook gate `name` before `weight` has said go."""
+        return gate_key(name, weight) in self.opened
+
+
+def gate_key(name: str, weight: int) -> str:
+    """How `opened` names a gate that said go: the gate and the weight it guards."""
+    return f"{name}@{weight}"
+
 
 def policy_digest(policy: Policy) -> str:
     """A short digest of what the policy decides with (not where it was read from, whom it tells, or where

@@ -28,7 +28,7 @@ from canary.model import Action, Decision, Judgement, Observation, Outcome, Phas
 from canary.policy import Policy
 from canary.records import DecisionRecord, OutcomeRecord, PolicyRef, RouteName, Window
 from canary.report import judgement_dict, observation_dict, version_counts
-from canary.state import LastDecision, RolloutState, policy_digest
+from canary.state import LastDecision, RolloutState, gate_key, policy_digest
 
 ENGINE = f"canary {__version__}"
 
@@ -388,12 +388,9 @@ def _promote_step(state: RolloutState | None, event: Manual, ctx: Context) -> Tr
         observed_until=event.now,  # the new step is judged on traffic at its weight only
         waiting_since=None,
     )
-    if (
-        state.paused_at is not None and not last
-    ):  # the pause goes on: the deadline takes the time paused so far, the new
-        new = dataclasses.replace(  # step's clock starts paused
-            new, paused_at=event.now, deadline=state.deadline + (event.now - state.paused_at)
-        )
+    # the pause goes on: the deadline takes the time paused so far, the new step's clock starts paused
+    if state.paused_at is not None and not last:
+        new = dataclasses.replace(new, paused_at=event.now, deadline=state.deadline + (event.now - state.paused_at))
     decision = Decision(action, new.weights, phase, reason)
     return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision, judged=False),))
 
@@ -452,7 +449,7 @@ def _remember(state: RolloutState, answers: tuple[GateAnswer, ...]) -> tuple[Rol
     """The gates that said go, kept whatever this tick's judgement (a gate is not asked again)."""
     opened, notes = list(state.opened), []
     for a in answers:
-        key = f"{a.name}@{a.weight}"
+        key = gate_key(a.name, a.weight)
         if a.go and key not in opened:
             opened.append(key)
             notes.append(f"gate {a.name} said go ({a.detail})")
@@ -467,7 +464,7 @@ def _gates(state: RolloutState, ctx: Context, weight: int, answers: tuple[GateAn
     if weight in ctx.policy.approvals and weight not in state.approved:
         waits.append("a person's approval (`canary approve`)")
     for gate in ctx.policy.gates(weight):
-        key = f"{gate.name}@{weight}"
+        key = gate_key(gate.name, weight)
         if key in opened:
             continue
         answer = next((a for a in answers if a.name == gate.name and a.weight == weight), None)
@@ -527,16 +524,16 @@ def _decide(
         reason = f"paused at {state.weight}%: {judgement.summary}; waiting for `canary continue`"
     elif now >= state.deadline:
         phase = Phase.INCONCLUSIVE
-        waited = f", still waiting for {', '.join(gate.waits)}" if gate.waits else ""
         if gate.waits:  # the deadline's rule may not walk past a closed gate to 100%
             action, weights = Action.ROLLBACK, Weights.canary_at(0)
-            reason = f"deadline reached while waiting ({judgement.summary}{waited}); rolled back: no rule opens a gate"
+            reason = (f"deadline reached while waiting ({judgement.summary}, still waiting for "
+                      f"{', '.join(gate.waits)}); rolled back: no rule opens a gate")  # fmt: skip
         elif state.on_deadline == "promote":
             action, weights, step = Action.PROMOTE, Weights.canary_at(100), len(state.steps) - 1
-            reason = f"deadline reached without a decision ({judgement.summary}{waited}); the policy promotes"
+            reason = f"deadline reached without a decision ({judgement.summary}); the policy promotes"
         else:
             action, weights = Action.ROLLBACK, Weights.canary_at(0)
-            reason = f"deadline reached without a decision ({judgement.summary}{waited}); the policy rolls back"
+            reason = f"deadline reached without a decision ({judgement.summary}); the policy rolls back"
     elif gate.waits:
         phase = Phase.WAITING
         reason = (f"{judgement.summary} at {state.weight}%{opened}; waiting to go to {state.steps[step + 1]}% for "
