@@ -167,6 +167,7 @@ LN = Mixture(((1.0, 80.0, 0.5),))
 def cases() -> list[Case]:
     """Null cases (canary exactly at the tolerance, shape changed) for each named quantile, then power."""
     wide, narrow = Mixture(((1.0, 80.0, 0.6),)), Mixture(((1.0, 80.0, 0.4),))
+    narrower = Mixture(((1.0, 80.0, 0.25),))  # denser at the point: pod levels move its share the more (κ > 1)
     bimodal = Mixture(((0.85, 60.0, 0.3), (0.15, 250.0, 0.35)))
     heavy = Mixture(((0.97, 80.0, 0.45), (0.03, 400.0, 0.8)))
     heavy_wider = Mixture(((0.97, 80.0, 0.5), (0.03, 400.0, 0.9)))
@@ -185,6 +186,7 @@ def cases() -> list[Case]:
             Case(f"heavy-tail-baseline-wider-canary-{tag}", heavy, heavy_wider, q, m),
             Case(f"pods-2-vs-10-spread-{tag}", LN, wide, q, m, pods=(10, 2), pod_spread=0.05),
             Case(f"pods-2-vs-18-spread-{tag}", LN, wide, q, m, pods=(18, 2), pod_spread=0.05),
+            Case(f"pods-2-vs-10-narrower-{tag}", LN, narrower, q, m, rps=1000, pods=(10, 2), pod_spread=0.1),
             Case(f"sparse-20rps-{tag}", LN, wide, q, m, rps=20),
             Case(f"gamma-baseline-wider-canary-{tag}", gamma, Mixture(((1.0, 60.0, 1.5, "gamma"),)), q, m),
             Case(f"weibull-baseline-lognormal-canary-{tag}", weibull, LN, q, m),

@@ -7,8 +7,8 @@ Each check (an error rate, or one latency quantile) keeps two confidence sequenc
   then over a latency metric's quantiles: the chance of ever rolling back a canary within tolerance,
   checking every interval, is at most α;
 - the *pass* sequence starts afresh at every step; the step's check is passed when its upper bound falls
-  below zero at the pass level (`analysis.passAlpha`, split the same way), and stays passed for the rest
-  of the step unless the canary fails.
+  below zero at the pass level (`analysis.passAlpha`, whole for each check: a pass needs every check), and
+  stays passed for the rest of the step unless the canary fails.
 Both use the normal-mixture boundary of `canary.stats.confidence`, so looking every interval costs nothing.
 
 Every interval is compared within itself (canary against the baseline over the same minute, with each
@@ -154,7 +154,7 @@ class RatioState:
     canary: Ratio = field(default_factory=lambda: Ratio(0, 0))
     baseline_pods: dict[str, PodCounts] = field(default_factory=dict)
     canary_pods: dict[str, int] = field(default_factory=dict)  # pod -> the block it last served requests in
-    reference: float | None = None  # the rate weights are scaled by, fixed at the first data
+    reference: float | None = None  # the rate weights are scaled by: the baseline's first rate + the margin
     step_requests: tuple[int, int] = (0, 0)  # (baseline, canary) requests in the current step
     step_index: int = -1
     block: int = 0  # intervals (blocks, for latency) added so far
@@ -188,6 +188,7 @@ class SequentialState:
     ratios: dict[str, RatioState] = field(default_factory=dict)
     quantiles: dict[str, QuantileState] = field(default_factory=dict)
     e_max: float = 1.0  # running maximum of the checks' combined e-process
+    e_last: dict[str, float] = field(default_factory=dict)  # per check label, its fail e-process when last read
 
 
 def _pod_sd(
@@ -306,8 +307,9 @@ class _RatioCheck(_Check):
                 if isinstance(sample, Ratio) and sample.trials > 0:
                     st.canary_pods[pod] = st.block
             tb = st.baseline
-            if st.reference is None:
-                st.reference = _shrunk(base.events + can.events, base.trials + can.trials)
+            if st.reference is None:  # the least favourable canary's rate, from the baseline alone: the
+                # canary's own outcome never sets the scale its evidence is weighed on
+                st.reference = min(_shrunk(base.events, base.trials) + self.margin, 0.5)
             rate_b = _baseline_rate((base.events, base.trials), (tb.events, tb.trials))
             variance = _null_variance(rate_b + self.margin, rate_b, can.trials, base.trials)
             estimate = can.events / can.trials - base.events / base.trials - self.margin
@@ -559,7 +561,10 @@ class _QuantileCheck(_Check):
         assert st.seq is not None and st.baseline_quantile_ms is not None
         t = st.baseline_quantile_ms
         point = (1 + m) * t
+        # A pod's latency level moves its share beyond the point by the density there: the baseline's spread
+        # at t (what τ measures) reaches D through κ, and so does the canary's, whose pods share the level.
         pod_sd, pods = _pod_sd(st.baseline_pods, st.canary_pods, st.block)
+        pod_sd *= _kappa(tc, tb, point, t, m)
         reading = self.read(st.seq, pod_sd, pods)
         fail_ci, pass_ci = reading.fail, reading.passed
         share_c, share_b = survival_at(tc, point), survival_at(tb, t)
@@ -645,16 +650,19 @@ class SequentialJudge:
                 verdicts.append(Verdict(check.label, Outcome.NO_DATA, f"{check.label}: the source returned nothing"))
                 continue
             verdicts.append(check.update_in(new, window, step, self.policy.min_requests))
-        # The checks' fail e-processes averaged with weights α_i / α (the Bonferroni shares, which sum to 1;
-        # a check without evidence yet counts 1). An average of e-processes is one, so a rollback when it
-        # reaches 1 / (α (1 − POD_SHARE)) keeps the rollout's α, the pod terms keeping their own shares. One
-        # check reaching its own threshold lifts the average there too: never less powerful than Bonferroni,
-        # and more where several checks each hold part of the evidence.
+        # The checks' fail e-processes averaged with weights α_i / α (the Bonferroni shares, which sum to 1).
+        # A check without evidence yet counts 1; one whose window is missing, its value when last read (the
+        # e-process does not move without data; counting 1 would lift one far below 1). An average of
+        # e-processes is one, so a rollback when it reaches 1 / (α (1 − POD_SHARE)) keeps the rollout's α, the
+        # pod terms keeping their own shares. One check reaching its own threshold lifts the average there
+        # too: never less powerful than Bonferroni, and more where several checks each hold part of the
+        # evidence.
         alpha = self.policy.analysis.alpha
         combined = 0.0
         for (_, check), verdict in zip(self.checks, verdicts, strict=True):
             e = verdict.figures.get("e_value")
-            combined += check.alpha / alpha * (e if isinstance(e, float) else 1.0)
+            new.e_last[check.label] = e if isinstance(e, float) else new.e_last.get(check.label, 1.0)
+            combined += check.alpha / alpha * new.e_last[check.label]
         new.e_max = max(new.e_max, combined)
         figures = {"e_value": combined, "e_max": new.e_max, "alpha": alpha,
                    "p_value": min(1.0, 1.0 / ((1 - POD_SHARE) * new.e_max))}  # fmt: skip

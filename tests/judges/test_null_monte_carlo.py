@@ -43,6 +43,7 @@ LATENCY_CASES = [
     "pods-2-vs-10-spread-p95",
     "pods-2-vs-18-spread-p50",
     "sparse-20rps-p99",
+    "pods-2-vs-10-narrower-p50",
 ]
 ERROR_POLICY = """
 apiVersion: canary.dev/v1alpha1

@@ -58,17 +58,29 @@ def test_one_interval_reports_the_raw_difference_and_the_closed_form_interval() 
     verdict = judge.judge(ratio_obs(Ratio(10, 1000), Ratio(30, 1000)), 0).verdicts[0]
     assert verdict.figures["difference"] == pytest.approx(0.03 - 0.01)
     # Rebuild the interval by hand: the variance of a canary exactly at the tolerance (baseline's shrunk
-    # rate + 0.5 pp), the weight from request counts only.
+    # rate + 0.5 pp), the weight from request counts only, scaled at that same rate (the canary's counts
+    # never set it).
     pb = 10.5 / 1001
     pc = pb + 0.005
     variance = pc * (1 - pc) / 1000 + pb * (1 - pb) / 1000
-    reference = 40.5 / 2001
+    reference = pc
     weight = 1000 * 1000 / 2000 / (reference * (1 - reference))
     ev = Evidence().add(0.02 - 0.005, variance, weight)
     alpha_cs = 0.05 * 0.75  # one check: three quarters of alpha for the sequence, a quarter for the pod term
     h = half_width(ev, rho=1 / 0.005**2, alpha=alpha_cs)
     lo, hi = verdict.figures["difference_cs"]  # type: ignore[misc]
     assert lo == pytest.approx(0.02 - h) and hi == pytest.approx(0.02 + h)
+
+
+def test_a_missing_window_keeps_the_checks_e_value_in_the_combination() -> None:
+    # Counting 1 for a check whose e-process stands far below 1 would lift the average (not an e-process).
+    judge = Running(SequentialJudge(policy()))
+    for _ in range(5):
+        before = judge.judge(ratio_obs(Ratio(100, 10_000), Ratio(100, 10_000)), 0)
+    assert before.figures["e_value"] < 0.5  # type: ignore[operator]
+    missing = judge.judge(Observation(0, 60, {}), 0)
+    assert missing.verdicts[0].outcome is Outcome.NO_DATA
+    assert missing.figures["e_value"] == pytest.approx(before.figures["e_value"])
 
 
 def test_a_clear_error_regression_fails_with_the_metric_named() -> None:
