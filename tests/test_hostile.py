@@ -231,7 +231,7 @@ def applied_outcomes(audit: Path) -> list[dict[str, Any]]:
     for line in audit.read_bytes().splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(record, dict) and record.get("kind") == "outcome" and record.get("result") == "applied":
             out.append(record)
@@ -565,6 +565,19 @@ def test_an_audit_log_that_is_no_audit_log(case: tuple[str, str], tmp_path: Path
             check_no_change(path, manifest_weights(manifest), weights)
     else:
         check_refused(invoke("audit", command, path), codes=(1, 2) if command == "verify" else (2,))
+
+
+@pytest.mark.parametrize("other", ["policy", "manifest"])
+def test_an_audit_flag_naming_another_file_refuses_and_leaves_it_whole(
+    other: str, tmp_path: Path, manifest: Path
+) -> None:
+    target = manifest if other == "manifest" else write(tmp_path / "policy.yaml", POLICY_TEXT)
+    before, weights = target.read_bytes(), manifest_weights(manifest)
+    o = invoke("run", POLICY, "--simulate", "healthy", "--manifest", manifest, "--audit", target)
+    check_refused(o, codes=(2,))
+    assert "not an audit log" in o.err
+    assert target.read_bytes() == before and not target.with_name(target.name + ".torn").exists()
+    check_no_change(target, manifest_weights(manifest), weights)
 
 
 # --- kubeconfig, token, password and CA files
