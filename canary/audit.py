@@ -293,8 +293,12 @@ class AuditLog:
                 prev_line = _read_line(fh, _newline_before(fh, prev_end) + 1, prev_end) if prev_end >= 0 else b""
                 # A torn line follows a record, or is the start of a first one: anything else is another file
                 # (a policy, a manifest named by mistake), which canary must not write to.
-                if (prev_line and _parse(prev_line) is None) or (not prev_line and fh.seek(torn_start) >= 0
-                                                                 and fh.read(1) != b"{"):  # fmt: skip
+                if prev_line:
+                    foreign = _parse(prev_line) is None
+                else:
+                    fh.seek(torn_start)
+                    foreign = fh.read(1) != b"{"
+                if foreign:
                     raise AuditError(f"{self.path}: not an audit log (its last lines are not audit records); "
                                      "name the log with --audit")  # fmt: skip
         except FileNotFoundError:
