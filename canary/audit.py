@@ -377,11 +377,17 @@ def _read_line(fh: BinaryIO, start: int, end: int) -> bytes | None:
 
 
 def _json_object(line: bytes) -> dict[str, object] | None:
+    """The line as a JSON object, or None: not JSON, not an object, or holding NaN or Infinity (which canary
+    never writes, and which no record's hash can be recomputed over)."""
     try:
-        data = json.loads(line)
+        data = json.loads(line, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _hash_of(line: bytes) -> str:
@@ -424,14 +430,8 @@ def _lines(path: str | Path) -> Iterator[tuple[int, dict[str, object] | None]]:
                         pass  # skip the rest of the overlong line without holding it
                     yield number, None
                     continue
-                if not raw.strip():
-                    continue
-                try:
-                    data = json.loads(raw)
-                except (UnicodeDecodeError, ValueError, RecursionError):
-                    yield number, None
-                    continue
-                yield number, data if isinstance(data, dict) else None
+                if raw.strip():
+                    yield number, _json_object(raw)
     except InputError as exc:
         raise AuditError(str(exc)) from None
     except FileNotFoundError:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from canary.errors import AuditError
 from canary.judges import Judge
 from canary.model import Action, Judgement, Outcome, Weights
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord, PolicyRef, Sealed
@@ -109,12 +110,11 @@ def check_rows(sealed: Iterable[Sealed]) -> list[dict[str, Any]]:
 def _effect(figures: dict[str, Any]) -> tuple[Any, tuple[Any, Any], Any]:
     """The check's estimate, its fail interval and its tolerance, in the check's own units: a rate
     difference (error rate, custom) or an excess share of slow requests (latency)."""
-    if "difference" in figures:
-        cs = figures.get("difference_cs") or [None, None]
-        return figures["difference"], (cs[0], cs[1]), figures.get("max_increase")
-    if "excess" in figures:
-        cs = figures.get("excess_cs") or [None, None]
-        return figures["excess"], (cs[0], cs[1]), figures.get("max_increase")
+    for name in ("difference", "excess"):
+        if name in figures:
+            cs = figures.get(f"{name}_cs")
+            lower, upper = cs if isinstance(cs, list) and len(cs) == 2 else (None, None)
+            return figures[name], (lower, upper), figures.get("max_increase")
     return None, (None, None), figures.get("max_increase")
 
 
@@ -149,10 +149,15 @@ class Replay:
 
 
 def replay(
-    sealed: Iterable[Sealed], judge_for: Callable[[PolicyRef, str | None], Judge], *, strict: bool = True
+    sealed: Iterable[Sealed],
+    judge_for: Callable[[PolicyRef, str | None], Judge],
+    *,
+    strict: bool = True,
+    source: str = "audit log",
 ) -> Replay:
     """Judge every automated tick of every rollout again, from its recorded observation and step. `strict`
-    (the recorded policy): the verdicts' words must match too; otherwise outcomes only."""
+    (the recorded policy): the verdicts' words must match too; otherwise outcomes only. An observation that
+    cannot be read is an AuditError naming `source` and the line."""
     out: list[Rejudged] = []
     evidence: dict[str, Any] = {}
     judges: dict[str, Judge] = {}
@@ -167,9 +172,11 @@ def replay(
             evidence[rollout] = judges[rollout].start()
         if rollout in judges and _automated(record) and record.observation is not None and record.judgement:
             judge = judges[rollout]
-            evidence[rollout], judgement = judge.judge(
-                evidence[rollout], observation_from_dict(record.observation), step.get(rollout, 0)
-            )
+            try:
+                observation = observation_from_dict(record.observation)
+            except ValueError as exc:
+                raise AuditError(f"{source}:{item.line}: {exc}") from None
+            evidence[rollout], judgement = judge.judge(evidence[rollout], observation, step.get(rollout, 0))
             out.append(_compare(record, judgement, strict))
         if record.step is not None:
             step[rollout] = record.step
@@ -183,7 +190,7 @@ def _compare(record: DecisionRecord, judgement: Judgement, strict: bool) -> Reju
     other_figures = False
     if recorded.get("outcome") != now["outcome"]:
         differences.append(f"outcome {recorded.get('outcome')} -> {now['outcome']}")
-    before = {v.get("metric"): v for v in recorded.get("verdicts", []) if isinstance(v, dict)}
+    before = {v.get("metric"): v for v in record.verdicts}
     for verdict in now["verdicts"]:
         was = before.pop(verdict["metric"], None)
         if was is None:

@@ -179,18 +179,31 @@ def prometheus_options(command: Any) -> Any:
 
 # ------------------------------------------------------------------------------ shared options
 
+
+def _named(value: str | None) -> str | None:
+    """An option that names a file or a context names one: `--manifest ""` (an unset shell variable) must
+    not fall back to keeping the weights in memory, nor `--audit ""` to the policy's default log."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("is empty; name a file (or leave the option out)")
+    return value
+
+
 Manifest = Annotated[
     str | None,
-    typer.Option(help="VirtualService manifest file that holds the weights and the rollout state."),
+    typer.Option(help="VirtualService manifest file that holds the weights and the rollout state.", callback=_named),
 ]
 Kubeconfig = Annotated[
     str | None,
     typer.Option(
-        help="Move the VirtualService's weights in the cluster this kubeconfig file names (not with --manifest)."
+        help="Move the VirtualService's weights in the cluster this kubeconfig file names (not with --manifest).",
+        callback=_named,
     ),
 ]
-Context = Annotated[str | None, typer.Option(help="The kubeconfig context to use (default: its current context).")]
-AuditFile = Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).")]
+Context = Annotated[
+    str | None,
+    typer.Option(help="The kubeconfig context to use (default: its current context).", callback=_named),
+]
+AuditFile = Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).", callback=_named)]
 LockTimeout = Annotated[
     float,
     typer.Option(help="Seconds to wait for another canary command on the same audit log to finish.", min=0, max=3600),
@@ -683,7 +696,8 @@ def _manual(
 ManualActor = Annotated[str | None, typer.Option(help="Who acts, for the audit log (default: user:$USER).")]
 ManualReason = Annotated[str, typer.Option(help="Why, for the audit log.")]
 StoredManifest = Annotated[
-    str | None, typer.Option(help="VirtualService manifest file that holds the weights (or --kubeconfig).")
+    str | None,
+    typer.Option(help="VirtualService manifest file that holds the weights (or --kubeconfig).", callback=_named),
 ]
 
 
@@ -784,6 +798,8 @@ def status(
         if read.state_error:
             doc["state_error"] = read.state_error
         typer.echo(json.dumps(doc))
+        if read.state_error:  # the weights are shown, but the route's rollout cannot be told: not a clean read
+            raise typer.Exit(EXIT_ERROR)
         return
     typer.echo(
         f"{target.namespace}/{target.virtual_service}: {target.baseline} {weights.baseline}%, "
@@ -805,7 +821,7 @@ def status(
         for label, url in links:
             typer.echo(f"{label}: {safe(url)}")
     if read.state_error:
-        typer.echo(f"rollout state unreadable: {safe(read.state_error)}")
+        raise _fail(f"rollout state unreadable: {read.state_error}")
 
 
 def _check_outlook(policy: Policy, audit: str | None, state: RolloutState) -> tuple[list[dict[str, Any]], float | None]:
@@ -877,7 +893,9 @@ def dashboard(
     policy: Annotated[str, typer.Argument(help="Policy file.")],
     window: Annotated[str, typer.Option(help="Rate window of the panels' queries, e.g. 1m or 5m.")] = "1m",
     reporter: Annotated[str, typer.Option(help="Istio reporter to count.")] = "destination",
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Write here instead of stdout.", callback=_named)
+    ] = None,
 ) -> None:
     """A Grafana dashboard (JSON) for the policy's rollout: v1 against v2 (request rate, error rate, latency,
     dependencies by source_app) and canary's own metrics (weight, phase, checks, decisions)."""
@@ -889,19 +907,38 @@ def dashboard(
         raise _fail(f"--{'window' if 'window' in str(exc) else 'reporter'}: {exc}") from None
     except CanaryError as exc:
         raise _fail(str(exc)) from None
-    _emit(text, out)
+    _emit(text, out, reads=(policy,))
 
 
-def _emit(text: str, out: str | None) -> bool:
-    """Print a generated document, or write it to `out` (a one-line error if it cannot be); True if written."""
+def _emit(text: str, out: str | None, *, reads: tuple[str | None, ...] = ()) -> bool:
+    """Print a generated document, or write it to `out` (a one-line error if it cannot be); True if written.
+
+    `out` may not be one of the files the command read (`reads`): `-o` naming the audit log or the policy
+    would replace the input with the output. The document is written beside `out` and renamed over it, so
+    a command killed mid-write leaves the old file or the new one, never half of either."""
     if out is None:
         typer.echo(text, nl=False)
         return False
+    target = Path(out)
+    for read in filter(None, reads):
+        if _same_file(target, Path(read)):
+            raise _fail(f"{out}: is an input of this command ({read}); name another file with -o")
+    temp = target.with_name(f".{target.name}.canary-tmp")
     try:
-        Path(out).write_text(text, encoding="utf-8")
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, target)
     except OSError as exc:
+        temp.unlink(missing_ok=True)
         raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
     return True
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two names reach one file (through links, `..` or another spelling of the path)."""
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet): compare what the names resolve to
+        return a.resolve() == b.resolve()
 
 
 @app.command()
@@ -1006,7 +1043,7 @@ def audit_list(
 @app.command()
 def report(
     file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="The HTML file to write.")] = "report.html",
+    out: Annotated[str, typer.Option("--out", "-o", help="The HTML file to write.", callback=_named)] = "report.html",
     rollout: Annotated[str | None, typer.Option(help="Which rollout (default: the log's last).")] = None,
     policy: Annotated[str | None, typer.Option(help="Policy whose spec.links add Jaeger and Kiali links.")] = None,
     output: Output = OutputFormat.text,
@@ -1025,7 +1062,7 @@ def report(
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     verified = f"{check.records} records, hash chain intact" if check.ok else f"does NOT verify: {check.problem}"
-    _emit(secrets.scrub(render(view, head=check.head, verified=verified, links=links)), out)
+    _emit(secrets.scrub(render(view, head=check.head, verified=verified, links=links)), out, reads=(file, policy))
     if output is OutputFormat.json:
         typer.echo(json.dumps({"rollout": view.rollout, "out": out, "head": check.head, "verified": check.ok}))
     else:
@@ -1037,7 +1074,9 @@ def report(
 def audit_export(
     file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
     format: Annotated[ExportFormat, typer.Option("--format", help="csv or json.")] = ExportFormat.csv,
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Write here instead of stdout.", callback=_named)
+    ] = None,
 ) -> None:
     """One row per check per judged tick (estimate, interval, tolerance, e-value, p-value, requests,
     verdict), for spreadsheets and BI tools."""
@@ -1058,7 +1097,7 @@ def audit_export(
         writer.writeheader()
         writer.writerows(rows)
         text = buffer.getvalue()
-    if _emit(text, out):
+    if _emit(text, out, reads=(file,)):
         typer.echo(f"{out}: {len(rows)} rows", err=True)
 
 
@@ -1093,7 +1132,7 @@ def audit_replay(
     try:
         if policy is not None:
             other = load_policy(policy)
-        result = replay(read_records(file), judge_for, strict=other is None)
+        result = replay(read_records(file), judge_for, strict=other is None, source=file)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     differing = result.differing
@@ -1134,6 +1173,8 @@ def audit_verify(
     (--policy with --manifest or --kubeconfig), that the log is not cut short, extended or re-hashed."""
     try:
         route_head = None
+        if policy is not None and not (manifest or kubeconfig or context):
+            raise CanaryError("--policy checks against the route's head: give --manifest FILE or --kubeconfig FILE")
         if manifest or kubeconfig or context:
             if head is not None:
                 raise CanaryError("check against --head HASH or against the route's head, not both")

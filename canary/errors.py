@@ -19,7 +19,8 @@ class PolicyError(CanaryError):
         self.field = field
         self.line = line
         where = f"{path}:{line}" if line is not None else path
-        prefix = f"{where}: {field}: " if field else f"{where}: "
+        prefix = f"{where}: " if where else ""
+        prefix += f"{field}: " if field else ""
         super().__init__(prefix + message)
 
 

@@ -31,7 +31,7 @@ AUDIT_LINE_LIMIT = 16 * MIB  # one audit record (a tick with many pods is some t
 def read_file(path: str | Path, what: str) -> bytes:
     """The whole file, once it is known to be a regular file within the cap for `what` (see LIMITS)."""
     limit = LIMITS[what]
-    name = str(path)
+    name = _named(path, what)
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO must not block
     except FileNotFoundError:
@@ -77,7 +77,7 @@ def read_text(path: str | Path, what: str) -> str:
 def check_regular(path: str | Path, what: str) -> None:
     """That the path is a regular file (or does not exist yet): for files canary appends to or replaces."""
     try:
-        info = os.stat(path)
+        info = os.stat(_named(path, what))
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -126,3 +126,11 @@ def _kind(mode: int) -> str | None:
 
 def _size(n: int) -> str:
     return f"{n / MIB:.1f} MiB" if n >= MIB else f"{n / KIB:.0f} KiB" if n >= KIB else f"{n} bytes"
+
+
+def _named(path: str | Path, what: str) -> str:
+    """The path as a name; an empty one (an unset shell variable) names no file, not the current folder."""
+    name = str(path)
+    if not name.strip():
+        raise InputError(f"no {what} named: the file name is empty")
+    return name

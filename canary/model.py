@@ -38,6 +38,9 @@ class Weights:
         return f"{self.baseline}/{self.canary}"
 
 
+MAX_COUNT = 2**53  # a float holds every integer up to here exactly: a larger count is no count
+
+
 @dataclass(frozen=True)
 class Ratio:
     """Events out of trials over one window (errors out of requests, for example)."""
@@ -48,6 +51,8 @@ class Ratio:
     def __post_init__(self) -> None:
         if self.events < 0 or self.trials < 0 or self.events > self.trials:
             raise ValueError(f"need 0 <= events <= trials, got {self.events}/{self.trials}")
+        if self.trials > MAX_COUNT:
+            raise ValueError(f"{self.trials} trials: more than a count can be (2^53)")
 
     def __add__(self, other: Ratio) -> Ratio:
         return Ratio(self.events + other.events, self.trials + other.trials)
@@ -69,6 +74,8 @@ class Histogram:
             raise ValueError(f"{len(self.bounds)} bucket bounds need {len(self.bounds) + 1} counts")
         if any(c < 0 for c in self.counts):
             raise ValueError("bucket counts must be non-negative")
+        if sum(self.counts) > MAX_COUNT:
+            raise ValueError("bucket counts add to more than a count can be (2^53)")
         if any(b >= a for a, b in zip(self.bounds[1:], self.bounds, strict=False)):
             raise ValueError("bucket bounds must be strictly increasing")
         if any(math.isnan(b) or math.isinf(b) for b in self.bounds):

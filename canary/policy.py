@@ -304,9 +304,18 @@ _NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
     "route": (re.compile(r"[A-Za-z0-9._:-]{1,253}"), "a route name of letters, digits, '.', '_', ':' and '-'"),
     "env": (re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}"), "an environment variable name (letters, digits and '_')"),
 }  # fmt: skip
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")  # and lone surrogates
 MIN_INTERVAL_S, MAX_INTERVAL_S, MAX_DURATION_S = 0.1, 86_400.0, 30 * 86_400.0
 MAX_COUNT = 10**12
+MAX_WEIGHT = 1e6  # a metric's share of the Kayenta-style score: relative, so a million to one is plenty
+WEIGHT_RANGE = "a positive number at most 1e+06"
+# A level below a millionth needs more evidence than a rollout of hours can gather (a healthy canary would
+# never pass) and, far below it, underflows the bounds' arithmetic; 0.5 and above is no test at all.
+LEVEL_RANGE = "a probability in [1e-06, 0.5)"
+
+
+def _level(value: float) -> bool:
+    return 1e-6 <= value < 0.5
 
 
 def _span(seconds: float) -> str:
@@ -624,8 +633,8 @@ class _Reader:
     def analysis(self, value: object) -> Analysis:
         path = "spec.analysis"
         data = self.mapping(value, path, {"judge", "alpha", "passAlpha", "kayenta", "flagger"})
-        alpha = self.number(data, path, "alpha", 0.05, lambda a: 0 < a < 0.5, "a probability in (0, 0.5)")
-        pass_alpha = self.number(data, path, "passAlpha", 0.2, lambda a: 0 < a < 0.5, "a probability in (0, 0.5)")
+        alpha = self.number(data, path, "alpha", 0.05, _level, LEVEL_RANGE)
+        pass_alpha = self.number(data, path, "passAlpha", 0.2, _level, LEVEL_RANGE)
         kp = f"{path}.kayenta"
         kay = self.mapping(data.get("kayenta", {}), kp, {"confidence", "effect", "marginal", "pass", "minIntervals"})
         kayenta = KayentaSettings(
@@ -639,9 +648,12 @@ class _Reader:
             raise self.fail(f"{kp}.marginal", f"must not exceed pass ({kayenta.pass_score:g})")
         fp = f"{path}.flagger"
         flg = self.mapping(data.get("flagger", {}), fp, {"minSuccessRate", "maxP99", "threshold"})
-        max_p99 = parse_duration(flg.get("maxP99", 0.5))
+        given = flg.get("maxP99", "500ms")
+        max_p99 = parse_duration(given) if isinstance(given, str) else None  # a bare 500: Flagger's ms or seconds?
         if max_p99 is None or max_p99 <= 0:
-            raise self.fail(f"{fp}.maxP99", f"must be a positive duration like 500ms or 0.5, got {flg.get('maxP99')!r}")
+            raise self.fail(
+                f"{fp}.maxP99", f"must be a positive duration with its unit, like 500ms, got {describe(given)}"
+            )
         flagger = FlaggerSettings(
             min_success_rate=self.number(flg, fp, "minSuccessRate", 99, lambda s: 0 < s <= 100, "a percentage"),
             max_p99_ms=max_p99 * 1000,
@@ -679,7 +691,7 @@ class _Reader:
                 name=self.string(data, path, "name"),
                 errors=self.choice(data, path, "errors", "5xx", ERROR_CLASSES),  # type: ignore[arg-type]
                 max_increase=self.fraction(data, path),
-                weight=self.number(data, path, "weight", 1.0, lambda w: w > 0, "a positive number"),
+                weight=self.number(data, path, "weight", 1.0, lambda w: 0 < w <= MAX_WEIGHT, WEIGHT_RANGE),
                 critical=self.flag(data, path, "critical"),
             )
         if kind == "latency":
@@ -694,7 +706,7 @@ class _Reader:
             return LatencyMetric(
                 name=self.string(data, path, "name"),
                 quantiles=quantiles,
-                weight=self.number(data, path, "weight", 1.0, lambda w: w > 0, "a positive number"),
+                weight=self.number(data, path, "weight", 1.0, lambda w: 0 < w <= MAX_WEIGHT, WEIGHT_RANGE),
                 critical=self.flag(data, path, "critical"),
             )
         if kind == "custom":
@@ -704,7 +716,7 @@ class _Reader:
                 events=self.template(data, path, "events"),
                 total=self.template(data, path, "total"),
                 max_increase=self.fraction(data, path),
-                weight=self.number(data, path, "weight", 1.0, lambda w: w > 0, "a positive number"),
+                weight=self.number(data, path, "weight", 1.0, lambda w: 0 < w <= MAX_WEIGHT, WEIGHT_RANGE),
                 critical=self.flag(data, path, "critical"),
             )
         raise self.fail(f"{path}.kind", f"must be one of error-rate, latency, custom, got {kind!r}")

@@ -79,9 +79,16 @@ class DecisionRecord:
 
     @property
     def verdicts(self) -> list[dict[str, Any]]:
-        """Each check's verdict in the judgement, as recorded (an edited record's odd entries left out)."""
+        """Each check's verdict in the judgement, as recorded; an edited record's odd entries are left out and
+        its `figures`, when not a mapping, read as none."""
         verdicts = (self.judgement or {}).get("verdicts")
-        return [v for v in verdicts if isinstance(v, dict)] if isinstance(verdicts, list) else []
+        if not isinstance(verdicts, list):
+            return []
+        return [
+            v if isinstance(v.get("figures", {}), dict) else {**v, "figures": {}}
+            for v in verdicts
+            if isinstance(v, dict)
+        ]
 
 
 @dataclass(frozen=True)

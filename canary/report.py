@@ -74,7 +74,15 @@ def observation_dict(observation: Observation) -> dict[str, Any]:
 
 
 def observation_from_dict(data: dict[str, Any]) -> Observation:
-    """The inverse of `observation_dict`."""
+    """The inverse of `observation_dict`; ValueError when `data` is not one (a hand-edited record)."""
+    try:
+        return _observation(data)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        problem = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"not an observation canary writes: {problem}") from None
+
+
+def _observation(data: dict[str, Any]) -> Observation:
 
     def sample(d: dict[str, Any]) -> Sample:
         if "trials" in d:

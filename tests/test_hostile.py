@@ -877,6 +877,30 @@ def test_a_duration_out_of_any_sane_range(case: str, tmp_path: Path) -> None:
     check_refused(invoke("validate", path), mentions=[str(path), field])
 
 
+POLICY_VALUE_CASES = {
+    # id: (the text changed, its replacement, the field the error must name)
+    "alpha-subnormal": ("alpha: 0.05", "alpha: 1.0e-310", "spec.analysis.alpha"),
+    "passAlpha-1e-45": ("passAlpha: 0.2", "passAlpha: 1.0e-45", "spec.analysis.passAlpha"),
+    "weight-1e308": ("      errors: 5xx", "      weight: 1.0e+308\n      errors: 5xx", "spec.metrics[0].weight"),
+    "metric-name-lone-surrogate": ("name: error-rate", 'name: "err\\udc80"', "spec.metrics[0].name"),
+    "flagger-maxP99-bare-number": (
+        "judge: sequential",
+        "judge: flagger\n    flagger: {maxP99: 500}",
+        "spec.analysis.flagger.maxP99",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(POLICY_VALUE_CASES))
+def test_validate_refuses_a_value_that_cannot_mean_what_it_says(case: str, tmp_path: Path) -> None:
+    """A level so small it underflows, a weight that overflows the score, a name no terminal or label can
+    hold, a p99 limit whose unit is a guess (Flagger reads 500 as ms): each refused by field."""
+    line, replacement, field = POLICY_VALUE_CASES[case]
+    assert line in POLICY_TEXT, line
+    path = policy_file(tmp_path, POLICY_TEXT.replace(line, replacement, 1))
+    check_refused(invoke("validate", path), mentions=[str(path), field])
+
+
 # ============================================================================================= numbers
 
 
@@ -1617,3 +1641,143 @@ def test_property_status_answers_any_virtualservice_from_the_api_server_cleanly(
         kubeconfig = shared_kube.kubeconfig(Path(folder) / "kubeconfig")
         o = invoke("status", POLICY, "--kubeconfig", kubeconfig)
     check_clean(o, codes=(0, 2))
+
+
+# ====================================================================================== outputs and edits
+# What canary writes never replaces what it reads; an option that names a file names one; a hand-edited
+# record is reported, never an internal error.
+
+
+@pytest.fixture(scope="module")
+def demo_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A whole healthy rollout's audit log, from the simulated mesh."""
+    path = tmp_path_factory.mktemp("demo") / "audit.jsonl"
+    o = invoke("demo", "--scenario", "healthy", "--policy", POLICY, "--audit", path, "--output", "json")
+    assert o.code == 0, o.err
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["report", "LOG", "-o", "LOG"], ["report", "LOG", "--policy", "POL", "-o", "POL"],
+     ["audit", "export", "LOG", "-o", "./LOG"], ["dashboard", "POL", "-o", "POL"]],
+    ids=["report-over-log", "report-over-policy", "export-over-log", "dashboard-over-policy"],
+)  # fmt: skip
+def test_an_output_naming_an_input_is_refused_and_the_input_left_whole(
+    command: list[str], demo_log: Path, tmp_path: Path
+) -> None:
+    log = shutil.copy(demo_log, tmp_path / "audit.jsonl")
+    pol = policy_file(tmp_path)
+    names = {"LOG": "audit.jsonl", "./LOG": "./audit.jsonl", "POL": "policy.yaml"}
+    before = {p: p.read_bytes() for p in (Path(log), pol)}
+    o = invoke(*[names.get(a, a) for a in command], cwd=tmp_path)
+    check_refused(o, mentions=["is an input of this command"])
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl", "policy.yaml"]
+
+
+def test_an_output_is_written_whole_or_not_at_all(demo_log: Path, tmp_path: Path) -> None:
+    out = write(tmp_path / "rows.csv", "old\n")
+    out.chmod(0o444)
+    folder_mode = tmp_path.stat().st_mode
+    tmp_path.chmod(0o555)  # the folder refuses the new file: the old one stays as it was
+    try:
+        o = invoke("audit", "export", demo_log, "-o", out)
+    finally:
+        tmp_path.chmod(folder_mode)
+    if os.geteuid() != 0:  # root writes through any mode
+        check_refused(o, mentions=[str(out)])
+        assert out.read_text() == "old\n"
+    o = invoke("audit", "export", demo_log, "-o", out)
+    check_clean(o, codes=(0,))
+    assert out.read_text().startswith("rollout,") and [p.name for p in tmp_path.iterdir()] == ["rows.csv"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["run", "POL", "--simulate", "healthy", "--manifest", ""], ["run", "POL", "--simulate", "healthy", "--audit", ""],
+     ["run", "POL", "--simulate", "healthy", "--kubeconfig", " "], ["status", "POL", "--manifest", ""],
+     ["rollback", "POL", "--manifest", "MANIFEST", "--audit", ""], ["audit", "show", ""], ["validate", ""],
+     ["audit", "export", "LOG", "-o", ""]],
+    ids=["run-manifest", "run-audit", "run-kubeconfig", "status-manifest", "rollback-audit", "show-log",
+         "validate-policy", "export-out"],
+)  # fmt: skip
+def test_an_empty_file_name_names_no_file(args: list[str], demo_log: Path, manifest: Path, tmp_path: Path) -> None:
+    """An unset shell variable (`--manifest "$VS"`) must not keep the weights in memory, pick the policy's
+    default log, or read the current folder."""
+    pol = policy_file(tmp_path)
+    before, weights = snapshot(tmp_path), manifest_weights(manifest)
+    names = {"POL": str(pol), "MANIFEST": str(manifest), "LOG": str(demo_log)}
+    o = invoke(*[names.get(a, a) for a in args], cwd=tmp_path)
+    check_refused(o, mentions=["empty"])
+    assert not written(tmp_path, before) and manifest_weights(manifest) == weights
+
+
+def test_audit_verify_with_a_policy_but_no_route_says_so(demo_log: Path) -> None:
+    """--policy alone cannot check the route's head; a pipeline must not read exit 0 as 'checked'."""
+    check_refused(invoke("audit", "verify", demo_log, "--policy", POLICY), mentions=["--manifest"])
+
+
+def test_status_of_a_route_whose_state_is_unreadable_exits_2(manifest: Path) -> None:
+    dr, vs = manifest.read_text().split("\n---\n")
+    vs = vs.replace("metadata:\n", "metadata:\n  annotations:\n    canary.dev/rollout-state: '{not json'\n", 1)
+    manifest.write_text(dr + "\n---\n" + vs)
+    for output in ("text", "json"):
+        o = invoke("status", POLICY, "--manifest", manifest, "--output", output)
+        check_clean(o, codes=(2,))
+        assert "not JSON" in (o.out + o.err) and "90" in o.out  # the weights are still shown
+
+
+EDITED_RECORDS = {
+    # id: a change to the first judged record's text (its hash no longer matches)
+    "nan-estimate": lambda r: re.sub(r'"difference":-?[0-9.e-]+', '"difference":NaN', r, count=1),
+    "infinite-e-value": lambda r: re.sub(r'"e_value":[0-9.e-]+', '"e_value":Infinity', r, count=1),
+    "figures-a-string": lambda r: json.dumps(_edit(json.loads(r), ("judgement", "verdicts", 0, "figures"), "x")),
+    "interval-a-string": lambda r: json.dumps(
+        _edit(json.loads(r), ("judgement", "verdicts", 0, "figures", "difference_cs"), "x")
+    ),
+    "verdicts-a-number": lambda r: json.dumps(_edit(json.loads(r), ("judgement", "verdicts"), 5)),
+    "counts-a-list": lambda r: json.dumps(_edit(json.loads(r), ("counts", "v1"), [1])),
+    "observed-count-a-word": lambda r: json.dumps(_edit_pod(json.loads(r), "error-rate", "events", "many")),
+    "observed-count-1e308": lambda r: json.dumps(_edit_pod(json.loads(r), "latency", "counts", [1e308] * 20)),
+    "observed-pods-a-list": lambda r: json.dumps(
+        _edit(json.loads(r), ("observation", "metrics", "latency", "canary"), [])
+    ),
+    "observation-without-start": lambda r: json.dumps(_edit(json.loads(r), ("observation",), {"end": 1})),
+}
+
+
+def _edit_pod(data: Any, metric: str, key: str, value: object) -> Any:
+    """The recorded observation of the first baseline pod, one field changed (what `audit replay` reads)."""
+    pods = data["observation"]["metrics"][metric]["baseline"]
+    pods[next(iter(pods))][key] = value
+    return data
+
+
+def _edit(data: Any, path: tuple[str | int, ...], value: object) -> Any:
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize("edit", list(EDITED_RECORDS))
+@pytest.mark.parametrize(
+    "command",
+    [["audit", "verify", "LOG"], ["audit", "show", "LOG"], ["audit", "list", "LOG"], ["audit", "export", "LOG"],
+     ["audit", "replay", "LOG"], ["report", "LOG", "-o", "OUT"]],
+    ids=["verify", "show", "list", "export", "replay", "report"],
+)  # fmt: skip
+def test_a_hand_edited_record_is_reported_not_an_internal_error(
+    edit: str, command: list[str], demo_log: Path, tmp_path: Path
+) -> None:
+    lines = demo_log.read_text().splitlines()
+    judged = next(i for i, line in enumerate(lines) if '"verdicts"' in line)
+    lines[judged] = EDITED_RECORDS[edit](lines[judged])
+    log = write(tmp_path / "edited.jsonl", "\n".join(lines) + "\n")
+    names = {"LOG": str(log), "OUT": str(tmp_path / "page.html")}
+    o = invoke(*[names.get(a, a) for a in command])
+    check_clean(o, codes=(0, 1, 2))
+    if command[1] == "verify":
+        assert o.code == 1 and f":{judged + 1}:" in o.err, o.err  # the edited line, by number

@@ -275,8 +275,14 @@ BAD_POLICIES = [
     pytest.param(
         "alpha: 0.05",
         "alpha: 0.7",
-        "web-app.yaml:19: spec.analysis.alpha: must be a probability in (0, 0.5), got 0.7",
+        "web-app.yaml:19: spec.analysis.alpha: must be a probability in [1e-06, 0.5), got 0.7",
         id="alpha-0.7",
+    ),
+    pytest.param(
+        "alpha: 0.05",
+        "alpha: 1.0e-310",
+        "web-app.yaml:19: spec.analysis.alpha: must be a probability in [1e-06, 0.5), got 1e-310",
+        id="alpha-subnormal",
     ),
     pytest.param(
         "{quantile: 0.95, maxIncrease: 0.10}",
@@ -467,5 +473,5 @@ def test_names_follow_kubernetes_and_istio_rules_and_numbers_are_bounded(field: 
 def test_numbers_too_large_or_not_finite_are_refused(value: str) -> None:
     text = BASE.replace("alpha: 0.05", f"alpha: {value}")
     assert text != BASE
-    with pytest.raises(PolicyError, match=r"spec.analysis.alpha: must be a probability in \(0, 0.5\)"):
+    with pytest.raises(PolicyError, match=r"spec.analysis.alpha: must be a probability in \[1e-06, 0.5\)"):
         parse_policy(text, "x.yaml")

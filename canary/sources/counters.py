@@ -33,10 +33,8 @@ from functools import partial
 from typing import Any
 
 from canary.codec import describe
-from canary.model import Histogram, MetricWindow, Ratio, Sample
+from canary.model import MAX_COUNT, Histogram, MetricWindow, Ratio, Sample
 from canary.promql import CUSTOM_VERSION_LABEL, PART_LABEL, VERSION_LABEL, parse_le
-
-MAX_COUNT = 2.0**53  # a float holds every integer up to here exactly
 
 
 class CountError(ValueError):
