@@ -21,7 +21,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -408,30 +408,43 @@ def _parse(line: bytes) -> Sealed | None:
         return None
 
 
-def read_records(path: str | Path) -> Iterator[Sealed]:
-    """Every record, decoded; AuditError names the first line that is not one."""
-    for number, data in _lines(path):
+def read_records(path: str | Path, torn: Callable[[str], None] | None = None) -> Iterator[Sealed]:
+    """Every record, decoded; AuditError names the first line that is not one. With `torn`, a torn last line
+    (no newline, no record: a write a crash cut short) ends the records instead, and `torn` is told why:
+    after a crash is when the log is most needed, and the next command that writes sets the tear aside."""
+    for number, data, whole in _lines(path):
+        if data is None and not whole and torn is not None:
+            torn(f"{path}:{number}: {TORN}; left out (the next command that writes to the log moves it to {path}.torn)")
+            return
         if data is None:
             raise AuditError(f"{path}:{number}: not a JSON record")
         sealed = decode(data, f"{path}:{number}")
         yield Sealed(sealed.record, sealed.prev_hash, sealed.hash, number)
 
 
-def _lines(path: str | Path) -> Iterator[tuple[int, dict[str, object] | None]]:
-    """Each line parsed (None for a line that is no JSON object); a line over the cap is not read whole."""
+TORN = "the last line is torn (a write a crash cut short)"
+
+
+def _lines(path: str | Path) -> Iterator[tuple[int, dict[str, object] | None, bool]]:
+    """Each line parsed (None for a line that is no JSON object), and whether it is whole: it ends in a
+    newline, or it cannot be a torn record (as the writer judges: a torn line follows a record, or begins
+    one). A line over the cap is not read whole."""
     try:
         check_regular(path, "audit log")
         with Path(path).open("rb") as fh:
-            number = 0
+            number, after_record = 0, False
             while raw := fh.readline(AUDIT_LINE_LIMIT + 1):
                 number += 1
                 if len(raw) > AUDIT_LINE_LIMIT and not raw.endswith(b"\n"):
                     while (rest := fh.readline(MIB)) and not rest.endswith(b"\n"):
                         pass  # skip the rest of the overlong line without holding it
-                    yield number, None
+                    yield number, None, rest.endswith(b"\n") or not after_record
+                    after_record = False
                     continue
                 if raw.strip():
-                    yield number, _json_object(raw)
+                    data = _json_object(raw)
+                    yield number, data, raw.endswith(b"\n") or not (after_record or raw.startswith(b"{"))
+                    after_record = data is not None
     except InputError as exc:
         raise AuditError(str(exc)) from None
     except FileNotFoundError:
@@ -468,10 +481,10 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
     open_change: Sealed | None = None
     after_head: list[Sealed] = []
     seen_head = head is None or head == GENESIS
-    for number, data in _lines(path):
+    for number, data, whole in _lines(path):
         last_line = number
         if data is None:
-            return ChainCheck(count, prev, "not a JSON record (edited, or torn by a crash)", number)
+            return ChainCheck(count, prev, "not a JSON record (edited)" if whole else TORN, number)
         if not chain_holds(data, prev):
             return ChainCheck(count, prev, "the hash chain breaks here (a record was edited, removed or moved)", number)
         try:

@@ -222,6 +222,11 @@ def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _torn(message: str) -> None:
+    """A reader's word on a torn last line: the records before it are shown, and the tear named."""
+    typer.echo(f"canary: warning: {safe(message)}", err=True)
+
+
 def safe(text: object) -> str:
     """Text from a record or a person, fit for a terminal: control and invisible formatting characters
     (a newline in a --reason, an ANSI escape, a bidi override) are shown escaped, so none can forge a line."""
@@ -832,7 +837,7 @@ def _check_outlook(policy: Policy, audit: str | None, state: RolloutState) -> tu
     path = audit_path_for(policy, audit)
     if not Path(path).exists():
         return [], None
-    record = latest_decision(read_records(path), state.rollout)
+    record = latest_decision(read_records(path, _torn), state.rollout)
     if record is None or not record.judgement:
         return [], None
     step_min, rollout_min = (record.time - state.step_started_at) / 60, (record.time - state.started_at) / 60
@@ -986,7 +991,7 @@ def audit_show(
 ) -> None:
     """Print an audit log: when, who, what moved, why, and whether the change was made."""
     try:
-        for sealed in read_records(file):
+        for sealed in read_records(file, _torn):
             record = sealed.record
             if rollout and getattr(record, "rollout", None) != rollout:
                 continue
@@ -1026,7 +1031,7 @@ def audit_list(
     from canary.auditing import rollouts
 
     try:
-        found = rollouts(read_records(file))
+        found = rollouts(read_records(file, _torn))
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     if output is OutputFormat.json:
@@ -1054,7 +1059,7 @@ def report(
     from canary.report_page import render, rollout_view
 
     try:
-        view = rollout_view(read_records(file), rollout)
+        view = rollout_view(read_records(file, _torn), rollout)
         if view is None:
             raise CanaryError(f"{file}: " + (f"no rollout {rollout}" if rollout else "holds no rollout"))
         check = verify_chain(file)
@@ -1086,7 +1091,7 @@ def audit_export(
     from canary.auditing import EXPORT_COLUMNS, check_rows
 
     try:
-        rows = check_rows(read_records(file))
+        rows = check_rows(read_records(file, _torn))
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     if format is ExportFormat.json:
@@ -1132,7 +1137,7 @@ def audit_replay(
     try:
         if policy is not None:
             other = load_policy(policy)
-        result = replay(read_records(file), judge_for, strict=other is None, source=file)
+        result = replay(read_records(file, _torn), judge_for, strict=other is None, source=file)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     differing = result.differing

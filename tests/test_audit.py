@@ -239,6 +239,32 @@ def test_a_torn_last_line_is_set_aside_recorded_and_blocks_nothing(log: tuple[Pa
     assert [type(s.record) for s in records[6:]] == [NoteRecord, DecisionRecord], "the note comes first"
 
 
+@pytest.mark.parametrize("tail", [b'{"schema":1,"kind":"deci', b"\x00\x00\x00\x00"])
+def test_a_reader_shows_every_record_before_a_torn_last_line_and_names_the_tear(
+    log: tuple[Path, str], tail: bytes
+) -> None:
+    """After a crash is when the log is read: the tear is named, the records before it are all there."""
+    path, head = log
+    with path.open("ab") as fh:
+        fh.write(tail)
+    told: list[str] = []
+    records = list(read_records(path, told.append))
+    assert records[-1].hash == head and len(records) == 6
+    assert told == [f"{path}:7: the last line is torn (a write a crash cut short); left out (the next command "
+                    f"that writes to the log moves it to {path}.torn)"]  # fmt: skip
+    with pytest.raises(AuditError, match=":7: not a JSON record"):
+        list(read_records(path))  # a reader that asks for every record gets an error, not fewer records
+    assert verify_chain(path).problem == "the last line is torn (a write a crash cut short)"
+
+
+def test_a_line_that_is_no_record_before_the_last_is_never_a_tear(log: tuple[Path, str]) -> None:
+    path, _ = log
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines[:3], b"garbage\n", *lines[3:]]))
+    with pytest.raises(AuditError, match=":4: not a JSON record"):
+        list(read_records(path, lambda _: None))
+
+
 def test_a_complete_last_record_without_its_newline_is_kept(log: tuple[Path, str]) -> None:
     path, head = log
     path.write_bytes(path.read_bytes().rstrip(b"\n"))

@@ -32,8 +32,30 @@ from canary.policy import Target
 from canary.routers.virtualservice import RouteRead, read_route, subsets_problem, with_route
 from canary.state import RolloutState
 
+
+def _unique_keys(base: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
+    """`base` refusing a mapping that names a key twice: PyYAML keeps the last, kubectl (sigs.k8s.io/yaml)
+    refuses the file, so canary would move weights Kubernetes never reads."""
+
+    class Loader(base):  # type: ignore[valid-type, misc]
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                with contextlib.suppress(TypeError):  # an unhashable key: the base constructor says so
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            "while reading a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                        )
+                    seen.add(key)
+            return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
+
+    return Loader
+
+
 # libyaml where PyYAML has it: a tick reads and writes the whole file, and pure-Python YAML is slow.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_LOADER = _unique_keys(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+_PRECISE_LOADER = _unique_keys(yaml.SafeLoader)  # says where a mistake is more precisely
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 TEMP_MARK = ".canary-"  # temporary files are `.NAME.canary-XXXX` beside the manifest
 
@@ -65,7 +87,7 @@ class ManifestRouter:
             line = alias.start_mark.line + 1 if alias.start_mark else "?"
             raise RouterError(f"{self.path}:{line}: YAML aliases (*name) are not supported in a manifest")
         try:  # the pure-Python parser says where the mistake is more precisely: let it tell
-            return list(yaml.safe_load_all(text))
+            return list(yaml.load_all(text, Loader=_PRECISE_LOADER))
         except RecursionError:
             raise RouterError(f"{self.path}: nested too deeply to be a manifest") from None
         except yaml.YAMLError as exc:
