@@ -97,6 +97,8 @@ class Case:
     pod_spread: float = 0.0  # sd of log latency between pods
     intervals: int = 60
     load_swing: float = 0.3  # service-wide latency drift, the same for both versions
+    traffic_fall: float = 0.0  # the request rate falls linearly by this share over the intervals
+    load_trend: tuple[float, float] | None = None  # the latency's scale from first to last interval (no swing)
 
     def canary(self) -> Mixture:
         return at_quantile(self.canary_shape, self.factor * (1 + self.m) * self.baseline.quantile(self.q), self.q)
@@ -136,11 +138,15 @@ def run_case(case: Case, runs: int, seed: int) -> Result:
         passed = False
         for minute in range(1, case.intervals + 1):
             load = 1.0 + case.load_swing * math.sin(minute / 5)
+            if case.load_trend is not None:
+                first, last = case.load_trend
+                load = first + (last - first) * (minute - 1) / max(case.intervals - 1, 1)
             windows = []
             for version, (shape, share, pod_levels) in enumerate(
                 ((case.baseline, 1 - case.share, levels[0]), (canary, case.share, levels[1]))
             ):
-                n = rng.poisson(case.rps * 60 * share)
+                rps = case.rps * (1 - case.traffic_fall * (minute - 1) / case.intervals)
+                n = rng.poisson(rps * 60 * share)
                 per_pod = rng.multinomial(n, np.full(len(pod_levels), 1 / len(pod_levels)))
                 samples = {}
                 for i, (count, level) in enumerate(zip(per_pod, pod_levels, strict=True)):
@@ -187,6 +193,11 @@ def cases() -> list[Case]:
             Case(f"pods-2-vs-10-spread-{tag}", LN, wide, q, m, pods=(10, 2), pod_spread=0.05),
             Case(f"pods-2-vs-18-spread-{tag}", LN, wide, q, m, pods=(18, 2), pod_spread=0.05),
             Case(f"pods-2-vs-10-narrower-{tag}", LN, narrower, q, m, rps=1000, pods=(10, 2), pod_spread=0.1),
+            # the latency drifts with the load while traffic falls: the totals' scale is not the block's
+            Case(f"narrower-falling-traffic-{tag}", LN, narrower, q, m, rps=1000, traffic_fall=0.9),
+            Case(f"narrower-falling-traffic-100rps-{tag}", LN, narrower, q, m, traffic_fall=0.9),
+            Case(f"narrower-1000rps-{tag}", LN, narrower, q, m, rps=1000),
+            Case(f"narrower-load-falling-200rps-{tag}", LN, narrower, q, m, rps=200, load_trend=(1.3, 0.7)),
             Case(f"sparse-20rps-{tag}", LN, wide, q, m, rps=20),
             Case(f"gamma-baseline-wider-canary-{tag}", gamma, Mixture(((1.0, 60.0, 1.5, "gamma"),)), q, m),
             Case(f"weibull-baseline-lognormal-canary-{tag}", weibull, LN, q, m),

@@ -276,8 +276,12 @@ class AuditLog:
                 if last_nl == end - 1:  # the file ends with a newline: its last line is whole
                     line_start = _newline_before(fh, last_nl) + 1
                     line = _read_line(fh, line_start, last_nl)
-                    if line is not None and _json_object(line) is not None:
+                    data = _json_object(line) if line is not None else None
+                    if line is not None and data is not None:
                         self._last, self._head = _parse(line), _hash_of(line)
+                        if self._last is None and not isinstance(data.get("hash"), str):  # a JSON file, not a log
+                            raise AuditError(f"{self.path}: not an audit log (its last line is JSON but no audit "
+                                             "record); name the log with --audit")  # fmt: skip
                         return
                     torn_start = line_start  # a whole line that is no JSON at all (zeros, garbage)
                 else:

@@ -572,11 +572,13 @@ def test_an_audit_log_that_is_no_audit_log(case: tuple[str, str], tmp_path: Path
         check_refused(invoke("audit", command, path), codes=(1, 2) if command == "verify" else (2,))
 
 
-@pytest.mark.parametrize("other", ["policy", "manifest"])
+@pytest.mark.parametrize("other", ["policy", "manifest", "json-file"])
 def test_an_audit_flag_naming_another_file_refuses_and_leaves_it_whole(
     other: str, tmp_path: Path, manifest: Path
 ) -> None:
-    target = manifest if other == "manifest" else write(tmp_path / "policy.yaml", POLICY_TEXT)
+    others = {"policy": lambda: write(tmp_path / "policy.yaml", POLICY_TEXT), "manifest": lambda: manifest,
+              "json-file": lambda: write(tmp_path / "scenario.json", '{"scenarios": []}\n')}  # fmt: skip
+    target = others[other]()
     before, weights = target.read_bytes(), manifest_weights(manifest)
     o = invoke("run", POLICY, "--simulate", "healthy", "--manifest", manifest, "--audit", target)
     check_refused(o, codes=(2,))

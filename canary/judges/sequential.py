@@ -31,13 +31,13 @@ from canary.codec import clone
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio, Sample, Verdict
 from canary.policy import LatencyMetric, MetricSpec, Policy, QuantileTolerance
 from canary.stats.buckets import (
+    block_share,
     common_layout,
     density,
     locate,
     merge,
     quantile_range,
     rebucket,
-    sparse_survival,
     survival_at,
 )
 from canary.stats.confidence import Evidence, Interval, confidence_sequence, mixture_e_value
@@ -60,11 +60,13 @@ class Sequences:
     step: Evidence = field(default_factory=Evidence)
     best_e: float = 1.0  # running maximum of the fail e-process: 1 / best_e is the always-valid p-value
 
-    def add(self, estimate: float, variance: float, weight: float, *, fail_allowance: float = 0.0) -> None:
-        """One interval's estimate; the fail sequence sees it less `fail_allowance` (a margin for what the
-        estimate assumes), the pass sequence as it is."""
+    def add(
+        self, estimate: float, variance: float, weight: float, *, fail_allowance: float = 0.0, pass_allowance: float = 0
+    ) -> None:
+        """One interval's estimate; the fail sequence sees it less `fail_allowance`, the pass sequence plus
+        `pass_allowance` (margins for what the estimate assumes)."""
         self.fail = self.fail.add(estimate - fail_allowance, variance, weight)
-        self.step = self.step.add(estimate, variance, weight)
+        self.step = self.step.add(estimate + pass_allowance, variance, weight)
 
     def e_values(self, widen: float) -> tuple[float, float]:
         """The fail e-process now, evidence against "within tolerance" with the boundary moved out by the pod
@@ -542,16 +544,20 @@ class _QuantileCheck(_Check):
         if t_block is None or (1 + m) * t_block >= pb.bounds[-1]:
             return  # this block cannot place it: it keeps filling
         point = (1 + m) * t_block
-        share_c = sparse_survival(pc, st.canary, point)
-        if not math.isfinite(share_c):
+        read = block_share(pc, st.canary, point)
+        if not math.isfinite(read.share):
             return
         p = 1 - q if q > 0.5 else 0.5  # the least favourable canary sits at 1 − q beyond the point
         # The baseline's quantile is estimated too: its error moves the point, weighed by the densities.
         kappa = _kappa(st.canary, st.baseline, point, t, m)
         variance = p * (1 - p) * (1 / pc.total + kappa * kappa / pb.total)
+        fail_allowance, pass_allowance = _slack(pc, pb, t_block, point, kappa), 0.0
+        if not read.shaped:  # neither the block nor the totals hold a shape there: only the bucket's edges count
+            fail_allowance = max(fail_allowance, read.share - read.lowest)
+            pass_allowance = max(read.highest - read.share, 0.0)
         st.seq.add(
-            share_c - (1 - q), variance, _weight(pc.total, pb.total, 1 - q),
-            fail_allowance=_slack(pc, pb, t_block, point, kappa),
+            read.share - (1 - q), variance, _weight(pc.total, pb.total, 1 - q),
+            fail_allowance=fail_allowance, pass_allowance=pass_allowance,
         )  # fmt: skip
         st.block += 1
         st.block_baseline = st.block_canary = None
@@ -667,16 +673,11 @@ class SequentialJudge:
         figures = {"e_value": combined, "e_max": new.e_max, "alpha": alpha,
                    "p_value": min(1.0, 1.0 / ((1 - POD_SHARE) * new.e_max))}  # fmt: skip
         if combined * (1 - POD_SHARE) * alpha >= 1.0 and not any(v.outcome is Outcome.FAIL for v in verdicts):
-            ranked = sorted(verdicts, key=lambda v: -_e(v))[:3]
-            named = ", ".join(f"{v.metric} (e = {_e(v):.3g})" for v in ranked)
+            ranked = sorted(new.e_last.items(), key=lambda item: -item[1])[:3]  # what the average is made of
+            named = ", ".join(f"{label} (e = {e:.3g})" for label, e in ranked)
             summary = f"worse than tolerated on the checks' evidence together (e = {combined:.3g}): {named}"
             return new, Judgement(Outcome.FAIL, tuple(verdicts), summary, figures)
         return new, combine(verdicts, figures)
-
-
-def _e(verdict: Verdict) -> float:
-    e = verdict.figures.get("e_value")
-    return e if isinstance(e, float) else 1.0
 
 
 def combine(verdicts: list[Verdict], figures: Mapping[str, object] | None = None) -> Judgement:

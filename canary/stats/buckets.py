@@ -37,29 +37,35 @@ def survival_at(hist: Histogram, x: float) -> float:
     measures how far off it is for each). Where no request lies beyond the bucket's upper edge yet, the
     slope of z is continued from below; a bucket from 0, or one with no shape either side, is linear.
     """
+    return _survival(hist, x)[0]
+
+
+def _survival(hist: Histogram, x: float) -> tuple[float, bool]:
+    """`survival_at` and whether it was read off a shape (an edge, the probit curve, or its slope continued);
+    False where it is a straight line between the bucket's edges, which no shape supports."""
     total = hist.total
     if total <= 0:
-        return math.nan
+        return math.nan, False
     edges = hist.bounds
     surv = [c / total for c in survival_counts(hist)]
     for i, edge in enumerate(edges):
         if x > edge:
             continue
         if x == edge:
-            return surv[i]
+            return surv[i], True
         lo_surv = surv[i - 1] if i > 0 else 1.0
         lo_edge = edges[i - 1] if i > 0 else 0.0
         if lo_edge <= 0:  # a bucket from 0 (or below): nothing is known about its shape
-            return lo_surv + (surv[i] - lo_surv) * (x - lo_edge) / (edge - lo_edge)
+            return lo_surv + (surv[i] - lo_surv) * (x - lo_edge) / (edge - lo_edge), False
         if 0 < surv[i] <= lo_surv < 1:
-            return 1 - float(ndtr(_probit_curve(edges, surv, i, math.log(x))))
+            return 1 - float(ndtr(_probit_curve(edges, surv, i, math.log(x)))), True
         if surv[i] == 0 < lo_surv < 1 and i >= 2 and edges[i - 2] > 0 and lo_surv < surv[i - 2] < 1:
             below, at = float(ndtri(1 - surv[i - 2])), float(ndtri(1 - lo_surv))
             slope = (at - below) / math.log(lo_edge / edges[i - 2])
-            return max(1 - float(ndtr(at + slope * math.log(x / lo_edge))), 0.0)
+            return max(1 - float(ndtr(at + slope * math.log(x / lo_edge))), 0.0), True
         w = math.log(x / lo_edge) / math.log(edge / lo_edge)
-        return lo_surv + (surv[i] - lo_surv) * w
-    return surv[-1] if surv else 1.0  # beyond the last finite edge nothing finer is known
+        return lo_surv + (surv[i] - lo_surv) * w, surv[i] == lo_surv
+    return (surv[-1] if surv else 1.0), False  # beyond the last finite edge nothing finer is known
 
 
 def _probit_curve(edges: tuple[float, ...], surv: list[float], i: int, u: float) -> float:
@@ -96,19 +102,57 @@ def _probit_curve(edges: tuple[float, ...], surv: list[float], i: int, u: float)
 SPARSE_BEYOND = 5.0  # below this many requests expected beyond a bucket, its shape comes from the totals
 
 
-def sparse_survival(hist: Histogram, shape: Histogram, x: float) -> float:
-    """`survival_at`, for a few requests (one block's). Where fewer than SPARSE_BEYOND of them are expected
-    beyond the upper edge of x's bucket (judged from `shape`, the running totals, never from the block's
-    own counts), the block's edges say little of the shape inside that bucket: its share beyond the lower
-    edge is split as `shape` splits the bucket, which keeps the estimate linear in the block's counts."""
-    edges = hist.bounds
+@dataclass(frozen=True)
+class BlockShare:
+    """A block's share of requests slower than x: the read-off, whether a shape was behind it, and the
+    bounds no shape can leave, the block's own shares beyond the edges of x's bucket."""
+
+    share: float
+    shaped: bool
+    lowest: float
+    highest: float
+
+
+def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
+    """`survival_at` for one block's requests, where its own edges may say little of the shape inside x's
+    bucket: fewer than SPARSE_BEYOND expected beyond the bucket's upper edge (judged from `shape`, the
+    running totals, never from the block's counts), or no shape either side of the bucket in the block.
+    There it is read off `shape` instead, rescaled in latency so that it holds the block's own share beyond
+    the bucket's lower edge (`sparse_scale`): the load may have moved every latency since the totals began,
+    not its shape. It counts as shaped only where the block has a shape there of its own: the totals of a
+    load that moved are wider than any one block, so where they alone give the shape, only the bucket's
+    bounds are sure."""
+    i = _bucket_index(hist.bounds, x)
+    if i is None:
+        share, shaped = _survival(hist, x)
+        return BlockShare(share, shaped, share, share)
+    scale = sparse_scale(hist, shape, i)
+    share, shaped = _survival(hist, x) if scale is None else _survival(shape, x / scale)
+    beyond = survival_counts(hist)
+    return BlockShare(share, shaped and _own_shape(hist, i), beyond[i] / hist.total, beyond[i - 1] / hist.total)
+
+
+def _own_shape(hist: Histogram, i: int) -> bool:
+    """Whether the histogram's own edges give bucket i a shape (the same for every x inside it)."""
+    return _survival(hist, math.sqrt(hist.bounds[i - 1] * hist.bounds[i]))[1]
+
+
+def _bucket_index(edges: tuple[float, ...], x: float) -> int | None:
+    """The bucket (lower edge, upper edge] that holds x strictly inside, with a lower edge above 0."""
     i = next((k for k, edge in enumerate(edges) if x <= edge), None)
-    if i is None or i == 0 or x == edges[i]:
-        return survival_at(hist, x)
-    given = survival_at(shape, edges[i - 1])
-    if hist.total * survival_at(shape, edges[i]) < SPARSE_BEYOND and given > 0:
-        return survival_counts(hist)[i - 1] / hist.total * survival_at(shape, x) / given
-    return survival_at(hist, x)
+    return None if i is None or i == 0 or x == edges[i] else i
+
+
+def sparse_scale(hist: Histogram, shape: Histogram, i: int) -> float | None:
+    """For bucket i, where `block_share` reads off `shape`: the factor r with S_shape(lower / r) equal to
+    the block's share beyond the lower edge (a block slower than the totals by r has that share there);
+    None where the block's own counts are read (enough requests beyond and a shape of their own, or
+    nothing to match)."""
+    if hist.total <= 0 or (_own_shape(hist, i) and hist.total * survival_at(shape, hist.bounds[i]) >= SPARSE_BEYOND):
+        return None
+    beyond = survival_counts(hist)[i - 1] / hist.total
+    matched = locate(shape, beyond) if 0 < beyond < 1 else None
+    return hist.bounds[i - 1] / matched if matched is not None else None
 
 
 def density(hist: Histogram, x: float) -> float:
@@ -119,28 +163,28 @@ def density(hist: Histogram, x: float) -> float:
 
 def locate(hist: Histogram, share_above: float, shape: Histogram | None = None) -> float | None:
     """The latency x with `survival_at(hist, x) == share_above` (its inverse, by bisection in log x), or
-    `sparse_survival` with that shape.
+    that of `block_share` with that shape.
 
     None where the buckets cannot place it: in the first bucket (from 0, no shape known) or beyond the last
     finite edge (the +Inf bucket), or with no requests.
     """
-
-    def survival(x: float) -> float:
-        return survival_at(hist, x) if shape is None else sparse_survival(hist, shape, x)
-
     total = hist.total
     if total <= 0 or not 0 < share_above < 1:
         return None
     surv = [c / total for c in survival_counts(hist)]
     lo_edge = 0.0
-    for edge, hi_surv in zip(hist.bounds, surv, strict=True):
+    for i, (edge, hi_surv) in enumerate(zip(hist.bounds, surv, strict=True)):
         if hi_surv <= share_above:
             if lo_edge <= 0:
                 return None
+            scale = sparse_scale(hist, shape, i) if shape is not None else None
+            if scale is not None:  # the rescaled shape, solved in its own coordinates
+                found = locate(shape, share_above) if shape is not None else None
+                return found * scale if found is not None else None
             lo, hi = math.log(lo_edge), math.log(edge)
             for _ in range(50):
                 mid = (lo + hi) / 2
-                if survival(math.exp(mid)) > share_above:
+                if survival_at(hist, math.exp(mid)) > share_above:
                     lo = mid
                 else:
                     hi = mid

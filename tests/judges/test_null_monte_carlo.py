@@ -2,10 +2,12 @@
 
 Each case is a canary *exactly at the tolerance* (the least favourable canary the null allows): latency with
 another shape than the baseline's but its named quantile exactly (1 + m) times the baseline's, error rates
-exactly baseline + margin with pods whose levels differ, and sparse counts. Fixed seeds, 400 replications
-of 30 one-minute intervals each; the upper 95% Clopper–Pearson bound of the false-rollback rate must be at
-most 1.5 α. The cases and the simulator are the benchmark's (bench/latency_shapes.py), whose full figures
-are in docs/statistics.md.
+exactly baseline + margin with pods whose levels differ, and sparse counts; latency whose scale moves with
+the load while traffic falls. Fixed seeds, 400 replications of 30 one-minute intervals each; the upper 95%
+Clopper–Pearson bound of the false-rollback rate must be at most 1.5 α, and that of the share of rollouts
+whose step passed at most 1.5 times the pass level (a canary at the tolerance is the least favourable one).
+The cases and the simulator are the benchmark's (bench/latency_shapes.py), whose full figures are in
+docs/statistics.md.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from canary.policy import parse_policy  # noqa: E402
 pytestmark = pytest.mark.slow
 
 ALPHA = 0.05
+PASS_ALPHA = 0.2  # the policy's default passAlpha
 RUNS = 400
 INTERVALS = 30
 LATENCY_CASES = [
@@ -44,6 +47,9 @@ LATENCY_CASES = [
     "pods-2-vs-18-spread-p50",
     "sparse-20rps-p99",
     "pods-2-vs-10-narrower-p50",
+    "narrower-1000rps-p50",
+    "narrower-load-falling-200rps-p50",
+    "narrower-falling-traffic-100rps-p95",
 ]
 ERROR_POLICY = """
 apiVersion: canary.dev/v1alpha1
@@ -58,20 +64,20 @@ spec:
 """
 
 
-def _latency(name: str) -> tuple[str, int, int]:
+def _latency(name: str) -> tuple[str, int, int, int]:
     case = next(c for c in latency_shapes.cases() if c.name == name)
     seed = 1000 + LATENCY_CASES.index(name)
     result = latency_shapes.run_case(replace(case, intervals=INTERVALS), RUNS, seed)
-    return name, result.fails, result.runs
+    return name, result.fails, result.runs, result.passes
 
 
-def _errors(spec: tuple[str, int, float, float, float]) -> tuple[str, int, int]:
+def _errors(spec: tuple[str, int, float, float, float]) -> tuple[str, int, int, int]:
     """Error rates exactly at baseline + 0.5 pp for the version; each pod's rate is the version's times a
     level drawn afresh per rollout (mean 1, log-sd `spread`), traffic spread evenly over the pods."""
     name, baseline_pods, spread, rps, base_rate = spec
     rng = np.random.default_rng(2000 + [c[0] for c in ERROR_CASES].index(name))
     judge = SequentialJudge(parse_policy(ERROR_POLICY, "pods.yaml"))
-    fails = 0
+    fails = passes = 0
     for _ in range(RUNS):
         levels = [np.exp(rng.normal(-spread * spread / 2, spread, k)) for k in (baseline_pods, 2)]
         rates = (base_rate * levels[0], (base_rate + 0.005) * levels[1])
@@ -89,7 +95,10 @@ def _errors(spec: tuple[str, int, float, float, float]) -> tuple[str, int, int]:
             if judgement.outcome is Outcome.FAIL:
                 fails += 1
                 break
-    return name, fails, RUNS
+            if judgement.outcome is Outcome.PASS:
+                passes += 1
+                break
+    return name, fails, RUNS, passes
 
 
 ERROR_CASES = [
@@ -100,21 +109,33 @@ ERROR_CASES = [
 
 
 @pytest.fixture(scope="module")
-def measured() -> dict[str, tuple[int, int]]:
+def measured() -> dict[str, tuple[int, int, int]]:
+    """Per case: false rollbacks, runs, and runs whose step passed (all of it one step)."""
     with ProcessPoolExecutor(max_workers=2) as pool:
         results = [*pool.map(_latency, LATENCY_CASES), *pool.map(_errors, ERROR_CASES)]
-    for name, fails, runs in results:
-        print(f"{name}: {fails}/{runs} false rollbacks, upper 95% bound {clopper_pearson(fails, runs)[1]:.3f}")
-    return {name: (fails, runs) for name, fails, runs in results}
+    for name, fails, runs, passes in results:
+        print(f"{name}: {fails}/{runs} false rollbacks, upper 95% bound {clopper_pearson(fails, runs)[1]:.3f}; "
+              f"{passes} passes, upper bound {clopper_pearson(passes, runs)[1]:.3f}")  # fmt: skip
+    return {name: (fails, runs, passes) for name, fails, runs, passes in results}
 
 
 @pytest.mark.parametrize("name", LATENCY_CASES + [c[0] for c in ERROR_CASES])
 def test_a_canary_exactly_at_the_tolerance_is_rarely_rolled_back(
-    measured: dict[str, tuple[int, int]], name: str
+    measured: dict[str, tuple[int, int, int]], name: str
 ) -> None:
-    fails, runs = measured[name]
+    fails, runs, _ = measured[name]
     upper = clopper_pearson(fails, runs)[1]
     assert upper <= 1.5 * ALPHA, f"{name}: {fails}/{runs} false rollbacks, upper 95% bound {upper:.3f}"
+
+
+@pytest.mark.parametrize("name", LATENCY_CASES + [c[0] for c in ERROR_CASES])
+def test_a_canary_exactly_at_the_tolerance_rarely_passes_its_step(
+    measured: dict[str, tuple[int, int, int]], name: str
+) -> None:
+    """The pass level is a wrong step's chance: a canary at the tolerance is the least favourable one."""
+    _, runs, passes = measured[name]
+    upper = clopper_pearson(passes, runs)[1]
+    assert upper <= 1.5 * PASS_ALPHA, f"{name}: {passes}/{runs} passes, upper 95% bound {upper:.3f}"
 
 
 def test_the_cases_are_at_the_tolerance_by_construction() -> None:

@@ -10,6 +10,7 @@ from scipy.stats import lognorm
 
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram
 from canary.stats.buckets import (
+    block_share,
     common_layout,
     interpolated_quantile,
     quantile_range,
@@ -43,6 +44,31 @@ def test_survival_is_exact_at_edges() -> None:
 def test_survival_between_edges_is_exact_for_a_lognormal(x: float) -> None:
     h = lognormal_histogram(80, 0.5)
     assert survival_at(h, x) == pytest.approx(lognorm.sf(x, s=0.5, scale=80), rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("load", [0.8, 1.0, 1.25])
+def test_a_sparse_block_is_read_off_the_totals_rescaled_to_its_own_load(load: float) -> None:
+    """Totals gathered at one load, a block at another: the share read is the block's, not the totals'."""
+    totals = lognormal_histogram(110.0, 0.25)
+    block = lognormal_histogram(110.0 * load, 0.25, total=300)  # few requests beyond 250 ms
+    x = 150.0 * load
+    read = block_share(block, totals, x)
+    assert read.share == pytest.approx(lognorm.sf(x, s=0.25, scale=110.0 * load), abs=0.01)
+    assert read.lowest <= read.share <= read.highest
+
+
+def test_a_block_with_no_shape_in_the_bucket_is_bounded_by_its_edges_not_a_straight_line() -> None:
+    """All of a block's requests in 50–250 ms (none beyond, none below): no shape of its own there. The
+    estimate comes off the totals; its bounds are the block's shares beyond the bucket's edges."""
+    counts = [0] * (len(EDGES) + 1)
+    counts[EDGES.index(100)], counts[EDGES.index(250)] = 106, 130  # the buckets 50–100 and 100–250 ms
+    block = Histogram(EDGES, tuple(counts))
+    totals = lognormal_histogram(140.0, 0.35)
+    read = block_share(block, totals, 160.0)
+    assert not read.shaped
+    assert (read.lowest, read.highest) == (0.0, pytest.approx(130 / 236))
+    straight_line = survival_at(block, 160.0)  # what the block's own edges would have said
+    assert read.share < straight_line
 
 
 def test_survival_of_an_empty_histogram_is_nan_not_zero() -> None:
