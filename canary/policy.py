@@ -276,7 +276,11 @@ def _plain(node: yaml.Node, path: str, lines: dict[str, int], seen: set[int] | N
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = str(key_node.value)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _NodeError(
+                    path, key_node.start_mark.line + 1, "a key must be a plain name, not a list or mapping"
+                )
+            key = str(key_node.value) if len(str(key_node.value)) <= 64 else str(key_node.value)[:61] + "..."
             child = f"{path}.{key}" if path else str(key)
             if key in out:
                 raise _NodeError(child, key_node.start_mark.line + 1, "appears twice")
@@ -289,7 +293,7 @@ def _plain(node: yaml.Node, path: str, lines: dict[str, int], seen: set[int] | N
         return yaml.SafeLoader("").construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, AttributeError):  # an explicit tag the value does not fit
         tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
-        raise _NodeError(path, node.start_mark.line + 1, f"cannot read {node.value!r} as {tag}") from None
+        raise _NodeError(path, node.start_mark.line + 1, f"cannot read {describe(node.value)} as {tag}") from None
 
 
 # Kubernetes' own rules (apimachinery's IsDNS1123Label / IsDNS1123Subdomain), which Istio applies to subsets;
@@ -454,7 +458,7 @@ class _Reader:
         self.required(top, "", "apiVersion")
         self.required(top, "", "kind")
         if top.get("apiVersion") != API_VERSION:
-            raise self.fail("apiVersion", f"must be {API_VERSION}, got {top.get('apiVersion')!r}")
+            raise self.fail("apiVersion", f"must be {API_VERSION}, got {describe(top.get('apiVersion'))}")
         if top.get("kind") != KIND:
             raise self.fail("kind", f"must be {KIND}, got {top.get('kind')!r}")
         meta = self.mapping(self.required(top, "", "metadata"), "metadata", {"name", "namespace", "labels"})

@@ -890,6 +890,9 @@ POLICY_VALUE_CASES = {
     "passAlpha-1e-45": ("passAlpha: 0.2", "passAlpha: 1.0e-45", "spec.analysis.passAlpha"),
     "weight-1e308": ("      errors: 5xx", "      weight: 1.0e+308\n      errors: 5xx", "spec.metrics[0].weight"),
     "metric-name-lone-surrogate": ("name: error-rate", 'name: "err\\udc80"', "spec.metrics[0].name"),
+    "apiVersion-5000-characters": ("apiVersion: canary.dev/v1alpha1", "apiVersion: " + "x" * 5000, "apiVersion"),
+    "alpha-5000-digits": ("alpha: 0.05", "alpha: !!int " + "9" * 5000, "spec.analysis.alpha"),
+    "a-list-as-a-key": ("spec:\n", "? [" + ", ".join(["a"] * 3000) + "]\n: 1\nspec:\n", "policy.yaml:"),
     "flagger-maxP99-bare-number": (
         "judge: sequential",
         "judge: flagger\n    flagger: {maxP99: 500}",
@@ -901,11 +904,14 @@ POLICY_VALUE_CASES = {
 @pytest.mark.parametrize("case", list(POLICY_VALUE_CASES))
 def test_validate_refuses_a_value_that_cannot_mean_what_it_says(case: str, tmp_path: Path) -> None:
     """A level so small it underflows, a weight that overflows the score, a name no terminal or label can
-    hold, a p99 limit whose unit is a guess (Flagger reads 500 as ms): each refused by field."""
+    hold, a p99 limit whose unit is a guess (Flagger reads 500 as ms), a key that is a list: each refused by
+    field, and a value thousands of characters long named by its size, not echoed."""
     line, replacement, field = POLICY_VALUE_CASES[case]
     assert line in POLICY_TEXT, line
     path = policy_file(tmp_path, POLICY_TEXT.replace(line, replacement, 1))
-    check_refused(invoke("validate", path), mentions=[str(path), field])
+    o = invoke("validate", path)
+    check_refused(o, mentions=[str(path), field])
+    assert len(o.err) < 400, f"the error echoes the value: {len(o.err)} characters"
 
 
 # ============================================================================================= numbers
