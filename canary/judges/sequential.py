@@ -256,6 +256,10 @@ class _Check:
         """The decision ladder every check shares: a failure acts at once (the fail sequence is anytime-valid),
         a pass needs the step's minimum of requests and then holds for the step, anything else keeps
         collecting."""
+        pods = figures.get("baseline_pods")
+        if isinstance(pods, int) and pods < 2:  # no spread to measure: a pod's luck is not allowed for
+            serving = f"{pods} baseline pod{'' if pods == 1 else 's'}"
+            head += f"; pods assumed alike ({serving} serving, too few to measure how pods differ)"
         if fail is not None:
             return Verdict(self.label, Outcome.FAIL, f"{head}: {fail}", figures)
         if min(st.step_requests) < min_requests:
@@ -334,6 +338,7 @@ class _RatioCheck(_Check):
             "max_increase": self.margin,
             **self.e_figures(reading),
             "pod_sd": pod_sd,
+            "baseline_pods": pods,
             "confidence": 1 - self.alpha,
             "pass_confidence": 1 - self.pass_alpha,
             "step_requests": {"baseline": st.step_requests[0], "canary": st.step_requests[1]},
@@ -587,6 +592,7 @@ class _QuantileCheck(_Check):
             "step_excess_cs": [pass_ci.lower, pass_ci.upper],
             **self.e_figures(reading),
             "pod_sd": pod_sd,
+            "baseline_pods": pods,
             "blocks": st.block,
             "confidence": 1 - self.alpha,
             "pass_confidence": 1 - self.pass_alpha,

@@ -117,19 +117,25 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
     """`survival_at` for one block's requests, where its own edges may say little of the shape inside x's
     bucket: fewer than SPARSE_BEYOND expected beyond the bucket's upper edge (judged from `shape`, the
     running totals, never from the block's counts), or no shape either side of the bucket in the block.
-    There it is read off `shape` instead, rescaled in latency so that it holds the block's own share beyond
-    the bucket's lower edge (`sparse_scale`): the load may have moved every latency since the totals began,
-    not its shape. It counts as shaped only where the block has a shape there of its own: the totals of a
-    load that moved are wider than any one block, so where they alone give the shape, only the bucket's
-    bounds are sure."""
+    There the block's share beyond the bucket's lower edge is split as `shape` splits the bucket, `shape`
+    rescaled in latency to the block (`sparse_scale`): the load may have moved every latency since the
+    totals began, not their shape, and the estimate stays linear in the block's few counts. It counts as
+    shaped only where the block has a shape there of its own: the totals of a load that moved are wider
+    than any one block, so where they alone give the shape, only the bucket's bounds are sure."""
     i = _bucket_index(hist.bounds, x)
     if i is None:
         share, shaped = _survival(hist, x)
         return BlockShare(share, shaped, share, share)
-    scale = sparse_scale(hist, shape, i)
-    share, shaped = _survival(hist, x) if scale is None else _survival(shape, x / scale)
     beyond = survival_counts(hist)
-    return BlockShare(share, shaped and _own_shape(hist, i), beyond[i] / hist.total, beyond[i - 1] / hist.total)
+    lowest, highest = beyond[i] / hist.total, beyond[i - 1] / hist.total
+    scale = sparse_scale(hist, shape, i)
+    if scale is None:
+        share, shaped = _survival(hist, x)
+        return BlockShare(share, shaped, lowest, highest)
+    given = survival_at(shape, hist.bounds[i - 1] / scale)
+    split, shaped = _survival(shape, x / scale)
+    share = highest * split / given if given > 0 else highest
+    return BlockShare(min(share, highest), shaped and _own_shape(hist, i), lowest, highest)
 
 
 def _own_shape(hist: Histogram, i: int) -> bool:
@@ -144,15 +150,19 @@ def _bucket_index(edges: tuple[float, ...], x: float) -> int | None:
 
 
 def sparse_scale(hist: Histogram, shape: Histogram, i: int) -> float | None:
-    """For bucket i, where `block_share` reads off `shape`: the factor r with S_shape(lower / r) equal to
-    the block's share beyond the lower edge (a block slower than the totals by r has that share there);
-    None where the block's own counts are read (enough requests beyond and a shape of their own, or
-    nothing to match)."""
+    """For bucket i, where `block_share` reads off `shape`: how much slower the block is than the totals,
+    matched at the block's best-filled edge (its share beyond nearest one half, exact at the edge: e / x
+    where the totals hold that share beyond x; 1 where nothing matches); None where the block's own counts
+    are read (enough requests beyond, and a shape of their own)."""
     if hist.total <= 0 or (_own_shape(hist, i) and hist.total * survival_at(shape, hist.bounds[i]) >= SPARSE_BEYOND):
         return None
-    beyond = survival_counts(hist)[i - 1] / hist.total
-    matched = locate(shape, beyond) if 0 < beyond < 1 else None
-    return hist.bounds[i - 1] / matched if matched is not None else None
+    shares = [(edge, c / hist.total) for edge, c in zip(hist.bounds, survival_counts(hist), strict=True)]
+    inside = [(edge, share) for edge, share in shares if 0 < share < 1]
+    if not inside:
+        return 1.0
+    edge, share = min(inside, key=lambda item: abs(item[1] - 0.5))
+    matched = locate(shape, share)
+    return edge / matched if matched is not None else 1.0
 
 
 def density(hist: Histogram, x: float) -> float:
@@ -178,8 +188,9 @@ def locate(hist: Histogram, share_above: float, shape: Histogram | None = None) 
             if lo_edge <= 0:
                 return None
             scale = sparse_scale(hist, shape, i) if shape is not None else None
-            if scale is not None:  # the rescaled shape, solved in its own coordinates
-                found = locate(shape, share_above) if shape is not None else None
+            given = survival_at(shape, lo_edge / scale) if shape is not None and scale is not None else 0.0
+            if shape is not None and scale is not None and given > 0:  # block_share's split, solved for x
+                found = locate(shape, share_above * given / surv[i - 1])
                 return found * scale if found is not None else None
             lo, hi = math.log(lo_edge), math.log(edge)
             for _ in range(50):

@@ -72,6 +72,18 @@ def test_one_interval_reports_the_raw_difference_and_the_closed_form_interval() 
     assert lo == pytest.approx(0.02 - h) and hi == pytest.approx(0.02 + h)
 
 
+def test_a_verdict_says_when_too_few_baseline_pods_serve_to_measure_how_pods_differ() -> None:
+    """One baseline pod (or series without a pod label): the pod term is 0 by necessity, and the record says
+    so; with three pods it is measured and nothing is said."""
+    one = Running(SequentialJudge(policy())).judge(ratio_obs(Ratio(10, 1000), Ratio(12, 1000)), 0).verdicts[0]
+    assert one.figures["baseline_pods"] == 1
+    assert "pods assumed alike (1 baseline pod serving, too few to measure how pods differ)" in one.summary
+    pods = {f"b-{i}": Ratio(3, 333) for i in range(3)}
+    window = MetricWindow(baseline=pods, canary={"c-0": Ratio(12, 1000)})
+    three = Running(SequentialJudge(policy())).judge(Observation(0.0, 60.0, {"errors": window}), 0).verdicts[0]
+    assert three.figures["baseline_pods"] == 3 and "pods assumed alike" not in three.summary
+
+
 def test_a_missing_window_keeps_the_checks_e_value_in_the_combination() -> None:
     # Counting 1 for a check whose e-process stands far below 1 would lift the average (not an e-process).
     judge = Running(SequentialJudge(policy()))
