@@ -280,8 +280,9 @@ def _plain(node: yaml.Node, path: str, lines: dict[str, int], seen: set[int] | N
                 raise _NodeError(
                     path, key_node.start_mark.line + 1, "a key must be a plain name, not a list or mapping"
                 )
-            key = str(key_node.value) if len(str(key_node.value)) <= 64 else str(key_node.value)[:61] + "..."
-            child = f"{path}.{key}" if path else str(key)
+            key = str(key_node.value)
+            key = key if len(key) <= 64 else key[:61] + "..."  # a path in an error is never a whole file
+            child = f"{path}.{key}" if path else key
             if key in out:
                 raise _NodeError(child, key_node.start_mark.line + 1, "appears twice")
             out[key] = _plain(value_node, child, lines, seen)

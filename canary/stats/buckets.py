@@ -118,7 +118,7 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
     bucket: fewer than SPARSE_BEYOND expected beyond the bucket's upper edge (judged from `shape`, the
     running totals, never from the block's counts), or no shape either side of the bucket in the block.
     There the block's share beyond the bucket's lower edge is split as `shape` splits the bucket, `shape`
-    rescaled in latency to the block (`sparse_scale`): the load may have moved every latency since the
+    rescaled in latency to the block (`_totals_split`): the load may have moved every latency since the
     totals began, not their shape, and the estimate stays linear in the block's few counts. It counts as
     shaped only where the block has a shape there of its own: the totals of a load that moved are wider
     than any one block, so where they alone give the shape, only the bucket's bounds are sure."""
@@ -128,14 +128,15 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
         return BlockShare(share, shaped, share, share)
     beyond = survival_counts(hist)
     lowest, highest = beyond[i] / hist.total, beyond[i - 1] / hist.total
-    scale = sparse_scale(hist, shape, i)
-    if scale is None:
+    own = _own_shape(hist, i)
+    split = _totals_split(hist, shape, i, own)
+    if split is None:
         share, shaped = _survival(hist, x)
         return BlockShare(share, shaped, lowest, highest)
-    given = survival_at(shape, hist.bounds[i - 1] / scale)
-    split, shaped = _survival(shape, x / scale)
-    share = highest * split / given if given > 0 else highest
-    return BlockShare(min(share, highest), shaped and _own_shape(hist, i), lowest, highest)
+    scale, given = split
+    part, shaped = _survival(shape, x / scale)
+    share = highest * part / given if given > 0 else highest
+    return BlockShare(min(share, highest), shaped and own, lowest, highest)
 
 
 def _own_shape(hist: Histogram, i: int) -> bool:
@@ -149,20 +150,22 @@ def _bucket_index(edges: tuple[float, ...], x: float) -> int | None:
     return None if i is None or i == 0 or x == edges[i] else i
 
 
-def sparse_scale(hist: Histogram, shape: Histogram, i: int) -> float | None:
-    """For bucket i, where `block_share` reads off `shape`: how much slower the block is than the totals,
-    matched at the block's best-filled edge (its share beyond nearest one half, exact at the edge: e / x
-    where the totals hold that share beyond x; 1 where nothing matches); None where the block's own counts
-    are read (enough requests beyond, and a shape of their own)."""
-    if hist.total <= 0 or (_own_shape(hist, i) and hist.total * survival_at(shape, hist.bounds[i]) >= SPARSE_BEYOND):
+def _totals_split(hist: Histogram, shape: Histogram, i: int, own: bool) -> tuple[float, float] | None:
+    """Where `block_share` splits bucket i as the totals split it: how much slower the block is than the
+    totals (r, matched at the block's best-filled edge, its share beyond nearest one half: e / x where the
+    totals hold that share beyond x; 1 where nothing matches) and the totals' share beyond the bucket's
+    lower edge so rescaled. None where the block's own counts are read: enough requests expected beyond
+    the bucket, and a shape of their own there (`own`)."""
+    edges = hist.bounds
+    if hist.total <= 0 or (own and hist.total * survival_at(shape, edges[i]) >= SPARSE_BEYOND):
         return None
-    shares = [(edge, c / hist.total) for edge, c in zip(hist.bounds, survival_counts(hist), strict=True)]
-    inside = [(edge, share) for edge, share in shares if 0 < share < 1]
-    if not inside:
-        return 1.0
-    edge, share = min(inside, key=lambda item: abs(item[1] - 0.5))
-    matched = locate(shape, share)
-    return edge / matched if matched is not None else 1.0
+    inside = [(e, c / hist.total) for e, c in zip(edges, survival_counts(hist), strict=True) if 0 < c < hist.total]
+    scale = 1.0
+    if inside:
+        edge, share = min(inside, key=lambda item: abs(item[1] - 0.5))
+        matched = locate(shape, share)
+        scale = edge / matched if matched is not None else 1.0
+    return scale, survival_at(shape, edges[i - 1] / scale)
 
 
 def density(hist: Histogram, x: float) -> float:
@@ -187,9 +190,9 @@ def locate(hist: Histogram, share_above: float, shape: Histogram | None = None) 
         if hi_surv <= share_above:
             if lo_edge <= 0:
                 return None
-            scale = sparse_scale(hist, shape, i) if shape is not None else None
-            given = survival_at(shape, lo_edge / scale) if shape is not None and scale is not None else 0.0
-            if shape is not None and scale is not None and given > 0:  # block_share's split, solved for x
+            split = _totals_split(hist, shape, i, _own_shape(hist, i)) if shape is not None else None
+            if shape is not None and split is not None and split[1] > 0:  # block_share's split, solved for x
+                scale, given = split
                 found = locate(shape, share_above * given / surv[i - 1])
                 return found * scale if found is not None else None
             lo, hi = math.log(lo_edge), math.log(edge)
