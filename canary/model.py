@@ -72,14 +72,14 @@ class Histogram:
     def __post_init__(self) -> None:
         if len(self.counts) != len(self.bounds) + 1:
             raise ValueError(f"{len(self.bounds)} bucket bounds need {len(self.bounds) + 1} counts")
-        if any(c < 0 for c in self.counts):
+        if self.counts and min(self.counts) < 0:
             raise ValueError("bucket counts must be non-negative")
         if sum(self.counts) > MAX_COUNT:
             raise ValueError("bucket counts add to more than a count can be (2^53)")
-        if any(b >= a for a, b in zip(self.bounds[1:], self.bounds, strict=False)):
-            raise ValueError("bucket bounds must be strictly increasing")
-        if any(math.isnan(b) or math.isinf(b) for b in self.bounds):
+        if not all(map(math.isfinite, self.bounds)):
             raise ValueError("bucket bounds must be finite numbers")
+        if list(self.bounds) != sorted(set(self.bounds)):
+            raise ValueError("bucket bounds must be strictly increasing")
 
     @classmethod
     def from_cumulative(cls, cumulative: Mapping[float, int]) -> Histogram:

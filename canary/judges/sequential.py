@@ -21,6 +21,7 @@ times the baseline's q-quantile, against 1 − q (docs/statistics.md states the 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -204,6 +205,7 @@ def _pod_sd(
     return pod_effect_sd(tau2, canary_active, len(active), canary_scale), len(active)
 
 
+@functools.lru_cache(maxsize=256)
 def _quantile_z(share: float, pods: int) -> float:
     """A Student t quantile with pods − 1 degrees of freedom: the spread is estimated from that many pods."""
     return float(student_t.isf(share, df=max(pods - 1, 1)))
@@ -556,13 +558,10 @@ class _QuantileCheck(_Check):
         # The baseline's quantile is estimated too: its error moves the point, weighed by the densities.
         kappa = _kappa(st.canary, st.baseline, point, t, m)
         variance = p * (1 - p) * (1 / pc.total + kappa * kappa / pb.total)
-        fail_allowance, pass_allowance = _slack(pc, pb, t_block, point, kappa), 0.0
-        if not read.shaped:  # neither the block nor the totals hold a shape there: only the bucket's edges count
-            fail_allowance = max(fail_allowance, read.share - read.lowest)
-            pass_allowance = max(read.highest - read.share, 0.0)
-        st.seq.add(
+        st.seq.add(  # where no one shape reads the bucket, the fail test sees its lowest reading, the pass its highest
             read.share - (1 - q), variance, _weight(pc.total, pb.total, 1 - q),
-            fail_allowance=fail_allowance, pass_allowance=pass_allowance,
+            fail_allowance=max(_slack(pc, pb, t_block, point, kappa), read.share - read.low),
+            pass_allowance=max(read.high - read.share, 0.0),
         )  # fmt: skip
         st.block += 1
         st.block_baseline = st.block_canary = None

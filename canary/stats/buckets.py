@@ -9,7 +9,7 @@ measures. Reported quantile ranges are bucket ranges.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scipy.special import ndtr, ndtri
@@ -46,8 +46,11 @@ def _survival(hist: Histogram, x: float) -> tuple[float, bool]:
     total = hist.total
     if total <= 0:
         return math.nan, False
-    edges = hist.bounds
-    surv = [c / total for c in survival_counts(hist)]
+    return _survival_in(hist.bounds, [c / total for c in survival_counts(hist)], x)
+
+
+def _survival_in(edges: tuple[float, ...], surv: list[float], x: float) -> tuple[float, bool]:
+    """`_survival` from the shares beyond each edge (computed once where one curve is read many times)."""
     for i, edge in enumerate(edges):
         if x > edge:
             continue
@@ -58,7 +61,7 @@ def _survival(hist: Histogram, x: float) -> tuple[float, bool]:
         if lo_edge <= 0:  # a bucket from 0 (or below): nothing is known about its shape
             return lo_surv + (surv[i] - lo_surv) * (x - lo_edge) / (edge - lo_edge), False
         if 0 < surv[i] <= lo_surv < 1:
-            return 1 - float(ndtr(_probit_curve(edges, surv, i, math.log(x)))), True
+            return 1 - float(ndtr(_probit_curve(edges, surv, i)(math.log(x)))), True
         if surv[i] == 0 < lo_surv < 1 and i >= 2 and edges[i - 2] > 0 and lo_surv < surv[i - 2] < 1:
             below, at = float(ndtri(1 - surv[i - 2])), float(ndtri(1 - lo_surv))
             slope = (at - below) / math.log(lo_edge / edges[i - 2])
@@ -68,9 +71,9 @@ def _survival(hist: Histogram, x: float) -> tuple[float, bool]:
     return (surv[-1] if surv else 1.0), False  # beyond the last finite edge nothing finer is known
 
 
-def _probit_curve(edges: tuple[float, ...], surv: list[float], i: int, u: float) -> float:
-    """z at log x = u inside bucket (edges[i-1], edges[i]], both edges with 0 < S < 1: the Hermite cubic
-    with Fritsch–Carlson slopes from the neighbouring edges that have a shape (0 < S < 1) too."""
+def _probit_curve(edges: tuple[float, ...], surv: list[float], i: int) -> Callable[[float], float]:
+    """z as a function of log x inside bucket (edges[i-1], edges[i]], both edges with 0 < S < 1: the Hermite
+    cubic with Fritsch–Carlson slopes from the neighbouring edges that have a shape (0 < S < 1) too."""
 
     def point(k: int) -> tuple[float, float] | None:
         if 0 <= k < len(edges) and edges[k] > 0 and 0 < surv[k] < 1:
@@ -94,9 +97,13 @@ def _probit_curve(edges: tuple[float, ...], surv: list[float], i: int, u: float)
         return (w1 + w2) / (w1 / first + w2 / second)
 
     da, db = slope(a, point(i - 2), True), slope(b, point(i + 1), False)
-    t = (u - a[0]) / h
-    h00, h10, h01, h11 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t, -2 * t**3 + 3 * t**2, t**3 - t**2
-    return h00 * a[1] + h10 * h * da + h01 * b[1] + h11 * h * db
+
+    def z(u: float) -> float:
+        t = (u - a[0]) / h
+        h00, h10, h01, h11 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t, -2 * t**3 + 3 * t**2, t**3 - t**2
+        return h00 * a[1] + h10 * h * da + h01 * b[1] + h11 * h * db
+
+    return z
 
 
 SPARSE_BEYOND = 5.0  # below this many requests expected beyond a bucket, its shape comes from the totals
@@ -104,13 +111,14 @@ SPARSE_BEYOND = 5.0  # below this many requests expected beyond a bucket, its sh
 
 @dataclass(frozen=True)
 class BlockShare:
-    """A block's share of requests slower than x: the read-off, whether a shape was behind it, and the
-    bounds no shape can leave, the block's own shares beyond the edges of x's bucket."""
+    """A block's share of requests slower than x: the reading, and the range the reading leaves open, which
+    the fail test sees at its lowest and the pass test at its highest. The range is the reading itself
+    where a shape is behind it; the block's own shares beyond the edges of x's bucket where none is; and
+    both readings where two shapes read the bucket differently (the block's slope continued and the totals)."""
 
     share: float
-    shaped: bool
-    lowest: float
-    highest: float
+    low: float
+    high: float
 
 
 def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
@@ -121,22 +129,31 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
     rescaled in latency to the block (`_totals_split`): the load may have moved every latency since the
     totals began, not their shape, and the estimate stays linear in the block's few counts. It counts as
     shaped only where the block has a shape there of its own: the totals of a load that moved are wider
-    than any one block, so where they alone give the shape, only the bucket's bounds are sure."""
+    than any one block, so where they alone give the shape, only the bucket's bounds are sure.
+
+    A block with no request beyond the upper edge yet, where the totals expect several, continues its slope
+    from below; a slope that steepens beyond (two modes sharing the buckets) is then read too slow. There
+    the totals' split, wider than the block where the load moved, is the second reading, and the range
+    spans both: neither reading alone moves a test."""
     i = _bucket_index(hist.bounds, x)
     if i is None:
-        share, shaped = _survival(hist, x)
-        return BlockShare(share, shaped, share, share)
+        share = survival_at(hist, x)
+        return BlockShare(share, share, share)
     beyond = survival_counts(hist)
     lowest, highest = beyond[i] / hist.total, beyond[i - 1] / hist.total
     own = _own_shape(hist, i)
-    split = _totals_split(hist, shape, i, own)
+    split = _totals_split(hist, shape, i, own and beyond[i] > 0)
+    read, shaped = _survival(hist, x)
     if split is None:
-        share, shaped = _survival(hist, x)
-        return BlockShare(share, shaped, lowest, highest)
+        return BlockShare(read, read, read) if shaped else BlockShare(read, lowest, highest)
     scale, given = split
-    part, shaped = _survival(shape, x / scale)
-    share = highest * part / given if given > 0 else highest
-    return BlockShare(min(share, highest), shaped and own, lowest, highest)
+    part, split_shaped = _survival(shape, x / scale)
+    share = min(highest * part / given if given > 0 else highest, highest)
+    if not (split_shaped and own):
+        return BlockShare(share, lowest, highest)
+    if beyond[i] > 0 or hist.total * survival_at(shape, hist.bounds[i]) < SPARSE_BEYOND:
+        return BlockShare(share, share, share)
+    return BlockShare(read, min(read, share), max(read, share))  # the slope continued, and the totals
 
 
 def _own_shape(hist: Histogram, i: int) -> bool:
@@ -196,15 +213,25 @@ def locate(hist: Histogram, share_above: float, shape: Histogram | None = None) 
                 found = locate(shape, share_above * given / surv[i - 1])
                 return found * scale if found is not None else None
             lo, hi = math.log(lo_edge), math.log(edge)
+            slower = _slower_than(hist.bounds, surv, i, share_above)
             for _ in range(50):
                 mid = (lo + hi) / 2
-                if survival_at(hist, math.exp(mid)) > share_above:
+                if slower(mid):
                     lo = mid
                 else:
                     hi = mid
             return math.exp((lo + hi) / 2)
         lo_edge = edge
     return None
+
+
+def _slower_than(edges: tuple[float, ...], surv: list[float], i: int, share: float) -> Callable[[float], bool]:
+    """Whether more than `share` is slower than exp(u) in bucket i (lower edge > 0): solved in z where the
+    probit curve reads the bucket, where it is a cubic."""
+    if 0 < surv[i] <= surv[i - 1] < 1:
+        curve, z = _probit_curve(edges, surv, i), float(ndtri(1 - share))
+        return lambda u: curve(u) < z
+    return lambda u: _survival_in(edges, surv, math.exp(u))[0] > share
 
 
 def quantile_range(hist: Histogram, q: float) -> tuple[float, float] | None:

@@ -31,7 +31,7 @@ from canary.judges.sequential import SequentialJudge  # noqa: E402
 from canary.model import MetricWindow, Observation, Outcome, Ratio  # noqa: E402
 from canary.policy import parse_policy  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the module fixture runs every case once
 
 ALPHA = 0.05
 PASS_ALPHA = 0.2  # the policy's default passAlpha

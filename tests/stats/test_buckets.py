@@ -54,7 +54,7 @@ def test_a_sparse_block_is_read_off_the_totals_rescaled_to_its_own_load(load: fl
     x = 150.0 * load
     read = block_share(block, totals, x)
     assert read.share == pytest.approx(lognorm.sf(x, s=0.25, scale=110.0 * load), abs=0.01)
-    assert read.lowest <= read.share <= read.highest
+    assert read.low <= read.share <= read.high
 
 
 def test_a_block_with_no_shape_in_the_bucket_is_bounded_by_its_edges_not_a_straight_line() -> None:
@@ -65,10 +65,32 @@ def test_a_block_with_no_shape_in_the_bucket_is_bounded_by_its_edges_not_a_strai
     block = Histogram(EDGES, tuple(counts))
     totals = lognormal_histogram(140.0, 0.35)
     read = block_share(block, totals, 160.0)
-    assert not read.shaped
-    assert (read.lowest, read.highest) == (0.0, pytest.approx(130 / 236))
+    assert (read.low, read.high) == (0.0, pytest.approx(130 / 236))
     straight_line = survival_at(block, 160.0)  # what the block's own edges would have said
     assert read.share < straight_line
+
+
+def test_a_block_whose_slope_steepens_beyond_its_bucket_is_read_both_ways() -> None:
+    """Two modes (85% around 60 ms, 15% around 250 ms), a block at 0.7 of the totals' load with no request
+    beyond 500 ms yet, where the totals expect more than 5: the block's slope continued from the fast
+    mode's flank reads the slow side far too heavy. Both readings bound the test, and the truth lies
+    between them."""
+
+    def cdf(x: np.ndarray | float, load: float) -> np.ndarray:
+        fast, slow = lognorm.cdf(x, s=0.3, scale=60 * load), lognorm.cdf(x, s=0.35, scale=250 * load)
+        return np.asarray(0.85 * fast + 0.15 * slow)
+
+    def histogram(total: int, load: float) -> Histogram:
+        probs = np.diff(np.concatenate([[0.0], cdf(np.asarray(EDGES), load), [1.0]]))
+        return Histogram(EDGES, tuple(round(p * total) for p in probs))
+
+    block, totals = histogram(1500, 0.7), histogram(10**7, 1.0)
+    assert survival_counts(block)[EDGES.index(500)] == 0
+    read = block_share(block, totals, 370.0)
+    truth = 1 - float(cdf(370.0, 0.7))
+    assert read.high == pytest.approx(survival_at(block, 370.0))  # the slope continued
+    assert read.high > 3 * truth
+    assert read.low <= truth <= read.high
 
 
 def test_survival_of_an_empty_histogram_is_nan_not_zero() -> None:
