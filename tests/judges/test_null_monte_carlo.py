@@ -6,8 +6,8 @@ exactly baseline + margin with pods whose levels differ, and sparse counts; late
 the load while traffic falls. Fixed seeds, 400 replications of 30 one-minute intervals each; the upper 95%
 Clopper–Pearson bound of the false-rollback rate must be at most 1.5 α, and that of the share of rollouts
 whose step passed at most 1.5 times the pass level (a canary at the tolerance is the least favourable one).
-The cases and the simulator are the benchmark's (bench/latency_shapes.py), whose full figures are in
-docs/statistics.md.
+The cases and the simulators are the benchmarks' (bench/latency_shapes.py, bench/pod_spread.py), whose
+full figures are in docs/statistics.md.
 """
 
 from __future__ import annotations
@@ -18,18 +18,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import latency_shapes  # noqa: E402
+import pod_spread  # noqa: E402
 from detection import clopper_pearson  # noqa: E402
-
-from canary.judges.sequential import SequentialJudge  # noqa: E402
-from canary.model import MetricWindow, Observation, Outcome, Ratio  # noqa: E402
-from canary.policy import parse_policy  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the module fixture runs every case once
 
@@ -51,17 +47,6 @@ LATENCY_CASES = [
     "narrower-load-falling-200rps-p50",
     "narrower-falling-traffic-100rps-p95",
 ]
-ERROR_POLICY = """
-apiVersion: canary.dev/v1alpha1
-kind: CanaryPolicy
-metadata: {name: pods}
-spec:
-  target: {namespace: default, virtualService: web, host: web.default.svc.cluster.local}
-  minRequests: 0
-  analysis: {alpha: 0.05}
-  metrics:
-    - {name: errors, kind: error-rate, maxIncrease: 0.005}
-"""
 
 
 def _latency(name: str) -> tuple[str, int, int, int]:
@@ -75,29 +60,8 @@ def _errors(spec: tuple[str, int, float, float, float]) -> tuple[str, int, int, 
     """Error rates exactly at baseline + 0.5 pp for the version; each pod's rate is the version's times a
     level drawn afresh per rollout (mean 1, log-sd `spread`), traffic spread evenly over the pods."""
     name, baseline_pods, spread, rps, base_rate = spec
-    rng = np.random.default_rng(2000 + [c[0] for c in ERROR_CASES].index(name))
-    judge = SequentialJudge(parse_policy(ERROR_POLICY, "pods.yaml"))
-    fails = passes = 0
-    for _ in range(RUNS):
-        levels = [np.exp(rng.normal(-spread * spread / 2, spread, k)) for k in (baseline_pods, 2)]
-        rates = (base_rate * levels[0], (base_rate + 0.005) * levels[1])
-        state = judge.start()
-        for _ in range(INTERVALS):
-            windows = []
-            for version, share in enumerate((0.9, 0.1)):
-                pods = len(rates[version])
-                per_pod = rng.multinomial(rng.poisson(rps * 60 * share), np.full(pods, 1 / pods))
-                errors = rng.binomial(per_pod, np.clip(rates[version], 0, 1))
-                pairs = enumerate(zip(errors, per_pod, strict=True))
-                windows.append({f"v{version}-{i}": Ratio(int(e), int(n)) for i, (e, n) in pairs})
-            observation = Observation(0.0, 60.0, {"errors": MetricWindow(windows[0], windows[1])})
-            state, judgement = judge.judge(state, observation, 0)
-            if judgement.outcome is Outcome.FAIL:
-                fails += 1
-                break
-            if judgement.outcome is Outcome.PASS:
-                passes += 1
-                break
+    case = pod_spread.PodCase(baseline_pods, 2, spread, rps, base_rate, INTERVALS)
+    fails, passes = pod_spread.rollouts(case, RUNS, 2000 + [c[0] for c in ERROR_CASES].index(name))
     return name, fails, RUNS, passes
 
 
