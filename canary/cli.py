@@ -889,7 +889,7 @@ def plan(
     typer.echo(f"  promoted: {100 * found.promoted_share:.0f}% of rollouts, median {total}")
     for kind, smallest in found.smallest.items():
         typer.echo(f"  smallest {kind} regression rolled back before the deadline: {smallest}")
-    for line in found.undecidable:
+    for line in (*found.undecidable, *found.notes):
         typer.echo(f"  {line}")
 
 

@@ -22,7 +22,7 @@ from scipy.special import ndtri
 
 from canary.app import simulated_rollout
 from canary.audit import MemoryAudit
-from canary.judges.sequential import place
+from canary.judges.sequential import FEW_PODS, place
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, Phase
 from canary.policy import ErrorRateMetric, LatencyMetric, Policy
 from canary.scenario import Behaviour, Lognormal, Pods, Scenario
@@ -47,6 +47,7 @@ class Plan:
     total_minutes: float | None
     smallest: dict[str, str]  # per check kind: the smallest regression rolled back before the deadline
     undecidable: tuple[str, ...]  # latency tolerances Istio's buckets cannot resolve at this baseline, and why
+    notes: tuple[str, ...] = ()  # what the figures assume that the baseline given may break
 
 
 def _scenario(base: Baseline, canary: Behaviour, name: str) -> Scenario:
@@ -82,8 +83,25 @@ def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[
         )  # fmt: skip
         smallest["latency"] = f"+{100 * found:.0f}% slower" if found is not None else "none up to 4x slower"
     return Plan(
-        len(promoted) / seeds, tuple(steps), total, smallest, tuple(undecidable(policy, base.median_ms, base.sigma))
+        len(promoted) / seeds,
+        tuple(steps),
+        total,
+        smallest,
+        tuple(undecidable(policy, base.median_ms, base.sigma)),
+        _pod_notes(base.pods[0]),
     )
+
+
+def _pod_notes(baseline_pods: int) -> tuple[str, ...]:
+    """What few baseline pods cost the guarantee (docs/statistics.md, Pods: measured, not derived)."""
+    if baseline_pods < 2:
+        return (f"{baseline_pods} baseline pod: how pods differ cannot be measured, and the checks assume pods "
+                "alike",)  # fmt: skip
+    if baseline_pods < FEW_PODS:
+        return (f"{baseline_pods} baseline pods: too few to bound how pods differ; where their error rates "
+                "differ by 10–30%, a canary exactly at the tolerance was rolled back more often than the policy's "
+                "alpha allows (docs/statistics.md, Pods): run more baseline replicas for the guarantee",)  # fmt: skip
+    return ()
 
 
 def _expected(median_ms: float, sigma: float) -> Histogram:

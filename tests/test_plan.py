@@ -39,9 +39,21 @@ def test_plan_as_json_from_the_console_script(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
-    assert set(doc) == {"promoted_share", "step_minutes", "total_minutes", "smallest", "undecidable"}
+    assert set(doc) == {"promoted_share", "step_minutes", "total_minutes", "smallest", "undecidable", "notes"}
     assert doc["promoted_share"] == 1.0 and len(doc["step_minutes"]) == 2
     assert set(doc["smallest"]) == {"error-rate", "latency"} and doc["undecidable"] == []
+    assert doc["notes"] == [], "6 baseline pods (the default) bound how pods differ"
+
+
+def test_plan_warns_that_few_baseline_pods_bound_pod_luck_only_roughly() -> None:
+    """2 or 3 baseline pods: the guarantee was measured above α where pods differ (docs/statistics.md)."""
+    result = CliRunner().invoke(app, ["plan", str(POLICY), "--rps", "100", "--seeds", "1", "--baseline-pods", "3"])
+    assert result.exit_code == 0, result.output
+    (note,) = [line.strip() for line in result.stdout.splitlines() if "baseline pods" in line]
+    assert note.startswith("3 baseline pods: too few to bound how pods differ")
+    assert "docs/statistics.md, Pods" in note
+    four = plan(load_policy(str(POLICY)), Baseline(100.0, pods=(4, 1)), seeds=1)
+    assert four.notes == ()
 
 
 def test_less_traffic_means_a_larger_smallest_regression() -> None:

@@ -50,6 +50,7 @@ ACTIVE_BLOCKS = 5  # a pod counts while it served requests in one of the last th
 MIN_EXPECTED = 5.0  # latency: a block closes once each version expects this many requests beyond the point
 INTERPOLATION_ALLOWANCE = 0.02  # latency: how far an interpolated share may be off, as a share of its bucket
 LOCATE_AFTER = 50.0  # baseline requests expected beyond its q-quantile before the quantile is placed
+FEW_PODS = 4  # below this many baseline pods their spread bounds the canary's pod luck only roughly
 
 
 @dataclass
@@ -262,6 +263,8 @@ class _Check:
         if isinstance(pods, int) and pods < 2:  # no spread to measure: a pod's luck is not allowed for
             serving = f"{pods} baseline pod{'' if pods == 1 else 's'}"
             head += f"; pods assumed alike ({serving} serving, too few to measure how pods differ)"
+        elif isinstance(pods, int) and pods < FEW_PODS:  # measured above α where such pods differ
+            head += f"; only {pods} baseline pods serving: how pods differ is bounded only roughly"
         if fail is not None:
             return Verdict(self.label, Outcome.FAIL, f"{head}: {fail}", figures)
         if min(st.step_requests) < min_requests:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from judging import Running
 
 from canary.judges.sequential import SequentialJudge
-from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, MetricWindow, Observation, Outcome, Ratio
+from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, MetricWindow, Observation, Outcome, Ratio, Verdict
 from canary.policy import Policy, parse_policy
 from canary.stats.confidence import Evidence, half_width
 
@@ -74,14 +74,21 @@ def test_one_interval_reports_the_raw_difference_and_the_closed_form_interval() 
 
 def test_a_verdict_says_when_too_few_baseline_pods_serve_to_measure_how_pods_differ() -> None:
     """One baseline pod (or series without a pod label): the pod term is 0 by necessity, and the record says
-    so; with three pods it is measured and nothing is said."""
+    so; with three pods it is measured but bounds the canary's pod luck only roughly (docs/statistics.md,
+    Pods: 3 against 1 measured above α), and the record says that; with four nothing is said."""
     one = Running(SequentialJudge(policy())).judge(ratio_obs(Ratio(10, 1000), Ratio(12, 1000)), 0).verdicts[0]
     assert one.figures["baseline_pods"] == 1
     assert "pods assumed alike (1 baseline pod serving, too few to measure how pods differ)" in one.summary
-    pods = {f"b-{i}": Ratio(3, 333) for i in range(3)}
-    window = MetricWindow(baseline=pods, canary={"c-0": Ratio(12, 1000)})
-    three = Running(SequentialJudge(policy())).judge(Observation(0.0, 60.0, {"errors": window}), 0).verdicts[0]
+
+    def with_pods(k: int) -> Verdict:
+        pods = {f"b-{i}": Ratio(3, 333) for i in range(k)}
+        window = MetricWindow(baseline=pods, canary={"c-0": Ratio(12, 1000)})
+        return Running(SequentialJudge(policy())).judge(Observation(0.0, 60.0, {"errors": window}), 0).verdicts[0]
+
+    three, four = with_pods(3), with_pods(4)
     assert three.figures["baseline_pods"] == 3 and "pods assumed alike" not in three.summary
+    assert "only 3 baseline pods serving: how pods differ is bounded only roughly" in three.summary
+    assert four.figures["baseline_pods"] == 4 and "baseline pod" not in four.summary
 
 
 def test_a_missing_window_keeps_the_checks_e_value_in_the_combination() -> None:
