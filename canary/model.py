@@ -72,7 +72,7 @@ class Histogram:
     def __post_init__(self) -> None:
         if len(self.counts) != len(self.bounds) + 1:
             raise ValueError(f"{len(self.bounds)} bucket bounds need {len(self.bounds) + 1} counts")
-        if self.counts and min(self.counts) < 0:
+        if not min(self.counts) >= 0:  # NaN too
             raise ValueError("bucket counts must be non-negative")
         if sum(self.counts) > MAX_COUNT:
             raise ValueError("bucket counts add to more than a count can be (2^53)")

@@ -22,7 +22,7 @@ from scipy.special import ndtri
 
 from canary.app import simulated_rollout
 from canary.audit import MemoryAudit
-from canary.judges.sequential import FEW_PODS, place
+from canary.judges.sequential import place, pod_caveat
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, Phase
 from canary.policy import ErrorRateMetric, LatencyMetric, Policy
 from canary.scenario import Behaviour, Lognormal, Pods, Scenario
@@ -88,20 +88,19 @@ def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[
         total,
         smallest,
         tuple(undecidable(policy, base.median_ms, base.sigma)),
-        _pod_notes(base.pods[0]),
+        _pod_notes(*base.pods),
     )
 
 
-def _pod_notes(baseline_pods: int) -> tuple[str, ...]:
-    """What few baseline pods cost the guarantee (docs/statistics.md, Pods: measured, not derived)."""
+def _pod_notes(baseline_pods: int, canary_pods: int) -> tuple[str, ...]:
+    """What the pods given cost the guarantee, where the judge's verdicts would say so (`pod_caveat`)."""
+    if pod_caveat(baseline_pods, canary_pods) is None:
+        return ()
     if baseline_pods < 2:
-        return (f"{baseline_pods} baseline pod: how pods differ cannot be measured, and the checks assume pods "
-                "alike",)  # fmt: skip
-    if baseline_pods < FEW_PODS:
-        return (f"{baseline_pods} baseline pods: too few to bound how pods differ; where their error rates "
-                "differ by 10–30%, a canary exactly at the tolerance was rolled back more often than the policy's "
-                "alpha allows (docs/statistics.md, Pods): run more baseline replicas for the guarantee",)  # fmt: skip
-    return ()
+        return ("1 baseline pod: how pods differ cannot be measured, and the checks assume pods alike",)
+    return (f"{baseline_pods} baseline pods against {canary_pods}: too few to bound how pods differ; where the "
+            "pods' error rates differ, a canary exactly at the tolerance was rolled back at or above the policy's "
+            "alpha (docs/statistics.md, Pods): more baseline replicas restore the guarantee",)  # fmt: skip
 
 
 def _expected(median_ms: float, sigma: float) -> Histogram:

@@ -45,15 +45,19 @@ def test_plan_as_json_from_the_console_script(tmp_path: Path) -> None:
     assert doc["notes"] == [], "6 baseline pods (the default) bound how pods differ"
 
 
-def test_plan_warns_that_few_baseline_pods_bound_pod_luck_only_roughly() -> None:
-    """2 or 3 baseline pods: the guarantee was measured above α where pods differ (docs/statistics.md)."""
-    result = CliRunner().invoke(app, ["plan", str(POLICY), "--rps", "100", "--seeds", "1", "--baseline-pods", "3"])
+def test_plan_warns_where_few_baseline_pods_bound_pod_luck_only_roughly() -> None:
+    """2 baseline pods, or 3 against 1 canary pod: measured at or above α where pods differ
+    (docs/statistics.md, Pods); 3 against 2 and 4 against 1 held, and plan says nothing of them."""
+    args = ["plan", str(POLICY), "--rps", "100", "--seeds", "1", "--baseline-pods", "3", "--canary-pods", "1"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    (note,) = [line.strip() for line in result.stdout.splitlines() if "baseline pods" in line]
-    assert note.startswith("3 baseline pods: too few to bound how pods differ")
+    (note,) = [line.strip() for line in result.stdout.splitlines() if "baseline pods against" in line]
+    assert note.startswith("3 baseline pods against 1: too few to bound how pods differ")
     assert "docs/statistics.md, Pods" in note
-    four = plan(load_policy(str(POLICY)), Baseline(100.0, pods=(4, 1)), seeds=1)
-    assert four.notes == ()
+    policy = load_policy(str(POLICY))
+    assert plan(policy, Baseline(100.0, pods=(2, 2)), seeds=1).notes[0].startswith("2 baseline pods against 2")
+    for pods in ((3, 2), (4, 1)):
+        assert plan(policy, Baseline(100.0, pods=pods), seeds=1).notes == (), pods
 
 
 def test_less_traffic_means_a_larger_smallest_regression() -> None:

@@ -50,7 +50,6 @@ ACTIVE_BLOCKS = 5  # a pod counts while it served requests in one of the last th
 MIN_EXPECTED = 5.0  # latency: a block closes once each version expects this many requests beyond the point
 INTERPOLATION_ALLOWANCE = 0.02  # latency: how far an interpolated share may be off, as a share of its bucket
 LOCATE_AFTER = 50.0  # baseline requests expected beyond its q-quantile before the quantile is placed
-FEW_PODS = 4  # below this many baseline pods their spread bounds the canary's pod luck only roughly
 
 
 @dataclass
@@ -197,13 +196,25 @@ class SequentialState:
 
 def _pod_sd(
     baseline: dict[str, PodCounts], canary: dict[str, int], block: int, canary_scale: float = 1.0
-) -> tuple[float, int]:
-    """The pod term's standard deviation from the pods active in the last ACTIVE_BLOCKS blocks, and how
-    many baseline pods estimated it (a pod that stopped serving no longer counts)."""
+) -> tuple[float, int, int]:
+    """The pod term's standard deviation from the pods active in the last ACTIVE_BLOCKS blocks, how many
+    baseline pods estimated it and how many canary pods it covers (a pod that stopped serving no longer counts)."""
     active = [p for p in baseline.values() if block - p.last < ACTIVE_BLOCKS and p.trials > 0]
     canary_active = sum(1 for last in canary.values() if block - last < ACTIVE_BLOCKS)
     tau2 = between_pod_variance([p.events for p in active], [p.trials for p in active])
-    return pod_effect_sd(tau2, canary_active, len(active), canary_scale), len(active)
+    return pod_effect_sd(tau2, canary_active, len(active), canary_scale), len(active), canary_active
+
+
+def pod_caveat(baseline_pods: int, canary_pods: int) -> str | None:
+    """What the pods serving leave unguarded, in words, where the pod term cannot do its part: one baseline
+    pod has no spread to measure; 2 baseline pods, or 3 against one canary pod, estimate it too roughly to
+    bound the canary's pod luck (docs/statistics.md, Pods: measured at or above α where pods differ)."""
+    if baseline_pods < 2:
+        serving = f"{baseline_pods} baseline pod{'' if baseline_pods == 1 else 's'}"
+        return f"pods assumed alike ({serving} serving, too few to measure how pods differ)"
+    if baseline_pods == 2 or (baseline_pods == 3 and canary_pods <= 1):
+        return f"only {baseline_pods} baseline pods serving: how pods differ is bounded only roughly"
+    return None
 
 
 @functools.lru_cache(maxsize=256)
@@ -259,12 +270,10 @@ class _Check:
         """The decision ladder every check shares: a failure acts at once (the fail sequence is anytime-valid),
         a pass needs the step's minimum of requests and then holds for the step, anything else keeps
         collecting."""
-        pods = figures.get("baseline_pods")
-        if isinstance(pods, int) and pods < 2:  # no spread to measure: a pod's luck is not allowed for
-            serving = f"{pods} baseline pod{'' if pods == 1 else 's'}"
-            head += f"; pods assumed alike ({serving} serving, too few to measure how pods differ)"
-        elif isinstance(pods, int) and pods < FEW_PODS:  # measured above α where such pods differ
-            head += f"; only {pods} baseline pods serving: how pods differ is bounded only roughly"
+        pods, canary_pods = figures.get("baseline_pods"), figures.get("canary_pods")
+        caveat = pod_caveat(pods, canary_pods) if isinstance(pods, int) and isinstance(canary_pods, int) else None
+        if caveat is not None:
+            head += f"; {caveat}"
         if fail is not None:
             return Verdict(self.label, Outcome.FAIL, f"{head}: {fail}", figures)
         if min(st.step_requests) < min_requests:
@@ -330,7 +339,9 @@ class _RatioCheck(_Check):
         if tb.trials == 0 or tc.trials == 0:
             return Verdict(self.label, Outcome.NO_DATA, _missing(self.label, base.trials, can.trials))
         running = _shrunk(tb.events, tb.trials)
-        pod_sd, pods = _pod_sd(st.baseline_pods, st.canary_pods, st.block, (running + self.margin) / running)
+        pod_sd, pods, canary_pods = _pod_sd(
+            st.baseline_pods, st.canary_pods, st.block, (running + self.margin) / running
+        )
         reading = self.read(st.seq, pod_sd, pods)
         fail_ci, pass_ci = reading.fail, reading.passed
         rate_b, rate_c = tb.events / tb.trials, tc.events / tc.trials
@@ -344,6 +355,7 @@ class _RatioCheck(_Check):
             **self.e_figures(reading),
             "pod_sd": pod_sd,
             "baseline_pods": pods,
+            "canary_pods": canary_pods,
             "confidence": 1 - self.alpha,
             "pass_confidence": 1 - self.pass_alpha,
             "step_requests": {"baseline": st.step_requests[0], "canary": st.step_requests[1]},
@@ -576,7 +588,7 @@ class _QuantileCheck(_Check):
         point = (1 + m) * t
         # A pod's latency level moves its share beyond the point by the density there: the baseline's spread
         # at t (what τ measures) reaches D through κ, and so does the canary's, whose pods share the level.
-        pod_sd, pods = _pod_sd(st.baseline_pods, st.canary_pods, st.block)
+        pod_sd, pods, canary_pods = _pod_sd(st.baseline_pods, st.canary_pods, st.block)
         pod_sd *= _kappa(tc, tb, point, t, m)
         reading = self.read(st.seq, pod_sd, pods)
         fail_ci, pass_ci = reading.fail, reading.passed
@@ -595,6 +607,7 @@ class _QuantileCheck(_Check):
             **self.e_figures(reading),
             "pod_sd": pod_sd,
             "baseline_pods": pods,
+            "canary_pods": canary_pods,
             "blocks": st.block,
             "confidence": 1 - self.alpha,
             "pass_confidence": 1 - self.pass_alpha,

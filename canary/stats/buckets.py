@@ -60,7 +60,7 @@ def _survival_in(edges: tuple[float, ...], surv: list[float], x: float) -> tuple
         lo_edge = edges[i - 1] if i > 0 else 0.0
         if lo_edge <= 0:  # a bucket from 0 (or below): nothing is known about its shape
             return lo_surv + (surv[i] - lo_surv) * (x - lo_edge) / (edge - lo_edge), False
-        if 0 < surv[i] <= lo_surv < 1:
+        if _probit_reads(surv, i):
             return 1 - float(ndtr(_probit_curve(edges, surv, i)(math.log(x)))), True
         if surv[i] == 0 < lo_surv < 1 and i >= 2 and edges[i - 2] > 0 and lo_surv < surv[i - 2] < 1:
             below, at = float(ndtri(1 - surv[i - 2])), float(ndtri(1 - lo_surv))
@@ -69,6 +69,11 @@ def _survival_in(edges: tuple[float, ...], surv: list[float], x: float) -> tuple
         w = math.log(x / lo_edge) / math.log(edge / lo_edge)
         return lo_surv + (surv[i] - lo_surv) * w, surv[i] == lo_surv
     return (surv[-1] if surv else 1.0), False  # beyond the last finite edge nothing finer is known
+
+
+def _probit_reads(surv: list[float], i: int) -> bool:
+    """Whether the probit curve reads bucket i (lower edge above 0): both its edges with 0 < S < 1."""
+    return 0 < surv[i] <= surv[i - 1] < 1
 
 
 def _probit_curve(edges: tuple[float, ...], surv: list[float], i: int) -> Callable[[float], float]:
@@ -136,7 +141,7 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
     the totals' split, wider than the block where the load moved, is the second reading, and the range
     spans both: neither reading alone moves a test."""
     i = _bucket_index(hist.bounds, x)
-    if i is None:
+    if i is None or hist.total <= 0:
         share = survival_at(hist, x)
         return BlockShare(share, share, share)
     beyond = survival_counts(hist)
@@ -151,7 +156,7 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
     share = min(highest * part / given if given > 0 else highest, highest)
     if not (split_shaped and own):
         return BlockShare(share, lowest, highest)
-    if beyond[i] > 0 or hist.total * survival_at(shape, hist.bounds[i]) < SPARSE_BEYOND:
+    if beyond[i] > 0 or _sparse(hist, shape, i):
         return BlockShare(share, share, share)
     return BlockShare(read, min(read, share), max(read, share))  # the slope continued, and the totals
 
@@ -164,7 +169,12 @@ def _own_shape(hist: Histogram, i: int) -> bool:
 def _bucket_index(edges: tuple[float, ...], x: float) -> int | None:
     """The bucket (lower edge, upper edge] that holds x strictly inside, with a lower edge above 0."""
     i = next((k for k, edge in enumerate(edges) if x <= edge), None)
-    return None if i is None or i == 0 or x == edges[i] else i
+    return None if i is None or i == 0 or x == edges[i] or edges[i - 1] <= 0 else i
+
+
+def _sparse(hist: Histogram, shape: Histogram, i: int) -> bool:
+    """Whether the block expects fewer than SPARSE_BEYOND requests beyond bucket i, judged from `shape`."""
+    return hist.total * survival_at(shape, hist.bounds[i]) < SPARSE_BEYOND
 
 
 def _totals_split(hist: Histogram, shape: Histogram, i: int, own: bool) -> tuple[float, float] | None:
@@ -174,7 +184,7 @@ def _totals_split(hist: Histogram, shape: Histogram, i: int, own: bool) -> tuple
     lower edge so rescaled. None where the block's own counts are read: enough requests expected beyond
     the bucket, and a shape of their own there (`own`)."""
     edges = hist.bounds
-    if hist.total <= 0 or (own and hist.total * survival_at(shape, edges[i]) >= SPARSE_BEYOND):
+    if hist.total <= 0 or (own and not _sparse(hist, shape, i)):
         return None
     inside = [(e, c / hist.total) for e, c in zip(edges, survival_counts(hist), strict=True) if 0 < c < hist.total]
     scale = 1.0
@@ -228,7 +238,7 @@ def locate(hist: Histogram, share_above: float, shape: Histogram | None = None) 
 def _slower_than(edges: tuple[float, ...], surv: list[float], i: int, share: float) -> Callable[[float], bool]:
     """Whether more than `share` is slower than exp(u) in bucket i (lower edge > 0): solved in z where the
     probit curve reads the bucket, where it is a cubic."""
-    if 0 < surv[i] <= surv[i - 1] < 1:
+    if _probit_reads(surv, i):
         curve, z = _probit_curve(edges, surv, i), float(ndtri(1 - share))
         return lambda u: curve(u) < z
     return lambda u: _survival_in(edges, surv, math.exp(u))[0] > share

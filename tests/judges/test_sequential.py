@@ -74,21 +74,26 @@ def test_one_interval_reports_the_raw_difference_and_the_closed_form_interval() 
 
 def test_a_verdict_says_when_too_few_baseline_pods_serve_to_measure_how_pods_differ() -> None:
     """One baseline pod (or series without a pod label): the pod term is 0 by necessity, and the record says
-    so; with three pods it is measured but bounds the canary's pod luck only roughly (docs/statistics.md,
-    Pods: 3 against 1 measured above α), and the record says that; with four nothing is said."""
+    so. Two baseline pods, or three against one canary pod, estimate the spread too roughly to bound the
+    canary's pod luck (docs/statistics.md, Pods: measured at or above α), and the record says that too;
+    three against two, or four against one, measured within α, say nothing."""
     one = Running(SequentialJudge(policy())).judge(ratio_obs(Ratio(10, 1000), Ratio(12, 1000)), 0).verdicts[0]
     assert one.figures["baseline_pods"] == 1
     assert "pods assumed alike (1 baseline pod serving, too few to measure how pods differ)" in one.summary
 
-    def with_pods(k: int) -> Verdict:
-        pods = {f"b-{i}": Ratio(3, 333) for i in range(k)}
-        window = MetricWindow(baseline=pods, canary={"c-0": Ratio(12, 1000)})
+    def with_pods(baseline: int, canary: int) -> Verdict:
+        window = MetricWindow(
+            baseline={f"b-{i}": Ratio(3, 333) for i in range(baseline)},
+            canary={f"c-{i}": Ratio(12 // canary, 1000 // canary) for i in range(canary)},
+        )
         return Running(SequentialJudge(policy())).judge(Observation(0.0, 60.0, {"errors": window}), 0).verdicts[0]
 
-    three, four = with_pods(3), with_pods(4)
-    assert three.figures["baseline_pods"] == 3 and "pods assumed alike" not in three.summary
-    assert "only 3 baseline pods serving: how pods differ is bounded only roughly" in three.summary
-    assert four.figures["baseline_pods"] == 4 and "baseline pod" not in four.summary
+    for baseline, canary, said in ((2, 2, True), (3, 1, True), (3, 2, False), (4, 1, False)):
+        verdict = with_pods(baseline, canary)
+        assert (verdict.figures["baseline_pods"], verdict.figures["canary_pods"]) == (baseline, canary)
+        note = f"only {baseline} baseline pods serving: how pods differ is bounded only roughly"
+        assert (note in verdict.summary) is said, (baseline, canary, verdict.summary)
+        assert "pods assumed alike" not in verdict.summary
 
 
 def test_a_missing_window_keeps_the_checks_e_value_in_the_combination() -> None:

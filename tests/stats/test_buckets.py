@@ -91,6 +91,7 @@ def test_a_block_whose_slope_steepens_beyond_its_bucket_is_read_both_ways() -> N
     assert read.high == pytest.approx(survival_at(block, 370.0))  # the slope continued
     assert read.high > 3 * truth
     assert read.low <= truth <= read.high
+    assert read.low == pytest.approx(truth, abs=5e-4)  # the totals' split, not the bucket's lower bound (0)
 
 
 def test_survival_of_an_empty_histogram_is_nan_not_zero() -> None:
