@@ -54,12 +54,13 @@ class PodCase:
     intervals: int = 30
 
 
-def rollouts(case: PodCase, runs: int, seed: int) -> tuple[int, int]:
-    """False rollbacks and passes in `runs` rollouts of a canary exactly at the tolerance."""
+def rollouts(case: PodCase, runs: int, seed: int) -> tuple[int, int, int]:
+    """False rollbacks, passes, and the false rollbacks whose failing look had a pod term of 0, in `runs`
+    rollouts of a canary exactly at the tolerance."""
     rng = np.random.default_rng(seed)
     judge = SequentialJudge(parse_policy(POLICY, "pods.yaml"))
     spread = case.spread
-    fails = passes = 0
+    fails = passes = unguarded = 0
     for _ in range(runs):
         levels = [np.exp(rng.normal(-spread * spread / 2, spread, k)) for k in (case.baseline_pods, case.canary_pods)]
         rates = (case.base_rate * levels[0], (case.base_rate + MARGIN) * levels[1])
@@ -76,14 +77,15 @@ def rollouts(case: PodCase, runs: int, seed: int) -> tuple[int, int]:
             state, judgement = judge.judge(state, observation, 0)
             if judgement.outcome is Outcome.FAIL:
                 fails += 1
+                unguarded += judgement.verdicts[0].figures.get("pod_sd") == 0.0
                 break
             if judgement.outcome is Outcome.PASS:
                 passes += 1
                 break
-    return fails, passes
+    return fails, passes, unguarded
 
 
-def _run(job: tuple[PodCase, int, int]) -> tuple[PodCase, int, int, int]:
+def _run(job: tuple[PodCase, int, int]) -> tuple[PodCase, int, int, int, int]:
     case, runs, seed = job
     return case, runs, *rollouts(case, runs, seed)
 
@@ -102,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         (b, c, s) for b, c in pods for s in spreads
     )]  # fmt: skip
     started = time.time()
-    print("| baseline : canary pods | spread | false rollbacks | upper 95% | passed |")
-    print("|---|---:|---:|---:|---:|")
+    print("| baseline : canary pods | spread | false rollbacks | upper 95% | of them with a pod term of 0 | passed |")
+    print("|---|---:|---:|---:|---:|---:|")
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for case, runs, fails, passes in pool.map(_run, jobs):
+        for case, runs, fails, passes, unguarded in pool.map(_run, jobs):
             upper = clopper_pearson(fails, runs)[1]
-            print(f"| {case.baseline_pods} : {case.canary_pods} | {case.spread:g} | {100 * fails / runs:.1f}% "
-                  f"| {100 * upper:.1f}% | {100 * passes / runs:.1f}% |", flush=True)  # fmt: skip
+            layout = f"{case.baseline_pods} : {case.canary_pods} | {case.spread:g}"
+            print(f"| {layout} | {100 * fails / runs:.1f}% | {100 * upper:.1f}% | {unguarded} of {fails} "
+                  f"| {100 * passes / runs:.1f}% |", flush=True)  # fmt: skip
     print(f"{len(jobs)} cases x {args.runs} runs in {time.time() - started:.0f} s", file=sys.stderr)
     return 0
 

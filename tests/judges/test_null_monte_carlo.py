@@ -61,7 +61,7 @@ def _errors(spec: tuple[str, int, float, float, float]) -> tuple[str, int, int, 
     level drawn afresh per rollout (mean 1, log-sd `spread`), traffic spread evenly over the pods."""
     name, baseline_pods, spread, rps, base_rate = spec
     case = pod_spread.PodCase(baseline_pods, 2, spread, rps, base_rate, INTERVALS)
-    fails, passes = pod_spread.rollouts(case, RUNS, 2000 + [c[0] for c in ERROR_CASES].index(name))
+    fails, passes, _ = pod_spread.rollouts(case, RUNS, 2000 + [c[0] for c in ERROR_CASES].index(name))
     return name, fails, RUNS, passes
 
 
