@@ -6,7 +6,7 @@ factor beyond it, pods with their own levels, traffic and the canary's share. Ev
 `SequentialJudge` (a one-quantile policy at α = 0.05) one interval after another, as Prometheus would,
 with per-pod bucket counts over Istio's edges, and records whether and when it failed or passed.
 
-    python bench/latency_shapes.py --runs 400 --json bench/results-shapes.json
+    python bench/latency_shapes.py --runs 400 --workers 2 --json bench/results-shapes.json
     python bench/latency_shapes.py --runs 100 --only wider-p95
 """
 
@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,21 +211,27 @@ def cases() -> list[Case]:
     return out
 
 
+def _summary(job: tuple[Case, int, int]) -> dict[str, object]:
+    return run_case(*job).summary()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", action="append", default=[])
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--workers", type=int, default=1, help="processes (the same seeds, the same figures)")
     args = parser.parse_args(argv)
     started = time.time()
+    jobs = [
+        (case, args.runs, args.seed + i) for i, case in enumerate(cases()) if not args.only or case.name in args.only
+    ]
     out = []
-    for i, case in enumerate(cases()):
-        if args.only and case.name not in args.only:
-            continue
-        summary = run_case(case, args.runs, args.seed + i).summary()
-        out.append(summary)
-        print(json.dumps(summary), flush=True)
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for summary in pool.map(_summary, jobs):
+            out.append(summary)
+            print(json.dumps(summary), flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
     print(f"{len(out)} cases x {args.runs} runs in {time.time() - started:.0f} s", file=sys.stderr)
