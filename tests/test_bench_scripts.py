@@ -17,7 +17,7 @@ import pod_spread  # noqa: E402
 
 
 def _rows(capsys: pytest.CaptureFixture[str]) -> list[str]:
-    return [line for line in capsys.readouterr().out.splitlines() if line[:3].startswith("| ") and line[2:3].isdigit()]
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2:3].isdigit()]
 
 
 def test_pod_spread_prints_one_row_per_layout_and_spread_whatever_the_workers(
