@@ -22,7 +22,7 @@ from scipy.special import ndtri
 
 from canary.app import simulated_rollout
 from canary.audit import MemoryAudit
-from canary.judges.sequential import place, pod_caveat
+from canary.judges.sequential import WHOLE_DISPERSION_BELOW, place, pod_caveat
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, Phase
 from canary.policy import ErrorRateMetric, LatencyMetric, Policy
 from canary.scenario import Behaviour, Lognormal, Pods, Scenario
@@ -98,9 +98,13 @@ def _pod_notes(baseline_pods: int, canary_pods: int) -> tuple[str, ...]:
         return ()
     if baseline_pods < 2:
         return ("1 baseline pod: how pods differ cannot be measured, and the checks assume pods alike",)
+    if baseline_pods < WHOLE_DISPERSION_BELOW:
+        return (f"{baseline_pods} baseline pods: the error-rate check bounds how pods differ by their whole "
+                "spread, sampling noise included, and decides more slowly than with more baseline replicas; the "
+                "latency checks bound it only roughly (docs/statistics.md, Pods)",)  # fmt: skip
     return (f"{baseline_pods} baseline pods against {canary_pods}: too few to bound how pods differ; where the "
-            "pods' error rates differ, a canary exactly at the tolerance was rolled back at or above the policy's "
-            "alpha (docs/statistics.md, Pods): more baseline replicas restore the guarantee",)  # fmt: skip
+            "pods' error rates differ, a canary exactly at the tolerance was rolled back at or just above the "
+            "policy's alpha (docs/statistics.md, Pods): more baseline replicas restore the guarantee",)  # fmt: skip
 
 
 def _expected(median_ms: float, sigma: float) -> Histogram:

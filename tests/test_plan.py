@@ -46,8 +46,9 @@ def test_plan_as_json_from_the_console_script(tmp_path: Path) -> None:
 
 
 def test_plan_warns_where_few_baseline_pods_bound_pod_luck_only_roughly() -> None:
-    """2 baseline pods, or 3 against 1 canary pod: measured at or above α where pods differ
-    (docs/statistics.md, Pods); 3 against 2 and 4 against 1 held, and plan says nothing of them."""
+    """3 baseline pods against 1 canary pod: measured at or just above α where pods differ; 2 baseline pods:
+    slower, their whole spread bounding how pods differ (docs/statistics.md, Pods); 3 against 2 and 4
+    against 1 held, and plan says nothing of them."""
     args = ["plan", str(POLICY), "--rps", "100", "--seeds", "1", "--baseline-pods", "3", "--canary-pods", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -55,7 +56,11 @@ def test_plan_warns_where_few_baseline_pods_bound_pod_luck_only_roughly() -> Non
     assert note.startswith("3 baseline pods against 1: too few to bound how pods differ")
     assert "docs/statistics.md, Pods" in note
     policy = load_policy(str(POLICY))
-    assert plan(policy, Baseline(100.0, pods=(2, 2)), seeds=1).notes[0].startswith("2 baseline pods against 2")
+    assert (
+        plan(policy, Baseline(100.0, pods=(2, 2)), seeds=1)
+        .notes[0]
+        .startswith("2 baseline pods: the error-rate check bounds how pods differ by their whole spread")
+    )
     for pods in ((3, 2), (4, 1)):
         assert plan(policy, Baseline(100.0, pods=pods), seeds=1).notes == (), pods
 

@@ -47,6 +47,7 @@ from canary.stats.pods import between_pod_variance, pod_effect_sd
 TINY_EFFECT = 1e-3  # floor of the mixture's effect scale τ, in rate units
 POD_SHARE = 0.25  # share of a check's α spent on the pod term
 ACTIVE_BLOCKS = 5  # a pod counts while it served requests in one of the last this many blocks
+WHOLE_DISPERSION_BELOW = 3  # with fewer baseline pods, the spread is their whole dispersion, noise included
 MIN_EXPECTED = 5.0  # latency: a block closes once each version expects this many requests beyond the point
 INTERPOLATION_ALLOWANCE = 0.02  # latency: how far an interpolated share may be off, as a share of its bucket
 LOCATE_AFTER = 50.0  # baseline requests expected beyond its q-quantile before the quantile is placed
@@ -195,23 +196,28 @@ class SequentialState:
 
 
 def _pod_sd(
-    baseline: dict[str, PodCounts], canary: dict[str, int], block: int, canary_scale: float = 1.0
+    baseline: dict[str, PodCounts], canary: dict[str, int], block: int, canary_scale: float = 1.0, whole_below: int = 0
 ) -> tuple[float, int, int]:
     """The pod term's standard deviation from the pods active in the last ACTIVE_BLOCKS blocks, how many
     baseline pods estimated it and how many canary pods it covers (a pod that stopped serving no longer counts)."""
     active = [p for p in baseline.values() if block - p.last < ACTIVE_BLOCKS and p.trials > 0]
     canary_active = sum(1 for last in canary.values() if block - last < ACTIVE_BLOCKS)
-    tau2 = between_pod_variance([p.events for p in active], [p.trials for p in active])
+    # Fewer than `whole_below` baseline pods look alike by chance too often for the noise to be taken off.
+    noise = 0.0 if len(active) < whole_below else 1.0
+    tau2 = between_pod_variance([p.events for p in active], [p.trials for p in active], noise=noise)
     return pod_effect_sd(tau2, canary_active, len(active), canary_scale), len(active), canary_active
 
 
-def pod_caveat(baseline_pods: int, canary_pods: int) -> str | None:
-    """What the pods serving leave unguarded, in words, where the pod term cannot do its part: one baseline
-    pod has no spread to measure; 2 baseline pods, or 3 against one canary pod, estimate it too roughly to
-    bound the canary's pod luck (docs/statistics.md, Pods: measured at or above α where pods differ)."""
+def pod_caveat(baseline_pods: int, canary_pods: int, whole_below: int = 0) -> str | None:
+    """What the pods serving cost the pod term, in words: one baseline pod has no spread to measure; fewer
+    than `whole_below` are bounded by their whole dispersion (slower to decide); otherwise 2 baseline pods,
+    or 3 against one canary pod, estimate it too roughly to bound the canary's pod luck (docs/statistics.md,
+    Pods: the error-rate check measured above α with 2, at or just above with 3 against 1)."""
     if baseline_pods < 2:
         serving = f"{baseline_pods} baseline pod{'' if baseline_pods == 1 else 's'}"
         return f"pods assumed alike ({serving} serving, too few to measure how pods differ)"
+    if baseline_pods < whole_below:
+        return f"only {baseline_pods} baseline pods serving: how pods differ is bounded by their whole spread"
     if baseline_pods == 2 or (baseline_pods == 3 and canary_pods <= 1):
         return f"only {baseline_pods} baseline pods serving: how pods differ is bounded only roughly"
     return None
@@ -227,6 +233,7 @@ class _Check:
     """One line of the judge's report: its configuration (from the policy); the evidence is passed in."""
 
     label: str
+    whole_below: int = 0  # below this many baseline pods, their whole dispersion bounds how pods differ
 
     def __init__(self, label: str, alpha: float, pass_alpha: float) -> None:
         self.label = label
@@ -271,7 +278,9 @@ class _Check:
         a pass needs the step's minimum of requests and then holds for the step, anything else keeps
         collecting."""
         pods, canary_pods = figures.get("baseline_pods"), figures.get("canary_pods")
-        caveat = pod_caveat(pods, canary_pods) if isinstance(pods, int) and isinstance(canary_pods, int) else None
+        caveat = None
+        if isinstance(pods, int) and isinstance(canary_pods, int):
+            caveat = pod_caveat(pods, canary_pods, self.whole_below)
         if caveat is not None:
             head += f"; {caveat}"
         if fail is not None:
@@ -296,7 +305,10 @@ class _Check:
 
 
 class _RatioCheck(_Check):
-    """Canary rate − baseline rate − margin, per interval; higher is worse."""
+    """Canary rate − baseline rate − margin, per interval; higher is worse. Two baseline pods that look alike
+    by chance left a canary pod's luck unguarded (docs/statistics.md, Pods): their whole dispersion bounds it."""
+
+    whole_below = WHOLE_DISPERSION_BELOW
 
     def __init__(self, label: str, margin: float, alpha: float, pass_alpha: float) -> None:
         super().__init__(label, alpha, pass_alpha)
@@ -340,7 +352,7 @@ class _RatioCheck(_Check):
             return Verdict(self.label, Outcome.NO_DATA, _missing(self.label, base.trials, can.trials))
         running = _shrunk(tb.events, tb.trials)
         pod_sd, pods, canary_pods = _pod_sd(
-            st.baseline_pods, st.canary_pods, st.block, (running + self.margin) / running
+            st.baseline_pods, st.canary_pods, st.block, (running + self.margin) / running, self.whole_below
         )
         reading = self.read(st.seq, pod_sd, pods)
         fail_ci, pass_ci = reading.fail, reading.passed

@@ -16,8 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def between_pod_variance(events: Sequence[float], trials: Sequence[int]) -> float:
-    """DerSimonian–Laird τ² of per-pod proportions; 0 when fewer than 2 pods have trials."""
+def between_pod_variance(events: Sequence[float], trials: Sequence[int], *, noise: float = 1.0) -> float:
+    """DerSimonian–Laird τ² of per-pod proportions; 0 when fewer than 2 pods have trials.
+
+    `noise` is how much of the sampling noise's expected share of the dispersion is taken off: 1 is
+    DerSimonian–Laird; 0 keeps the pods' whole dispersion, an estimate of τ² plus the noise that is 0 only
+    where the pods agree exactly (its t-ratio is dominated by Student's t with k − 1 degrees of freedom at
+    every τ: the widening then covers the canary's pod luck however alike the few pods look)."""
     e = np.asarray(events, dtype=float)
     n = np.asarray(trials, dtype=float)
     keep = n > 0
@@ -35,7 +40,7 @@ def between_pod_variance(events: Sequence[float], trials: Sequence[int]) -> floa
     c = float(w.sum() - (w * w).sum() / w.sum())
     if c <= 0:
         return 0.0
-    tau2 = (q - (len(n) - 1)) / c
+    tau2 = (q - noise * (len(n) - 1)) / c
     return max(tau2, 0.0) if math.isfinite(tau2) else 0.0
 
 

@@ -69,6 +69,7 @@ ERROR_CASES = [
     ("errors-pods-2-vs-10-spread-0.3", 10, 0.3, 100.0, 0.01),
     ("errors-pods-2-vs-18-spread-0.3", 18, 0.3, 100.0, 0.01),
     ("errors-sparse-0.1%-20rps", 6, 0.0, 20.0, 0.001),
+    ("errors-pods-2-vs-2-spread-0.3", 2, 0.3, 100.0, 0.01),  # 2 baseline pods: their whole dispersion
 ]
 
 

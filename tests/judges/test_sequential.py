@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from judging import Running
 
-from canary.judges.sequential import SequentialJudge
+from canary.judges.sequential import SequentialJudge, pod_caveat
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, MetricWindow, Observation, Outcome, Ratio, Verdict
 from canary.policy import Policy, parse_policy
 from canary.stats.confidence import Evidence, half_width
+from canary.stats.pods import between_pod_variance
 
 POLICY = """
 apiVersion: canary.dev/v1alpha1
@@ -74,26 +75,38 @@ def test_one_interval_reports_the_raw_difference_and_the_closed_form_interval() 
 
 def test_a_verdict_says_when_too_few_baseline_pods_serve_to_measure_how_pods_differ() -> None:
     """One baseline pod (or series without a pod label): the pod term is 0 by necessity, and the record says
-    so. Two baseline pods, or three against one canary pod, estimate the spread too roughly to bound the
-    canary's pod luck (docs/statistics.md, Pods: measured at or above α), and the record says that too;
-    three against two, or four against one, measured within α, say nothing."""
+    so. The error-rate check bounds 2 baseline pods' spread by their whole dispersion and says so; 3 against
+    one canary pod estimate it too roughly (docs/statistics.md, Pods: measured at or just above α), and the
+    record says that too; three against two, or four against one, measured within α, say nothing."""
     one = Running(SequentialJudge(policy())).judge(ratio_obs(Ratio(10, 1000), Ratio(12, 1000)), 0).verdicts[0]
     assert one.figures["baseline_pods"] == 1
     assert "pods assumed alike (1 baseline pod serving, too few to measure how pods differ)" in one.summary
 
     def with_pods(baseline: int, canary: int) -> Verdict:
         window = MetricWindow(
-            baseline={f"b-{i}": Ratio(3, 333) for i in range(baseline)},
+            baseline={f"b-{i}": Ratio(3 + i, 333) for i in range(baseline)},
             canary={f"c-{i}": Ratio(12 // canary, 1000 // canary) for i in range(canary)},
         )
         return Running(SequentialJudge(policy())).judge(Observation(0.0, 60.0, {"errors": window}), 0).verdicts[0]
 
-    for baseline, canary, said in ((2, 2, True), (3, 1, True), (3, 2, False), (4, 1, False)):
+    said = {(2, 2): "bounded by their whole spread", (3, 1): "bounded only roughly", (3, 2): None, (4, 1): None}
+    for (baseline, canary), words in said.items():
         verdict = with_pods(baseline, canary)
         assert (verdict.figures["baseline_pods"], verdict.figures["canary_pods"]) == (baseline, canary)
-        note = f"only {baseline} baseline pods serving: how pods differ is bounded only roughly"
-        assert (note in verdict.summary) is said, (baseline, canary, verdict.summary)
+        note = f"only {baseline} baseline pods serving: how pods differ is {words}"
+        assert (note in verdict.summary) if words else ("baseline pods serving" not in verdict.summary), verdict.summary
         assert "pods assumed alike" not in verdict.summary
+    # The latency checks keep the moment estimate with 2 baseline pods (measured within α): only roughly.
+    assert pod_caveat(2, 1) == "only 2 baseline pods serving: how pods differ is bounded only roughly"
+
+
+def test_two_baseline_pods_that_look_alike_still_widen_the_error_rate_check() -> None:
+    """Two baseline pods with nearly equal counts: the moment estimate would be 0 and leave a canary pod's
+    luck unguarded; their whole dispersion is not, so the pod term is positive."""
+    window = MetricWindow(baseline={"b-0": Ratio(30, 3000), "b-1": Ratio(31, 3000)}, canary={"c-0": Ratio(9, 600)})
+    verdict = Running(SequentialJudge(policy())).judge(Observation(0.0, 60.0, {"errors": window}), 0).verdicts[0]
+    assert between_pod_variance([30, 31], [3000, 3000]) == 0.0
+    assert verdict.figures["pod_sd"] > 0
 
 
 def test_a_missing_window_keeps_the_checks_e_value_in_the_combination() -> None:

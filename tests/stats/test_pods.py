@@ -28,6 +28,21 @@ def test_recovers_a_known_spread() -> None:
     assert tau2 == pytest.approx(np.var(rates), rel=0.2)
 
 
+def test_the_whole_dispersion_is_the_estimate_plus_the_noise_and_zero_only_where_pods_agree() -> None:
+    """noise=0 keeps the sampling noise's share: about a pod's sampling variance for identical pods (never
+    0 while their counts differ), and DerSimonian–Laird's estimate plus that share where they differ."""
+    rng = np.random.default_rng(3)
+    n = np.full(2, 5000)
+    within = 0.01 * 0.99 / 5000
+    whole = [between_pod_variance(rng.binomial(n, 0.01), n, noise=0.0) for _ in range(2000)]
+    assert np.mean(whole) == pytest.approx(within, rel=0.1)
+    assert np.mean(np.asarray(whole) == 0.0) < 0.05  # DerSimonian–Laird: 0 in about 68% of such pairs
+    events, trials = [40, 70, 55], [5000, 5000, 5000]
+    moments = between_pod_variance(events, trials)
+    assert moments > 0 and between_pod_variance(events, trials, noise=0.0) > moments
+    assert between_pod_variance([50, 50], [5000, 5000], noise=0.0) == 0.0
+
+
 def test_fewer_than_two_pods_with_traffic_give_zero() -> None:
     assert between_pod_variance([3, 0], [100, 0]) == 0.0
     assert between_pod_variance([], []) == 0.0
