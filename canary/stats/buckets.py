@@ -148,8 +148,8 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
     lowest, highest = beyond[i] / hist.total, beyond[i - 1] / hist.total
     own = _own_shape(hist, i)
     split = _totals_split(hist, shape, i, own and beyond[i] > 0)
-    read, shaped = _survival(hist, x)
     if split is None:
+        read, shaped = _survival(hist, x)
         return BlockShare(read, read, read) if shaped else BlockShare(read, lowest, highest)
     scale, given = split
     part, split_shaped = _survival(shape, x / scale)
@@ -158,7 +158,8 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
         return BlockShare(share, lowest, highest)
     if beyond[i] > 0 or _sparse(hist, shape, i):
         return BlockShare(share, share, share)
-    return BlockShare(read, min(read, share), max(read, share))  # the slope continued, and the totals
+    read = survival_at(hist, x)  # the block's own slope continued (`own`: a shape), and the totals' split
+    return BlockShare(read, min(read, share), max(read, share))
 
 
 def _own_shape(hist: Histogram, i: int) -> bool:
