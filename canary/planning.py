@@ -22,7 +22,7 @@ from scipy.special import ndtri
 
 from canary.app import simulated_rollout
 from canary.audit import MemoryAudit
-from canary.judges.sequential import WHOLE_DISPERSION_BELOW, place, pod_caveat
+from canary.judges.sequential import WHOLE_DISPERSION_BELOW, PodLimit, place, pod_limit
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, Phase
 from canary.policy import ErrorRateMetric, LatencyMetric, Policy
 from canary.scenario import Behaviour, Lognormal, Pods, Scenario
@@ -93,12 +93,13 @@ def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[
 
 
 def _pod_notes(baseline_pods: int, canary_pods: int) -> tuple[str, ...]:
-    """What the pods given cost the guarantee, where the judge's verdicts would say so (`pod_caveat`)."""
-    if pod_caveat(baseline_pods, canary_pods) is None:
+    """What the pods given cost the guarantee (`pod_limit`, the rule the judge's verdicts follow)."""
+    limit = pod_limit(baseline_pods, canary_pods, WHOLE_DISPERSION_BELOW)
+    if limit is None:
         return ()
-    if baseline_pods < 2:
+    if limit is PodLimit.UNMEASURED:
         return ("1 baseline pod: how pods differ cannot be measured, and the checks assume pods alike",)
-    if baseline_pods < WHOLE_DISPERSION_BELOW:
+    if limit is PodLimit.WHOLE:
         return (f"{baseline_pods} baseline pods: the error-rate check bounds how pods differ by their whole "
                 "spread, sampling noise included, and decides more slowly than with more baseline replicas; the "
                 "latency checks bound it only roughly (docs/statistics.md, Pods)",)  # fmt: skip

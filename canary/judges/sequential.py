@@ -21,6 +21,7 @@ times the baseline's q-quantile, against 1 − q (docs/statistics.md states the 
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 from collections.abc import Mapping
@@ -208,19 +209,37 @@ def _pod_sd(
     return pod_effect_sd(tau2, canary_active, len(active), canary_scale), len(active), canary_active
 
 
-def pod_caveat(baseline_pods: int, canary_pods: int, whole_below: int = 0) -> str | None:
-    """What the pods serving cost the pod term, in words: one baseline pod has no spread to measure; fewer
-    than `whole_below` are bounded by their whole dispersion (slower to decide); otherwise 2 baseline pods,
-    or 3 against one canary pod, estimate it too roughly to bound the canary's pod luck (docs/statistics.md,
-    Pods: the error-rate check measured above α with 2, at or just above with 3 against 1)."""
+class PodLimit(enum.Enum):
+    """What the baseline pods serving leave the pod term short of (docs/statistics.md, Pods)."""
+
+    UNMEASURED = "unmeasured"  # fewer than 2: no spread to measure, pods assumed alike
+    WHOLE = "whole"  # bounded by their whole dispersion, noise included: valid, slower to decide
+    ROUGH = "rough"  # estimated too roughly to bound the canary's pod luck (measured at or just above α)
+
+
+def pod_limit(baseline_pods: int, canary_pods: int, whole_below: int = 0) -> PodLimit | None:
+    """The one rule: fewer than 2 baseline pods are unmeasured; fewer than `whole_below` are bounded by their
+    whole dispersion; otherwise 2 baseline pods, or 3 against one canary pod, are rough (the error-rate check
+    measured above α with 2, at or just above with 3 against 1); None where the term does its part."""
     if baseline_pods < 2:
+        return PodLimit.UNMEASURED
+    if baseline_pods < whole_below:
+        return PodLimit.WHOLE
+    if baseline_pods == 2 or (baseline_pods == 3 and canary_pods <= 1):
+        return PodLimit.ROUGH
+    return None
+
+
+def pod_caveat(baseline_pods: int, canary_pods: int, whole_below: int = 0) -> str | None:
+    """`pod_limit` in a verdict's words."""
+    limit = pod_limit(baseline_pods, canary_pods, whole_below)
+    if limit is None:
+        return None
+    if limit is PodLimit.UNMEASURED:
         serving = f"{baseline_pods} baseline pod{'' if baseline_pods == 1 else 's'}"
         return f"pods assumed alike ({serving} serving, too few to measure how pods differ)"
-    if baseline_pods < whole_below:
-        return f"only {baseline_pods} baseline pods serving: how pods differ is bounded by their whole spread"
-    if baseline_pods == 2 or (baseline_pods == 3 and canary_pods <= 1):
-        return f"only {baseline_pods} baseline pods serving: how pods differ is bounded only roughly"
-    return None
+    how = "by their whole spread" if limit is PodLimit.WHOLE else "only roughly"
+    return f"only {baseline_pods} baseline pods serving: how pods differ is bounded {how}"
 
 
 @functools.lru_cache(maxsize=256)
