@@ -162,6 +162,28 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
     return BlockShare(read, min(read, share), max(read, share))
 
 
+def matched_share(hist: Histogram, reference: Histogram, reference_shape: Histogram, x: float) -> float | None:
+    """Where `hist` has no request beyond the upper edge of x's bucket, its share beyond x read off the
+    reference's curve instead (`block_share` with `reference_shape`), rescaled in latency to match `hist`'s
+    share beyond the bucket's lower edge; None where `hist` has requests beyond, or nothing matches.
+
+    Every reading of such a bucket by `block_share` continues a slope from the edges below, which reads a
+    tail that steepens beyond (a slow path of its own) too heavy. The reference (the baseline's block, whose
+    curve placed the point) is read exactly for a histogram that is it rescaled, and below the truth for
+    one with a heavier tail: a lower reading the fail test may take."""
+    i = _bucket_index(hist.bounds, x)
+    if i is None or hist.total <= 0:
+        return None
+    beyond = survival_counts(hist)
+    below = beyond[i - 1] / hist.total
+    if beyond[i] > 0 or not 0 < below < 1:
+        return None
+    u = locate(reference, below, reference_shape)
+    if u is None:
+        return None
+    return block_share(reference, reference_shape, u * x / hist.bounds[i - 1]).share
+
+
 def _own_shape(hist: Histogram, i: int) -> bool:
     """Whether the histogram's own edges give bucket i a shape (the same for every x inside it)."""
     return _survival(hist, math.sqrt(hist.bounds[i - 1] * hist.bounds[i]))[1]

@@ -46,6 +46,7 @@ LATENCY_CASES = [
     "narrower-1000rps-p50",
     "narrower-load-falling-200rps-p50",
     "narrower-falling-traffic-100rps-p95",
+    "bimodal-baseline-p99",  # the p99 on a slow path's flank, the point in a bucket with nothing beyond it
 ]
 
 

@@ -13,6 +13,8 @@ from canary.stats.buckets import (
     block_share,
     common_layout,
     interpolated_quantile,
+    locate,
+    matched_share,
     quantile_range,
     rebucket,
     reference_edge,
@@ -92,6 +94,31 @@ def test_a_block_whose_slope_steepens_beyond_its_bucket_is_read_both_ways() -> N
     assert read.high > 3 * truth
     assert read.low <= truth <= read.high
     assert read.low == pytest.approx(truth, abs=5e-4)  # the totals' split, not the bucket's lower bound (0)
+
+
+def bimodal_histogram(total: int, scale: float) -> Histogram:
+    """85% of requests around 60 ms, 15% on a slow path around 250 ms, every latency times `scale`."""
+    cdf = 0.85 * lognorm.cdf(np.asarray(EDGES), s=0.3, scale=60 * scale)
+    cdf += 0.15 * lognorm.cdf(np.asarray(EDGES), s=0.35, scale=250 * scale)
+    return Histogram(EDGES, tuple(round(p * total) for p in np.diff(np.concatenate([[0.0], cdf, [1.0]]))))
+
+
+def test_a_tail_with_no_request_beyond_its_bucket_is_also_read_off_the_baselines_shape() -> None:
+    """A canary 25% slower than a bimodal baseline, with no request beyond 1000 ms in its block or its
+    totals: its slope continued from 250–500 ms reads its p99 tail far too heavy (the slow path's probit
+    steepens). Read off the baseline's curve matched at 500 ms, the share beyond 1.25 × the baseline's p99
+    is the baseline's 1%, whatever the baseline's curve errs at its p99: the same curve placed it."""
+    baseline = bimodal_histogram(10**7, 1.0)
+    block = totals = bimodal_histogram(6000, 1.25)
+    assert survival_counts(block)[EDGES.index(1000)] == survival_counts(totals)[EDGES.index(1000)] == 0
+    t = locate(baseline, 0.01)
+    assert t is not None
+    read = block_share(block, totals, 1.25 * t).share
+    matched = matched_share(block, baseline, baseline, 1.25 * t)
+    assert matched is not None
+    assert read > 0.0108  # the slope continued from 250–500 ms
+    assert matched == pytest.approx(0.01, abs=2e-4)
+    assert matched_share(bimodal_histogram(600, 1.25), baseline, baseline, 200.0) is None  # requests beyond 250
 
 
 def test_survival_of_an_empty_histogram_is_nan_not_zero() -> None:
