@@ -37,7 +37,6 @@ from canary.stats.buckets import (
     common_layout,
     density,
     locate,
-    matched_share,
     merge,
     quantile_range,
     rebucket,
@@ -598,19 +597,16 @@ class _QuantileCheck(_Check):
         if t_block is None or (1 + m) * t_block >= pb.bounds[-1]:
             return  # this block cannot place it: it keeps filling
         point = (1 + m) * t_block
-        read = block_share(pc, st.canary, point)
+        read = block_share(pc, st.canary, point, baseline=(pb, st.baseline))
         if not math.isfinite(read.share):
             return
-        # A tail with nothing beyond its bucket is read by slopes continued from below; the baseline's curve too.
-        matched = matched_share(pc, pb, st.baseline, point)
-        low = min(read.low, matched) if matched is not None and math.isfinite(matched) else read.low
         p = 1 - q if q > 0.5 else 0.5  # the least favourable canary sits at 1 − q beyond the point
         # The baseline's quantile is estimated too: its error moves the point, weighed by the densities.
         kappa = _kappa(st.canary, st.baseline, point, t, m)
         variance = p * (1 - p) * (1 / pc.total + kappa * kappa / pb.total)
         st.seq.add(  # where no one shape reads the bucket, the fail test sees its lowest reading, the pass its highest
             read.share - (1 - q), variance, _weight(pc.total, pb.total, 1 - q),
-            fail_allowance=max(_slack(pc, pb, t_block, point, kappa), read.share - low),
+            fail_allowance=max(_slack(pc, pb, t_block, point, kappa), read.share - read.low),
             pass_allowance=max(read.high - read.share, 0.0),
         )  # fmt: skip
         st.block += 1

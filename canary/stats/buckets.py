@@ -126,7 +126,9 @@ class BlockShare:
     high: float
 
 
-def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
+def block_share(
+    hist: Histogram, shape: Histogram, x: float, baseline: tuple[Histogram, Histogram] | None = None
+) -> BlockShare:
     """`survival_at` for one block's requests, where its own edges may say little of the shape inside x's
     bucket: fewer than SPARSE_BEYOND expected beyond the bucket's upper edge (judged from `shape`, the
     running totals, never from the block's counts), or no shape either side of the bucket in the block.
@@ -139,7 +141,19 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
     A block with no request beyond the upper edge yet, where the totals expect several, continues its slope
     from below; a slope that steepens beyond (two modes sharing the buckets) is then read too slow. There
     the totals' split, wider than the block where the load moved, is the second reading, and the range
-    spans both: neither reading alone moves a test."""
+    spans both: neither reading alone moves a test.
+
+    With `baseline` (the baseline's block and running totals, whose curve placed x), a block with no request
+    beyond the upper edge also has the baseline's reading as its lowest (`_baseline_reading`)."""
+    read = _block_share(hist, shape, x)
+    matched = _baseline_reading(hist, *baseline, x) if baseline is not None else None
+    if matched is None or not matched < read.low:
+        return read
+    return BlockShare(read.share, matched, read.high)
+
+
+def _block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
+    """`block_share` from the block's counts and its totals alone."""
     i = _bucket_index(hist.bounds, x)
     if i is None or hist.total <= 0:
         share = survival_at(hist, x)
@@ -162,15 +176,15 @@ def block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
     return BlockShare(read, min(read, share), max(read, share))
 
 
-def matched_share(hist: Histogram, reference: Histogram, reference_shape: Histogram, x: float) -> float | None:
+def _baseline_reading(hist: Histogram, reference: Histogram, reference_shape: Histogram, x: float) -> float | None:
     """Where `hist` has no request beyond the upper edge of x's bucket, its share beyond x read off the
-    reference's curve instead (`block_share` with `reference_shape`), rescaled in latency to match `hist`'s
-    share beyond the bucket's lower edge; None where `hist` has requests beyond, or nothing matches.
+    reference's curve (`_block_share` with `reference_shape`), rescaled in latency to match `hist`'s share
+    beyond the bucket's lower edge; None where `hist` has requests beyond, or nothing matches.
 
-    Every reading of such a bucket by `block_share` continues a slope from the edges below, which reads a
-    tail that steepens beyond (a slow path of its own) too heavy. The reference (the baseline's block, whose
-    curve placed the point) is read exactly for a histogram that is it rescaled, and below the truth for
-    one with a heavier tail: a lower reading the fail test may take."""
+    The block's own readings of such a bucket continue a slope from the edges below, or split it as totals
+    that may hold nothing beyond it either; a tail that steepens beyond (a slow path of its own) is then read
+    too heavy. The reference (the baseline, whose curve placed x) reads exactly a histogram that is it
+    rescaled, and one with a heavier tail below the truth: a lower reading the fail test may take."""
     i = _bucket_index(hist.bounds, x)
     if i is None or hist.total <= 0:
         return None
@@ -181,7 +195,8 @@ def matched_share(hist: Histogram, reference: Histogram, reference_shape: Histog
     u = locate(reference, below, reference_shape)
     if u is None:
         return None
-    return block_share(reference, reference_shape, u * x / hist.bounds[i - 1]).share
+    share = _block_share(reference, reference_shape, u * x / hist.bounds[i - 1]).share
+    return share if math.isfinite(share) else None
 
 
 def _own_shape(hist: Histogram, i: int) -> bool:
