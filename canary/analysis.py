@@ -22,6 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from canary.errors import CanaryError
 from canary.judges import Judge
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio, Sample
 from canary.policy import Policy, parse_duration
@@ -81,7 +82,14 @@ def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, e
         verdict, deciding = "pass", passed[0]
     else:
         verdict, deciding = "inconclusive", judgements[-1]
-    return AnalysisResult(verdict, start, end, count, deciding, merge(observations))
+    merged = merge(observations)
+    if all(not w.baseline and not w.canary for w in merged.metrics.values()):
+        target = policy.target
+        raise CanaryError(
+            f"no series for {target.baseline} nor {target.canary} of {target.host} in {iso(start)} .. {iso(end)}: "
+            "check spec.target, --prometheus-reporter and the window (`canary queries` prints the PromQL)"
+        )
+    return AnalysisResult(verdict, start, end, count, deciding, merged)
 
 
 def merge(observations: Sequence[Observation]) -> Observation:

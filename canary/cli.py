@@ -42,7 +42,7 @@ from canary.app import (
 from canary.audit import read_records, verify_chain
 from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, TickReport
 from canary.display import Progress, summary
-from canary.errors import CanaryError
+from canary.errors import CanaryError, Cancelled
 from canary.links import reader_links
 from canary.model import Decision, Phase
 from canary.notices import Notice, event_of
@@ -483,6 +483,8 @@ def run(
                 policy, simulate, seed, audit, output, title, weights, resume, restart, lock_timeout, metrics
             )
         )
+    except Cancelled as exc:
+        raise _fail(str(exc), EXIT_CANCELLED) from None
     except CanaryError as exc:
         raise _fail(str(exc)) from None
 
@@ -560,6 +562,8 @@ def analyze(
             intervals(loaded, since, until)  # before Prometheus is asked anything
         except ValueError as exc:
             raise CanaryError(str(exc)) from None
+        if until > now:
+            raise CanaryError(f"the window ends at {iso(until)}, in the future: give --end now or an earlier time")
         result = prometheus_analysis(loaded, settings, since, until)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
@@ -571,8 +575,11 @@ def analyze(
             f"{loaded.target.host}, {iso(since)} .. {iso(until)} ({result.intervals} intervals)"
         )
         for version, counts in version_counts(result.observation, loaded).items():
+            if "requests" not in counts:
+                typer.echo(f"  {version}: no data")
+                continue
             typer.echo(
-                f"  {version}: {counts.get('requests', 'no data')} requests, {counts.get('errors', '-')} errors, "
+                f"  {version}: {counts['requests']} requests, {counts.get('errors', '-')} errors, "
                 f"{counts.get('pods', 0)} pods"
             )
         if result.judgement is not None:

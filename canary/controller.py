@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from canary import failpoints
 from canary.audit import AuditSink
 from canary.clock import Clock
-from canary.errors import CanaryError, ConflictError, RouterError, SourceError
+from canary.errors import CanaryError, Cancelled, ConflictError, RouterError, SourceError
 from canary.judges import Judge
 from canary.model import Action, Decision, Judgement, Phase, Weights
 from canary.notices import hook_body
@@ -311,6 +311,9 @@ class Runner:
                 if resume and state is not None and not state.phase.ended:
                     event = Resume(now, read.weights)
                 else:
+                    if self.cancel_flag.is_set:  # while the lock or the pre-rollout webhooks were awaited
+                        name = self.cancel_flag.signal
+                        raise Cancelled(f"cancelled ({name}) before the rollout started: nothing was changed")
                     if read.state_error is not None:
                         state = None
                     subsets = self.router.subsets_problem(self.target)

@@ -70,5 +70,9 @@ class StateError(CanaryError):
     """A rollout state read from a route cannot be decoded; the router adds where it was read from."""
 
 
+class Cancelled(CanaryError):
+    """A signal came before the command had changed anything: nothing was written (exit 4, as a cancel)."""
+
+
 class ConflictError(CanaryError):
     """Another command holds the audit log's lock, or the route is not in the state a command needs."""

@@ -22,11 +22,12 @@ from scipy.special import ndtri
 
 from canary.app import simulated_rollout
 from canary.audit import MemoryAudit
+from canary.errors import CanaryError
 from canary.judges.sequential import WHOLE_DISPERSION_BELOW, PodLimit, place, pod_limit
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, Phase
 from canary.policy import ErrorRateMetric, LatencyMetric, Policy
 from canary.scenario import Behaviour, Lognormal, Pods, Scenario
-from canary.sources.simulated import bucket_probabilities
+from canary.sources.simulated import SimulatedMesh, bucket_probabilities
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ def _scenario(base: Baseline, canary: Behaviour, name: str) -> Scenario:
 
 
 def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[str], None] | None = None) -> Plan:
+    policy, skipped = _simulated_part(policy)
     healthy = Behaviour(base.error_rate, Lognormal(base.median_ms, base.sigma))
     results = [simulated_rollout(policy, _scenario(base, healthy, "plan"), seed=s, audit=MemoryAudit()).runner.run()
                for s in range(seeds)]  # fmt: skip
@@ -88,8 +90,24 @@ def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[
         total,
         smallest,
         tuple(undecidable(policy, base.median_ms, base.sigma)),
-        _pod_notes(*base.pods),
+        (*skipped, *_pod_notes(*base.pods)),
     )
+
+
+def _simulated_part(policy: Policy) -> tuple[Policy, tuple[str, ...]]:
+    """The policy's metrics the simulated mesh serves, each with the alpha it has in the whole policy (alpha is
+    split evenly over the metrics), and a note for each it cannot plan."""
+    served = tuple(m for m in policy.metrics if SimulatedMesh.refuses(m) is None)
+    if len(served) == len(policy.metrics):
+        return policy, ()
+    if not served:
+        raise CanaryError("canary plan simulates error-rate and latency metrics only, and the policy has neither")
+    notes = tuple(f"{m.name}: not planned (a custom metric, which the simulated mesh does not serve); the "
+                  "figures are the other metrics' at the alpha they have in the whole policy"
+                  for m in policy.metrics if m not in served)  # fmt: skip
+    alpha = policy.analysis.alpha * len(served) / len(policy.metrics)
+    analysis = dataclasses.replace(policy.analysis, alpha=alpha)
+    return dataclasses.replace(policy, metrics=served, analysis=analysis), notes
 
 
 def _pod_notes(baseline_pods: int, canary_pods: int) -> tuple[str, ...]:

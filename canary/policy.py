@@ -261,6 +261,7 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
 
 
 TOO_DEEP = "nested too deeply to be a policy"
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
 
 
 def _plain(node: yaml.Node, path: str, lines: dict[str, int], seen: set[int] | None = None) -> Any:
@@ -290,6 +291,9 @@ def _plain(node: yaml.Node, path: str, lines: dict[str, int], seen: set[int] | N
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_plain(item, f"{path}[{i}]", lines, seen) for i, item in enumerate(node.value)]
+    plain = isinstance(node, yaml.ScalarNode) and node.style is None
+    if plain and node.tag == "tag:yaml.org,2002:str" and _YAML12_FLOAT.fullmatch(node.value):
+        return float(node.value)  # 1e-6: a number in YAML 1.2 and JSON, a string to YAML 1.1's resolver
     try:
         return yaml.SafeLoader("").construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, AttributeError):  # an explicit tag the value does not fit
@@ -335,11 +339,13 @@ class _NodeError(Exception):
         self.path, self.line, self.message = path, line, message
 
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
+_DURATION = re.compile(
+    r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$"
+)
 
 
 def parse_duration(value: object) -> float | None:
-    """'90s', '5m', '1h30m', '500ms' or a number of seconds -> seconds; None if it is not a duration."""
+    """'90s', '5m', '1h30m', '1d', '500ms' or a number of seconds -> seconds; None if it is not a duration."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -353,8 +359,8 @@ def parse_duration(value: object) -> float | None:
     match = _DURATION.match(value.strip())
     if not match or not any(match.groups()):
         return None
-    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
-    total = hours * 3600 + minutes * 60 + seconds + millis / 1000
+    days, hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
+    total = days * 86_400 + hours * 3600 + minutes * 60 + seconds + millis / 1000
     return total if math.isfinite(total) else None
 
 
@@ -441,7 +447,8 @@ class _Reader:
         value = data.get(key, default)
         seconds = parse_duration(value)
         if seconds is None or seconds <= 0:
-            raise self.fail(join(path, key), f"must be a positive duration like 60s, 5m or 1h, got {describe(value)}")
+            expect = "a positive duration like 60s, 5m, 1h or 1d"
+            raise self.fail(join(path, key), f"must be {expect}, got {describe(value)}")
         if not low <= seconds <= high:
             raise self.fail(join(path, key), f"must be {_span(low)} to {_span(high)}, got {describe(value)}")
         return seconds
@@ -695,7 +702,7 @@ class _Reader:
             return ErrorRateMetric(
                 name=self.string(data, path, "name"),
                 errors=self.choice(data, path, "errors", "5xx", ERROR_CLASSES),  # type: ignore[arg-type]
-                max_increase=self.fraction(data, path),
+                max_increase=self.rate_increase(data, path),
                 weight=self.number(data, path, "weight", 1.0, lambda w: 0 < w <= MAX_WEIGHT, WEIGHT_RANGE),
                 critical=self.flag(data, path, "critical"),
             )
@@ -720,7 +727,7 @@ class _Reader:
                 name=self.string(data, path, "name"),
                 events=self.template(data, path, "events"),
                 total=self.template(data, path, "total"),
-                max_increase=self.fraction(data, path),
+                max_increase=self.rate_increase(data, path),
                 weight=self.number(data, path, "weight", 1.0, lambda w: 0 < w <= MAX_WEIGHT, WEIGHT_RANGE),
                 critical=self.flag(data, path, "critical"),
             )
@@ -742,6 +749,12 @@ class _Reader:
     def fraction(self, data: Mapping[str, Any], path: str) -> float:
         self.required(data, path, "maxIncrease")
         return self.number(data, path, "maxIncrease", 0.0, lambda x: 0 < x < 10, "a positive fraction (0.1 = 10%)")
+
+    def rate_increase(self, data: Mapping[str, Any], path: str) -> float:
+        """A rate's tolerance is absolute: at 1 or more no canary could ever exceed it."""
+        self.required(data, path, "maxIncrease")
+        expect = "a positive share of requests below 1 (0.005 = +0.5 percentage points)"
+        return self.number(data, path, "maxIncrease", 0.0, lambda x: 0 < x < 1, expect)
 
     def flag(self, data: Mapping[str, Any], path: str, key: str) -> bool:
         value = data.get(key, False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -47,9 +48,11 @@ def tick(r: Runner) -> None:
 
 class Receiver:
     """A webhook on 127.0.0.1 that records every POST and answers with `status` (the first POSTs with
-    `first`, in order, when given: a gate that says no, then yes)."""
+    `first`, in order, when given: a gate that says no, then yes), after `on_post` has run."""
 
-    def __init__(self, status: int = 200, first: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, status: int = 200, first: tuple[int, ...] = (), on_post: Callable[[], None] | None = None
+    ) -> None:
         self.bodies: list[tuple[str, dict[str, object]]] = []
         self.status = status
         self.first = list(first)
@@ -59,6 +62,8 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 outer.bodies.append((self.path, json.loads(self.rfile.read(length))))
+                if on_post is not None:
+                    on_post()  # before the answer: what happens while the caller waits for it
                 self.send_response(outer.first.pop(0) if outer.first else outer.status)
                 self.end_headers()
 

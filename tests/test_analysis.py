@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from canary.analysis import analyze, merge, parse_time
+from canary.cli import app
+from canary.errors import CanaryError
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio
 from canary.policy import MetricSpec, Policy, Target
 from canary.report import iso, version_counts
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class CountingSource:
@@ -84,6 +90,29 @@ def test_reported_judgement_agrees_with_the_verdict(policy: Policy, later: Outco
 def test_empty_window_is_refused(policy: Policy):
     with pytest.raises(ValueError, match="must end after it starts"):
         analyze(policy, CountingSource(), ScriptedJudge([]), 10.0, 10.0)
+
+
+class SilentSource:
+    """A source that finds no series for either version: a wrong host, reporter or window."""
+
+    def observe(self, target: Target, metrics: tuple[object, ...], start: float, end: float) -> Observation:
+        return Observation(start, end, {"error-rate": MetricWindow({}, {}), "latency": MetricWindow({}, {})})
+
+
+def test_a_window_without_a_series_for_either_version_is_an_error_not_inconclusive(policy: Policy):
+    """Inconclusive (exit 3) is let through by the Argo template in docs/pipelines.md: a misconfigured
+    analysis must not pass every measurement."""
+    with pytest.raises(CanaryError, match=r"^no series for v1 nor v2 of web-app\.default\.svc\.cluster\.local in "):
+        analyze(policy, SilentSource(), ScriptedJudge([Outcome.NO_DATA] * 2), 1000.0, 1120.0)
+
+
+def test_a_window_that_ends_in_the_future_is_refused_before_prometheus_is_asked(tmp_path: Path):
+    done = CliRunner().invoke(app, ["analyze", str(ROOT / "policies" / "web-app.yaml"), "--end", "2999-01-01T00:00:00Z",
+                                    "--prometheus-url", "http://127.0.0.1:9"])  # fmt: skip
+    assert done.exit_code == 2
+    assert done.stderr.strip() == (
+        "canary: the window ends at 2999-01-01T00:00:00+00:00, in the future: give --end now or an earlier time"
+    )
 
 
 def test_merge_adds_histograms_and_keeps_pods_seen_only_once():

@@ -6,7 +6,9 @@ told the outcome and changes nothing, and every answer is in the audit log."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +108,22 @@ def test_a_pre_rollout_webhook_that_says_no_keeps_the_rollout_from_starting(tmp_
                            "not started")  # fmt: skip
     assert notes(audit) == ["pre-rollout webhook 'load-test' answered HTTP 500, 2 attempts"]
     assert not decisions(audit)
+
+
+def test_a_signal_while_the_pre_rollout_webhook_answers_cancels_before_anything_is_written(tmp_path: Path) -> None:
+    """SIGTERM arrives while the webhook is asked: its go is noted, then the run ends with exit 4 (a cancel)
+    and the route as it was: no rollout was started."""
+    with Receiver(on_post=lambda: os.kill(os.getpid(), signal.SIGTERM)) as pre:
+        policy = with_spec(tmp_path, f"  webhooks:\n    - {{name: load-test, type: pre-rollout, url: '{pre.url}'}}\n")
+        manifest = tmp_path / "vs.yaml"
+        manifest.write_text((ROOT / "fixtures" / "istio" / "web-app-virtualservice.yaml").read_text())
+        before = manifest.read_bytes()
+        audit = tmp_path / "audit.jsonl"
+        code, doc, err = run_json(policy, audit, "--manifest", str(manifest))
+    assert (code, doc) == (4, None)
+    assert err.strip() == "canary: cancelled (SIGTERM) before the rollout started: nothing was changed"
+    assert manifest.read_bytes() == before and not decisions(audit)
+    assert notes(audit) == ["pre-rollout webhook 'load-test' said go"]
 
 
 def test_pre_and_post_rollout_webhooks_are_told_and_noted_and_a_post_rollout_no_changes_nothing(tmp_path: Path) -> None:

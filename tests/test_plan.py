@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from canary.cli import app
-from canary.planning import Baseline, plan, undecidable
+from canary.planning import Baseline, _simulated_part, plan, undecidable
 from canary.policy import load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,3 +88,17 @@ def test_plan_refuses_a_bad_policy_and_bad_traffic_in_one_line(tmp_path: Path) -
     assert missing.exit_code == 2 and "none.yaml" in missing.output and "Traceback" not in missing.output
     zero = CliRunner().invoke(app, ["plan", str(POLICY), "--rps", "0"])
     assert zero.exit_code == 2 and "--rps" in zero.output
+
+
+def test_a_custom_metric_is_named_as_not_planned_and_the_others_keep_their_share_of_alpha() -> None:
+    """policies/web-app-tcp.yaml adds a custom TCP metric the simulated mesh does not serve: plan figures
+    the error-rate and latency checks, each at the alpha it has among three metrics, and says so."""
+    policy = load_policy(str(REPO / "policies" / "web-app-tcp.yaml"))
+    custom = [m.name for m in policy.metrics if m.name not in ("error-rate", "latency")]
+    found = plan(policy, Baseline(100.0), seeds=1)
+    assert found.promoted_share == 1.0 and set(found.smallest) == {"error-rate", "latency"}
+    (note,) = [n for n in found.notes if n.startswith(f"{custom[0]}: not planned")]
+    assert "at the alpha they have in the whole policy" in note
+    planned, _ = _simulated_part(policy)
+    assert [m.name for m in planned.metrics] == ["error-rate", "latency"]
+    assert planned.analysis.alpha / 2 == pytest.approx(policy.analysis.alpha / 3)

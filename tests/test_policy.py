@@ -120,6 +120,8 @@ def test_a_minimal_policy_gets_the_defaults() -> None:
         ("5m", 300.0),
         ("1h", 3600.0),
         ("1h30m", 5400.0),
+        ("1d", 86400.0),
+        ("1d12h", 129600.0),
         ("2m30s", 150.0),
         ("500ms", 0.5),
         ("1m500ms", 60.5),
@@ -134,7 +136,7 @@ def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["abc", "", "5", "m", "5x", "-5s", "5s5m", "1.5.2s", True, None, [], float("nan"), float("inf")]
+    "text", ["abc", "", "5", "m", "5x", "-5s", "5s5m", "1h1d", "1.5.2s", True, None, [], float("nan"), float("inf")]
 )
 def test_non_durations_are_rejected(text: object) -> None:
     assert parse_duration(text) is None
@@ -152,7 +154,27 @@ def test_policy_durations_accept_units_and_plain_seconds() -> None:
     assert parse_policy(edited("interval: 60s", "interval: 500ms")).interval_s == 0.5
 
 
+def test_a_deadline_may_be_given_in_days() -> None:
+    assert parse_policy(edited("maxDuration: 60m", "maxDuration: 2d")).max_duration_s == 2 * 86_400
+
+
+@pytest.mark.parametrize("spelling", ["5e-2", "5E-2", "5.0e-2", ".5e-1", "+5e-2"])
+def test_exponents_are_numbers_as_in_yaml_1_2_and_json(spelling: str) -> None:
+    """YAML 1.1's resolver reads 5e-2 as a string (it wants a dot and a signed exponent): the spelling
+    the error messages themselves use (1e-06) must not be refused."""
+    assert parse_policy(edited("alpha: 0.05", f"alpha: {spelling}")).analysis.alpha == pytest.approx(0.05)
+    with pytest.raises(PolicyError, match="got '5e-2'"):
+        parse_policy(edited("alpha: 0.05", "alpha: '5e-2'"))  # quoted: a string, as written
+
+
 BAD_POLICIES = [
+    pytest.param(
+        "maxIncrease: 0.005",
+        "maxIncrease: 1.5",
+        "web-app.yaml:23: spec.metrics[0].maxIncrease: must be a positive share of requests below 1 "
+        "(0.005 = +0.5 percentage points), got 1.5",
+        id="rate-tolerance-no-canary-could-exceed",
+    ),
     pytest.param(
         "apiVersion: canary.dev/v1alpha1",
         "apiVersion: canary.dev/v1",
@@ -231,14 +253,14 @@ BAD_POLICIES = [
     pytest.param(
         "interval: 60s",
         "interval: abc",
-        "web-app.yaml:13: spec.interval: must be a positive duration like 60s, 5m or 1h, got 'abc'",
+        "web-app.yaml:13: spec.interval: must be a positive duration like 60s, 5m, 1h or 1d, got 'abc'",
         id="interval-abc",
     ),
     pytest.param(
         "interval: 60s",
         "interval: .nan",
         # YAML's .nan passed every check before (nan <= 0 is false) and made the clock sleep NaN seconds.
-        "web-app.yaml:13: spec.interval: must be a positive duration like 60s, 5m or 1h, got nan",
+        "web-app.yaml:13: spec.interval: must be a positive duration like 60s, 5m, 1h or 1d, got nan",
         id="interval-nan",
     ),
     pytest.param(
@@ -305,7 +327,8 @@ BAD_POLICIES = [
     pytest.param(
         "maxIncrease: 0.005",
         "maxIncrease: 5%",
-        "web-app.yaml:23: spec.metrics[0].maxIncrease: must be a positive fraction (0.1 = 10%), got '5%'",
+        "web-app.yaml:23: spec.metrics[0].maxIncrease: must be a positive share of requests below 1 "
+        "(0.005 = +0.5 percentage points), got '5%'",
         id="maxIncrease-percent-string",
     ),
     pytest.param(

@@ -299,6 +299,17 @@ def test_bad_manifests_are_router_errors(tmp_path: Path, content: str | bytes | 
         ManifestRouter(path).read(WEB)
 
 
+def test_a_manifest_holding_the_virtualservice_twice_is_refused_untouched(tmp_path: Path, state: RolloutState) -> None:
+    """kubectl applies the last copy: moving the first would be undone on the cluster by the second."""
+    path = tmp_path / "m.yaml"
+    vs = (FIXTURES / "web-app-virtualservice.yaml").read_text()
+    path.write_text(f"{vs}\n---\n{vs}")
+    before = path.read_bytes()
+    with pytest.raises(RouterError, match=r"m\.yaml: documents 1, 2 are all the VirtualService default/web-app: keep"):
+        ManifestRouter(path).read(WEB)
+    assert path.read_bytes() == before
+
+
 def test_a_temporary_file_a_killed_write_left_is_removed_by_the_next_write(manifest: Path, state: RolloutState) -> None:
     stale = manifest.with_name(f".{manifest.name}.canary-abc123")
     stale.write_text("half a manifest")

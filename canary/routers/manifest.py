@@ -96,15 +96,16 @@ class ManifestRouter:
             raise RouterError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
 
     def _index(self, documents: list[Any], target: Target) -> int:
-        for i, doc in enumerate(documents):
-            if not isinstance(doc, dict) or doc.get("kind") != "VirtualService":
-                continue
-            meta = doc.get("metadata")
-            if not isinstance(meta, dict):
-                continue  # not an object canary could name
-            if meta.get("name") == target.virtual_service and meta.get("namespace", "default") == target.namespace:
-                return i
-        raise RouterError(f"{self.path}: no VirtualService {target.namespace}/{target.virtual_service} in the file")
+        """The one document that is the target's VirtualService. Two copies are refused: `kubectl apply`
+        applies the last, so moving only one would leave the other to undo it on the cluster."""
+        found = [i for i, doc in enumerate(documents) if _is_target(doc, target)]
+        name = f"VirtualService {target.namespace}/{target.virtual_service}"
+        if not found:
+            raise RouterError(f"{self.path}: no {name} in the file")
+        if len(found) > 1:
+            places = ", ".join(f"{i + 1}" for i in found)
+            raise RouterError(f"{self.path}: documents {places} are all the {name}: keep one")
+        return found[0]
 
     def read(self, target: Target, evidence: type | None = None) -> RouteRead:
         data = self._bytes()
@@ -177,3 +178,14 @@ def _sync_directory(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _is_target(doc: Any, target: Target) -> bool:
+    if not isinstance(doc, dict) or doc.get("kind") != "VirtualService":
+        return False
+    meta = doc.get("metadata")
+    return (
+        isinstance(meta, dict)  # else not an object canary could name
+        and meta.get("name") == target.virtual_service
+        and meta.get("namespace", "default") == target.namespace
+    )
