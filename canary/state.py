@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,29 @@ def decode_state(text: str, evidence_type: type | None = None) -> RolloutState:
             state = dataclasses.replace(state, evidence=from_data(evidence_type, state.evidence, "evidence"))
     except DecodeError as exc:
         raise StateError(str(exc)) from None
-    if not 0 <= state.step_index < len(state.steps):
-        raise StateError(f"step_index: {state.step_index} is not a step of {list(state.steps)}")
+    problem = _impossible(state)
+    if problem is not None:
+        raise StateError(problem)
     return state
+
+
+def _impossible(state: RolloutState) -> str | None:
+    """What no canary writes: a field that decodes but cannot be (a hand edit of the annotation)."""
+    steps = list(state.steps)
+    if not steps or steps[-1] != 100 or any(not a < b for a, b in zip([0, *steps], steps, strict=False)):
+        return f"steps: {steps} is not a rising list of weights ending at 100"
+    if not 0 <= state.step_index < len(steps):
+        return f"step_index: {state.step_index} is not a step of {steps}"
+    if state.tick < 0:
+        return f"tick: {state.tick} is negative"
+    times = {"started_at": state.started_at, "step_started_at": state.step_started_at, "deadline": state.deadline,
+             "observed_until": state.observed_until, "last.time": state.last.time, "paused_at": state.paused_at,
+             "waiting_since": state.waiting_since}  # fmt: skip
+    for name, value in times.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            return f"{name}: {value} is not a time"
+    if any(not (math.isfinite(s) and s >= 0) for s in state.step_seconds):
+        return f"step_seconds: {list(state.step_seconds)} holds a time that cannot be spent"
+    if not set(state.approved) <= set(steps):
+        return f"approved: {list(state.approved)} names a weight that is not a step of {steps}"
+    return None

@@ -240,6 +240,7 @@ class KubeApiServer:
         self._failures: list[tuple[str | None, ApiError]] = []
         self._failures_after_commit: list[tuple[str | None, ApiError | bytes]] = []
         self._after_get: list[Callable[[], None]] = []
+        self._garbled_reads: list[bytes] = []
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, content type
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._thread: threading.Thread | None = None
@@ -319,9 +320,13 @@ class KubeApiServer:
             )
 
     def garble_next(self, body: bytes = b"<html>upstream reset</html>", *, method: str | None = "PUT") -> None:
-        """The next write (of `method`) is made, then answered 200 with a body that is not JSON."""
+        """The next request of `method` is answered 200 with a body that is not JSON: a write is made first,
+        a GET (discovery included) reads nothing."""
         with self._lock:
-            self._failures_after_commit.append((method, body))
+            if method == "GET":
+                self._garbled_reads.append(body)
+            else:
+                self._failures_after_commit.append((method, body))
 
     def after_next_get(self, action: Callable[[], None]) -> None:
         """Run `action` once the next successful GET has read the object, before the client gets the answer."""
@@ -360,6 +365,8 @@ class KubeApiServer:
                 if only in (None, method):
                     del self._failures[i]
                     return failure.code, failure.status()
+            if method == "GET" and self._garbled_reads:
+                return 200, self._garbled_reads.pop(0)
             bare = path.split("?", 1)[0]
             discovery = DISCOVERY.match(bare)
             if discovery is not None and method == "GET":

@@ -125,6 +125,26 @@ def test_a_hand_edited_state_names_the_field(web_policy: Policy) -> None:
         decode_state(json.dumps(data))
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("tick", -5, r"^tick: -5 is negative$"),
+    ("deadline", float("inf"), r"^deadline: inf is not a time$"),  # JSON's Infinity, which json.loads reads
+    ("started_at", -1.0, r"^started_at: -1.0 is not a time$"),
+    ("steps", [10, 50, 100, 200], r"^steps: \[10, 50, 100, 200\] is not a rising list of weights ending at 100$"),
+    ("steps", [50, 10, 100], r"^steps: \[50, 10, 100\] is not a rising list"),
+    ("steps", [], r"^steps: \[\] is not a rising list"),
+    ("step_seconds", [60.0, -3.0], r"^step_seconds: \[60.0, -3.0\] holds a time that cannot be spent$"),
+    ("approved", [70], r"^approved: \[70\] names a weight that is not a step of \[10, 50, 100\]$"),
+])  # fmt: skip
+def test_a_state_no_canary_writes_is_refused_naming_the_field(
+    web_policy: Policy, field: str, value: object, message: str
+) -> None:
+    """Values that decode (a number, a list) but that no rollout can hold: a hand edit of the annotation."""
+    data = json.loads(encode_state(finished_state(web_policy)))
+    data[field] = value
+    with pytest.raises(StateError, match=message):
+        decode_state(json.dumps(data))
+
+
 def test_the_policy_digest_ignores_where_the_policy_came_from(web_policy: Policy) -> None:
     moved = dataclasses.replace(web_policy, source_path="elsewhere.yaml", audit_path="x.jsonl")
     assert policy_digest(moved) == policy_digest(web_policy)

@@ -199,13 +199,13 @@ class IstioRouter:
                 return _bounded_json(answer)
         except _TooLarge:
             raise RouterServerError(
-                f"VirtualService {_name(target)}: the API server's answer ({doing}) is over "
+                f"VirtualService {_name(target)}: the API server's answer when asked to {doing} it is over "
                 f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB; not read"
             ) from None
         except DeadlineExceeded:
             raise RouterServerError(
-                f"VirtualService {_name(target)}: the API server did not finish answering ({doing}) within "
-                f"{REQUEST_TIMEOUT_S:g} s"
+                f"VirtualService {_name(target)}: the API server did not finish answering within "
+                f"{REQUEST_TIMEOUT_S:g} s when asked to {doing} it"
             ) from None
         except ApiException as exc:
             if instead and exc.status in instead:
@@ -214,9 +214,10 @@ class IstioRouter:
         except urllib3.exceptions.HTTPError as exc:
             raise _unreachable(exc, target) from exc
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # a 200 that is no API answer
+            settled = "; whether the write was made is read back" if doing == "write" else ""
             raise RouterServerError(
-                f"VirtualService {_name(target)}: the API server's answer to {doing} is not valid JSON "
-                f"({_one_line(str(exc))[:80]}); whether the write was made is read back"
+                f"VirtualService {_name(target)}: the API server's answer when asked to {doing} it is not valid "
+                f"JSON ({_one_line(str(exc))[:80]}){settled}"
             ) from exc
         except (ValueError, TypeError) as exc:  # the client refused to build the request, or to read the answer
             raise RouterError(
@@ -286,7 +287,7 @@ def _raise_for(exc: ApiException, target: Target, doing: str) -> NoReturn:
         raise RouterServerError(f"VirtualService {name}: the API server is throttling requests ({message})") from exc
     if isinstance(code, int) and code >= 500:
         raise RouterServerError(f"VirtualService {name}: the API server failed ({code}: {message}), try again") from exc
-    raise RouterError(f"VirtualService {name}: cannot {doing} ({code}: {message})") from exc
+    raise RouterError(f"VirtualService {name}: cannot {doing} it ({code}: {message})") from exc
 
 
 def _unreachable(exc: urllib3.exceptions.HTTPError, target: Target) -> RouterError:

@@ -237,6 +237,27 @@ def test_a_write_answered_200_with_a_body_that_is_not_json_is_a_temporary_router
     assert split_weights(kube_api) == [50, 50]
 
 
+def test_a_read_answered_200_with_a_body_that_is_not_json_says_which_call_and_no_write(
+    router: IstioRouter, kube_api: KubeApiServer, web_policy: Policy
+) -> None:
+    """An HTML page where discovery's JSON should be, then where the VirtualService should be: each error
+    names the call it answered, and no read is said to have been a write."""
+    kube_api.garble_next(method="GET")
+    with pytest.raises(RouterServerError) as caught:
+        router.read(web_policy.target)
+    assert one_line(caught.value).startswith(
+        "VirtualService default/web-app: the API server's answer when asked to discover the Istio API of it is "
+        "not valid JSON ("
+    )
+    assert "write" not in one_line(caught.value)
+    assert router.read(web_policy.target).weights == Weights(90, 10)  # the API found, then
+    kube_api.garble_next(method="GET")
+    with pytest.raises(RouterServerError) as caught:
+        router.read(web_policy.target)
+    message = one_line(caught.value)
+    assert "when asked to read it is not valid JSON (" in message and "write" not in message
+
+
 # ------------------------------------------------------------------------------------- the preflight
 
 
