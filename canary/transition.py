@@ -356,6 +356,10 @@ def _approve(state: RolloutState | None, event: Manual, ctx: Context) -> Transit
     if event.weights != state.weights:
         return _outside_change(state, event.weights, event.now, ctx)
     weight = state.steps[state.step_index + 1]
+    if weight not in ctx.policy.approvals:
+        asked = f"spec.approvals: {list(ctx.policy.approvals)}" if ctx.policy.approvals else "no spec.approvals"
+        raise ConflictError(f"{_route(ctx)}: the policy asks no approval before {weight}% ({asked}): "
+                            "nothing to approve")  # fmt: skip
     reason = event.reason or "approved by hand"
     phase = Phase.PROGRESSING if state.phase is Phase.WAITING else state.phase
     new = dataclasses.replace(_advance(state, ctx, event.now, Action.APPROVE, reason, phase=phase),

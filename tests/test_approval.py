@@ -84,3 +84,20 @@ def test_approvals_must_name_later_steps() -> None:
     for bad in ("[10]", "[75]", "[true]", "fifty"):
         with pytest.raises(PolicyError, match=r"spec\.approvals: must be a list of step weights after the first"):
             parse_policy(POLICY.replace("  steps: [10, 50, 100]", f"  steps: [10, 50, 100]\n  approvals: {bad}"), "p")
+
+
+def test_approving_a_step_the_policy_asks_no_approval_for_is_refused_and_not_recorded(
+    cluster: Path, tmp_path: Path
+) -> None:
+    """The shipped policy names no approvals: an approve would be recorded as a decision that changes
+    nothing, so it is refused in one line, exit 2."""
+    policy, audit = ROOT / "policies" / "web-app.yaml", tmp_path / "audit.jsonl"
+    r = rollout(policy, cluster, audit)
+    r.open()
+    before = audit.read_bytes()
+    done = CliRunner().invoke(app, ["approve", str(policy), "--kubeconfig", str(cluster), "--audit", str(audit)])
+    assert done.exit_code == 2
+    assert done.stderr.strip().endswith(
+        "the policy asks no approval before 50% (no spec.approvals): nothing to approve"
+    )
+    assert audit.read_bytes() == before
