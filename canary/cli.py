@@ -47,6 +47,7 @@ from canary.links import reader_links
 from canary.model import Decision, Phase
 from canary.notices import Notice, event_of
 from canary.notifier import Failure, Notifier
+from canary.outputs import NotRegularFile, replace_file
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
 from canary.promql import Scope, operator_queries
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
@@ -915,25 +916,28 @@ def dashboard(
     _emit(text, out, reads=(policy,))
 
 
-def _emit(text: str, out: str | None, *, reads: tuple[str | None, ...] = ()) -> bool:
+def _emit(text: str, out: str | None, *, reads: tuple[str | None, ...] = (), printable: bool = True) -> bool:
     """Print a generated document, or write it to `out` (a one-line error if it cannot be); True if written.
 
     `out` may not be one of the files the command read (`reads`): `-o` naming the audit log or the policy
-    would replace the input with the output. The document is written beside `out` and renamed over it, so
-    a command killed mid-write leaves the old file or the new one, never half of either."""
+    would replace the input with the output. The document replaces `out` whole (canary.outputs): a killed
+    command leaves the old file or the new one, a link is followed, and a FIFO, a device or a directory is
+    refused. `printable`: the command prints the document when -o is left out (said when -o names stdout)."""
     if out is None:
         typer.echo(text, nl=False)
         return False
+    hint = "; leave out -o to print it" if printable else ""
+    if out == "-":  # no command reads "-" as stdout: a file named "-" would be a surprise
+        raise _fail(f"-o -: canary writes to a file, not to stdout{hint or '; name a file'}")
     target = Path(out)
     for read in filter(None, reads):
         if _same_file(target, Path(read)):
             raise _fail(f"{out}: is an input of this command ({read}); name another file with -o")
-    temp = target.with_name(f".{target.name}.canary-tmp")
     try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, target)
+        replace_file(target, text.encode("utf-8"))
+    except NotRegularFile as exc:
+        raise _fail(f"{exc}{hint if exc.kind != 'a directory' else ''}") from None
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
     return True
 
@@ -1067,7 +1071,8 @@ def report(
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     verified = f"{check.records} records, hash chain intact" if check.ok else f"does NOT verify: {check.problem}"
-    _emit(secrets.scrub(render(view, head=check.head, verified=verified, links=links)), out, reads=(file, policy))
+    page = secrets.scrub(render(view, head=check.head, verified=verified, links=links))
+    _emit(page, out, reads=(file, policy), printable=False)
     if output is OutputFormat.json:
         typer.echo(json.dumps({"rollout": view.rollout, "out": out, "head": check.head, "verified": check.ok}))
     else:
