@@ -1188,6 +1188,18 @@ def test_analyze_against_a_prometheus_that_answers(mode: str, prom: HostileProme
     check_refused(o, root=tmp_path, before=before)
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [garbage_reply(), Reply(200, b"<!doctype html><title>Sign in</title>\n", {"Content-Type": "text/html"})],
+    ids=["garbage", "a-login-page"],
+)
+def test_analyze_against_a_server_answering_html_says_it_is_not_json(reply: Reply, prom: HostilePrometheus) -> None:
+    """A 200 that is no JSON (a proxy's login page, a wrong URL) is named for what it is, not as a decode error."""
+    o = analyze(prom.misbehave(reply), POLICY)
+    check_refused(o, mentions=[f"{prom.url} answered the metric 'error-rate' query with something other than JSON"])
+    assert "JSONDecodeError" not in o.err
+
+
 @pytest.mark.parametrize("mode", params({k: k for k in HONEST_ODDITIES}))
 def test_analyze_against_a_prometheus_with_odd_but_honest_data(
     mode: str, prom: HostilePrometheus, tmp_path: Path
