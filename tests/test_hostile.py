@@ -429,6 +429,14 @@ def test_a_scenario_that_is_not_a_regular_file(kind: str, tmp_path: Path, launch
     check_refused(Outcome.of(ran), mentions=[str(path)])
 
 
+def test_a_scenario_nested_a_hundred_thousand_deep(tmp_path: Path, launcher: MemoryLimitedLauncher) -> None:
+    """Refused in one line, as a policy that deep is (not a RecursionError from the JSON parser)."""
+    path = write(tmp_path / "deep.json", b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    ran = launcher.run(["run", POLICY, "--simulate", path, "--audit", tmp_path / "a.jsonl"], cwd=tmp_path,
+                       timeout_s=FILE_LIMIT_S)  # fmt: skip
+    check_refused(Outcome.of(ran), mentions=[f"canary: {path}: nested too deeply to be a scenario"])
+
+
 def test_a_scenario_that_is_a_token_file(tmp_path: Path) -> None:
     path = write(tmp_path / "scenario.json", SECRET + "\n")
     check_refused(invoke("run", POLICY, "--simulate", path, "--audit", tmp_path / "a.jsonl"), mentions=[str(path)])
