@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import signal
+import string
 import sys
 import time
 import unicodedata
@@ -39,7 +40,7 @@ from canary.app import (
     router_for,
     simulated_rollout,
 )
-from canary.audit import read_records, verify_chain
+from canary.audit import HEAD_DIGITS, read_records, verify_chain
 from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, TickReport
 from canary.display import Progress, summary
 from canary.errors import CanaryError
@@ -1166,10 +1167,29 @@ def audit_replay(
         raise typer.Exit(1)
 
 
+def _head_digits(value: str | None) -> str | None:
+    """A head as canary prints it: the whole SHA-256 or its first HEAD_DIGITS digits or more (one record's)."""
+    if value is None:
+        return None
+    if not (HEAD_DIGITS <= len(value) <= 64 and all(ch in string.hexdigits for ch in value)):
+        shown = value if len(value) <= 70 else f"{value[:64]}... ({len(value)} characters)"
+        raise typer.BadParameter(
+            f"expected the head a command printed: {HEAD_DIGITS} to 64 hex digits (0-9, a-f), got {shown!r}"
+        )
+    return value.lower()
+
+
 @audit_app.command("verify")
 def audit_verify(
     file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
-    head: Annotated[str | None, typer.Option(help="The head hash a command printed: the log must end there.")] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help=f"The head hash a command printed (all 64 hex digits, or the first {HEAD_DIGITS} or more): the log "
+            "must end there.",
+            callback=_head_digits,
+        ),
+    ] = None,
     policy: Annotated[
         str | None,
         typer.Option(help="Policy naming the route whose state holds the head (with --manifest/--kubeconfig)."),
