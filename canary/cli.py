@@ -885,8 +885,10 @@ def plan(
     typer.echo(f"{policy} at {rps:g} requests/s ({seeds} simulated rollouts per figure, deadline "
                f"{loaded.max_duration_s / 60:g} min):")  # fmt: skip
     for weight, minutes in zip(loaded.steps, found.step_minutes, strict=False):
-        shown = f"{minutes:.0f} min" if minutes is not None else "not passed in most rollouts"
-        typer.echo(f"  step {weight}%: passes in {shown} for a canary equal to the baseline")
+        shown = (
+            f"passes in {minutes:.0f} min" if minutes is not None else "not passed within the deadline in most rollouts"
+        )
+        typer.echo(f"  step {weight}%: {shown} for a canary equal to the baseline")
     total = f"{found.total_minutes:.0f} min" if found.total_minutes is not None else "not within the deadline"
     typer.echo(f"  promoted: {100 * found.promoted_share:.0f}% of rollouts, median {total}")
     for kind, smallest in found.smallest.items():
