@@ -998,17 +998,27 @@ def audit_show(
 ) -> None:
     """Print an audit log: when, who, what moved, why, and whether the change was made."""
     try:
+        shown = 0
         for sealed in read_records(file, _torn):
             record = sealed.record
             if rollout and getattr(record, "rollout", None) != rollout:
                 continue
+            shown += 1
             if output is OutputFormat.json:
                 typer.echo(sealed.encode().decode().rstrip("\n"))
                 continue
             for line in _show(record):
                 typer.echo(line)
+        if rollout and not shown:
+            raise _no_rollout(file, rollout)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
+
+
+def _no_rollout(file: str, rollout: str | None) -> CanaryError:
+    """A log that holds no record of the rollout asked for (or none at all): exit 2, not an empty answer a
+    pipeline would read as "nothing happened"."""
+    return CanaryError(f"{file}: " + (f"no rollout {rollout}" if rollout else "holds no rollout"))
 
 
 def _show(record: DecisionRecord | OutcomeRecord | NoteRecord) -> list[str]:
@@ -1068,7 +1078,7 @@ def report(
     try:
         view = rollout_view(read_records(file, _torn), rollout)
         if view is None:
-            raise CanaryError(f"{file}: " + (f"no rollout {rollout}" if rollout else "holds no rollout"))
+            raise _no_rollout(file, rollout)
         check = verify_chain(file)
         links = reader_links(load_policy(policy), view.start, view.decisions[-1].time) if policy else []
     except CanaryError as exc:

@@ -316,7 +316,10 @@ def test_audit_show_filters_by_rollout_and_prints_json(
     runner: CliRunner, produced_log: tuple[Path, dict[str, Any]]
 ) -> None:
     audit, out = produced_log
-    assert invoke(runner, "audit", "show", audit, "--rollout", "someone-else").stdout == ""
+    for output in ("text", "json"):  # as `canary report --rollout` does: exit 2, not an empty answer
+        other = invoke(runner, "audit", "show", audit, "--rollout", "someone-else", "--output", output)
+        assert (other.exit_code, other.stdout) == (2, "")
+        assert one_error_line(other.stderr) == f"canary: {audit}: no rollout someone-else"
     result = invoke(runner, "audit", "show", audit, "--rollout", out["rollout"], "--output", "json")
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert records == [json.loads(line) for line in audit.read_text().splitlines()]  # the lines as stored
