@@ -12,6 +12,7 @@ import functools
 import getpass
 import inspect
 import json
+import math
 import os
 import signal
 import string
@@ -190,6 +191,23 @@ def _named(value: str | None) -> str | None:
     return value
 
 
+def bounded(low: float, high: float) -> dict[str, Any]:
+    """A float option's range, for its help (min, max) and its parser: typer's own check lets NaN through to a
+    message that says "should be less than or equal to" of a value that is no number at all."""
+
+    def parse(value: object) -> float:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not low <= number <= high:  # NaN is in no range
+            what = "not a number" if number is None or math.isnan(number) else "out of range"
+            raise typer.BadParameter(f"expected a number from {low:.15g} to {high:.15g}, got {safe(value)!r} ({what})")
+        return number
+
+    return {"min": low, "max": high, "parser": parse}
+
+
 Manifest = Annotated[
     str | None,
     typer.Option(help="VirtualService manifest file that holds the weights and the rollout state.", callback=_named),
@@ -208,7 +226,9 @@ Context = Annotated[
 AuditFile = Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).", callback=_named)]
 LockTimeout = Annotated[
     float,
-    typer.Option(help="Seconds to wait for another canary command on the same audit log to finish.", min=0, max=3600),
+    typer.Option(
+        help="Seconds to wait for another canary command on the same audit log to finish.", **bounded(0, 3600)
+    ),
 ]
 Seed = Annotated[int, typer.Option(help="Random seed of the simulated mesh.", min=0, max=2**32 - 1)]
 MetricsPort = Annotated[
@@ -856,11 +876,13 @@ def _check_outlook(policy: Policy, audit: str | None, state: RolloutState) -> tu
 @app.command()
 def plan(
     policy: Annotated[str, typer.Argument(help="Policy file.")],
-    rps: Annotated[float, typer.Option(help="Requests per second to the service, both versions.", min=0.1, max=1e6)],
-    error_rate: Annotated[float, typer.Option(help="The baseline's error rate (0.01 = 1%).", min=0, max=0.5)] = 0.01,
-    latency_median: Annotated[float, typer.Option(help="The baseline's median latency, ms.", min=0.1, max=1e6)] = 80.0,
+    rps: Annotated[float, typer.Option(help="Requests per second to the service, both versions.", **bounded(0.1, 1e6))],
+    error_rate: Annotated[float, typer.Option(help="The baseline's error rate (0.01 = 1%).", **bounded(0, 0.5))] = 0.01,
+    latency_median: Annotated[
+        float, typer.Option(help="The baseline's median latency, ms.", **bounded(0.1, 1e6))
+    ] = 80.0,
     latency_sigma: Annotated[
-        float, typer.Option(help="Spread of log latency (0.5: p99 = 3.2x median).", min=0.05, max=3.0)
+        float, typer.Option(help="Spread of log latency (0.5: p99 = 3.2x median).", **bounded(0.05, 3.0))
     ] = 0.5,
     baseline_pods: Annotated[int, typer.Option(min=1, max=1000)] = 6,
     canary_pods: Annotated[int, typer.Option(min=1, max=1000)] = 2,

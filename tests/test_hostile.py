@@ -948,6 +948,25 @@ def test_rollback_with_a_lock_timeout_out_of_range(value: str, manifest: Path, a
     assert manifest.read_bytes() == before and not applied_outcomes(audit)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["plan", "POL", "--rps", "V"], ["plan", "POL", "--rps", "1", "--latency-median", "V"],
+     ["plan", "POL", "--rps", "1", "--error-rate", "V"], ["plan", "POL", "--rps", "1", "--latency-sigma", "V"],
+     ["run", "POL", "--simulate", "healthy", "--lock-timeout", "V"], ["rollback", "POL", "--lock-timeout", "V"]],
+    ids=["plan-rps", "plan-latency-median", "plan-error-rate", "plan-latency-sigma", "run-lock-timeout",
+         "rollback-lock-timeout"],
+)  # fmt: skip
+@pytest.mark.parametrize("value", ["nan", "-nan", "NaN"])
+def test_a_nan_option_is_refused_as_not_a_number(args: list[str], value: str, tmp_path: Path) -> None:
+    """NaN compares false with every bound: it is named as no number, not as "should be less than or equal"."""
+    o = invoke(*[{"POL": str(POLICY), "V": value}.get(a, a) for a in args], cwd=tmp_path)
+    option = args[args.index("V") - 1]
+    check_refused(
+        o, mentions=[f"Invalid value for '{option}': expected a number from", f"got '{value}' (not a number)"]
+    )
+    assert "less than" not in o.err and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("value", ["1e308", "1e20", "nan", "inf", "-1", "0"])
 def test_analyze_with_a_prometheus_timeout_out_of_range(value: str, prom: HostilePrometheus) -> None:
     check_refused(analyze(prom, POLICY, "--prometheus-timeout", value), mentions=["timeout"])
