@@ -85,6 +85,23 @@ audit_app = typer.Typer(help="Read and verify audit logs.", no_args_is_help=True
 app.add_typer(audit_app, name="audit")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"canary {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print canary's version (the installed package's) and exit.", is_eager=True,
+                     callback=_print_version),
+    ] = False,
+) -> None:  # fmt: skip
+    """Options that come before the command: --version."""
+
+
 class OutputFormat(StrEnum):
     text = "text"
     json = "json"

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -408,6 +409,11 @@ def test_audit_verify_against_a_route_needs_its_policy_and_its_state(
     result = invoke(runner, "audit", "verify", audit, *(given.get(a, a) for a in args))
     assert result.exit_code == 2
     assert one_error_line(result.stderr) == f"canary: {message}"
+
+
+def test_version_prints_the_installed_package_version(tmp_path: Path) -> None:
+    result = cli("--version", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"canary {version('canary')}\n", "")
 
 
 def test_audit_commands_as_subprocesses(produced_log: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
