@@ -462,6 +462,9 @@ def _lines(path: str | Path) -> Iterator[tuple[int, dict[str, object] | None, bo
 # ---------------------------------------------------------------------------------------- verifying
 
 
+HEAD_DIGITS = 16  # how much of a head canary's messages print: enough to name one record of any log
+
+
 @dataclass(frozen=True)
 class ChainCheck:
     records: int
@@ -478,13 +481,16 @@ class ChainCheck:
 def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool = False) -> ChainCheck:
     """Check every line's hash and link, that every change has its outcome, and the end against `head`.
 
-    A `head` a person gives (one a command printed) must be the last record's hash. The head a route holds
-    (`route_head`) may be followed by records that changed nothing on it (changes that failed, holds, notes).
+    A `head` a person gives (one a command printed) must be the last record's hash; it may be given by its
+    first digits (HEAD_DIGITS or more, as canary's messages print it) when they name one record of the log.
+    The head a route holds (`route_head`) may be followed by records that changed nothing on it (changes that
+    failed, holds, notes).
     """
     prev, count, last_line = GENESIS, 0, 0
     open_change: Sealed | None = None
     after_head: list[Sealed] = []
-    seen_head = head is None or head == GENESIS
+    seen_head = head is None or GENESIS.startswith(head)
+    named = 0  # the records whose hash starts with `head`: a head given by its first digits must name one
     for number, data, whole in _lines(path):
         last_line = number
         if data is None:
@@ -506,16 +512,20 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
             if open_change is not None:
                 return ChainCheck(count, prev, "a change recorded before the outcome of the one before it", number)
             open_change = sealed  # records that write nothing (a hold while the route was unreadable) may follow
+        if head is not None and sealed.hash.startswith(head):
+            named += 1
         if seen_head:
             after_head.append(sealed)
-        elif sealed.hash == head:
+        elif head is not None and sealed.hash.startswith(head):
             seen_head = True
     if count == 0:
         return ChainCheck(0, GENESIS, "holds no records")
     if not _ends_with_newline(path):
         return ChainCheck(count, prev, "the last line has no newline (torn by a crash?)", last_line)
     pending = "the last change has no recorded outcome yet (the next command records it)"
-    if head is None or head == prev:
+    if named > 1:
+        return ChainCheck(count, prev, f"{named} records have a hash starting {head}: give more of the head's digits")
+    if head is None or prev.startswith(head):
         return ChainCheck(count, prev, None, note=pending if open_change is not None else None)
     if route_head and open_change is not None and head == seal(applied_outcome(open_change), prev).hash:
         return ChainCheck(

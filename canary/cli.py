@@ -12,8 +12,10 @@ import functools
 import getpass
 import inspect
 import json
+import math
 import os
 import signal
+import string
 import sys
 import time
 import unicodedata
@@ -39,7 +41,7 @@ from canary.app import (
     router_for,
     simulated_rollout,
 )
-from canary.audit import read_records, verify_chain
+from canary.audit import HEAD_DIGITS, read_records, verify_chain
 from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, TickReport
 from canary.display import Progress, summary
 from canary.errors import CanaryError, Cancelled
@@ -47,6 +49,7 @@ from canary.links import reader_links
 from canary.model import Decision, Phase
 from canary.notices import Notice, event_of
 from canary.notifier import Failure, Notifier
+from canary.outputs import NotRegularFile, replace_file
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
 from canary.promql import Scope, operator_queries
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
@@ -80,6 +83,23 @@ app = typer.Typer(
 )
 audit_app = typer.Typer(help="Read and verify audit logs.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(audit_app, name="audit")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"canary {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print canary's version (the installed package's) and exit.", is_eager=True,
+                     callback=_print_version),
+    ] = False,
+) -> None:  # fmt: skip
+    """Options that come before the command: --version."""
 
 
 class OutputFormat(StrEnum):
@@ -188,6 +208,23 @@ def _named(value: str | None) -> str | None:
     return value
 
 
+def bounded(low: float, high: float) -> dict[str, Any]:
+    """A float option's range, for its help (min, max) and its parser: typer's own check lets NaN through to a
+    message that says "should be less than or equal to" of a value that is no number at all."""
+
+    def parse(value: object) -> float:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not low <= number <= high:  # NaN is in no range
+            what = "not a number" if number is None or math.isnan(number) else "out of range"
+            raise typer.BadParameter(f"expected a number from {low:.15g} to {high:.15g}, got {safe(value)!r} ({what})")
+        return number
+
+    return {"min": low, "max": high, "parser": parse}
+
+
 Manifest = Annotated[
     str | None,
     typer.Option(help="VirtualService manifest file that holds the weights and the rollout state.", callback=_named),
@@ -206,7 +243,9 @@ Context = Annotated[
 AuditFile = Annotated[str | None, typer.Option(help="Audit log file (default: the policy's).", callback=_named)]
 LockTimeout = Annotated[
     float,
-    typer.Option(help="Seconds to wait for another canary command on the same audit log to finish.", min=0, max=3600),
+    typer.Option(
+        help="Seconds to wait for another canary command on the same audit log to finish.", **bounded(0, 3600)
+    ),
 ]
 Seed = Annotated[int, typer.Option(help="Random seed of the simulated mesh.", min=0, max=2**32 - 1)]
 MetricsPort = Annotated[
@@ -861,11 +900,13 @@ def _check_outlook(policy: Policy, audit: str | None, state: RolloutState) -> tu
 @app.command()
 def plan(
     policy: Annotated[str, typer.Argument(help="Policy file.")],
-    rps: Annotated[float, typer.Option(help="Requests per second to the service, both versions.", min=0.1, max=1e6)],
-    error_rate: Annotated[float, typer.Option(help="The baseline's error rate (0.01 = 1%).", min=0, max=0.5)] = 0.01,
-    latency_median: Annotated[float, typer.Option(help="The baseline's median latency, ms.", min=0.1, max=1e6)] = 80.0,
+    rps: Annotated[float, typer.Option(help="Requests per second to the service, both versions.", **bounded(0.1, 1e6))],
+    error_rate: Annotated[float, typer.Option(help="The baseline's error rate (0.01 = 1%).", **bounded(0, 0.5))] = 0.01,
+    latency_median: Annotated[
+        float, typer.Option(help="The baseline's median latency, ms.", **bounded(0.1, 1e6))
+    ] = 80.0,
     latency_sigma: Annotated[
-        float, typer.Option(help="Spread of log latency (0.5: p99 = 3.2x median).", min=0.05, max=3.0)
+        float, typer.Option(help="Spread of log latency (0.5: p99 = 3.2x median).", **bounded(0.05, 3.0))
     ] = 0.5,
     baseline_pods: Annotated[int, typer.Option(min=1, max=1000)] = 6,
     canary_pods: Annotated[int, typer.Option(min=1, max=1000)] = 2,
@@ -890,8 +931,10 @@ def plan(
     typer.echo(f"{policy} at {rps:g} requests/s ({seeds} simulated rollouts per figure, deadline "
                f"{loaded.max_duration_s / 60:g} min):")  # fmt: skip
     for weight, minutes in zip(loaded.steps, found.step_minutes, strict=False):
-        shown = f"{minutes:.0f} min" if minutes is not None else "not passed in most rollouts"
-        typer.echo(f"  step {weight}%: passes in {shown} for a canary equal to the baseline")
+        shown = (
+            f"passes in {minutes:.0f} min" if minutes is not None else "not passed within the deadline in most rollouts"
+        )
+        typer.echo(f"  step {weight}%: {shown} for a canary equal to the baseline")
     total = f"{found.total_minutes:.0f} min" if found.total_minutes is not None else "not within the deadline"
     typer.echo(f"  promoted: {100 * found.promoted_share:.0f}% of rollouts, median {total}")
     for kind, smallest in found.smallest.items():
@@ -922,25 +965,28 @@ def dashboard(
     _emit(text, out, reads=(policy,))
 
 
-def _emit(text: str, out: str | None, *, reads: tuple[str | None, ...] = ()) -> bool:
+def _emit(text: str, out: str | None, *, reads: tuple[str | None, ...] = (), printable: bool = True) -> bool:
     """Print a generated document, or write it to `out` (a one-line error if it cannot be); True if written.
 
     `out` may not be one of the files the command read (`reads`): `-o` naming the audit log or the policy
-    would replace the input with the output. The document is written beside `out` and renamed over it, so
-    a command killed mid-write leaves the old file or the new one, never half of either."""
+    would replace the input with the output. The document replaces `out` whole (canary.outputs): a killed
+    command leaves the old file or the new one, a link is followed, and a FIFO, a device or a directory is
+    refused. `printable`: the command prints the document when -o is left out (said when -o names stdout)."""
     if out is None:
         typer.echo(text, nl=False)
         return False
+    hint = "; leave out -o to print it" if printable else ""
+    if out == "-":  # no command reads "-" as stdout: a file named "-" would be a surprise
+        raise _fail(f"-o -: canary writes to a file, not to stdout{hint or '; name a file'}")
     target = Path(out)
     for read in filter(None, reads):
         if _same_file(target, Path(read)):
             raise _fail(f"{out}: is an input of this command ({read}); name another file with -o")
-    temp = target.with_name(f".{target.name}.canary-tmp")
     try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, target)
+        replace_file(target, text.encode("utf-8"))
+    except NotRegularFile as exc:
+        raise _fail(f"{exc}{hint if exc.kind != 'a directory' else ''}") from None
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
     return True
 
@@ -998,17 +1044,27 @@ def audit_show(
 ) -> None:
     """Print an audit log: when, who, what moved, why, and whether the change was made."""
     try:
+        shown = 0
         for sealed in read_records(file, _torn):
             record = sealed.record
             if rollout and getattr(record, "rollout", None) != rollout:
                 continue
+            shown += 1
             if output is OutputFormat.json:
                 typer.echo(sealed.encode().decode().rstrip("\n"))
                 continue
             for line in _show(record):
                 typer.echo(line)
+        if rollout and not shown:
+            raise _no_rollout(file, rollout)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
+
+
+def _no_rollout(file: str, rollout: str | None) -> CanaryError:
+    """A log that holds no record of the rollout asked for (or none at all): exit 2, not an empty answer a
+    pipeline would read as "nothing happened"."""
+    return CanaryError(f"{file}: " + (f"no rollout {rollout}" if rollout else "holds no rollout"))
 
 
 def _show(record: DecisionRecord | OutcomeRecord | NoteRecord) -> list[str]:
@@ -1068,13 +1124,14 @@ def report(
     try:
         view = rollout_view(read_records(file, _torn), rollout)
         if view is None:
-            raise CanaryError(f"{file}: " + (f"no rollout {rollout}" if rollout else "holds no rollout"))
+            raise _no_rollout(file, rollout)
         check = verify_chain(file)
         links = reader_links(load_policy(policy), view.start, view.decisions[-1].time) if policy else []
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     verified = f"{check.records} records, hash chain intact" if check.ok else f"does NOT verify: {check.problem}"
-    _emit(secrets.scrub(render(view, head=check.head, verified=verified, links=links)), out, reads=(file, policy))
+    page = secrets.scrub(render(view, head=check.head, verified=verified, links=links))
+    _emit(page, out, reads=(file, policy), printable=False)
     if output is OutputFormat.json:
         typer.echo(json.dumps({"rollout": view.rollout, "out": out, "head": check.head, "verified": check.ok}))
     else:
@@ -1168,10 +1225,29 @@ def audit_replay(
         raise typer.Exit(1)
 
 
+def _head_digits(value: str | None) -> str | None:
+    """A head as canary prints it: the whole SHA-256 or its first HEAD_DIGITS digits or more (one record's)."""
+    if value is None:
+        return None
+    if not (HEAD_DIGITS <= len(value) <= 64 and all(ch in string.hexdigits for ch in value)):
+        shown = value if len(value) <= 70 else f"{value[:64]}... ({len(value)} characters)"
+        raise typer.BadParameter(
+            f"expected the head a command printed: {HEAD_DIGITS} to 64 hex digits (0-9, a-f), got {shown!r}"
+        )
+    return value.lower()
+
+
 @audit_app.command("verify")
 def audit_verify(
     file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
-    head: Annotated[str | None, typer.Option(help="The head hash a command printed: the log must end there.")] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help=f"The head hash a command printed (all 64 hex digits, or the first {HEAD_DIGITS} or more): the log "
+            "must end there.",
+            callback=_head_digits,
+        ),
+    ] = None,
     policy: Annotated[
         str | None,
         typer.Option(help="Policy naming the route whose state holds the head (with --manifest/--kubeconfig)."),

@@ -42,7 +42,7 @@ def read_file(path: str | Path, what: str) -> bytes:
         raise InputError(f"{name}: cannot read the {what} file: {exc.strerror or exc}") from None
     try:
         info = os.fstat(fd)
-        kind = _kind(info.st_mode)
+        kind = kind_of(info.st_mode)
         if kind is not None:
             raise InputError(f"{name}: is {kind}, not a {what} file")
         if info.st_size > limit:
@@ -82,7 +82,7 @@ def check_regular(path: str | Path, what: str) -> None:
         return
     except OSError as exc:
         raise InputError(f"{path}: cannot use the {what}: {exc.strerror or exc}") from None
-    kind = _kind(info.st_mode)
+    kind = kind_of(info.st_mode)
     if kind is not None:
         raise InputError(f"{path}: is {kind}, not {_a(what)}")
 
@@ -109,7 +109,7 @@ def _a(what: str) -> str:
     return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
 
 
-def _kind(mode: int) -> str | None:
+def kind_of(mode: int) -> str | None:
     """What a non-regular file is, in words; None for a regular file."""
     if stat.S_ISREG(mode):
         return None

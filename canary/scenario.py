@@ -210,6 +210,8 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
         raise ScenarioError(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise ScenarioError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:  # the JSON parser recurses once per level: a file can be deeper than the stack
+        raise ScenarioError(f"{path}: nested too deeply to be a scenario") from None
     items = data.get("scenarios", [data]) if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise ScenarioError(f'{path}: expected a scenario object or {{"scenarios": [...]}}')

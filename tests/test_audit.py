@@ -118,6 +118,20 @@ def test_an_untouched_log_verifies_against_its_head(log: tuple[Path, str]) -> No
     assert check.ok and check.records == 6 and check.head == head
 
 
+def test_a_head_given_by_its_first_digits_must_name_one_record(tmp_path: Path) -> None:
+    """The 16 digits canary's messages print name the head; digits shared by two records' hashes name none."""
+    path = tmp_path / "a.jsonl"
+    head = write_log(path, 9)  # 18 records: two hashes share their first digit
+    assert verify_chain(path, head[:16]).ok
+    earlier = list(read_records(path))[-3].hash
+    assert verify_chain(path, earlier[:16]).problem == f"2 records follow the head {earlier[:16]} (appended after it)"
+    hashes = [sealed.hash for sealed in read_records(path)]
+    shared = next(h[:1] for h in hashes if sum(other.startswith(h[:1]) for other in hashes) > 1)
+    count = sum(h.startswith(shared) for h in hashes)
+    check = verify_chain(path, shared)
+    assert check.problem == f"{count} records have a hash starting {shared}: give more of the head's digits"
+
+
 def test_an_edited_byte_breaks_the_chain_at_its_line(log: tuple[Path, str]) -> None:
     path, _ = log
     text = lines(path)

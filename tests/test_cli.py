@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +317,10 @@ def test_audit_show_filters_by_rollout_and_prints_json(
     runner: CliRunner, produced_log: tuple[Path, dict[str, Any]]
 ) -> None:
     audit, out = produced_log
-    assert invoke(runner, "audit", "show", audit, "--rollout", "someone-else").stdout == ""
+    for output in ("text", "json"):  # as `canary report --rollout` does: exit 2, not an empty answer
+        other = invoke(runner, "audit", "show", audit, "--rollout", "someone-else", "--output", output)
+        assert (other.exit_code, other.stdout) == (2, "")
+        assert one_error_line(other.stderr) == f"canary: {audit}: no rollout someone-else"
     result = invoke(runner, "audit", "show", audit, "--rollout", out["rollout"], "--output", "json")
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert records == [json.loads(line) for line in audit.read_text().splitlines()]  # the lines as stored
@@ -361,6 +365,32 @@ def test_audit_verify_with_the_head_a_run_printed(runner: CliRunner, produced_lo
     )
 
 
+def test_audit_verify_takes_the_head_as_canary_prints_it(
+    runner: CliRunner, produced_log: tuple[Path, dict[str, Any]]
+) -> None:
+    """The first 16 digits (what canary's messages show), in either case, name the head as the whole hash does."""
+    audit, out = produced_log
+    for given in (out["audit_head"][:16], out["audit_head"][:40].upper()):
+        ok = invoke(runner, "audit", "verify", audit, "--head", given)
+        assert ok.exit_code == 0 and "hash chain intact ending at the given head" in ok.stdout, ok.stderr
+    earlier = list(read_records(audit))[-3].hash[:16]
+    extended = invoke(runner, "audit", "verify", audit, "--head", earlier)
+    assert extended.exit_code == 1 and f"2 records follow the head {earlier}" in extended.stderr
+
+
+@pytest.mark.parametrize("given", ["abc", "HEAD15", "0123456789abcdeg", "ff" * 33, "", " HEAD"])
+def test_audit_verify_refuses_a_head_that_is_not_one_as_a_usage_error(
+    given: str, produced_log: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Too short, not hex, too long, empty: exit 2 and one line saying what a head is, never exit 1 ("does not
+    verify") for what is a typo."""
+    audit, out = produced_log
+    head = given.replace("HEAD15", out["audit_head"][:15]).replace("HEAD", out["audit_head"])
+    result = cli("audit", "verify", audit, "--head", head, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--head" in one_error_line(result.stderr) and "16 to 64 hex digits" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -379,6 +409,11 @@ def test_audit_verify_against_a_route_needs_its_policy_and_its_state(
     result = invoke(runner, "audit", "verify", audit, *(given.get(a, a) for a in args))
     assert result.exit_code == 2
     assert one_error_line(result.stderr) == f"canary: {message}"
+
+
+def test_version_prints_the_installed_package_version(tmp_path: Path) -> None:
+    result = cli("--version", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"canary {version('canary')}\n", "")
 
 
 def test_audit_commands_as_subprocesses(produced_log: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -426,6 +427,14 @@ def test_a_scenario_that_is_not_a_regular_file(kind: str, tmp_path: Path, launch
             cwd=tmp_path, timeout_s=FILE_LIMIT_S,
         )  # fmt: skip
     check_refused(Outcome.of(ran), mentions=[str(path)])
+
+
+def test_a_scenario_nested_a_hundred_thousand_deep(tmp_path: Path, launcher: MemoryLimitedLauncher) -> None:
+    """Refused in one line, as a policy that deep is (not a RecursionError from the JSON parser)."""
+    path = write(tmp_path / "deep.json", b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    ran = launcher.run(["run", POLICY, "--simulate", path, "--audit", tmp_path / "a.jsonl"], cwd=tmp_path,
+                       timeout_s=FILE_LIMIT_S)  # fmt: skip
+    check_refused(Outcome.of(ran), mentions=[f"canary: {path}: nested too deeply to be a scenario"])
 
 
 def test_a_scenario_that_is_a_token_file(tmp_path: Path) -> None:
@@ -939,6 +948,25 @@ def test_rollback_with_a_lock_timeout_out_of_range(value: str, manifest: Path, a
     assert manifest.read_bytes() == before and not applied_outcomes(audit)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["plan", "POL", "--rps", "V"], ["plan", "POL", "--rps", "1", "--latency-median", "V"],
+     ["plan", "POL", "--rps", "1", "--error-rate", "V"], ["plan", "POL", "--rps", "1", "--latency-sigma", "V"],
+     ["run", "POL", "--simulate", "healthy", "--lock-timeout", "V"], ["rollback", "POL", "--lock-timeout", "V"]],
+    ids=["plan-rps", "plan-latency-median", "plan-error-rate", "plan-latency-sigma", "run-lock-timeout",
+         "rollback-lock-timeout"],
+)  # fmt: skip
+@pytest.mark.parametrize("value", ["nan", "-nan", "NaN"])
+def test_a_nan_option_is_refused_as_not_a_number(args: list[str], value: str, tmp_path: Path) -> None:
+    """NaN compares false with every bound: it is named as no number, not as "should be less than or equal"."""
+    o = invoke(*[{"POL": str(POLICY), "V": value}.get(a, a) for a in args], cwd=tmp_path)
+    option = args[args.index("V") - 1]
+    check_refused(
+        o, mentions=[f"Invalid value for '{option}': expected a number from", f"got '{value}' (not a number)"]
+    )
+    assert "less than" not in o.err and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("value", ["1e308", "1e20", "nan", "inf", "-1", "0"])
 def test_analyze_with_a_prometheus_timeout_out_of_range(value: str, prom: HostilePrometheus) -> None:
     check_refused(analyze(prom, POLICY, "--prometheus-timeout", value), mentions=["timeout"])
@@ -1185,6 +1213,18 @@ def test_analyze_against_a_prometheus_that_answers(mode: str, prom: HostileProme
     before = snapshot(tmp_path)
     o = analyze(prom, POLICY, "--prometheus-token-file", token)
     check_refused(o, root=tmp_path, before=before)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [garbage_reply(), Reply(200, b"<!doctype html><title>Sign in</title>\n", {"Content-Type": "text/html"})],
+    ids=["garbage", "a-login-page"],
+)
+def test_analyze_against_a_server_answering_html_says_it_is_not_json(reply: Reply, prom: HostilePrometheus) -> None:
+    """A 200 that is no JSON (a proxy's login page, a wrong URL) is named for what it is, not as a decode error."""
+    o = analyze(prom.misbehave(reply), POLICY)
+    check_refused(o, mentions=[f"{prom.url} answered the metric 'error-rate' query with something other than JSON"])
+    assert "JSONDecodeError" not in o.err
 
 
 @pytest.mark.parametrize("mode", params({k: k for k in HONEST_ODDITIES}))
@@ -1704,6 +1744,96 @@ def test_an_output_is_written_whole_or_not_at_all(demo_log: Path, tmp_path: Path
     o = invoke("audit", "export", demo_log, "-o", out)
     check_clean(o, codes=(0,))
     assert out.read_text().startswith("rollout,") and [p.name for p in tmp_path.iterdir()] == ["rows.csv"]
+
+
+OUTPUT_COMMANDS = {
+    "dashboard": ["dashboard", "POL", "-o", "OUT"],
+    "export": ["audit", "export", "LOG", "-o", "OUT"],
+    "report": ["report", "LOG", "-o", "OUT"],
+}
+
+
+def _output_command(name: str, out: Path | str, demo_log: Path) -> list[str]:
+    names = {"POL": str(POLICY), "LOG": str(demo_log), "OUT": str(out)}
+    return [names.get(a, a) for a in OUTPUT_COMMANDS[name]]
+
+
+def _special_output(kind: str, tmp_path: Path, stack: contextlib.ExitStack) -> Path:
+    """A FIFO, a device, a directory or a socket where -o points. The device is made in tmp_path when canary
+    runs as root (which could replace /dev/full itself), /dev/full otherwise (which it cannot)."""
+    if kind == "device":
+        if os.geteuid() != 0:
+            return Path("/dev/full")
+        path = tmp_path / "full"
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+        return path
+    if kind == "socket":
+        import socket
+
+        path = tmp_path / "sock"
+        server = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        server.bind(str(path))
+        return path
+    return special_file(kind, tmp_path, stack)
+
+
+@pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "socket"])
+def test_an_output_that_is_not_a_regular_file_is_refused_and_left_as_it_is(
+    kind: str, command: str, demo_log: Path, tmp_path: Path
+) -> None:
+    """A FIFO, a device or a directory at the -o path is refused by name and kind, nothing written, and stays
+    what it was (never replaced by a regular file)."""
+    words = {"fifo": "a FIFO", "device": "a device", "directory": "a directory", "socket": "a socket"}
+    with contextlib.ExitStack() as stack:
+        out = _special_output(kind, tmp_path, stack)
+        mode = os.stat(out).st_mode
+        before = snapshot(tmp_path)
+        o = invoke(*_output_command(command, out, demo_log))
+        check_refused(o, mentions=[f"canary: {out}: is {words[kind]}, not a regular file"])
+        assert os.stat(out).st_mode == mode and not written(tmp_path, before)
+        assert not [p for p in tmp_path.iterdir() if ".canary-" in p.name]
+
+
+@pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
+def test_an_output_through_a_symbolic_link_replaces_its_target_keeping_its_mode(
+    command: str, demo_log: Path, tmp_path: Path
+) -> None:
+    target = write(tmp_path / "real" / "doc", "old\n")
+    target.chmod(0o640)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    o = invoke(*_output_command(command, link, demo_log))
+    check_clean(o, codes=(0,))
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert target.read_text() != "old\n" and stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in target.parent.iterdir()) == ["doc"]
+
+
+def test_an_output_is_not_written_through_a_link_planted_at_a_guessable_temporary_name(
+    demo_log: Path, tmp_path: Path
+) -> None:
+    """The temporary file is made exclusively under a name no one can guess: a link waiting at the name an
+    older canary used (`.NAME.canary-tmp`) redirects nothing."""
+    victim = write(tmp_path / "victim", "keep\n")
+    (tmp_path / ".doc.json.canary-tmp").symlink_to(victim)
+    o = invoke("dashboard", POLICY, "-o", tmp_path / "doc.json")
+    check_clean(o, codes=(0,))
+    assert victim.read_text() == "keep\n" and json.loads((tmp_path / "doc.json").read_text())["title"]
+
+
+def test_an_output_named_for_stdout_says_to_leave_out_the_option(demo_log: Path, tmp_path: Path) -> None:
+    """`-o -` is no file name canary reads as stdout, and `/dev/stdout` (a pipe here) is no regular file: both
+    refused, saying how to print; `report` (which always writes a file) asks for a file name."""
+    o = invoke("dashboard", POLICY, "-o", "-", cwd=tmp_path)
+    check_refused(o, mentions=["leave out -o to print it"])
+    o = invoke("report", demo_log, "-o", "-", cwd=tmp_path)
+    check_refused(o, mentions=["name a file"])
+    assert not list(tmp_path.iterdir())
+    ran = subprocess.run([str(Path(sys.executable).parent / "canary"), "audit", "export", str(demo_log), "-o",
+                          "/dev/stdout"], capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert (ran.returncode, ran.stdout) == (2, "")
+    assert ran.stderr == "canary: /dev/stdout: is a FIFO, not a regular file; leave out -o to print it\n"
 
 
 @pytest.mark.parametrize(

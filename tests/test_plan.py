@@ -32,6 +32,17 @@ def test_plan_prints_step_times_the_smallest_regressions_and_exits_0() -> None:
     assert not any("undecidable" in line for line in lines), "the shipped tolerances are decidable at 80 ms"
 
 
+def test_plan_at_too_little_traffic_says_the_steps_are_not_passed() -> None:
+    """At 0.1 requests/s no step passes before the deadline: each step's line says so in one sentence."""
+    result = CliRunner().invoke(app, ["plan", str(POLICY), "--rps", "0.1", "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    steps = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("step ")]
+    assert steps == [
+        f"step {w}%: not passed within the deadline in most rollouts for a canary equal to the baseline"
+        for w in (10, 50)
+    ]
+
+
 def test_plan_as_json_from_the_console_script(tmp_path: Path) -> None:
     run = subprocess.run(
         [str(Path(sys.executable).parent / "canary"), "plan", str(POLICY), "--rps", "50", "--seeds", "2",

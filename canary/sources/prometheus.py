@@ -383,10 +383,12 @@ class PrometheusSource:
             ) from None
         except PrometheusApiClientException as exc:
             raise self._http_error(str(exc), what) from exc
+        except requests.exceptions.JSONDecodeError as exc:  # also a RequestException, but no transport error
+            raise self._not_json(what) from exc
         except requests.exceptions.RequestException as exc:
             raise self._transport_error(exc, what) from exc
         except ValueError as exc:  # a 200 answer that is not JSON: not a Prometheus API
-            raise SourceError(f"{self.url} answered the {what} query with something other than JSON") from exc
+            raise self._not_json(what) from exc
         except (KeyError, TypeError) as exc:
             raise SourceError(f"{self.url} answered the {what} query without data.result") from exc
         except RecursionError:
@@ -394,6 +396,9 @@ class PrometheusSource:
         if not isinstance(result, list):
             raise SourceError(f"{self.url} answered the {what} query with a malformed result")
         return result
+
+    def _not_json(self, what: str) -> SourceError:
+        return SourceError(f"{self.url} answered the {what} query with something other than JSON")
 
     def _transport_error(self, exc: requests.exceptions.RequestException, what: str) -> SourceError:
         timeout = f"{self.settings.timeout_s:g} s"
