@@ -299,6 +299,28 @@ def test_bad_manifests_are_router_errors(tmp_path: Path, content: str | bytes | 
         ManifestRouter(path).read(WEB)
 
 
+def test_a_write_rewrites_only_the_virtualservice_and_keeps_the_rest_of_the_file_as_written(
+    tmp_path: Path, state: RolloutState
+) -> None:
+    """A GitOps commit of canary's change holds the weights and the state, nothing else: the file's header
+    comments, the DestinationRule (its comments and quoting) and the comments before the VirtualService
+    stay byte for byte."""
+    path = tmp_path / "m.yaml"
+    head = "# web-app routing, owned by the platform team\n---\n"
+    rule = (FIXTURES / "web-app-destinationrule.yaml").read_text() + "# trafficPolicy comes later\n"
+    vs = (FIXTURES / "web-app-virtualservice.yaml").read_text()
+    path.write_text(f"{head}{rule}---\n{vs}")
+    router = ManifestRouter(path)
+    router.write(WEB, router.read(WEB), Weights(50, 50), state)
+    text = path.read_text()
+    assert text.startswith(f"{head}{rule}---\n"), "everything before the VirtualService kept"
+    comments = vs[: vs.index("apiVersion")]
+    assert text[len(f"{head}{rule}---\n") :].startswith(comments)
+    after = router.read(WEB)
+    assert after.weights == Weights(50, 50) and after.state is not None and after.state.rollout == state.rollout
+    assert yaml.safe_load_all(text) is not None and len(list(yaml.safe_load_all(text))) == 2
+
+
 def test_a_manifest_holding_the_virtualservice_twice_is_refused_untouched(tmp_path: Path, state: RolloutState) -> None:
     """kubectl applies the last copy: moving the first would be undone on the cluster by the second."""
     path = tmp_path / "m.yaml"

@@ -10,7 +10,8 @@ a symbolic link is followed and its target replaced; a file without write permis
 file keeps its owner where canary may keep it (as root); a temporary file a killed command left behind is
 removed by the next write.
 The file may hold several YAML documents (a DestinationRule beside the VirtualService is used by the
-preflight); only the VirtualService named by the policy's target changes. Comments are not preserved.
+preflight); only the VirtualService named by the policy's target changes, and only its text is rewritten:
+the comments before it and every other document stay as written, comments inside it are not kept.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import yaml
 from canary.errors import InputError, RouterError, WeightConflict
 from canary.inputs import read_file
 from canary.model import Weights
+from canary.outputs import replace_file
 from canary.policy import Target
 from canary.routers.virtualservice import RouteRead, read_route, subsets_problem, with_route
 from canary.state import RolloutState
@@ -57,7 +57,6 @@ def _unique_keys(base: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
 _LOADER = _unique_keys(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 _PRECISE_LOADER = _unique_keys(yaml.SafeLoader)  # says where a mistake is more precisely
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-TEMP_MARK = ".canary-"  # temporary files are `.NAME.canary-XXXX` beside the manifest
 
 
 class ManifestRouter:
@@ -122,38 +121,24 @@ class ManifestRouter:
             raise WeightConflict(f"{self.path}: changed by someone else between canary's read and write")
         documents = self._documents(data)
         index = self._index(documents, target)
-        documents[index] = with_route(documents[index], target, weights, state)
-        self._replace(yaml.dump_all(documents, Dumper=_DUMPER, sort_keys=False).encode("utf-8"))
+        text = data.decode("utf-8")
+        begin, end = _document_spans(text)[index]
+        changed = yaml.dump(with_route(documents[index], target, weights, state), Dumper=_DUMPER, sort_keys=False)
+        self._replace(f"{text[:begin]}{changed}{text[end:]}".encode())
 
     def _replace(self, data: bytes) -> None:
-        real = Path(os.path.realpath(self.path))  # a symbolic link keeps pointing at the file it names
         try:
-            info = real.stat()
-            mode = stat.S_IMODE(info.st_mode)
+            writable = bool(Path(os.path.realpath(self.path)).stat().st_mode & 0o222)
         except OSError as exc:
             raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
-        if not mode & 0o222:
+        if not writable:
             raise RouterError(f"{self.path}: the file is read-only; canary does not replace it")
-        for stale in real.parent.glob(f".{real.name}{TEMP_MARK}*"):  # left by a command killed mid-write
-            stale.unlink(missing_ok=True)
         try:
-            fd, temp = tempfile.mkstemp(prefix=f".{real.name}{TEMP_MARK}", dir=real.parent)
+            replace_file(self.path, data)
+        except InputError as exc:  # no longer a regular file
+            raise RouterError(str(exc)) from None
         except OSError as exc:
             raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fchmod(fh.fileno(), mode)
-                if (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
-                    with contextlib.suppress(PermissionError):  # only root may give a file away
-                        os.fchown(fh.fileno(), info.st_uid, info.st_gid)
-                os.fsync(fh.fileno())
-            os.replace(temp, real)
-        except OSError as exc:
-            Path(temp).unlink(missing_ok=True)
-            raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
-        _sync_directory(real.parent)
 
     def subsets_problem(self, target: Target) -> str | None:
         """Checked when the file holds DestinationRules; a GitOps repository may keep them elsewhere."""
@@ -166,18 +151,22 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sync_directory(folder: Path) -> None:
-    """The rename is durable only once the folder is on disk too."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _document_spans(text: str) -> list[tuple[int, int]]:
+    """Where each document's content begins and ends in `text`, in the order `load_all` gives them: the
+    comments before a document, its `---` and every other document are kept as written."""
+    spans: list[tuple[int, int]] = []
+    depth, begin = 0, 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            begin = event.start_mark.index if depth == 0 else begin
+            depth += 1
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+            if depth == 0:
+                spans.append((begin, event.end_mark.index))
+        elif isinstance(event, yaml.ScalarEvent) and depth == 0:  # a document that is one value (or empty)
+            spans.append((event.start_mark.index, event.end_mark.index))
+    return spans
 
 
 def _is_target(doc: Any, target: Target) -> bool:
