@@ -158,15 +158,20 @@ def _document_spans(text: str) -> list[tuple[int, int]]:
     depth, begin = 0, 0
     for event in yaml.parse(text, Loader=_LOADER):
         if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
-            begin = event.start_mark.index if depth == 0 else begin
+            begin = _index_of(event.start_mark) if depth == 0 else begin
             depth += 1
         elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
             depth -= 1
             if depth == 0:
-                spans.append((begin, event.end_mark.index))
+                spans.append((begin, _index_of(event.end_mark)))
         elif isinstance(event, yaml.ScalarEvent) and depth == 0:  # a document that is one value (or empty)
-            spans.append((event.start_mark.index, event.end_mark.index))
+            spans.append((_index_of(event.start_mark), _index_of(event.end_mark)))
     return spans
+
+
+def _index_of(mark: Any) -> int:
+    assert mark is not None, "the parser marks every event"
+    return int(mark.index)
 
 
 def _is_target(doc: Any, target: Target) -> bool:
