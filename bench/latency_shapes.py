@@ -208,6 +208,19 @@ def cases() -> list[Case]:
             Case(f"twice-beyond-scaled-{tag}", LN, LN, q, m, factor=(1 + 2 * m) / (1 + m)),
             Case(f"twice-beyond-wider-{tag}", LN, wide, q, m, factor=(1 + 2 * m) / (1 + m)),
         ]
+    # Added later, after every case above (a case's seed is its place in this list): a narrow slow path of 3%
+    # inside the bucket of p99's point, whose requests the buckets cannot place (docs/statistics.md).
+    slow_path = Mixture(((0.97, 80.0, 0.5), (0.03, 380.0, 0.08)))
+    for swing, rps, tag in ((0.3, 100.0, "p99"), (0.0, 1000.0, "steady-load-1000rps-p99")):
+        out += [
+            Case(f"slow-path-in-bucket-{tag}", LN, slow_path, 0.99, 0.25, rps=rps, load_swing=swing),
+            Case(f"twice-beyond-slow-path-in-bucket-{tag}", LN, slow_path, 0.99, 0.25, 1.2, rps, load_swing=swing),
+        ]
+    # Its twin: the slow path around 290 ms, within tolerance (p99 +17%), with the same bucket counts to within
+    # 0.005 percentage points at a steady load. Not rescaled: `factor` puts its p99 where it is.
+    twin = Mixture(((0.97, 80.0, 0.5), (0.03, 290.0, 0.05)))
+    within = twin.quantile(0.99) / (1.25 * LN.quantile(0.99))
+    out.append(Case("slow-path-in-bucket-within-tolerance-steady-load-p99", LN, twin, 0.99, 0.25, within, load_swing=0))
     return out
 
 

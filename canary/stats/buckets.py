@@ -62,10 +62,8 @@ def _survival_in(edges: tuple[float, ...], surv: list[float], x: float) -> tuple
             return lo_surv + (surv[i] - lo_surv) * (x - lo_edge) / (edge - lo_edge), False
         if _probit_reads(surv, i):
             return 1 - float(ndtr(_probit_curve(edges, surv, i)(math.log(x)))), True
-        if surv[i] == 0 < lo_surv < 1 and i >= 2 and edges[i - 2] > 0 and lo_surv < surv[i - 2] < 1:
-            below, at = float(ndtri(1 - surv[i - 2])), float(ndtri(1 - lo_surv))
-            slope = (at - below) / math.log(lo_edge / edges[i - 2])
-            return max(1 - float(ndtr(at + slope * math.log(x / lo_edge))), 0.0), True
+        if surv[i] == 0 and (continued := _slope_continued(edges, surv, i, x)) is not None:
+            return continued, True
         w = math.log(x / lo_edge) / math.log(edge / lo_edge)
         return lo_surv + (surv[i] - lo_surv) * w, surv[i] == lo_surv
     return (surv[-1] if surv else 1.0), False  # beyond the last finite edge nothing finer is known
@@ -112,6 +110,7 @@ def _probit_curve(edges: tuple[float, ...], surv: list[float], i: int) -> Callab
 
 
 SPARSE_BEYOND = 5.0  # below this many requests expected beyond a bucket, its shape comes from the totals
+BEND = 1.1  # a tail read heavier than the curve by less than this share is the curve's noise, not a bend
 
 
 @dataclass(frozen=True)
@@ -143,13 +142,44 @@ def block_share(
     the totals' split, wider than the block where the load moved, is the second reading, and the range
     spans both: neither reading alone moves a test.
 
-    With `baseline` (the baseline's block and running totals, whose curve placed x), a block with no request
-    beyond the upper edge also has the baseline's reading as its lowest (`_baseline_reading`)."""
+    With `baseline` (the baseline's block and running totals, whose curve placed x), two more readings:
+    - a block with no request beyond the upper edge has the baseline's reading as its lowest
+      (`_baseline_reading`): its own readings continue a slope from below, and a tail that steepens beyond
+      (a slow path of its own) is read too heavy;
+    - a block whose curve steepens across x's bucket (a slow path ending inside it, where no edge shows
+      whether its requests lie below x or beyond) has as its highest the lower of two readings that agree
+      the tail is heavier than the curve says: its slope from the bucket below continued, and the baseline's
+      reading, where the running totals bend so too (`_bends`). A tail that bends as its own slope below
+      does (a lognormal), or as the baseline's does (the baseline reshaped), keeps the curve's reading."""
     read = _block_share(hist, shape, x)
-    matched = _baseline_reading(hist, *baseline, x) if baseline is not None else None
-    if matched is None or not matched < read.low:
+    i = _bucket_index(hist.bounds, x)
+    if baseline is None or i is None or hist.total <= 0:
         return read
-    return BlockShare(read.share, matched, read.high)
+    block, totals = baseline
+    surv = [c / hist.total for c in survival_counts(hist)]
+    nothing_beyond = surv[i] == 0
+    continued = _slope_continued(hist.bounds, surv, i, x)
+    heavier = continued is not None and continued > read.high and _bends(shape, totals, x)
+    if not (nothing_beyond or heavier) or (matched := _baseline_reading(hist, block, totals, x)) is None:
+        return read
+    low = min(read.low, matched) if nothing_beyond else read.low
+    high = max(read.high, min(matched, continued)) if heavier and continued is not None else read.high
+    return BlockShare(read.share, low, high)
+
+
+def _bends(shape: Histogram, baseline_totals: Histogram, x: float) -> bool:
+    """Whether the running totals' curve steepens across x's bucket beyond what their slope below and the
+    baseline's curve allow: both those readings at least BEND times the curve's. A block's readings are
+    noisy; the totals decide that the bend is there, the block how heavy its tail is."""
+    i = _bucket_index(shape.bounds, x)
+    if i is None or shape.total <= 0:
+        return False
+    continued = _slope_continued(shape.bounds, [c / shape.total for c in survival_counts(shape)], i, x)
+    curve = _block_share(shape, shape, x).high
+    if continued is None or not continued > BEND * curve:
+        return False
+    matched = _baseline_reading(shape, baseline_totals, baseline_totals, x)
+    return matched is not None and matched > BEND * curve
 
 
 def _block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
@@ -177,26 +207,31 @@ def _block_share(hist: Histogram, shape: Histogram, x: float) -> BlockShare:
 
 
 def _baseline_reading(hist: Histogram, reference: Histogram, reference_shape: Histogram, x: float) -> float | None:
-    """Where `hist` has no request beyond the upper edge of x's bucket, its share beyond x read off the
-    reference's curve (`_block_share` with `reference_shape`), rescaled in latency to match `hist`'s share
-    beyond the bucket's lower edge; None where `hist` has requests beyond, or nothing matches.
-
-    The block's own readings of such a bucket continue a slope from the edges below, or split it as totals
-    that may hold nothing beyond it either; a tail that steepens beyond (a slow path of its own) is then read
-    too heavy. The reference (the baseline, whose curve placed x) reads exactly a histogram that is it
-    rescaled, and one with a heavier tail below the truth: a lower reading the fail test may take."""
+    """`hist`'s share beyond x read off the reference's curve (`_block_share` with `reference_shape`),
+    rescaled in latency to match `hist`'s share beyond the lower edge of x's bucket; None where nothing
+    matches. The reference (the baseline, whose curve placed x) reads exactly a histogram that is it
+    rescaled, one with a heavier tail below the truth and one with a lighter tail above it."""
     i = _bucket_index(hist.bounds, x)
     if i is None or hist.total <= 0:
         return None
-    beyond = survival_counts(hist)
-    below = beyond[i - 1] / hist.total
-    if beyond[i] > 0 or not 0 < below < 1:
+    below = survival_counts(hist)[i - 1] / hist.total
+    if not 0 < below < 1:
         return None
     u = locate(reference, below, reference_shape)
     if u is None:
         return None
     share = _block_share(reference, reference_shape, u * x / hist.bounds[i - 1]).share
     return share if math.isfinite(share) else None
+
+
+def _slope_continued(edges: tuple[float, ...], surv: list[float], i: int, x: float) -> float | None:
+    """The share beyond x inside bucket i with the probit slope of the bucket below continued from bucket i's
+    lower edge; None where the two edges below give no slope (a share of 0 or 1, or a bucket from 0)."""
+    if i < 2 or edges[i - 2] <= 0 or not 0 < surv[i - 1] < surv[i - 2] < 1:
+        return None
+    below, at = float(ndtri(1 - surv[i - 2])), float(ndtri(1 - surv[i - 1]))
+    slope = (at - below) / math.log(edges[i - 1] / edges[i - 2])
+    return max(1 - float(ndtr(at + slope * math.log(x / edges[i - 1]))), 0.0)
 
 
 def _own_shape(hist: Histogram, i: int) -> bool:

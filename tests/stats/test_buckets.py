@@ -122,6 +122,25 @@ def test_a_tail_with_no_request_beyond_its_bucket_is_also_read_off_the_baselines
     )
 
 
+def test_a_slow_path_ending_inside_the_points_bucket_is_not_passed_on_the_cubic_alone() -> None:
+    """A canary with 3% of its requests around 380 ms (p99's point, 1.25 × the baseline's p99, is 320 ms, in
+    250–500 ms): its probit curve steepens across the bucket, the cubic reads 0.91% beyond the point where
+    3.2% lie. The pass test's reading is the lower of the canary's slope from 100–250 ms continued and the
+    baseline's curve matched at 250 ms, both heavier than the cubic: 1.28%, beyond the 1% a pass needs. A
+    lognormal canary, read exactly by both, keeps the cubic's reading."""
+    baseline = lognormal_histogram(80, 0.5, 10**7)
+    slow_path = lognormal_histogram(80, 0.5, 97 * 10**5).counts
+    slow_path = tuple(a + b for a, b in zip(slow_path, lognormal_histogram(380, 0.08, 3 * 10**5).counts, strict=True))
+    canary = Histogram(EDGES, slow_path)
+    t = locate(baseline, 0.01)
+    assert t is not None
+    alone, read = block_share(canary, canary, 1.25 * t), block_share(canary, canary, 1.25 * t, (baseline, baseline))
+    assert alone.high < 0.01 < read.high == pytest.approx(0.0128, abs=2e-4)
+    assert (read.share, read.low) == (alone.share, alone.low)  # only the pass test's reading moves
+    narrower = lognormal_histogram(90, 0.4, 10**7)
+    assert block_share(narrower, narrower, 1.25 * t, (baseline, baseline)) == block_share(narrower, narrower, 1.25 * t)
+
+
 def test_survival_of_an_empty_histogram_is_nan_not_zero() -> None:
     assert math.isnan(survival_at(Histogram((1.0,), (0, 0)), 0.5))
 
