@@ -109,6 +109,7 @@ class AuditLog:
         self._last: Sealed | None = None  # the last record, while the lock is held (None if it does not decode)
         self._head = GENESIS
         self._locked = False
+        self._checked = False  # whether this command has verified the records before the tail
         self._notes: list[NoteRecord] = []  # what the log says about itself, appended at the next safe point
         self._end = 0  # where the next record goes: the end of the last whole line
         self._torn: tuple[int, int] | None = None  # the offsets of bytes past it, set aside by the first write
@@ -155,6 +156,7 @@ class AuditLog:
             self._locked = True
             try:
                 self._read_tail()
+                self._check_once()
                 yield
             finally:
                 self._locked = False
@@ -321,6 +323,35 @@ class AuditLog:
             )
         )
 
+    def _check_once(self) -> None:
+        """Once per command, the whole chain: a log edited before its tail is still appended to (a rollback
+        never waits on an audit), and the first record this command appends is a note saying where the
+        chain breaks, so the edit is on record from then on. A torn tail is the tail's own business."""
+        if self._checked:
+            return
+        self._checked = True
+        if self._end == 0:
+            return
+        check = verify_chain(self.path)
+        if check.problem is None or check.line is None or check.line > self._lines_before_tail():
+            return
+        self._notes.append(
+            NoteRecord(
+                time=time.time(),
+                reason=f"this log does not verify at line {check.line} ({check.problem}); appended after it",
+                actor=self.actor,
+                details={"line": check.line, "problem": check.problem},
+            )
+        )
+
+    def _lines_before_tail(self) -> int:
+        """How many lines lie before where the next record goes (a torn tail after them is not counted)."""
+        count, left = 0, self._end
+        with self.path.open("rb") as fh:
+            while left > 0 and (chunk := fh.read(min(MIB, left))):
+                count, left = count + chunk.count(b"\n"), left - len(chunk)
+        return count
+
     def _copy_aside(self, start: int, end: int) -> None:
         """The torn bytes [start, end) of the log, appended to the side file (streamed), ending with a newline."""
         with self.path.open("rb") as src, self.torn_path.open("ab") as side:
@@ -412,18 +443,29 @@ def _parse(line: bytes) -> Sealed | None:
         return None
 
 
-def read_records(path: str | Path, torn: Callable[[str], None] | None = None) -> Iterator[Sealed]:
-    """Every record, decoded; AuditError names the first line that is not one. With `torn`, a torn last line
-    (no newline, no record: a write a crash cut short) ends the records instead, and `torn` is told why:
-    after a crash is when the log is most needed, and the next command that writes sets the tear aside."""
+def read_records(path: str | Path, warn: Callable[[str], None] | None = None) -> Iterator[Sealed]:
+    """Every record, decoded; AuditError names the first line that is not one. With `warn`, a torn last line
+    (no newline, no record: a write a crash cut short) ends the records instead, and `warn` is told why:
+    after a crash is when the log is most needed, and the next command that writes sets the tear aside.
+    `warn` is told too of the first record whose hash or link does not hold (an edit): the records are
+    shown as written, and the reader knows they no longer verify."""
+    prev, broken = GENESIS, False
     for number, data, whole in _lines(path):
-        if data is None and not whole and torn is not None:
-            torn(f"{path}:{number}: {TORN}; left out (the next command that writes to the log moves it to {path}.torn)")
+        if data is None and not whole and warn is not None:
+            warn(f"{path}:{number}: {TORN}; left out (the next command that writes to the log moves it to {path}.torn)")
             return
         if data is None:
             raise AuditError(f"{path}:{number}: not a JSON record")
+        if warn is not None and not broken and not chain_holds(data, prev):
+            broken = True
+            warn(f"{path}:{number}: {BROKEN}; the records from here are shown as written, not as verified")
         sealed = decode(data, f"{path}:{number}")
+        prev = sealed.hash
         yield Sealed(sealed.record, sealed.prev_hash, sealed.hash, number)
+
+
+BROKEN = "the hash chain breaks here (a record was edited, removed or moved)"
+NO_NEWLINE = "the last line has no newline (torn by a crash?)"
 
 
 TORN = "the last line is torn (a write a crash cut short)"
@@ -496,7 +538,7 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
         if data is None:
             return ChainCheck(count, prev, "not a JSON record (edited)" if whole else TORN, number)
         if not chain_holds(data, prev):
-            return ChainCheck(count, prev, "the hash chain breaks here (a record was edited, removed or moved)", number)
+            return ChainCheck(count, prev, BROKEN, number)
         try:
             decoded = decode(data, f"{path}:{number}")
         except AuditError as exc:
@@ -521,7 +563,7 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
     if count == 0:
         return ChainCheck(0, GENESIS, "holds no records")
     if not _ends_with_newline(path):
-        return ChainCheck(count, prev, "the last line has no newline (torn by a crash?)", last_line)
+        return ChainCheck(count, prev, NO_NEWLINE, last_line)
     pending = "the last change has no recorded outcome yet (the next command records it)"
     if named > 1:
         return ChainCheck(count, prev, f"{named} records have a hash starting {head}: give more of the head's digits")

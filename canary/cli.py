@@ -261,8 +261,9 @@ def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _torn(message: str) -> None:
-    """A reader's word on a torn last line: the records before it are shown, and the tear named."""
+def _warn(message: str) -> None:
+    """A reader's word on a torn last line (the records before it are shown, and the tear named) or on a
+    record where the log stops verifying (the records are shown as written)."""
     typer.echo(f"canary: warning: {safe(message)}", err=True)
 
 
@@ -883,7 +884,7 @@ def _check_outlook(policy: Policy, audit: str | None, state: RolloutState) -> tu
     path = audit_path_for(policy, audit)
     if not Path(path).exists():
         return [], None
-    record = latest_decision(read_records(path, _torn), state.rollout)
+    record = latest_decision(read_records(path, _warn), state.rollout)
     if record is None or not record.judgement:
         return [], None
     step_min, rollout_min = (record.time - state.step_started_at) / 60, (record.time - state.started_at) / 60
@@ -1045,7 +1046,7 @@ def audit_show(
     """Print an audit log: when, who, what moved, why, and whether the change was made."""
     try:
         shown = 0
-        for sealed in read_records(file, _torn):
+        for sealed in read_records(file, _warn):
             record = sealed.record
             if rollout and getattr(record, "rollout", None) != rollout:
                 continue
@@ -1094,7 +1095,7 @@ def audit_list(
     from canary.auditing import rollouts
 
     try:
-        found = rollouts(read_records(file, _torn))
+        found = rollouts(read_records(file, _warn))
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     if output is OutputFormat.json:
@@ -1122,7 +1123,7 @@ def report(
     from canary.report_page import render, rollout_view
 
     try:
-        view = rollout_view(read_records(file, _torn), rollout)
+        view = rollout_view(read_records(file, _warn), rollout)
         if view is None:
             raise _no_rollout(file, rollout)
         check = verify_chain(file)
@@ -1155,7 +1156,7 @@ def audit_export(
     from canary.auditing import EXPORT_COLUMNS, check_rows
 
     try:
-        rows = check_rows(read_records(file, _torn))
+        rows = check_rows(read_records(file, _warn))
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     if format is ExportFormat.json:
@@ -1201,7 +1202,7 @@ def audit_replay(
     try:
         if policy is not None:
             other = load_policy(policy)
-        result = replay(read_records(file, _torn), judge_for, strict=other is None, source=file)
+        result = replay(read_records(file, _warn), judge_for, strict=other is None, source=file)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     differing = result.differing

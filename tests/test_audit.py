@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from canary.audit import AuditLog, read_records, verify_chain
+from canary.cli import app
 from canary.errors import AuditError, ConflictError
 from canary.model import Action, Phase, Weights
 from canary.records import (
@@ -139,6 +141,44 @@ def test_an_edited_byte_breaks_the_chain_at_its_line(log: tuple[Path, str]) -> N
     path.write_text("".join(text))
     check = verify_chain(path)
     assert not check.ok and check.line == 3 and "breaks here" in str(check.problem)
+
+
+def test_a_reader_of_an_edited_log_shows_it_as_written_and_is_told_where_it_stops_verifying(
+    log: tuple[Path, str],
+) -> None:
+    path, _ = log
+    text = lines(path)
+    text[2] = text[2].replace("tick 1", "tick 7")
+    path.write_text("".join(text))
+    warned: list[str] = []
+    records = list(read_records(path, warned.append))
+    assert len(records) == 6 and "tick 7" in records[2].record.reason  # type: ignore[union-attr]
+    assert warned == [f"{path}:3: the hash chain breaks here (a record was edited, removed or moved); the records "
+                      "from here are shown as written, not as verified"]  # fmt: skip
+
+
+def test_a_command_appending_to_an_edited_log_first_notes_where_the_chain_breaks(log: tuple[Path, str]) -> None:
+    """A rollback must never wait on an audit: the append is made, and the edit is on record from then on,
+    noted by each command that appends after it."""
+    path, _ = log
+    text = lines(path)
+    text[2] = text[2].replace("tick 1", "tick 7")
+    path.write_text("".join(text))
+    for _ in range(2):
+        audit = AuditLog(path, actor="user:ana")
+        with audit.locked(1):
+            audit.append(decision(8, writes=False))
+    notes = [s.record for s in read_records(path) if isinstance(s.record, NoteRecord)]
+    assert [n.reason for n in notes] == [
+        "this log does not verify at line 3 (the hash chain breaks here (a record was edited, removed or moved)); "
+        "appended after it"
+    ] * 2
+    assert notes[0].actor == "user:ana" and notes[0].details == {"line": 3, "problem": notes[0].details["problem"]}
+    assert [type(s.record) for s in read_records(path)][6:] == [NoteRecord, DecisionRecord] * 2
+    untouched = AuditLog(path.with_name("fresh.jsonl"))
+    with untouched.locked(1):
+        untouched.append(decision(1, writes=False))
+    assert not any(isinstance(s.record, NoteRecord) for s in read_records(untouched.path))
 
 
 def test_a_removed_record_breaks_the_chain(log: tuple[Path, str]) -> None:
@@ -400,3 +440,17 @@ def test_an_audit_log_that_is_not_a_regular_file_is_one_line(tmp_path: Path, whe
         list(read_records(path))
     with pytest.raises(AuditError, match="not an audit log"), AuditLog(path).locked(1):
         pass
+
+
+def test_the_cli_readers_warn_at_the_line_where_an_edited_log_stops_verifying(log: tuple[Path, str]) -> None:
+    path, _ = log
+    text = lines(path)
+    text[2] = text[2].replace("tick 1", "tick 7")
+    path.write_text("".join(text))
+    for command in (["audit", "show"], ["audit", "list"], ["audit", "export"]):
+        done = CliRunner().invoke(app, [*command, str(path)])
+        assert done.exit_code == 0, done.output
+        assert done.stderr.strip() == (
+            f"canary: warning: {path}:3: the hash chain breaks here (a record was edited, removed or moved); "
+            "the records from here are shown as written, not as verified"
+        ), command
