@@ -1191,6 +1191,10 @@ def audit_replay(
     def judge_for(ref: PolicyRef, kind: str | None) -> Any:
         if other is not None:
             return make_judge(other)
+        if not Path(ref.file).exists():
+            where = "" if Path(ref.file).is_absolute() else f" from {Path.cwd()} (the path is the run's, relative)"
+            raise CanaryError(f"{ref.file}: the policy the rollout recorded is not there{where}: replay in the "
+                              "folder the rollout ran in, or judge with a policy given by --policy")  # fmt: skip
         loaded = load_policy(ref.file)
         if policy_digest(loaded) != ref.digest:
             raise CanaryError(

@@ -124,6 +124,27 @@ def test_replay_refuses_a_policy_file_that_changed_since_in_one_line(tmp_path: P
     assert "not the policy the rollout ran under" in result.output and len(result.output.splitlines()) == 1
 
 
+def test_replay_from_another_folder_says_the_recorded_policy_path_is_the_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log records the policy's path as the run gave it: relative to the folder the run was in."""
+    (tmp_path / "policies").mkdir()
+    shutil.copy(POLICY, tmp_path / "policies" / "web-app.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert run("run", "policies/web-app.yaml", "--simulate", "healthy", "--audit", "a.jsonl").exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = run("audit", "replay", tmp_path / "a.jsonl")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"canary: policies/web-app.yaml: the policy the rollout recorded is not there from {elsewhere} (the path "
+        "is the run's, relative): replay in the folder the rollout ran in, or judge with a policy given by --policy"
+    )
+    given = run("audit", "replay", tmp_path / "a.jsonl", "--policy", tmp_path / "policies" / "web-app.yaml")
+    assert given.exit_code == 0, given.output
+
+
 def test_the_verbs_as_a_user_runs_them(log: Path) -> None:
     canary = Path(sys.executable).parent / "canary"
     for verb, code in (("list", 0), ("export", 0), ("replay", 0)):
