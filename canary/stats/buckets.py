@@ -110,7 +110,7 @@ def _probit_curve(edges: tuple[float, ...], surv: list[float], i: int) -> Callab
 
 
 SPARSE_BEYOND = 5.0  # below this many requests expected beyond a bucket, its shape comes from the totals
-BEND = 1.1  # a tail read heavier than the curve by less than this share is the curve's noise, not a bend
+BEND = 1.1  # in the running totals, a tail read less than 10% heavier than the curve is noise, not a bend
 
 
 @dataclass(frozen=True)
