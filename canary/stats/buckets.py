@@ -145,7 +145,9 @@ def block_share(
     With `baseline` (the baseline's block and running totals, whose curve placed x), two more readings:
     - a block with no request beyond the upper edge has the baseline's reading as its lowest
       (`_baseline_reading`): its own readings continue a slope from below, and a tail that steepens beyond
-      (a slow path of its own) is read too heavy;
+      (a slow path of its own) is read too heavy. Where the running totals too hold fewer than SPARSE_BEYOND
+      requests beyond that edge, no count says where inside the bucket the tail lies (a narrow slow path
+      below x has the counts of one beyond it): the lowest is the bucket's bound, nothing beyond x;
     - a block whose curve steepens across x's bucket (a slow path ending inside it, where no edge shows
       whether its requests lie below x or beyond) has as its highest the lower of two readings that agree
       the tail is heavier than the curve says: its slope from the bucket below continued, and the baseline's
@@ -160,6 +162,8 @@ def block_share(
     nothing_beyond = surv[i] == 0
     continued = _slope_continued(hist.bounds, surv, i, x)
     heavier = continued is not None and continued > read.high and _bends(shape, totals, x)
+    if nothing_beyond and survival_counts(shape)[i] < SPARSE_BEYOND:
+        read = BlockShare(read.share, 0.0, read.high)  # the bucket's bound: nothing beyond, in block or totals
     if not (nothing_beyond or heavier) or (matched := _baseline_reading(hist, block, totals, x)) is None:
         return read
     low = min(read.low, matched) if nothing_beyond else read.low

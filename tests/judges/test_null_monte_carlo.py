@@ -1,6 +1,7 @@
 """Monte Carlo: the sequential judge's false rollbacks at the null boundary, from the definition of the null.
 
-Each case is a canary *exactly at the tolerance* (the least favourable canary the null allows): latency with
+Each case is a canary *exactly at the tolerance* (the least favourable canary the null allows), or one within
+it whose bucket counts are those of a canary twice beyond (a narrow slow path inside a bucket): latency with
 another shape than the baseline's but its named quantile exactly (1 + m) times the baseline's, error rates
 exactly baseline + margin with pods whose levels differ, and sparse counts; latency whose scale moves with
 the load while traffic falls. Fixed seeds, 400 replications of 30 one-minute intervals each; the upper 95%
@@ -48,11 +49,14 @@ LATENCY_CASES = [
     "narrower-falling-traffic-100rps-p95",
     "bimodal-baseline-p99",  # the p99 on a slow path's flank, the point in a bucket with nothing beyond it
 ]
+# Within tolerance, with the bucket counts of a canary twice beyond it: a narrow slow path inside the bucket
+# of p99's point (the least favourable canaries the buckets can show are not only those at the tolerance).
+WITHIN_CASES = ["slow-path-in-bucket-within-tolerance-steady-load-p99"]
 
 
 def _latency(name: str) -> tuple[str, int, int, int]:
     case = next(c for c in latency_shapes.cases() if c.name == name)
-    seed = 1000 + LATENCY_CASES.index(name)
+    seed = 1000 + [*LATENCY_CASES, *WITHIN_CASES].index(name)
     result = latency_shapes.run_case(replace(case, intervals=INTERVALS), RUNS, seed)
     return name, result.fails, result.runs, result.passes
 
@@ -78,14 +82,14 @@ ERROR_CASES = [
 def measured() -> dict[str, tuple[int, int, int]]:
     """Per case: false rollbacks, runs, and runs whose step passed (all of it one step)."""
     with ProcessPoolExecutor(max_workers=2) as pool:
-        results = [*pool.map(_latency, LATENCY_CASES), *pool.map(_errors, ERROR_CASES)]
+        results = [*pool.map(_latency, LATENCY_CASES + WITHIN_CASES), *pool.map(_errors, ERROR_CASES)]
     for name, fails, runs, passes in results:
         print(f"{name}: {fails}/{runs} false rollbacks, upper 95% bound {clopper_pearson(fails, runs)[1]:.3f}; "
               f"{passes} passes, upper bound {clopper_pearson(passes, runs)[1]:.3f}")  # fmt: skip
     return {name: (fails, runs, passes) for name, fails, runs, passes in results}
 
 
-@pytest.mark.parametrize("name", LATENCY_CASES + [c[0] for c in ERROR_CASES])
+@pytest.mark.parametrize("name", LATENCY_CASES + WITHIN_CASES + [c[0] for c in ERROR_CASES])
 def test_a_canary_exactly_at_the_tolerance_is_rarely_rolled_back(
     measured: dict[str, tuple[int, int, int]], name: str
 ) -> None:

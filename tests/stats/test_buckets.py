@@ -10,6 +10,7 @@ from scipy.stats import lognorm
 
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram
 from canary.stats.buckets import (
+    SPARSE_BEYOND,
     block_share,
     common_layout,
     interpolated_quantile,
@@ -103,19 +104,26 @@ def bimodal_histogram(total: int, scale: float) -> Histogram:
 
 
 def test_a_tail_with_no_request_beyond_its_bucket_is_also_read_off_the_baselines_shape() -> None:
-    """A canary 25% slower than a bimodal baseline, with no request beyond 1000 ms in its block or its
-    totals: its slope continued from 250–500 ms reads its p99 tail far too heavy (the slow path's probit
-    steepens). Read off the baseline's curve matched at 500 ms, the share beyond 1.25 × the baseline's p99
-    is the baseline's 1%, whatever the baseline's curve errs at its p99: the same curve placed it."""
+    """A canary 25% slower than a bimodal baseline, with no request beyond 1000 ms in its block: its slope
+    continued from 250–500 ms reads its p99 tail too heavy (the slow path's probit steepens). Where the
+    running totals hold a few requests beyond (6), the fail test also reads the share beyond 1.25 × the
+    baseline's p99 off the baseline's curve matched at 500 ms: the baseline's 1%, whatever the baseline's
+    curve errs at its p99, since the same curve placed it. Where the totals hold fewer than SPARSE_BEYOND
+    beyond the edge too, no count says where in the bucket the tail lies: the fail test sees the bucket's
+    bound, nothing beyond its upper edge."""
     baseline = bimodal_histogram(10**7, 1.0)
-    block = totals = bimodal_histogram(6000, 1.25)
-    assert survival_counts(block)[EDGES.index(1000)] == survival_counts(totals)[EDGES.index(1000)] == 0
+    block, totals = bimodal_histogram(6000, 1.25), bimodal_histogram(90_000, 1.25)
+    at_1000 = EDGES.index(1000)
+    assert survival_counts(block)[at_1000] == 0 and survival_counts(totals)[at_1000] == 6
     t = locate(baseline, 0.01)
     assert t is not None
     alone, read = block_share(block, totals, 1.25 * t), block_share(block, totals, 1.25 * t, (baseline, baseline))
-    assert alone.low > 0.0108  # the slope continued from 250–500 ms
+    assert alone.low > 0.0103  # the totals' split, its tail continued from 250–500 ms
     assert (read.share, read.high) == (alone.share, alone.high)  # only the fail test's reading moves
     assert read.low == pytest.approx(0.01, abs=2e-4)
+    few = bimodal_histogram(60_000, 1.25)
+    assert survival_counts(few)[at_1000] == 4 < SPARSE_BEYOND
+    assert block_share(block, few, 1.25 * t, (baseline, baseline)).low == 0.0
     with_requests_beyond = bimodal_histogram(600, 1.25)  # at 200 ms: requests beyond 250 ms
     assert block_share(with_requests_beyond, totals, 200.0, (baseline, baseline)) == block_share(
         with_requests_beyond, totals, 200.0
