@@ -333,8 +333,10 @@ class AuditLog:
         if self._end == 0:
             return
         check = verify_chain(self.path)
-        if check.problem is None or check.line is None or check.line > self._lines_before_tail():
+        if check.problem is None or check.line is None:
             return
+        if self._torn is not None and check.line > self._lines_before_tail():
+            return  # the torn tail itself, which the first write sets aside and notes
         self._notes.append(
             NoteRecord(
                 time=time.time(),

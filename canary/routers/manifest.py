@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +71,16 @@ class ManifestRouter:
         except InputError as exc:
             raise RouterError(str(exc)) from None
 
-    def _documents(self, data: bytes) -> list[Any]:
+    def _documents(self, data: bytes) -> _Parsed:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise RouterError(f"{self.path}: not a text file") from None
         try:
-            alias = next((e for e in yaml.parse(text, Loader=_LOADER) if isinstance(e, yaml.AliasEvent)), None)
+            events = list(yaml.parse(text, Loader=_LOADER))  # an alias is one event: nothing is expanded here
+            alias = next((e for e in events if isinstance(e, yaml.AliasEvent)), None)
             if alias is None:
-                return list(yaml.load_all(text, Loader=_LOADER))
+                return _Parsed(text, list(yaml.load_all(text, Loader=_LOADER)), _document_spans(events))
         except RecursionError:
             raise RouterError(f"{self.path}: nested too deeply to be a manifest") from None
         except yaml.YAMLError:
@@ -86,7 +89,8 @@ class ManifestRouter:
             line = alias.start_mark.line + 1 if alias.start_mark else "?"
             raise RouterError(f"{self.path}:{line}: YAML aliases (*name) are not supported in a manifest")
         try:  # the pure-Python parser says where the mistake is more precisely: let it tell
-            return list(yaml.load_all(text, Loader=_PRECISE_LOADER))
+            documents = list(yaml.load_all(text, Loader=_PRECISE_LOADER))
+            return _Parsed(text, documents, _document_spans(yaml.parse(text, Loader=_PRECISE_LOADER)))
         except RecursionError:
             raise RouterError(f"{self.path}: nested too deeply to be a manifest") from None
         except yaml.YAMLError as exc:
@@ -108,7 +112,7 @@ class ManifestRouter:
 
     def read(self, target: Target, evidence: type | None = None) -> RouteRead:
         data = self._bytes()
-        documents = self._documents(data)
+        documents = self._documents(data).documents
         vs = documents[self._index(documents, target)]
         try:
             return read_route(vs, target, _digest(data), evidence, f"{self.path}")
@@ -119,12 +123,12 @@ class ManifestRouter:
         data = self._bytes()
         if _digest(data) != read.revision:
             raise WeightConflict(f"{self.path}: changed by someone else between canary's read and write")
-        documents = self._documents(data)
-        index = self._index(documents, target)
-        text = data.decode("utf-8")
-        begin, end = _document_spans(text)[index]
-        changed = yaml.dump(with_route(documents[index], target, weights, state), Dumper=_DUMPER, sort_keys=False)
-        self._replace(f"{text[:begin]}{changed}{text[end:]}".encode())
+        parsed = self._documents(data)
+        index = self._index(parsed.documents, target)
+        begin, end = parsed.spans[index]
+        vs = with_route(parsed.documents[index], target, weights, state)
+        changed = yaml.dump(vs, Dumper=_DUMPER, sort_keys=False)
+        self._replace(f"{parsed.text[:begin]}{changed}{parsed.text[end:]}".encode())
 
     def _replace(self, data: bytes) -> None:
         try:
@@ -142,7 +146,7 @@ class ManifestRouter:
 
     def subsets_problem(self, target: Target) -> str | None:
         """Checked when the file holds DestinationRules; a GitOps repository may keep them elsewhere."""
-        documents = self._documents(self._bytes())
+        documents = self._documents(self._bytes()).documents
         rules = [d for d in documents if isinstance(d, dict) and d.get("kind") == "DestinationRule"]
         return subsets_problem(rules, target) if rules else None
 
@@ -151,12 +155,22 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _document_spans(text: str) -> list[tuple[int, int]]:
-    """Where each document's content begins and ends in `text`, in the order `load_all` gives them: the
-    comments before a document, its `---` and every other document are kept as written."""
+@dataclass(frozen=True)
+class _Parsed:
+    """A manifest file read: its text, its documents, and where each document's content lies in the text."""
+
+    text: str
+    documents: list[Any]
+    spans: list[tuple[int, int]]
+
+
+def _document_spans(events: Iterable[yaml.Event]) -> list[tuple[int, int]]:
+    """Where each document's content begins and ends in the text the parser's `events` came from, in the
+    order `load_all` gives them: the comments before a document, its `---` and every other document are
+    kept as written when one document's text is replaced."""
     spans: list[tuple[int, int]] = []
     depth, begin = 0, 0
-    for event in yaml.parse(text, Loader=_LOADER):
+    for event in events:
         if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
             begin = _index_of(event.start_mark) if depth == 0 else begin
             depth += 1
