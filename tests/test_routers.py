@@ -369,3 +369,95 @@ def test_a_write_keeps_the_files_owner(manifest: Path, state: RolloutState) -> N
     router = ManifestRouter(manifest)
     router.write(WEB, router.read(WEB), Weights(50, 50), state)
     assert (manifest.stat().st_uid, manifest.stat().st_gid) == (65534, 65534)
+
+
+def _commented_vs() -> str:
+    """The seed's VirtualService with comments inside it and a quoted host, as a team's repository holds it."""
+    vs = (FIXTURES / "web-app-virtualservice.yaml").read_text()
+    vs = vs.replace("metadata:\n", "metadata:  # owned by the web team\n")
+    vs = vs.replace(
+        "  - route:\n", "  # the split canary moves; the header route above sends testers to v2\n  - route:\n"
+    )
+    vs = vs.replace("      weight: 90\n", "      weight: 90  # baseline\n")
+    return vs.replace("        host: web-app\n        subset: v1", '        host: "web-app"\n        subset: v1')
+
+
+def test_a_write_edits_only_the_weights_and_the_state_line_inside_the_virtualservice(
+    tmp_path: Path, state: RolloutState
+) -> None:
+    """A GitOps diff of canary's change: the two weights and one state line; every comment and quote inside
+    the VirtualService stays, and so does the header-match route."""
+    path = tmp_path / "m.yaml"
+    before = _commented_vs()
+    path.write_text(before)
+    router = ManifestRouter(path)
+    router.write(WEB, router.read(WEB), Weights(50, 50), state)
+    after = path.read_text()
+    removed = [line for line in before.splitlines() if line not in after.splitlines()]
+    added = [line for line in after.splitlines() if line not in before.splitlines()]
+    assert removed == ["      weight: 90  # baseline", "      weight: 10"]
+    assert added[:1] == ["  annotations:"] and added[1].startswith(f"    {ANNOTATION}: ")
+    assert added[2:] == ["      weight: 50  # baseline", "      weight: 50"]
+    read = router.read(WEB)
+    assert read.weights == Weights(50, 50) and read.state is not None and read.state.rollout == state.rollout
+    # The next write finds the annotation and rewrites that line only.
+    router.write(WEB, router.read(WEB), Weights(0, 100), state)
+    again = path.read_text()
+    assert len(again.splitlines()) == len(after.splitlines())
+    changed = [(a, b) for a, b in zip(after.splitlines(), again.splitlines(), strict=True) if a != b]
+    assert [b for _, b in changed] == ["      weight: 0  # baseline", "      weight: 100"]
+    assert "# the split canary moves" in again and '"web-app"' in again
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(lambda vs: vs.replace("      weight: 10\n", "      weight: !!int '10'\n"), id="tagged-weight"),
+        pytest.param(
+            lambda vs: vs.replace(
+                "metadata:  # owned by the web team\n  name: web-app\n", "metadata: {name: web-app}\n"
+            ),
+            id="flow",
+        ),
+        pytest.param(
+            lambda vs: vs.replace("  name: web-app\n", "  name: web-app\n  annotations: {}\n"),
+            id="empty-flow-annotations",
+        ),
+        pytest.param(lambda vs: vs.replace("      weight: 10\n", ""), id="weight-missing"),
+    ],
+)
+def test_a_virtualservice_the_text_edit_cannot_handle_is_written_whole_and_right(
+    shape: Any, tmp_path: Path, state: RolloutState
+) -> None:
+    """Where the document cannot be edited value by value it is dumped whole; the file still holds exactly the
+    weights and state written, and the comments before it."""
+    path = tmp_path / "m.yaml"
+    text = shape(_commented_vs())
+    assert text != _commented_vs()
+    path.write_text(text)
+    router = ManifestRouter(path)
+    read = router.read(WEB) if "weight: 10" in text or "'10'" in text else None
+    if read is None:  # a missing weight reads as 0 beside 90: not a route canary moves
+        with pytest.raises(RouterError, match="sum to 90"):
+            router.read(WEB)
+        return
+    router.write(WEB, read, Weights(50, 50), state)
+    after = router.read(WEB)
+    assert after.weights == Weights(50, 50) and after.state is not None and after.state.rollout == state.rollout
+    assert path.read_text().startswith(text[: text.index("apiVersion")])
+
+
+def test_an_in_place_edit_that_does_not_read_back_as_meant_is_not_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state: RolloutState
+) -> None:
+    """The edit is a way of writing, not the truth: a text that loads as anything but the route meant is
+    dropped for the document written whole."""
+    import canary.routers.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "edit_values", lambda text, *_: text.replace("weight: 10", "weight: 11"))
+    path = tmp_path / "m.yaml"
+    path.write_text(_commented_vs())
+    router = ManifestRouter(path)
+    router.write(WEB, router.read(WEB), Weights(50, 50), state)
+    assert router.read(WEB).weights == Weights(50, 50)
+    assert "# baseline" not in path.read_text(), "written whole"

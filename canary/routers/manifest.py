@@ -10,8 +10,11 @@ a symbolic link is followed and its target replaced; a file without write permis
 file keeps its owner where canary may keep it (as root); a temporary file a killed command left behind is
 removed by the next write.
 The file may hold several YAML documents (a DestinationRule beside the VirtualService is used by the
-preflight); only the VirtualService named by the policy's target changes, and only its text is rewritten:
-the comments before it and every other document stay as written, comments inside it are not kept.
+preflight); only the VirtualService named by the policy's target changes, and in it only the values that
+change: the weights' numbers and the state annotation's line are edited in the text (`yaml_edit`), so
+comments, quoting and every other document stay as written and a commit of canary's change is a diff of
+those lines. Where the document's text cannot be edited value by value (a weight written as a block
+scalar, a flow-style mapping that needs a new key), the VirtualService document is written out whole.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from canary.model import Weights
 from canary.outputs import replace_file
 from canary.policy import Target
 from canary.routers.virtualservice import RouteRead, read_route, subsets_problem, with_route
+from canary.routers.yaml_edit import edit_values
 from canary.state import RolloutState
 
 
@@ -125,10 +129,8 @@ class ManifestRouter:
             raise WeightConflict(f"{self.path}: changed by someone else between canary's read and write")
         parsed = self._documents(data)
         index = self._index(parsed.documents, target)
-        begin, end = parsed.spans[index]
         vs = with_route(parsed.documents[index], target, weights, state)
-        changed = yaml.dump(vs, Dumper=_DUMPER, sort_keys=False)
-        self._replace(f"{parsed.text[:begin]}{changed}{parsed.text[end:]}".encode())
+        self._replace(_rewritten(parsed, index, vs).encode())
 
     def _replace(self, data: bytes) -> None:
         try:
@@ -162,6 +164,20 @@ class _Parsed:
     text: str
     documents: list[Any]
     spans: list[tuple[int, int]]
+
+
+def _rewritten(parsed: _Parsed, index: int, vs: dict[str, Any]) -> str:
+    """The file's text with `vs` as its document `index`: the values that changed edited in place (a GitOps
+    diff of the weights and the state line, the document's comments kept) where the edit reads back as
+    `vs` and leaves the other documents as they were; else the document dumped whole, in place of its text."""
+    expected = [*parsed.documents[:index], vs, *parsed.documents[index + 1 :]]
+    node = list(yaml.compose_all(parsed.text, Loader=_LOADER))[index]
+    text = edit_values(parsed.text, node, parsed.documents[index], vs)
+    with contextlib.suppress(yaml.YAMLError, RecursionError):
+        if text is not None and list(yaml.load_all(text, Loader=_LOADER)) == expected:
+            return text
+    begin, end = parsed.spans[index]
+    return f"{parsed.text[:begin]}{yaml.dump(vs, Dumper=_DUMPER, sort_keys=False)}{parsed.text[end:]}"
 
 
 def _document_spans(events: Iterable[yaml.Event]) -> list[tuple[int, int]]:
