@@ -738,8 +738,11 @@ def _manual(
         }
         typer.echo(json.dumps(doc))
         return
+    moved = f"canary stays at {after.canary}%" if before == after else (
+        f"canary {before.canary if before else '?'}% -> {after.canary}%"
+    )
     typer.echo(
-        f"{target.namespace}/{target.virtual_service}: canary {before.canary if before else '?'}% -> {after.canary}% "
+        f"{target.namespace}/{target.virtual_service}: {moved} "
         f"({applied.decision.action.value} by {safe(who)}, rollout {applied.state.rollout}; recorded in "
         f"{audit_path_for(loaded, audit)}, head {applied.head})"
     )

@@ -62,6 +62,9 @@ def test_a_manual_rollback_is_recorded_as_intended_and_applied_and_prints_the_he
     assert "canary 10% -> 0% (rollback by alice" in result.stdout and f"head {head}" in result.stdout
     assert weights(manifest) == Weights(100, 0)
     assert verify_chain(audit, head).ok
+    again = runner.invoke(app, ["rollback", POLICY, "--manifest", str(manifest), "--audit", str(audit)])
+    assert again.exit_code == 0, again.output
+    assert "canary stays at 0% (rollback by" in again.stdout, "a second rollback moves nothing and says so"
 
 
 def test_status_shows_the_weights_and_the_rollout_state(manifest: Path, tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def test_pause_as_a_user_runs_it(cluster: Path, tmp_path: Path) -> None:
     done = subprocess.run([str(canary), "pause", str(POLICY), "--kubeconfig", str(cluster), "--audit", str(audit)],
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "canary 10% -> 10% (pause by" in done.stdout
+    assert "canary stays at 10% (pause by" in done.stdout
     status = subprocess.run([str(canary), "status", str(POLICY), "--kubeconfig", str(cluster), "--audit", str(audit)],
                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert ": paused, step 1 of 3 (10%)" in status.stdout
