@@ -738,9 +738,8 @@ def _manual(
         }
         typer.echo(json.dumps(doc))
         return
-    moved = f"canary stays at {after.canary}%" if before == after else (
-        f"canary {before.canary if before else '?'}% -> {after.canary}%"
-    )
+    was = f"{before.canary}%" if before else "?%"
+    moved = f"canary stays at {after.canary}%" if before == after else f"canary {was} -> {after.canary}%"
     typer.echo(
         f"{target.namespace}/{target.virtual_service}: {moved} "
         f"({applied.decision.action.value} by {safe(who)}, rollout {applied.state.rollout}; recorded in "
