@@ -364,6 +364,22 @@ def parse_duration(value: object) -> float | None:
     return total if math.isfinite(total) else None
 
 
+def steps_problem(value: object) -> tuple[str, str] | None:
+    """Why `value` is not a rollout's steps, the one rule the policy reader and the state decoder share: the
+    field's suffix ("" or "[i]") and what is wrong; None where it is a rising list of weights ending at 100."""
+    if not isinstance(value, list | tuple) or not value:
+        got = "an empty list" if not value and isinstance(value, list | tuple) else describe(value)
+        return "", f"must be a non-empty list of canary weights in percent, got {got}"
+    for i, step in enumerate(value):
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= 100:
+            return f"[{i}]", f"must be a whole percentage in 1..100, got {describe(step)}"
+    if any(b <= a for a, b in itertools.pairwise(value)):
+        return "", f"must increase strictly, got {list(value)}"
+    if value[-1] != 100:
+        return "", f"must end at 100 (full promotion), got {list(value)}"
+    return None
+
+
 class _Reader:
     """Walks the plain data with the field path in hand, so every error can say where it is."""
 
@@ -629,17 +645,10 @@ class _Reader:
         return target
 
     def steps(self, value: object) -> tuple[int, ...]:
-        path = "spec.steps"
-        if not isinstance(value, list) or not value:
-            got = "an empty list" if value == [] else describe(value)
-            raise self.fail(path, f"must be a non-empty list of canary weights in percent, got {got}")
-        for i, step in enumerate(value):
-            if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= 100:
-                raise self.fail(f"{path}[{i}]", f"must be a whole percentage in 1..100, got {describe(step)}")
-        if any(b <= a for a, b in itertools.pairwise(value)):
-            raise self.fail(path, f"must increase strictly, got {value}")
-        if value[-1] != 100:
-            raise self.fail(path, f"must end at 100 (full promotion), got {value}")
+        problem = steps_problem(value)
+        if problem is not None:
+            raise self.fail(f"spec.steps{problem[0]}", problem[1])
+        assert isinstance(value, list)
         return tuple(value)
 
     def analysis(self, value: object) -> Analysis:

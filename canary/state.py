@@ -22,7 +22,7 @@ from typing import Any
 from canary.codec import DecodeError, from_data, to_data
 from canary.errors import StateError
 from canary.model import Action, Phase, Weights
-from canary.policy import Policy
+from canary.policy import Policy, steps_problem
 from canary.secrets import scrub_data
 
 STATE_SCHEMA = 1
@@ -124,8 +124,9 @@ def decode_state(text: str, evidence_type: type | None = None) -> RolloutState:
 def _impossible(state: RolloutState) -> str | None:
     """What no canary writes: a field that decodes but cannot be (a hand edit of the annotation)."""
     steps = list(state.steps)
-    if not steps or steps[-1] != 100 or any(not a < b for a, b in zip([0, *steps], steps, strict=False)):
-        return f"steps: {steps} is not a rising list of weights ending at 100"
+    problem = steps_problem(steps)
+    if problem is not None:
+        return f"steps{problem[0]}: {problem[1]}"
     if not 0 <= state.step_index < len(steps):
         return f"step_index: {state.step_index} is not a step of {steps}"
     if state.tick < 0:

@@ -129,9 +129,9 @@ def test_a_hand_edited_state_names_the_field(web_policy: Policy) -> None:
     ("tick", -5, r"^tick: -5 is negative$"),
     ("deadline", float("inf"), r"^deadline: inf is not a time$"),  # JSON's Infinity, which json.loads reads
     ("started_at", -1.0, r"^started_at: -1.0 is not a time$"),
-    ("steps", [10, 50, 100, 200], r"^steps: \[10, 50, 100, 200\] is not a rising list of weights ending at 100$"),
-    ("steps", [50, 10, 100], r"^steps: \[50, 10, 100\] is not a rising list"),
-    ("steps", [], r"^steps: \[\] is not a rising list"),
+    ("steps", [10, 50, 100, 200], r"^steps\[3\]: must be a whole percentage in 1..100, got 200$"),
+    ("steps", [50, 10, 100], r"^steps: must increase strictly, got \[50, 10, 100\]$"),
+    ("steps", [], r"^steps: must be a non-empty list of canary weights in percent, got an empty list$"),
     ("step_seconds", [60.0, -3.0], r"^step_seconds: \[60.0, -3.0\] holds a time that cannot be spent$"),
     ("approved", [70], r"^approved: \[70\] names a weight that is not a step of \[10, 50, 100\]$"),
 ])  # fmt: skip
