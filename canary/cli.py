@@ -49,7 +49,7 @@ from canary.links import reader_links
 from canary.model import Decision, Phase
 from canary.notices import Notice, event_of
 from canary.notifier import Failure, Notifier
-from canary.outputs import NotRegularFile, replace_file
+from canary.outputs import NotRegularFile, ReadOnlyFile, replace_file
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
 from canary.promql import Scope, operator_queries
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
@@ -989,6 +989,8 @@ def _emit(text: str, out: str | None, *, reads: tuple[str | None, ...] = (), pri
         replace_file(target, text.encode("utf-8"))
     except NotRegularFile as exc:
         raise _fail(f"{exc}{hint if exc.kind != 'a directory' else ''}") from None
+    except ReadOnlyFile as exc:
+        raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
     return True

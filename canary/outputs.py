@@ -6,7 +6,8 @@ no one can guess and is created exclusively (`tempfile.mkstemp`), so a link plan
 cannot redirect the write. A symbolic link is followed and its target replaced, keeping the target's mode
 (and its owner, where canary may keep it, as root), as the manifest router writes a manifest. Only a regular
 file is replaced: a FIFO, a device, a directory or a socket is refused, since renaming over it would put a
-regular file where a special one was (`/dev/full` replaced, as root) or never reach the reader of the FIFO.
+regular file where a special one was (`/dev/full` replaced, as root) or never reach the reader of the FIFO;
+and a file without write permission is refused, as `>` refuses it, even as root.
 """
 
 from __future__ import annotations
@@ -32,11 +33,19 @@ class NotRegularFile(InputError):
         super().__init__(f"{path}: is {kind}, not a regular file")
 
 
+class ReadOnlyFile(InputError):
+    """The file has no write permission for anyone: someone made it read-only, and renaming a new file over it
+    would undo that (the rename needs only the folder's permission, and root passes every check)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(f"{path}: the file is read-only; canary does not replace it")
+
+
 def replace_file(path: str | Path, data: bytes) -> Path:
     """Write `data` as the whole content of `path` (through a symbolic link); the file written.
 
-    NotRegularFile when `path` exists and is not a regular file; OSError when it cannot be written (the old file,
-    if any, is then left as it was)."""
+    NotRegularFile when `path` exists and is not a regular file, ReadOnlyFile when it has no write permission;
+    OSError when it cannot be written (the old file, if any, is then left as it was)."""
     kind = _existing_kind(path)
     if kind is not None:
         raise NotRegularFile(path, kind)
@@ -45,6 +54,8 @@ def replace_file(path: str | Path, data: bytes) -> Path:
         info: os.stat_result | None = real.stat()
     except FileNotFoundError:
         info = None  # a new file (or a link to one not made yet)
+    if info is not None and not info.st_mode & 0o222:
+        raise ReadOnlyFile(path)
     mode = stat.S_IMODE(info.st_mode) if info is not None else _new_file_mode()
     for stale in real.parent.glob(f".{glob.escape(real.name)}{TEMP_MARK}*"):  # left by a command killed mid-write
         stale.unlink(missing_ok=True)

@@ -1796,6 +1796,19 @@ def test_an_output_that_is_not_a_regular_file_is_refused_and_left_as_it_is(
 
 
 @pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
+def test_a_read_only_output_is_refused_and_left_as_it_is(command: str, demo_log: Path, tmp_path: Path) -> None:
+    """Someone made the file read-only; `>` refuses it, so does -o (even as root, which the rename would let
+    through): one line, the file as it was."""
+    out = tmp_path / "kept.out"
+    out.write_text("an earlier export\n")
+    out.chmod(0o444)
+    o = invoke(*_output_command(command, out, demo_log))
+    check_refused(o, mentions=[f"canary: {out}: the file is read-only; canary does not replace it"])
+    assert out.read_text() == "an earlier export\n" and stat.S_IMODE(out.stat().st_mode) == 0o444
+    assert not [p for p in tmp_path.iterdir() if ".canary-" in p.name]
+
+
+@pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
 def test_an_output_through_a_symbolic_link_replaces_its_target_keeping_its_mode(
     command: str, demo_log: Path, tmp_path: Path
 ) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,14 +133,8 @@ class ManifestRouter:
 
     def _replace(self, data: bytes) -> None:
         try:
-            writable = bool(Path(os.path.realpath(self.path)).stat().st_mode & 0o222)
-        except OSError as exc:
-            raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
-        if not writable:
-            raise RouterError(f"{self.path}: the file is read-only; canary does not replace it")
-        try:
             replace_file(self.path, data)
-        except InputError as exc:  # no longer a regular file
+        except InputError as exc:  # no longer a regular file, or made read-only
             raise RouterError(str(exc)) from None
         except OSError as exc:
             raise RouterError(f"{self.path}: cannot write the new weights: {exc.strerror}") from None
