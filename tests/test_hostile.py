@@ -1731,7 +1731,6 @@ def test_an_output_naming_an_input_is_refused_and_the_input_left_whole(
 
 def test_an_output_is_written_whole_or_not_at_all(demo_log: Path, tmp_path: Path) -> None:
     out = write(tmp_path / "rows.csv", "old\n")
-    out.chmod(0o444)
     folder_mode = tmp_path.stat().st_mode
     tmp_path.chmod(0o555)  # the folder refuses the new file: the old one stays as it was
     try:
@@ -1741,6 +1740,11 @@ def test_an_output_is_written_whole_or_not_at_all(demo_log: Path, tmp_path: Path
     if os.geteuid() != 0:  # root writes through any mode
         check_refused(o, mentions=[str(out)])
         assert out.read_text() == "old\n"
+    out.write_text("old\n")
+    out.chmod(0o444)  # read-only: refused as `>` refuses it, even as root
+    check_refused(invoke("audit", "export", demo_log, "-o", out), mentions=[f"{out}: the file is read-only"])
+    assert out.read_text() == "old\n"
+    out.chmod(0o644)
     o = invoke("audit", "export", demo_log, "-o", out)
     check_clean(o, codes=(0,))
     assert out.read_text().startswith("rollout,") and [p.name for p in tmp_path.iterdir()] == ["rows.csv"]
