@@ -4,11 +4,13 @@ Each rollout draws every pod's level once, exp(N(−s²/2, s)) (mean 1), for the
 canary's pods; each pod's error rate is its version's times its level, the baseline's version at
 `base_rate` and the canary's exactly at the tolerance (base_rate + 0.5 pp). Traffic is Poisson at `rps`,
 90/10 between the versions and even over a version's pods; the real `SequentialJudge` (one error-rate
-check at α = 0.05) sees one interval after another and the run ends at its first failure or pass. The
+check at α = 0.05) sees one interval after another and the run ends at its first failure or pass (with
+`--through`, at its first failure: the fail sequence runs over the whole rollout). The
 grid sweeps the spread for a few pod counts, so the spread where the pod term covers least shows up:
 
     python bench/pod_spread.py --runs 1000
     python bench/pod_spread.py --runs 400 --pods 3:1 --spread 0.2
+    python bench/pod_spread.py --runs 1000 --pods 3:1 --spread 0 --rps 5 --intervals 60 --through
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class PodCase:
     rps: float = 100.0
     base_rate: float = 0.01
     intervals: int = 30
+    through: bool = False  # keep looking after a pass, as the fail sequence does over the whole rollout
 
 
 def rollouts(case: PodCase, runs: int, seed: int) -> tuple[int, int, int]:
@@ -64,7 +67,7 @@ def rollouts(case: PodCase, runs: int, seed: int) -> tuple[int, int, int]:
     for _ in range(runs):
         levels = [np.exp(rng.normal(-spread * spread / 2, spread, k)) for k in (case.baseline_pods, case.canary_pods)]
         rates = (case.base_rate * levels[0], (case.base_rate + MARGIN) * levels[1])
-        state = judge.start()
+        state, passed = judge.start(), False
         for _ in range(case.intervals):
             windows = []
             for version, share in enumerate((0.9, 0.1)):
@@ -79,9 +82,11 @@ def rollouts(case: PodCase, runs: int, seed: int) -> tuple[int, int, int]:
                 fails += 1
                 unguarded += judgement.verdicts[0].figures.get("pod_sd") == 0.0
                 break
-            if judgement.outcome is Outcome.PASS:
+            if judgement.outcome is Outcome.PASS and not passed:
                 passes += 1
-                break
+                passed = True
+                if not case.through:
+                    break
     return fails, passes, unguarded
 
 
@@ -96,11 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pods", action="append", default=[], help="BASELINE:CANARY (repeatable)")
     parser.add_argument("--spread", action="append", type=float, default=[])
+    parser.add_argument("--rps", type=float, default=100.0)
+    parser.add_argument("--base-rate", type=float, default=0.01, help="the baseline's error rate")
+    parser.add_argument("--intervals", type=int, default=30, help="one-minute looks per rollout")
+    parser.add_argument("--through", action="store_true", help="keep looking after a pass (the fail sequence's "
+                        "whole rollout) instead of ending there")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     pods = [tuple(int(k) for k in p.split(":")) for p in args.pods] or [(3, 1), (3, 2), (5, 1), (10, 2), (18, 2)]
     spreads = args.spread or [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
-    jobs = [(PodCase(b, c, s), args.runs, args.seed + i) for i, (b, c, s) in enumerate(
+    more = {"rps": args.rps, "base_rate": args.base_rate, "intervals": args.intervals, "through": args.through}
+    jobs = [(PodCase(b, c, s, **more), args.runs, args.seed + i) for i, (b, c, s) in enumerate(
         (b, c, s) for b, c in pods for s in spreads
     )]  # fmt: skip
     started = time.time()

@@ -52,6 +52,7 @@ WHOLE_DISPERSION_BELOW = 3  # with fewer baseline pods, the spread is their whol
 MIN_EXPECTED = 5.0  # latency: a block closes once each version expects this many requests beyond the point
 INTERPOLATION_ALLOWANCE = 0.02  # latency: how far an interpolated share may be off, as a share of its bucket
 LOCATE_AFTER = 50.0  # baseline requests expected beyond its q-quantile before the quantile is placed
+RATIO_FAIL_SCALES = (1.0, 2.0)  # a ratio's fail mixture: its mass on excesses of the margin and twice the margin
 
 
 @dataclass
@@ -71,10 +72,11 @@ class Sequences:
         self.fail = self.fail.add(estimate - fail_allowance, variance, weight)
         self.step = self.step.add(estimate + pass_allowance, variance, weight)
 
-    def e_values(self, widen: float) -> tuple[float, float]:
-        """The fail e-process now, evidence against "within tolerance" with the boundary moved out by the pod
-        term (the check fails exactly when it reaches 1 / the sequences' α), and its running maximum."""
-        now = mixture_e_value(self.fail, widen, self.rho, upper=True)
+    def e_values(self, widen: float, rhos: tuple[float, ...]) -> tuple[float, float]:
+        """The fail e-process now (its mixture at the precisions `rhos`), evidence against "within tolerance"
+        with the boundary moved out by the pod term (the check fails exactly when it reaches 1 / the
+        sequences' α), and its running maximum."""
+        now = mixture_e_value(self.fail, widen, rhos, upper=True)
         self.best_e = max(self.best_e, now)
         return now, self.best_e
 
@@ -253,6 +255,7 @@ class _Check:
 
     label: str
     whole_below: int = 0  # below this many baseline pods, their whole dispersion bounds how pods differ
+    fail_scales: tuple[float, ...] = (1.0,)  # the fail mixture's mass: on effects these many times the scale
 
     def __init__(self, label: str, alpha: float, pass_alpha: float) -> None:
         self.label = label
@@ -267,10 +270,11 @@ class _Check:
         """The fail sequence at the check's α, the step's pass sequence at its pass level, the e-process."""
         fail_widen = _quantile_z(self.alpha * POD_SHARE, pods) * pod_sd if pod_sd > 0 else 0.0
         pass_widen = _quantile_z(self.pass_alpha * POD_SHARE, pods) * pod_sd if pod_sd > 0 else 0.0
+        fail_rhos = tuple(seq.rho / (k * k) for k in self.fail_scales)
         return Reading(
-            confidence_sequence(seq.fail, seq.rho, self.alpha_cs, fail_widen),
+            confidence_sequence(seq.fail, fail_rhos, self.alpha_cs, fail_widen),
             confidence_sequence(seq.step, seq.rho, self.pass_cs, pass_widen),
-            *seq.e_values(fail_widen),
+            *seq.e_values(fail_widen, fail_rhos),
         )
 
     def e_figures(self, reading: Reading) -> dict[str, object]:
@@ -325,9 +329,13 @@ class _Check:
 
 class _RatioCheck(_Check):
     """Canary rate − baseline rate − margin, per interval; higher is worse. Two baseline pods that look alike
-    by chance left a canary pod's luck unguarded (docs/statistics.md, Pods): their whole dispersion bounds it."""
+    by chance left a canary pod's luck unguarded (docs/statistics.md, Pods): their whole dispersion bounds it.
+    The fail mixture is spread over excesses of the margin's size and twice it: an error rate's regressions
+    run to many times a margin of a fraction of a point, and the second half catches those a minute sooner
+    (docs/statistics.md, The confidence sequence)."""
 
     whole_below = WHOLE_DISPERSION_BELOW
+    fail_scales = RATIO_FAIL_SCALES
 
     def __init__(self, label: str, margin: float, alpha: float, pass_alpha: float) -> None:
         super().__init__(label, alpha, pass_alpha)

@@ -68,26 +68,40 @@ def _log_mixture(statistic: float, variance: float, rho: float) -> float:
     )
 
 
-def half_width(evidence: Evidence, rho: float, alpha: float) -> float:
-    """h_t with P(∃t: θ̂_t − θ ≥ h_t) ≤ α, and likewise for the other side (inf with no evidence)."""
+def _log_mixtures(statistic: float, variance: float, rhos: tuple[float, ...]) -> float:
+    """log of the even average of one-sided mixtures at several precisions: a nonnegative supermartingale
+    too, tight where any of its parts is, for log(number of parts) more evidence."""
+    logs = [_log_mixture(statistic, variance, rho) for rho in rhos]
+    top = max(logs)
+    return top + math.log(sum(math.exp(x - top) for x in logs) / len(logs))
+
+
+def _precisions(rho: float | tuple[float, ...]) -> tuple[float, ...]:
+    return rho if isinstance(rho, tuple) else (rho,)
+
+
+def half_width(evidence: Evidence, rho: float | tuple[float, ...], alpha: float) -> float:
+    """h_t with P(∃t: θ̂_t − θ ≥ h_t) ≤ α, and likewise for the other side (inf with no evidence). `rho`: the
+    mixture's precision, or several, whose mixtures are averaged."""
     if evidence.empty:
         return math.inf
+    rhos = _precisions(rho)
     v, target = evidence.variance, math.log(1.0 / alpha)
-    total = v + rho
-    # The two-sided boundary bounds the root from above: there M⁺ ≥ M = 1/α; at 0, M⁺ ≤ 1.
-    upper = math.sqrt(total * (math.log(total / rho) + 2.0 * target))
-    root = brentq(lambda s: _log_mixture(s, v, rho) - target, 0.0, upper, xtol=1e-12 * upper + 1e-300)
+    # The two-sided boundary bounds each part's root from above: there M⁺ ≥ M = 1/α; at 0, M⁺ ≤ 1. The
+    # average reaches 1/α no later than its part that reaches len(rhos)/α first.
+    upper = min(math.sqrt((v + r) * (math.log((v + r) / r) + 2.0 * (target + math.log(len(rhos))))) for r in rhos)
+    root = brentq(lambda s: _log_mixtures(s, v, rhos) - target, 0.0, upper, xtol=1e-12 * upper + 1e-300)
     return float(root) / evidence.weight
 
 
-def mixture_e_value(evidence: Evidence, null: float, rho: float, *, upper: bool) -> float:
-    """The one-sided mixture martingale M⁺_t at the null value: evidence that the effect is above
-    `null` (`upper=True`) or below it. Capped so it stays a finite JSON number."""
+def mixture_e_value(evidence: Evidence, null: float, rho: float | tuple[float, ...], *, upper: bool) -> float:
+    """The one-sided mixture martingale M⁺_t at the null value (averaged over `rho`'s precisions): evidence
+    that the effect is above `null` (`upper=True`) or below it. Capped so it stays a finite JSON number."""
     if evidence.empty:
         return 1.0
     gap = evidence.estimate - null
     statistic = evidence.weight * (gap if upper else -gap)
-    return math.exp(min(_log_mixture(statistic, evidence.variance, rho), 690.0))
+    return math.exp(min(_log_mixtures(statistic, evidence.variance, _precisions(rho)), 690.0))
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,9 @@ class Interval:
     upper: float
 
 
-def confidence_sequence(evidence: Evidence, rho: float, alpha: float, widen: float = 0.0) -> Interval:
+def confidence_sequence(
+    evidence: Evidence, rho: float | tuple[float, ...], alpha: float, widen: float = 0.0
+) -> Interval:
     """θ̂_t ± (h_t + widen); `widen` adds a fixed extra uncertainty (the pod term), same units as θ."""
     h = half_width(evidence, rho, alpha) + widen
     return Interval(evidence.estimate - h, evidence.estimate + h)

@@ -68,9 +68,14 @@ def test_one_interval_reports_the_raw_difference_and_the_closed_form_interval() 
     weight = 1000 * 1000 / 2000 / (reference * (1 - reference))
     ev = Evidence().add(0.02 - 0.005, variance, weight)
     alpha_cs = 0.05 * 0.75  # one check: three quarters of alpha for the sequence, a quarter for the pod term
-    h = half_width(ev, rho=1 / 0.005**2, alpha=alpha_cs)
+    # The fail mixture averages two: mass on excesses of the margin's size and of twice it.
+    h = half_width(ev, rho=(1 / 0.005**2, 1 / 0.01**2), alpha=alpha_cs)
     lo, hi = verdict.figures["difference_cs"]  # type: ignore[misc]
     assert lo == pytest.approx(0.02 - h) and hi == pytest.approx(0.02 + h)
+    # The step's pass sequence keeps the margin's one precision (it certifies an excess of −margin or less).
+    h_pass = half_width(ev, rho=1 / 0.005**2, alpha=0.2 * 0.75)
+    lo, hi = verdict.figures["step_difference_cs"]  # type: ignore[misc]
+    assert lo == pytest.approx(0.02 - h_pass) and hi == pytest.approx(0.02 + h_pass)
 
 
 def test_a_verdict_says_when_too_few_baseline_pods_serve_to_measure_how_pods_differ() -> None:

@@ -81,3 +81,32 @@ def test_looking_every_interval_keeps_the_error_below_alpha_where_a_z_test_does_
         naive_ever += naive
     assert ever_above / runs <= alpha
     assert naive_ever / runs > 3 * alpha  # repeated fixed-horizon tests: the inflation this module exists to avoid
+
+
+def test_averaged_mixtures_cross_one_over_alpha_at_their_boundary_between_their_parts() -> None:
+    """The even average of mixtures at several precisions is an e-process: its boundary is where the average
+    reaches 1/α, no wider than the best part's at α/K (K parts) and no narrower than the best part's at α."""
+    ev = Evidence().add(0.3, 0.01, 100.0).add(0.1, 0.01, 100.0)
+    rhos, alpha = (1.0, 1.0 / 9), 0.05
+    h = half_width(ev, rhos, alpha)
+    assert mixture_e_value(ev, ev.estimate - h, rhos, upper=True) == pytest.approx(1 / alpha, rel=1e-9)
+    parts = [mixture_e_value(ev, ev.estimate - h, r, upper=True) for r in rhos]
+    assert sum(parts) / 2 == pytest.approx(1 / alpha, rel=1e-9)
+    assert min(half_width(ev, r, alpha) for r in rhos) <= h <= min(half_width(ev, r, alpha / 2) for r in rhos)
+
+
+def test_looking_every_interval_with_averaged_mixtures_keeps_the_error_below_alpha() -> None:
+    """The same Monte Carlo as above, the boundary of mixtures at the tolerance's precision and a ninth of it."""
+    rng = np.random.default_rng(11)
+    runs, looks, alpha, rhos = 400, 100, 0.05, (1.0, 1.0 / 9)
+    variances = rng.uniform(0.5, 2.0, size=(runs, looks))
+    d = rng.normal(0.0, np.sqrt(variances))
+    ever_above = 0
+    for run in range(runs):
+        ev = Evidence()
+        for t in range(looks):
+            ev = ev.add(float(d[run, t]), float(variances[run, t]), 1 / float(variances[run, t]))
+            if ev.estimate > half_width(ev, rhos, alpha):
+                ever_above += 1
+                break
+    assert ever_above / runs <= alpha
