@@ -5,6 +5,7 @@ conditional write, and writes that keep what the user had."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 import stat
@@ -29,7 +30,7 @@ from canary.routers.virtualservice import (
     with_route,
     with_weights,
 )
-from canary.state import ANNOTATION, RolloutState, decode_state
+from canary.state import ANNOTATION, RolloutState, decode_state, encode_state
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "istio"
@@ -429,8 +430,9 @@ def test_a_write_edits_only_the_weights_and_the_state_line_inside_the_virtualser
 def test_a_virtualservice_the_text_edit_cannot_handle_is_written_whole_and_right(
     shape: Any, tmp_path: Path, state: RolloutState
 ) -> None:
-    """Where the document cannot be edited value by value it is dumped whole; the file still holds exactly the
-    weights and state written, and the comments before it."""
+    """Texts the value-by-value edit may or may not handle (a tag on a weight, flow-style metadata, a missing
+    weight): in place or written whole, the file holds exactly the weights and state written, and the
+    comments before the document."""
     path = tmp_path / "m.yaml"
     text = shape(_commented_vs())
     assert text != _commented_vs()
@@ -461,3 +463,98 @@ def test_an_in_place_edit_that_does_not_read_back_as_meant_is_not_written(
     router.write(WEB, router.read(WEB), Weights(50, 50), state)
     assert router.read(WEB).weights == Weights(50, 50)
     assert "# baseline" not in path.read_text(), "written whole"
+
+
+def _write_50_50(path: Path, data: bytes, state: RolloutState) -> bytes:
+    path.write_bytes(data)
+    router = ManifestRouter(path)
+    router.write(WEB, router.read(WEB), Weights(50, 50), state)
+    assert router.read(WEB).weights == Weights(50, 50)
+    return path.read_bytes()
+
+
+_SEED_VS = (FIXTURES / "web-app-virtualservice.yaml").read_text()
+_VS = _SEED_VS[_SEED_VS.index("apiVersion") :]
+_DR = (FIXTURES / "web-app-destinationrule.yaml").read_text()
+
+
+@pytest.mark.parametrize("text", [_SEED_VS, f"{_DR}---\n{_VS}"], ids=["header-comment", "two-documents"])
+def test_a_file_that_begins_with_a_byte_order_mark_keeps_it_and_every_document(
+    text: str, tmp_path: Path, state: RolloutState
+) -> None:
+    """libyaml counts the mark into its positions and the pure-Python parser does not: a span one character
+    short once ate the newline before `apiVersion` (into the header comment) or joined `---` to the next
+    document."""
+    out = _write_50_50(tmp_path / "m.yaml", f"\ufeff{text}".encode(), state).decode("utf-8")
+    assert out.startswith("\ufeff") and "---apiVersion" not in out
+    documents = list(yaml.safe_load_all(out.removeprefix("\ufeff")))
+    assert all(d["apiVersion"] == "networking.istio.io/v1alpha3" for d in documents)
+
+
+def test_a_file_with_crlf_line_endings_keeps_them_in_the_lines_canary_adds(tmp_path: Path, state: RolloutState) -> None:
+    out = _write_50_50(tmp_path / "m.yaml", _commented_vs().replace("\n", "\r\n").encode(), state)
+    assert b"\n" not in out.replace(b"\r\n", b"") and b"# baseline" in out
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    ["  annotations:\n", "  annotations: ~\n", "  annotations: {}\n", "  annotations: {team: web}\n"],
+    ids=["empty", "null", "empty-flow", "flow"],
+)
+def test_an_empty_or_flow_annotations_mapping_is_filled_in_place(
+    annotations: str, tmp_path: Path, state: RolloutState
+) -> None:
+    """A template's `annotations:` with nothing after it, `~`, `{}` or a flow mapping: the state goes into
+    it, and the comments and quoting elsewhere in the document stay."""
+    text = _commented_vs().replace("  name: web-app\n", f"  name: web-app  # owned by web\n{annotations}")
+    out = _write_50_50(tmp_path / "m.yaml", text.encode(), state).decode()
+    assert "# owned by web" in out and "# baseline" in out and 'exact: "true"' in out
+    assert ("team: web" in out) == ("team" in annotations)
+
+
+def test_a_state_annotation_written_as_a_block_scalar_keeps_the_lines_after_it(
+    tmp_path: Path, state: RolloutState
+) -> None:
+    """A block scalar's span takes in the line breaks after it: the edit keeps them, so the comment below is
+    not glued onto the new value's line."""
+    old = encode_state(dataclasses.replace(state, tick=state.tick + 1))
+    block = f"  annotations:\n    {ANNOTATION}: |\n      {old}\n\n# about spec\n"
+    text = _commented_vs().replace("  name: web-app\n", f"  name: web-app\n{block}")
+    out = _write_50_50(tmp_path / "m.yaml", text.encode(), state).decode()
+    assert "\n\n# about spec\n" in out and "# baseline" in out
+
+
+def test_the_whole_document_fallback_keeps_the_comments_after_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state: RolloutState
+) -> None:
+    """Where the document is written whole, its span ends at its last value: a comment between it and the next
+    `---` stays (a block mapping's end is marked only at the next token)."""
+    import canary.routers.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "edit_values", lambda *_: None)
+    text = f"{_VS}\n# the rule below\n---\n{_DR}"
+    out = _write_50_50(tmp_path / "m.yaml", text.encode(), state).decode()
+    assert "\n# the rule below\n---\n" in out and out.endswith(_DR)
+
+
+def test_writing_the_same_weights_and_state_again_leaves_the_file_as_it_is(tmp_path: Path, state: RolloutState) -> None:
+    path = tmp_path / "m.yaml"
+    first = _write_50_50(path, _commented_vs().replace("\n", "\r\n").encode(), state)
+    router = ManifestRouter(path)
+    router.write(WEB, router.read(WEB), Weights(50, 50), state)
+    assert path.read_bytes() == first
+
+
+def test_a_whole_document_write_that_would_not_load_as_meant_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state: RolloutState
+) -> None:
+    import canary.routers.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "edit_values", lambda *_: None)
+    monkeypatch.setattr(manifest_module.yaml, "dump", lambda *_, **__: "kind: Something\n")
+    path = tmp_path / "m.yaml"
+    path.write_text(_SEED_VS)
+    router = ManifestRouter(path)
+    with pytest.raises(RouterError, match=r"m\.yaml: canary cannot write the VirtualService .*nothing was written"):
+        router.write(WEB, router.read(WEB), Weights(50, 50), state)
+    assert path.read_text() == _SEED_VS

@@ -13,8 +13,9 @@ The file may hold several YAML documents (a DestinationRule beside the VirtualSe
 preflight); only the VirtualService named by the policy's target changes, and in it only the values that
 change: the weights' numbers and the state annotation's line are edited in the text (`yaml_edit`), so
 comments, quoting and every other document stay as written and a commit of canary's change is a diff of
-those lines. Where the document's text cannot be edited value by value (a weight written as a block
-scalar, a flow-style mapping that needs a new key), the VirtualService document is written out whole.
+those lines. Where the document's text cannot be edited value by value, the VirtualService document is
+written out whole in place of its content (the comments around it kept). A byte-order mark and CRLF line
+endings are kept; nothing is written that does not load back as the documents meant.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def _unique_keys(base: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
 _LOADER = _unique_keys(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 _PRECISE_LOADER = _unique_keys(yaml.SafeLoader)  # says where a mistake is more precisely
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+BOM = "\ufeff"
 
 
 class ManifestRouter:
@@ -79,11 +81,15 @@ class ManifestRouter:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise RouterError(f"{self.path}: not a text file") from None
+        # libyaml counts a byte-order mark into its marks and the pure-Python parser does not: parse without
+        # it, so every span is an index into `text`, and give it back on writing.
+        bom = text.startswith(BOM)
+        text = text.removeprefix(BOM)
         try:
             events = list(yaml.parse(text, Loader=_LOADER))  # an alias is one event: nothing is expanded here
             alias = next((e for e in events if isinstance(e, yaml.AliasEvent)), None)
             if alias is None:
-                return _Parsed(text, list(yaml.load_all(text, Loader=_LOADER)), _document_spans(events))
+                return _Parsed(text, list(yaml.load_all(text, Loader=_LOADER)), _document_spans(events), bom)
         except RecursionError:
             raise RouterError(f"{self.path}: nested too deeply to be a manifest") from None
         except yaml.YAMLError:
@@ -93,7 +99,7 @@ class ManifestRouter:
             raise RouterError(f"{self.path}:{line}: YAML aliases (*name) are not supported in a manifest")
         try:  # the pure-Python parser says where the mistake is more precisely: let it tell
             documents = list(yaml.load_all(text, Loader=_PRECISE_LOADER))
-            return _Parsed(text, documents, _document_spans(yaml.parse(text, Loader=_PRECISE_LOADER)))
+            return _Parsed(text, documents, _document_spans(yaml.parse(text, Loader=_PRECISE_LOADER)), bom)
         except RecursionError:
             raise RouterError(f"{self.path}: nested too deeply to be a manifest") from None
         except yaml.YAMLError as exc:
@@ -129,7 +135,7 @@ class ManifestRouter:
         parsed = self._documents(data)
         index = self._index(parsed.documents, target)
         vs = with_route(parsed.documents[index], target, weights, state)
-        self._replace(_rewritten(parsed, index, vs).encode())
+        self._replace(f"{BOM if parsed.bom else ''}{_rewritten(parsed, index, vs, str(self.path))}".encode())
 
     def _replace(self, data: bytes) -> None:
         try:
@@ -154,23 +160,36 @@ def _digest(data: bytes) -> str:
 class _Parsed:
     """A manifest file read: its text, its documents, and where each document's content lies in the text."""
 
-    text: str
+    text: str  # without a byte-order mark
     documents: list[Any]
     spans: list[tuple[int, int]]
+    bom: bool = False  # the file began with one
 
 
-def _rewritten(parsed: _Parsed, index: int, vs: dict[str, Any]) -> str:
+def _rewritten(parsed: _Parsed, index: int, vs: dict[str, Any], where: str) -> str:
     """The file's text with `vs` as its document `index`: the values that changed edited in place (a GitOps
     diff of the weights and the state line, the document's comments kept) where the edit reads back as
-    `vs` and leaves the other documents as they were; else the document dumped whole, in place of its text."""
+    `vs` and leaves the other documents as they were; else the document dumped whole, in place of its
+    content (the comments around it kept). Either text is written only if it loads as meant."""
     expected = [*parsed.documents[:index], vs, *parsed.documents[index + 1 :]]
     node = list(yaml.compose_all(parsed.text, Loader=_LOADER))[index]
-    text = edit_values(parsed.text, node, parsed.documents[index], vs)
-    with contextlib.suppress(yaml.YAMLError, RecursionError):
-        if text is not None and list(yaml.load_all(text, Loader=_LOADER)) == expected:
-            return text
+    edited = edit_values(parsed.text, node, parsed.documents[index], vs)
+    if edited is not None and _loads_as(edited, expected):
+        return edited
     begin, end = parsed.spans[index]
-    return f"{parsed.text[:begin]}{yaml.dump(vs, Dumper=_DUMPER, sort_keys=False)}{parsed.text[end:]}"
+    newline = "\r\n" if "\r\n" in parsed.text else "\n"
+    dumped = yaml.dump(vs, Dumper=_DUMPER, sort_keys=False, line_break=newline).rstrip("\r\n")
+    whole = f"{parsed.text[:begin]}{dumped}{parsed.text[end:]}"
+    if not _loads_as(whole, expected):
+        raise RouterError(f"{where}: canary cannot write the VirtualService into this file's text without changing "
+                          "something else in it; nothing was written")  # fmt: skip
+    return whole
+
+
+def _loads_as(text: str, documents: list[Any]) -> bool:
+    with contextlib.suppress(yaml.YAMLError, RecursionError):
+        return list(yaml.load_all(text, Loader=_LOADER)) == documents
+    return False
 
 
 def _document_spans(events: Iterable[yaml.Event]) -> list[tuple[int, int]]:
@@ -178,17 +197,22 @@ def _document_spans(events: Iterable[yaml.Event]) -> list[tuple[int, int]]:
     order `load_all` gives them: the comments before a document, its `---` and every other document are
     kept as written when one document's text is replaced."""
     spans: list[tuple[int, int]] = []
-    depth, begin = 0, 0
+    begin = last = 0
+    flow: list[bool] = []  # per open collection: flow style (its end is marked exactly) or block
     for event in events:
         if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
-            begin = _index_of(event.start_mark) if depth == 0 else begin
-            depth += 1
+            begin = _index_of(event.start_mark) if not flow else begin
+            flow.append(bool(event.flow_style))
         elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
-            depth -= 1
-            if depth == 0:
-                spans.append((begin, _index_of(event.end_mark)))
-        elif isinstance(event, yaml.ScalarEvent) and depth == 0:  # a document that is one value (or empty)
-            spans.append((_index_of(event.start_mark), _index_of(event.end_mark)))
+            # A block collection's end is marked at the next token, past the comments after it: the content
+            # ends where its last value does.
+            last = _index_of(event.end_mark) if flow.pop() else last
+            if not flow:
+                spans.append((begin, last))
+        elif isinstance(event, yaml.ScalarEvent | yaml.AliasEvent):
+            last = _index_of(event.end_mark)
+            if not flow:  # a document that is one value (or empty)
+                spans.append((_index_of(event.start_mark), last))
     return spans
 
 

@@ -3,10 +3,12 @@
 A GitOps repository reviews canary's change as a diff: rewriting a whole document from its parsed objects
 drops the comments inside it and changes quoting and line folding, so a weight shift shows as a rewrite.
 `edit_values` instead replaces the text of each scalar whose value changed and inserts the keys that are
-new, at the indentation of their mapping. It handles what a route write changes (numbers and strings,
-keys added to block mappings); for anything else (a value of another kind, a key removed, a list grown,
-a flow mapping to add to) it returns None and the caller writes the document whole. The caller checks the
-result parses to what it meant to write: the edit is only a way of writing, never the truth.
+new: in a block mapping at its indentation, in a flow mapping before its closing brace, in place of an empty
+value (`annotations:` with nothing after it, `~`, `{}`). New lines take the file's line ending. It handles
+what a route write changes (numbers and strings, mappings of them added); for anything else (a value of
+another kind, a key removed, a list grown) it returns None and the caller writes the document whole. The
+caller checks the result parses to what it meant to write: the edit is only a way of writing, never the
+truth.
 """
 
 from __future__ import annotations
@@ -21,74 +23,113 @@ _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 def edit_values(text: str, node: yaml.Node, old: Any, new: Any) -> str | None:
     """`text` with the document `node` (composed from `text`, which loads as `old`) edited to hold `new`;
     None where that cannot be done value by value."""
-    edits: list[tuple[int, int, str]] = []
-    if not _edit(node, old, new, edits):
+    editor = _Editor(text)
+    if not editor.edit(node, old, new, column=None):
         return None
-    for begin, end, replacement in sorted(edits, reverse=True):
+    for begin, end, replacement in sorted(editor.edits, reverse=True):
         text = f"{text[:begin]}{replacement}{text[end:]}"
     return text
 
 
-def _edit(node: yaml.Node, old: Any, new: Any, edits: list[tuple[int, int, str]]) -> bool:
-    if type(old) is type(new) and old == new:
-        return True
-    if isinstance(node, yaml.ScalarNode):
-        scalar = _scalar(new)
-        if scalar is None or isinstance(old, dict | list):
-            return False
-        edits.append((node.start_mark.index, node.end_mark.index, scalar))
-        return True
-    if isinstance(node, yaml.SequenceNode) and isinstance(old, list) and isinstance(new, list):
-        return len(old) == len(new) == len(node.value) and all(
-            _edit(n, o, w, edits) for n, o, w in zip(node.value, old, new, strict=True)
-        )
-    if isinstance(node, yaml.MappingNode) and isinstance(old, dict) and isinstance(new, dict):
-        return _edit_mapping(node, old, new, edits)
-    return False
+class _Editor:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.newline = "\r\n" if "\r\n" in text else "\n"
+        self.edits: list[tuple[int, int, str]] = []
 
-
-def _edit_mapping(node: yaml.MappingNode, old: dict[Any, Any], new: dict[Any, Any], edits: list[Any]) -> bool:
-    if not set(old) <= set(new) or len(node.value) != len(old):
-        return False  # a key removed, or keys the text spells otherwise than they load
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.value not in old:
-            return False
-        if not _edit(value_node, old[key_node.value], new[key_node.value], edits):
-            return False
-    added = [key for key in new if key not in old]
-    if not added:
-        return True
-    if node.flow_style or not node.value:
+    def edit(self, node: yaml.Node, old: Any, new: Any, column: int | None) -> bool:
+        """`column`: where the key that holds `node` begins (None for the document itself)."""
+        if type(old) is type(new) and old == new:
+            return True
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, old, new, column)
+        if isinstance(node, yaml.SequenceNode) and isinstance(old, list) and isinstance(new, list):
+            return len(old) == len(new) == len(node.value) and all(
+                self.edit(n, o, w, column=None) for n, o, w in zip(node.value, old, new, strict=True)
+            )
+        if isinstance(node, yaml.MappingNode) and isinstance(old, dict) and isinstance(new, dict):
+            return self._mapping(node, old, new)
         return False
-    first = node.value[0][0].start_mark
-    lines = []
-    for key in added:
-        block = _block(key, new[key], first.column)
-        if block is None:
+
+    def _scalar(self, node: yaml.ScalarNode, old: Any, new: Any, column: int | None) -> bool:
+        begin, end = node.start_mark.index, node.end_mark.index
+        if node.style in ("|", ">"):  # a block scalar's span takes in the line breaks after it: keep those
+            while end > begin and self.text[end - 1] in "\r\n":
+                end -= 1
+        if old is None and isinstance(new, dict):  # `annotations:` with nothing after it, or `~`
+            if begin == end and column is not None:
+                lines = _lines(new, column + 2)
+                replacement = None if lines is None else "".join(f"{self.newline}{line}" for line in lines)
+            else:
+                replacement = _flow(new)
+        elif isinstance(old, dict | list):
             return False
-        lines.append(block)
-    # Before the first key, at its column: the new keys, then the first key's own indentation again.
-    edits.append((first.index, first.index, "".join(f"{line}\n{' ' * first.column}" for line in lines)))
-    return True
+        else:
+            replacement = _flow(new)
+        if replacement is None:
+            return False
+        self.edits.append((begin, end, replacement))
+        return True
+
+    def _mapping(self, node: yaml.MappingNode, old: dict[Any, Any], new: dict[Any, Any]) -> bool:
+        if not set(old) <= set(new) or len(node.value) != len(old):
+            return False  # a key removed, or keys the text spells otherwise than they load
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value not in old:
+                return False
+            if not self.edit(value_node, old[key_node.value], new[key_node.value], key_node.start_mark.column):
+                return False
+        added = {key: new[key] for key in new if key not in old}
+        if not added:
+            return True
+        if node.flow_style:  # before the closing brace
+            entries = [(_flow(key), _flow(value)) for key, value in added.items()]
+            close = node.end_mark.index - 1
+            if any(k is None or v is None for k, v in entries) or self.text[close : close + 1] != "}":
+                return False
+            lead = ", " if node.value else ""
+            self.edits.append((close, close, lead + ", ".join(f"{k}: {v}" for k, v in entries)))
+            return True
+        if not node.value:
+            return False
+        first = node.value[0][0].start_mark
+        lines = _lines(added, first.column)
+        if lines is None:
+            return False
+        # Before the first key, at its column: the new keys, then the first key's own indentation again.
+        block = "".join(f"{line}{self.newline}" for line in lines)[first.column :] + " " * first.column
+        self.edits.append((first.index, first.index, block))
+        return True
 
 
-def _block(key: Any, value: Any, column: int) -> str | None:
-    """`key: value` as block lines at `column` (without the first line's indentation): a scalar, or a mapping
-    of scalars."""
-    name = _scalar(key)
-    if name is None:
-        return None
-    if not isinstance(value, dict):
-        scalar = _scalar(value)
-        return None if scalar is None else f"{name}: {scalar}"
-    inner = [(_scalar(k), _scalar(v)) for k, v in value.items()]
-    if not inner or any(k is None or v is None for k, v in inner):
-        return None
-    return "\n".join([f"{name}:", *(f"{' ' * (column + 2)}{k}: {v}" for k, v in inner)])
+def _lines(mapping: dict[Any, Any], column: int) -> list[str] | None:
+    """A mapping of scalars, or of mappings of scalars, as block lines indented to `column`."""
+    out = []
+    for key, value in mapping.items():
+        name = _flow(key)
+        if name is None:
+            return None
+        if isinstance(value, dict):
+            inner = _lines(value, column + 2)
+            if inner is None or not inner:
+                return None
+            out += [f"{' ' * column}{name}:", *inner]
+            continue
+        scalar = _flow(value)
+        if scalar is None:
+            return None
+        out.append(f"{' ' * column}{name}: {scalar}")
+    return out
 
 
-def _scalar(value: Any) -> str | None:
-    """A number or string as YAML text that reads back as itself in any context (the flow style's quoting)."""
+def _flow(value: Any) -> str | None:
+    """A number or a string (or a mapping of them, in braces) as YAML text that reads back as itself in any
+    context (the flow style's quoting)."""
+    if isinstance(value, dict):
+        entries = [(_flow(k), _flow(v)) for k, v in value.items()]
+        if any(k is None or v is None for k, v in entries):
+            return None
+        return "{" + ", ".join(f"{k}: {v}" for k, v in entries) + "}"
     if isinstance(value, bool) or not isinstance(value, int | str):
         return None
     text = yaml.dump([value], Dumper=_DUMPER, default_flow_style=True, width=2**30)
