@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import latency_shapes  # noqa: E402
 import pod_spread  # noqa: E402
 import quantile_ceiling  # noqa: E402
+import readoff_error  # noqa: E402
 
 
 def _rows(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -64,3 +65,14 @@ def test_the_quantile_ceiling_judges_the_checks_a_shift_moves_past_their_toleran
     assert [(row[3], row[4]) for row in rows] == [("sprt", "check"), ("sprt", "whole"), ("mixture", "check"),
                                                   ("mixture", "whole")]  # fmt: skip
     assert "latency p95: within tolerance" in out and "latency p99: within tolerance" in out
+
+
+def test_the_readoff_measurement_reads_a_lognormal_exactly_and_a_sharp_start_badly() -> None:
+    """The read-off is exact for a lognormal (the curve's assumption) and far off for a shifted exponential at
+    its sharp start, as docs/statistics.md's table says; the exact histogram holds the shape at every edge."""
+    shape = readoff_error.SHAPES["lognormal, σ 0.5"]
+    hist = readoff_error.exact_histogram(shape(80.0).sf)  # type: ignore[attr-defined]
+    assert abs(hist.counts[6] / hist.total - (shape(80.0).cdf(100) - shape(80.0).cdf(50))) < 1e-9  # type: ignore[attr-defined]
+    assert max(e for e, _, _ in readoff_error.errors(shape, scales=5, points=10)) < 0.002
+    sharp = readoff_error.errors(readoff_error.SHAPES["shifted exponential"], scales=5, points=10)
+    assert max(e for e, _, _ in sharp) > readoff_error.INTERPOLATION_ALLOWANCE
