@@ -70,7 +70,7 @@ def _log_mixture(statistic: float, variance: float, rho: float) -> float:
 
 def _log_mixtures(statistic: float, variance: float, rhos: tuple[float, ...]) -> float:
     """log of the even average of one-sided mixtures at several precisions: a nonnegative supermartingale
-    too, tight where any of its parts is, for log(number of parts) more evidence."""
+    too, tight where any of its parts is, for at most log(number of parts) more evidence than that part."""
     logs = [_log_mixture(statistic, variance, rho) for rho in rhos]
     top = max(logs)
     return top + math.log(sum(math.exp(x - top) for x in logs) / len(logs))

@@ -83,16 +83,21 @@ def test_looking_every_interval_keeps_the_error_below_alpha_where_a_z_test_does_
     assert naive_ever / runs > 3 * alpha  # repeated fixed-horizon tests: the inflation this module exists to avoid
 
 
-def test_averaged_mixtures_cross_one_over_alpha_at_their_boundary_between_their_parts() -> None:
-    """The even average of mixtures at several precisions is an e-process: its boundary is where the average
-    reaches 1/α, no wider than the best part's at α/K (K parts) and no narrower than the best part's at α."""
-    ev = Evidence().add(0.3, 0.01, 100.0).add(0.1, 0.01, 100.0)
-    rhos, alpha = (1.0, 1.0 / 9), 0.05
+@pytest.mark.parametrize("variance", [1e-4, 1e-2, 1.0, 1e2, 1e4])
+def test_averaged_mixtures_cross_one_over_alpha_at_their_boundary_between_their_parts(variance: float) -> None:
+    """The judge's error-rate fail mixture, precisions from RATIO_FAIL_SCALES: its boundary is where the average
+    reaches 1/α, no narrower than the best part's at α, and never wider than the margin's own mixture at ¾ α
+    (the second part is at least half the first wherever the estimate points up)."""
+    from canary.judges.sequential import RATIO_FAIL_SCALES
+
+    rho, alpha = 1.0, 0.0375
+    rhos = tuple(rho / (k * k) for k in RATIO_FAIL_SCALES)
+    ev = Evidence().add(0.3, variance, 1 / variance)
     h = half_width(ev, rhos, alpha)
     assert mixture_e_value(ev, ev.estimate - h, rhos, upper=True) == pytest.approx(1 / alpha, rel=1e-9)
     parts = [mixture_e_value(ev, ev.estimate - h, r, upper=True) for r in rhos]
-    assert sum(parts) / 2 == pytest.approx(1 / alpha, rel=1e-9)
-    assert min(half_width(ev, r, alpha) for r in rhos) <= h <= min(half_width(ev, r, alpha / 2) for r in rhos)
+    assert sum(parts) / len(parts) == pytest.approx(1 / alpha, rel=1e-9)
+    assert min(half_width(ev, r, alpha) for r in rhos) <= h <= half_width(ev, rho, 0.75 * alpha) * (1 + 1e-9)
 
 
 def test_looking_every_interval_with_averaged_mixtures_keeps_the_error_below_alpha() -> None:
