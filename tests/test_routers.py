@@ -558,3 +558,11 @@ def test_a_whole_document_write_that_would_not_load_as_meant_writes_nothing(
     with pytest.raises(RouterError, match=r"m\.yaml: canary cannot write the VirtualService .*nothing was written"):
         router.write(WEB, router.read(WEB), Weights(50, 50), state)
     assert path.read_text() == _SEED_VS
+
+
+def test_a_four_space_manifest_gets_the_annotation_at_its_own_indentation(tmp_path: Path, state: RolloutState) -> None:
+    vs = yaml.safe_load(_SEED_VS)
+    text = "# indented by four\n" + yaml.safe_dump(vs, indent=4, sort_keys=False)
+    assert "\n    name: web-app\n" in text
+    out = _write_50_50(tmp_path / "m.yaml", text.encode(), state).decode()
+    assert "\n    annotations:\n        canary.dev/rollout-state: " in out and out.startswith("# indented by four\n")

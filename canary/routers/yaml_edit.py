@@ -48,7 +48,7 @@ class _Editor:
                 self.edit(n, o, w, column=None) for n, o, w in zip(node.value, old, new, strict=True)
             )
         if isinstance(node, yaml.MappingNode) and isinstance(old, dict) and isinstance(new, dict):
-            return self._mapping(node, old, new)
+            return self._mapping(node, old, new, column)
         return False
 
     def _scalar(self, node: yaml.ScalarNode, old: Any, new: Any, column: int | None) -> bool:
@@ -71,7 +71,7 @@ class _Editor:
         self.edits.append((begin, end, replacement))
         return True
 
-    def _mapping(self, node: yaml.MappingNode, old: dict[Any, Any], new: dict[Any, Any]) -> bool:
+    def _mapping(self, node: yaml.MappingNode, old: dict[Any, Any], new: dict[Any, Any], column: int | None) -> bool:
         if not set(old) <= set(new) or len(node.value) != len(old):
             return False  # a key removed, or keys the text spells otherwise than they load
         for key_node, value_node in node.value:
@@ -93,7 +93,9 @@ class _Editor:
         if not node.value:
             return False
         first = node.value[0][0].start_mark
-        lines = _lines(added, first.column)
+        # The file's own indentation step: how far this mapping's keys sit in from the key that holds it.
+        step = first.column - column if column is not None and first.column > column else 2
+        lines = _lines(added, first.column, step)
         if lines is None:
             return False
         # Before the first key, at its column: the new keys, then the first key's own indentation again.
@@ -102,15 +104,16 @@ class _Editor:
         return True
 
 
-def _lines(mapping: dict[Any, Any], column: int) -> list[str] | None:
-    """A mapping of scalars, or of mappings of scalars, as block lines indented to `column`."""
+def _lines(mapping: dict[Any, Any], column: int, step: int = 2) -> list[str] | None:
+    """A mapping of scalars, or of mappings of scalars, as block lines indented to `column`, nested ones
+    `step` further."""
     out = []
     for key, value in mapping.items():
         name = _flow(key)
         if name is None:
             return None
         if isinstance(value, dict):
-            inner = _lines(value, column + 2)
+            inner = _lines(value, column + step, step)
             if inner is None or not inner:
                 return None
             out += [f"{' ' * column}{name}:", *inner]
