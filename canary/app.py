@@ -12,6 +12,7 @@ from pathlib import Path
 
 from canary.analysis import AnalysisResult, analyze
 from canary.audit import AuditLog, AuditSink
+from canary.auditing import CONTROLLER, SIMULATED
 from canary.clock import Clock, SimulatedClock, SystemClock
 from canary.controller import DEFAULT_LOCK_TIMEOUT_S, CancelFlag, Runner
 from canary.errors import PolicyError, RouterError, SourceError
@@ -115,7 +116,7 @@ def simulated_rollout(
         judge=judge_for(policy, judge, mesh),
         audit=audit,
         clock=clock,
-        actor="canary-controller (simulated mesh)",
+        actor=f"{CONTROLLER} {SIMULATED}",
         lock_timeout_s=lock_timeout_s,
         cancel=cancel,
         hooks=hooks_for(policy),

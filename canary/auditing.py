@@ -23,6 +23,7 @@ from canary.records import DecisionRecord, NoteRecord, OutcomeRecord, PolicyRef,
 from canary.report import judgement_dict, observation_from_dict
 
 CONTROLLER = "canary-controller"
+SIMULATED = "(simulated mesh)"  # the simulated controller's actor ends so; its records keep simulated time
 
 
 def _automated(record: DecisionRecord) -> bool:
@@ -50,8 +51,12 @@ class RolloutSummary:
 
 
 def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
-    """The rollouts of a log in the order they started."""
+    """The rollouts of a log in the order they started. A rollout on the simulated mesh runs on simulated time
+    (from 2026-01-01): a person's command on its route comes on the wall clock, so only the simulated
+    controller's records time it."""
     found: dict[str, RolloutSummary] = {}
+    simulated: set[str] = set()
+    timed: dict[str, bool] = {}  # per rollout: whether its last decision's clock times it
     for item in sealed:
         record = item.record
         if isinstance(record, DecisionRecord):
@@ -61,7 +66,12 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
                     record.rollout, record.policy.name, record.judge, record.time, record.time, record.phase.value,
                     0, record.weights_after,
                 )  # fmt: skip
-            summary.ended, summary.outcome = record.time, record.phase.value
+                if record.actor.endswith(SIMULATED):
+                    simulated.add(record.rollout)
+            timed[record.rollout] = record.rollout not in simulated or record.actor.endswith(SIMULATED)
+            if timed[record.rollout]:
+                summary.ended = record.time
+            summary.outcome = record.phase.value
             summary.judge = summary.judge or record.judge
             if record.tick is not None:
                 summary.ticks = max(summary.ticks, record.tick)
@@ -71,7 +81,8 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
                 summary.people.append(record.actor)
         elif isinstance(record, OutcomeRecord) and record.rollout in found:
             summary = found[record.rollout]
-            summary.ended = max(summary.ended, record.time)
+            if timed[record.rollout]:
+                summary.ended = max(summary.ended, record.time)
             if record.result == "failed":
                 summary.changes_failed += 1
             elif record.weights is not None:

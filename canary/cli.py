@@ -831,6 +831,11 @@ def status(
         raise _fail(str(exc)) from None
     target, weights = loaded.target, read.weights
     links = reader_links(loaded, state.started_at, state.last.time) if state is not None else []
+    # Time in the step by the controller's clock (its last judged tick; a person's command may come on another
+    # clock, as after a simulated run); none once the rollout has ended.
+    in_step = None
+    if state is not None and not state.phase.ended:
+        in_step = ((judged_at or state.last.time) - state.step_started_at) / 60
     if output is OutputFormat.json:
         doc: dict[str, Any] = {
             "target": f"{target.namespace}/{target.virtual_service}",
@@ -845,7 +850,7 @@ def status(
                 "last": {"time": iso(state.last.time), "action": state.last.action.value,
                          "reason": state.last.reason, "actor": state.last.actor},
                 "audit_head": state.audit_head,
-                "minutes_in_step": ((judged_at or state.last.time) - state.step_started_at) / 60,
+                "minutes_in_step": in_step,
                 "checks": checks,
                 "links": {label: url for label, url in links},
             }  # fmt: skip
@@ -865,9 +870,8 @@ def status(
             f"({state.weight}%), tick {state.tick}; last: {state.last.action.value} by {safe(state.last.actor)} "
             f"at {iso(state.last.time)}: {safe(state.last.reason)}"
         )
-        typer.echo(
-            f"{(state.last.time - state.step_started_at) / 60:.0f} min in this step; audit head {state.audit_head}"
-        )
+        where = "ended" if in_step is None else f"{in_step:.0f} min in this step"
+        typer.echo(f"{where}; audit head {state.audit_head}")
         for check in checks:
             soon = check["next_decision_min"]
             when = f" (a decision in about {soon:.0f} min at the current traffic)" if soon is not None else ""

@@ -58,3 +58,23 @@ def test_status_without_a_log_shows_the_state_alone(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["status", str(POLICY), "--manifest", str(manifest), "--audit",
                                       str(tmp_path / "none.jsonl"), "--output", "json"])  # fmt: skip
     assert result.exit_code == 0 and json.loads(result.stdout)["rollout"] is None
+
+
+def test_a_persons_command_after_a_simulated_run_leaves_its_times_true(tmp_path: Path) -> None:
+    """A simulated rollout runs on simulated time (2026-01-01), a person's rollback after it on the wall clock:
+    `audit list` times the rollout by its controller's clock, and `status` of the ended rollout gives no
+    minutes in a step (they were 484,724 across the two clocks)."""
+    manifest, audit = tmp_path / "web-app.yaml", tmp_path / "audit.jsonl"
+    manifest.write_text(DR.read_text() + "---\n" + VS.read_text())
+    common = ["--manifest", str(manifest), "--audit", str(audit)]
+    ran = CliRunner().invoke(app, ["run", str(POLICY), "--simulate", "healthy", *common, "--output", "json"])
+    assert ran.exit_code == 0, ran.output
+    minutes = json.loads(ran.stdout)["duration_s"] / 60
+    assert CliRunner().invoke(app, ["rollback", str(POLICY), *common]).exit_code == 0
+    listed = CliRunner().invoke(app, ["audit", "list", str(audit)])
+    assert listed.exit_code == 0 and f"rolled-back after {minutes:.0f} min" in listed.stdout, listed.stdout
+    assert "user:" in listed.stdout, "the person who acted is named"
+    status = CliRunner().invoke(app, ["status", str(POLICY), *common])
+    assert status.stdout.splitlines()[2].startswith("ended; audit head "), status.stdout
+    doc = json.loads(CliRunner().invoke(app, ["status", str(POLICY), *common, "--output", "json"]).stdout)
+    assert doc["rollout"]["minutes_in_step"] is None
