@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-from canary.judges.sequential import INTERPOLATION_ALLOWANCE
+from canary.judges.sequential import INTERPOLATION_ALLOWANCE, _inside
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram
 from canary.stats.buckets import survival_at
 
@@ -43,14 +43,6 @@ def exact_histogram(sf: Callable[[float], float], total: int = 10**12) -> Histog
     return Histogram(EDGES, tuple(round((b - a) * total) for a, b in itertools.pairwise(cdf)))
 
 
-def bucket_mass(hist: Histogram, x: float) -> float:
-    """The share of requests in the bucket that holds x (0 for the first bucket, which is read linearly)."""
-    for i, edge in enumerate(EDGES):
-        if x <= edge:
-            return hist.counts[i] / hist.total if i > 0 else 0.0
-    return 0.0
-
-
 def errors(shape: Callable[[float], object], scales: int, points: int) -> list[tuple[float, float, float]]:
     """(error as a share of the bucket's requests, the point's quantile, the scale) at every point read."""
     out = []
@@ -58,9 +50,8 @@ def errors(shape: Callable[[float], object], scales: int, points: int) -> list[t
         dist = shape(scale)
         hist = exact_histogram(dist.sf)  # type: ignore[attr-defined]
         for x in np.geomspace(dist.ppf(0.40), dist.ppf(0.995), points):  # type: ignore[attr-defined]
-            mass = bucket_mass(hist, float(x))
-            if mass <= 1e-9 or not EDGES[0] < x < EDGES[-1]:
-                continue
+            if not EDGES[0] < x < EDGES[-1] or (mass := _inside(hist, float(x))) <= 1e-9:
+                continue  # the first bucket is read linearly, and beyond the last nothing is read
             error = abs(survival_at(hist, float(x)) - float(dist.sf(x))) / mass  # type: ignore[attr-defined]
             out.append((error, float(dist.cdf(x)), float(scale)))  # type: ignore[attr-defined]
     return out

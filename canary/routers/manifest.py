@@ -35,7 +35,7 @@ from canary.model import Weights
 from canary.outputs import replace_file
 from canary.policy import Target
 from canary.routers.virtualservice import RouteRead, read_route, subsets_problem, with_route
-from canary.routers.yaml_edit import edit_values
+from canary.routers.yaml_edit import edit_values, line_ending
 from canary.state import RolloutState
 
 
@@ -177,8 +177,7 @@ def _rewritten(parsed: _Parsed, index: int, vs: dict[str, Any], where: str) -> s
     if edited is not None and _loads_as(edited, expected):
         return edited
     begin, end = parsed.spans[index]
-    newline = "\r\n" if "\r\n" in parsed.text else "\n"
-    dumped = yaml.dump(vs, Dumper=_DUMPER, sort_keys=False, line_break=newline).rstrip("\r\n")
+    dumped = yaml.dump(vs, Dumper=_DUMPER, sort_keys=False, line_break=line_ending(parsed.text)).rstrip("\r\n")
     whole = f"{parsed.text[:begin]}{dumped}{parsed.text[end:]}"
     if not _loads_as(whole, expected):
         raise RouterError(f"{where}: canary cannot write the VirtualService into this file's text without changing "

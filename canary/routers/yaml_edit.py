@@ -31,10 +31,15 @@ def edit_values(text: str, node: yaml.Node, old: Any, new: Any) -> str | None:
     return text
 
 
+def line_ending(text: str) -> str:
+    """The line ending new lines in `text` take: CRLF where the text has one, else LF."""
+    return "\r\n" if "\r\n" in text else "\n"
+
+
 class _Editor:
     def __init__(self, text: str) -> None:
         self.text = text
-        self.newline = "\r\n" if "\r\n" in text else "\n"
+        self.newline = line_ending(text)
         self.edits: list[tuple[int, int, str]] = []
 
     def edit(self, node: yaml.Node, old: Any, new: Any, column: int | None) -> bool:
