@@ -449,6 +449,32 @@ def test_a_virtualservice_the_text_edit_cannot_handle_is_written_whole_and_right
     assert path.read_text().startswith(text[: text.index("apiVersion")])
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "kept"),
+    [
+        ("      weight: 10\n", "      weight: &canary 10\n", "weight: &canary 50"),
+        ("      weight: 10\n", "      weight: !!int '10'\n", "weight: !!int 50"),
+        ("  name: web-app\n", "  name: web-app\n  annotations: &notes\n", "annotations: &notes"),
+    ],
+    ids=["anchor", "tag", "anchored-empty-annotations"],
+)
+def test_an_in_place_edit_keeps_a_values_anchor_and_tag(
+    old: str, new: str, kept: str, tmp_path: Path, state: RolloutState
+) -> None:
+    """The edit replaces a value's text, not its properties: an unused anchor or a tag stays as written."""
+    text = _commented_vs().replace(old, new, 1)
+    out = _write_50_50(tmp_path / "m.yaml", text.encode(), state).decode()
+    assert kept in out and "# baseline" in out, "edited in place"
+
+
+def test_new_annotations_go_above_the_comment_about_the_first_key(tmp_path: Path, state: RolloutState) -> None:
+    """A comment above metadata's first key is about that key: the annotations canary adds go above it."""
+    text = _commented_vs().replace("  name: web-app\n", "  # the service's name\n  name: web-app\n", 1)
+    out = _write_50_50(tmp_path / "m.yaml", text.encode(), state).decode()
+    assert "  # the service's name\n  name: web-app\n" in out
+    assert out.index("  annotations:\n") < out.index("# the service's name")
+
+
 def test_an_in_place_edit_that_does_not_read_back_as_meant_is_not_written(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state: RolloutState
 ) -> None:

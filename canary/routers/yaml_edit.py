@@ -2,13 +2,13 @@
 
 A GitOps repository reviews canary's change as a diff: rewriting a whole document from its parsed objects
 drops the comments inside it and changes quoting and line folding, so a weight shift shows as a rewrite.
-`edit_values` instead replaces the text of each scalar whose value changed and inserts the keys that are
-new: in a block mapping at its indentation, in a flow mapping before its closing brace, in place of an empty
-value (`annotations:` with nothing after it, `~`, `{}`). New lines take the file's line ending. It handles
-what a route write changes (numbers and strings, mappings of them added); for anything else (a value of
-another kind, a key removed, a list grown) it returns None and the caller writes the document whole. The
-caller checks the result parses to what it meant to write: the edit is only a way of writing, never the
-truth.
+`edit_values` instead replaces the text of each scalar whose value changed (its anchor and tag kept) and
+inserts the keys that are new: in a block mapping at its indentation, in a flow mapping before its closing
+brace, in place of an empty value (`annotations:` with nothing after it, `~`, `{}`). New lines take the
+file's line ending. It handles what a route write changes (numbers and strings, mappings of them added); for
+anything else (a value of another kind, a key removed, a list grown) it returns None and the caller writes
+the document whole. The caller checks the result parses to what it meant to write: the edit is only a way of
+writing, never the truth.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class _Editor:
         return False
 
     def _scalar(self, node: yaml.ScalarNode, old: Any, new: Any, column: int | None) -> bool:
-        begin, end = node.start_mark.index, node.end_mark.index
+        begin, end = _past_properties(self.text, node.start_mark.index, node.end_mark.index), node.end_mark.index
         if node.style in ("|", ">"):  # a block scalar's span takes in the line breaks after it: keep those
             while end > begin and self.text[end - 1] in "\r\n":
                 end -= 1
@@ -103,10 +103,38 @@ class _Editor:
         lines = _lines(added, first.column, step)
         if lines is None:
             return False
-        # Before the first key, at its column: the new keys, then the first key's own indentation again.
+        # Before the first key and the comment lines just above it, at its column: the new keys, then that
+        # column's indentation again.
+        at = _above_comments(self.text, first.index, first.column)
         block = "".join(f"{line}{self.newline}" for line in lines)[first.column :] + " " * first.column
-        self.edits.append((first.index, first.index, block))
+        self.edits.append((at, at, block))
         return True
+
+
+def _above_comments(text: str, index: int, column: int) -> int:
+    """Where the comment lines right above the key at `index` begin, at its `column` (`index` itself where
+    there are none, or the key does not begin its line): a comment about the first key stays with it."""
+    start = line = text.rfind("\n", 0, index) + 1
+    if text[line:index].strip():
+        return index
+    while line > 0:
+        above = text.rfind("\n", 0, line - 1) + 1
+        if not text[above:line].startswith(" " * column + "#"):
+            break
+        line = above
+    return index if line == start else line + column
+
+
+def _past_properties(text: str, begin: int, end: int) -> int:
+    """Where a scalar's value begins in `text[begin:end]`, past its anchor (`&name`) and tag (`!!int`): the
+    edit replaces the value and keeps them as written (what they make of the new value is checked on reading
+    back)."""
+    while begin < end and text[begin] in "&!":
+        while begin < end and not text[begin].isspace():
+            begin += 1
+        while begin < end and text[begin] in " \t":
+            begin += 1
+    return begin
 
 
 def _lines(mapping: dict[Any, Any], column: int, step: int = 2) -> list[str] | None:
