@@ -59,6 +59,7 @@ from canary.scenario import BUILTIN_SCENARIOS, builtin_scenario, resolve_scenari
 from canary.sources.prometheus import PrometheusSettings
 from canary.sources.simulated import SimulatedMesh
 from canary.state import RolloutState
+from canary.streams import GuardedStream, problem
 from canary.transition import ManualCommand
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_CANCELLED = 0, 1, 2, 3, 4
@@ -1305,43 +1306,41 @@ def audit_verify(
     typer.echo(f"{file}: {check.records} records, hash chain intact{against}, head {check.head}{note}")
 
 
-class _Scrubbed:
-    """A text stream that never lets a known secret through (everything canary prints goes through one)."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        self._stream.write(secrets.scrub(text))
-        return len(text)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
 def main() -> None:
     # A full disk or a file size limit must fail a write (and be recorded or reported), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    if not isinstance(sys.stdout, _Scrubbed):
-        sys.stdout, sys.stderr = _Scrubbed(sys.stdout), _Scrubbed(sys.stderr)
+    if not isinstance(sys.stdout, GuardedStream):
+        sys.stdout, sys.stderr = GuardedStream(sys.stdout, "output"), GuardedStream(sys.stderr, "error")
+    code = _run_app()
+    out = sys.stdout
+    out.flush()
+    if isinstance(out, GuardedStream) and (lost := problem(out)) is not None:
+        print(f"canary: {lost}", file=sys.stderr)
+        code = code or EXIT_ERROR  # exit 0 promises the output was delivered
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def _run_app() -> int:
+    """The command's exit code; a mistake in its use or a bug is one line on standard error, never a traceback."""
     try:
         code = app(standalone_mode=False)
     except usage.NoArgsIsHelpError as exc:
         exc.show()
-        sys.exit(EXIT_ERROR)
+        return EXIT_ERROR
     except usage.UsageError as exc:  # a mistyped flag or value: one line, not a usage screen
         command = exc.ctx.command_path if exc.ctx is not None else "canary"
         print(f"canary: {safe(exc.format_message())} (see {command} --help)", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+        return EXIT_ERROR
     except usage.ClickException as exc:
         print(f"canary: {safe(exc.format_message())}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except Exception as exc:  # a bug: one line and exit 2, never "rolled back" (1)
         print(f"canary: internal error: {type(exc).__name__}: {safe(exc)}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-    sys.exit(code if isinstance(code, int) else 0)
+        return EXIT_ERROR
+    return code if isinstance(code, int) else 0
 
 
 __all__ = ["app", "main", "summary"]
