@@ -10,6 +10,7 @@ import itertools
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,25 @@ ErrorClass = Literal["5xx", "non-2xx", "grpc"]
 JUDGES: tuple[JudgeKind, ...] = ("sequential", "kayenta", "flagger")
 DEADLINE_RULES: tuple[DeadlineRule, ...] = ("rollback", "promote")
 ERROR_CLASSES: tuple[ErrorClass, ...] = ("5xx", "non-2xx", "grpc")
+
+
+def url_problem(url: str) -> str | None:
+    """What keeps `url` from being an http(s) URL canary can call, in words (None: it can): the same rule for
+    a URL in the policy and one read from a file or the environment when a command starts."""
+    if not url.startswith(("http://", "https://")):
+        return "it does not start with http:// or https://"
+    if re.search(r"\s", url):
+        return "it holds a space or a line break"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # out of range or not a number: ValueError
+    except ValueError as exc:
+        return f"it is not a valid URL ({exc})"
+    if not parts.hostname:
+        return "it names no host"
+    if port == 0:
+        return "port 0 is not a port a server listens on"
+    return None
 
 
 @dataclass(frozen=True)
@@ -525,8 +545,11 @@ class _Reader:
         for key in ("jaeger", "kiali"):
             if key in data:
                 url = self.string(data, "spec.links", key)
-                if not re.fullmatch(r"https?://[^\s\"'<>]+", url):
-                    raise self.fail(join("spec.links", key), "must be an http:// or https:// URL")
+                problem = url_problem(url) or (
+                    "holds a quote or an angle bracket" if re.search("[\"'<>]", url) else None
+                )
+                if problem is not None:
+                    raise self.fail(join("spec.links", key), f"must be an http:// or https:// URL: {problem}")
                 found[key] = url.rstrip("/")
         return Links(**found)
 
@@ -592,8 +615,8 @@ class _Reader:
         if len(given) != 1:
             raise self.fail(at, "needs exactly one of url, urlFile, urlEnv (a URL with a token: urlFile or urlEnv)")
         url = self.string(data, at, "url") if "url" in data else None
-        if url is not None and not re.fullmatch(r"https?://[^\s]+", url):
-            raise self.fail(join(at, "url"), "must be an http:// or https:// URL")
+        if url is not None and (problem := url_problem(url)) is not None:
+            raise self.fail(join(at, "url"), f"must be an http:// or https:// URL: {problem}")
         url_file = self.relative(self.string(data, at, "urlFile")) if "urlFile" in data else None
         url_env = self.name(data, at, "urlEnv", "env") if "urlEnv" in data else None
         return url, url_file, url_env

@@ -16,7 +16,7 @@ from typing import Any
 from canary import secrets
 from canary.errors import CanaryError
 from canary.inputs import checked_secret, read_secret
-from canary.policy import Notification, Webhook
+from canary.policy import Notification, Webhook, url_problem
 from canary.transition import GateAnswer
 
 ANSWER_LIMIT = 65536  # what is read of an answer's body (it is not used; reading lets the server finish)
@@ -35,17 +35,17 @@ def resolve_url(endpoint: Notification | Webhook, what: str) -> str:
         if value is None:
             raise CanaryError(f"{what} {endpoint.name!r}: the environment variable {endpoint.url_env} is not set")
         url = checked_secret(value.strip(), f"the environment variable {endpoint.url_env}")
-    if not url.startswith(("http://", "https://")):
-        raise CanaryError(f"{what} {endpoint.name!r}: its URL must start with http:// or https://")
     secrets.register(url)
+    if (problem := url_problem(url)) is not None:  # said without the URL, which may hold a token
+        raise CanaryError(f"{what} {endpoint.name!r}: its URL must be an http:// or https:// URL: {problem}")
     return url
 
 
 def post(url: str, body: Mapping[str, Any], timeout_s: float) -> tuple[bool, str]:
     """One POST: (True, "HTTP 2xx") when answered 2xx, else (False, what happened, without the URL)."""
     data = json.dumps(body, default=str).encode()
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method="POST")
     try:
+        request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(request, timeout=timeout_s) as answer:
             answer.read(ANSWER_LIMIT)
             return True, f"HTTP {answer.status}"

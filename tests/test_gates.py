@@ -153,6 +153,14 @@ def test_pre_and_post_rollout_webhooks_are_told_and_noted_and_a_post_rollout_no_
      "spec.webhooks[0].onTimeout: must be one of rollback, continue, got 'promote'"),
     ("    - {name: g, url: 'http://x/'}\n", "spec.webhooks[0].type: is required"),
     ("    - {name: g, type: gate, url: 'ftp://x/'}\n", "spec.webhooks[0].url: must be an http:// or https:// URL"),
+    # urllib used to take these at the call, mid-rollout: a ValueError after the weights had moved, and a port
+    # of 99999 reaching 34463
+    ("    - {name: g, type: gate, url: 'http://[::1/'}\n",
+     "spec.webhooks[0].url: must be an http:// or https:// URL: it is not a valid URL (Invalid IPv6 URL)"),
+    ("    - {name: g, type: gate, url: 'http://127.0.0.1:99999/hook'}\n",
+     "spec.webhooks[0].url: must be an http:// or https:// URL: it is not a valid URL (Port out of range 0-65535)"),
+    ("    - {name: g, type: post-rollout, url: 'http:///hook'}\n",
+     "spec.webhooks[0].url: must be an http:// or https:// URL: it names no host"),
 ])  # fmt: skip
 def test_a_bad_webhook_is_one_line_naming_the_field(tmp_path: Path, block: str, message: str) -> None:
     with pytest.raises(PolicyError) as caught:
@@ -273,3 +281,9 @@ def test_a_webhook_url_read_from_the_environment_is_never_printed_or_recorded(tm
     missing = CliRunner().invoke(app, ["run", str(policy), "--simulate", "healthy", "--audit", str(audit)], env={})
     assert missing.exit_code == 2
     assert missing.stderr == "canary: webhook 'load-test': the environment variable LOAD_TEST_URL is not set\n"
+    broken = f"{hook.url.rsplit(':', 1)[0]}:99999/T0KEN-s3cr3t"  # a port out of range
+    bad = CliRunner().invoke(app, ["run", str(policy), "--simulate", "healthy", "--audit", str(tmp_path / "b.jsonl")],
+                             env={"LOAD_TEST_URL": broken})  # fmt: skip
+    assert bad.exit_code == 2 and not (tmp_path / "b.jsonl").exists(), "refused before anything moved"
+    assert bad.stderr.startswith("canary: webhook 'load-test': its URL must be an http:// or https:// URL: ")
+    assert "T0KEN" not in bad.stderr
