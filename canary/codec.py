@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import json
 import math
 import types
 import typing
@@ -215,3 +216,42 @@ def describe(value: Any) -> str:
         return f"a string of {len(value)} characters"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+class JsonError(ValueError):
+    """Text that is not the JSON canary reads, in one line; `line` where the parser can say."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        self.message = message
+        self.line = line
+        super().__init__(message)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """JSON text as data, refusing what a reader must not guess at: a key named twice in one object (the
+    last would silently win), NaN and the infinities (not JSON), and, as one clear line rather than the
+    parser's own failure, a number of more digits than Python converts and nesting deeper than its stack."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise JsonError(f"not valid JSON: {exc.msg}", exc.lineno) from None
+    except RecursionError:
+        raise JsonError("nested too deeply") from None
+    except JsonError:
+        raise
+    except ValueError as exc:  # int() past sys.get_int_max_str_digits, or text that is not UTF-8
+        too_long = "digits" in str(exc)
+        raise JsonError("a number of thousands of digits" if too_long else f"not valid JSON: {exc}") from None
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise JsonError(f"the key {describe(key)} appears twice in one object")
+        data[key] = value
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonError(f"{name} is not JSON")

@@ -8,13 +8,13 @@ malformed field is a one-line ScenarioError naming the scenario and the field.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from canary.codec import JsonError, parse_json
 from canary.errors import InputError, ScenarioError
 from canary.inputs import read_text
 
@@ -133,13 +133,13 @@ def _behaviour(name: str, path: str, data: object) -> Behaviour:
     burst = f.sub("error_burst", {"start_s", "duration_s", "error_rate"})
     return Behaviour(
         error_rate=f.number("error_rate", 0.0, high=1.0),
-        latency=Lognormal(lat.number("median", low=1e-3), lat.number("sigma", 0.5, high=5)),
+        latency=Lognormal(lat.number("median", low=1e-3), lat.number("sigma", 0.5, low=0.01, high=5)),
         tail=None
         if tail is None
         else Tail(
             tail.number("fraction", high=1.0),
             tail.number("median", low=1e-3),
-            tail.number("sigma", 0.3, high=5),
+            tail.number("sigma", 0.3, low=0.01, high=5),
         ),
         error_burst=None
         if burst is None
@@ -205,13 +205,11 @@ def parse_scenario(data: object) -> Scenario:
 def load_scenarios(path: str | Path) -> list[Scenario]:
     """A benchmark file ({"scenarios": [...]}) or a single scenario object."""
     try:
-        data = json.loads(read_text(path, "scenario"))
+        data = parse_json(read_text(path, "scenario"))
     except InputError as exc:
         raise ScenarioError(str(exc)) from None
-    except json.JSONDecodeError as exc:
-        raise ScenarioError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-    except RecursionError:  # the JSON parser recurses once per level: a file can be deeper than the stack
-        raise ScenarioError(f"{path}: nested too deeply to be a scenario") from None
+    except JsonError as exc:
+        raise ScenarioError(f"{path}{'' if exc.line is None else f':{exc.line}'}: {exc.message}") from None
     items = data.get("scenarios", [data]) if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise ScenarioError(f'{path}: expected a scenario object or {{"scenarios": [...]}}')
@@ -234,7 +232,7 @@ def builtin_scenario(name: str) -> Scenario:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{source}: cannot read the built-in scenario: {exc.strerror or exc}") from None
-    return parse_scenario(json.loads(text))
+    return parse_scenario(parse_json(text))
 
 
 def resolve_scenario(spec: str) -> Scenario:

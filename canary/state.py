@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from canary.codec import DecodeError, from_data, to_data
+from canary.codec import DecodeError, JsonError, from_data, parse_json, to_data
 from canary.errors import StateError
 from canary.model import Action, Phase, Weights
 from canary.policy import Policy, steps_problem
@@ -101,9 +101,9 @@ def decode_state(text: str, evidence_type: type | None = None) -> RolloutState:
     Raises StateError naming the field that does not fit (a hand edit, a newer canary's schema).
     """
     try:
-        data = json.loads(text)
-    except (TypeError, ValueError) as exc:
-        raise StateError(f"not JSON ({exc})") from None
+        data = parse_json(text)
+    except JsonError as exc:
+        raise StateError(exc.message) from None
     if not isinstance(data, dict):
         raise StateError("not a JSON object")
     schema = data.get("schema")

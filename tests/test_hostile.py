@@ -1885,7 +1885,7 @@ def test_status_of_a_route_whose_state_is_unreadable_exits_2(manifest: Path) -> 
     for output in ("text", "json"):
         o = invoke("status", POLICY, "--manifest", manifest, "--output", output)
         check_clean(o, codes=(2,))
-        assert "not JSON" in (o.out + o.err) and "90" in o.out  # the weights are still shown
+        assert "not valid JSON" in (o.out + o.err) and "90" in o.out  # the weights are still shown
 
 
 EDITED_RECORDS = {

@@ -132,7 +132,7 @@ def test_a_rollback_still_works_on_a_damaged_state_annotation(manifest: Path, tm
     assert result.exit_code == 0, result.output
     assert weights(manifest) == Weights(100, 0)
     note = next(s.record for s in read_records(audit) if isinstance(s.record, NoteRecord))
-    assert "not JSON" in note.reason and "rollback goes ahead" in note.reason
+    assert "not valid JSON" in note.reason and "rollback goes ahead" in note.reason
 
 
 def test_run_with_a_manifest_leaves_the_promoted_weights_and_state_in_it(manifest: Path, tmp_path: Path) -> None:

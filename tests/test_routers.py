@@ -178,8 +178,38 @@ def test_a_damaged_state_annotation_is_reported_not_raised(seed: dict[str, Any])
     read = read_route(seed, WEB, "1", None)
     assert read.state is None and read.weights == Weights(90, 10)
     assert read.state_error is not None and read.state_error.startswith(
-        f"VirtualService default/web-app: annotation {ANNOTATION}: not JSON"
+        f"VirtualService default/web-app: annotation {ANNOTATION}: not valid JSON"
     )
+
+
+@pytest.mark.parametrize("value", [{"rollout": "abc"}, 5, [1], True], ids=["mapping", "number", "list", "bool"])
+def test_a_state_annotation_that_is_not_a_string_is_reported_not_taken_for_none(
+    seed: dict[str, Any], value: object
+) -> None:
+    """Kubernetes annotations are strings: anything else was read as no rollout, and the next run overwrote it."""
+    seed["metadata"]["annotations"] = {ANNOTATION: value}
+    read = read_route(seed, WEB, "1", None)
+    assert read.state is None and read.weights == Weights(90, 10)
+    assert read.state_error is not None and read.state_error.startswith(
+        f"VirtualService default/web-app: annotation {ANNOTATION}: must be a string of JSON, got "
+    )
+
+
+def test_annotations_that_are_not_a_mapping_are_refused_not_replaced(seed: dict[str, Any]) -> None:
+    seed["metadata"]["annotations"] = ["team: web"]
+    with pytest.raises(
+        RouterError, match=r"^VirtualService default/web-app: metadata\.annotations must be a mapping, got a list$"
+    ):
+        read_route(seed, WEB, "1", None)
+
+
+def test_a_manifest_number_of_thousands_of_digits_is_one_line_naming_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(_SEED_VS.replace("weight: 90", "weight: 1" + "0" * 5000))  # was "internal error: ValueError"
+    line = _SEED_VS[: _SEED_VS.index("weight: 90")].count("\n") + 1
+    with pytest.raises(RouterError) as caught:
+        ManifestRouter(path).read(WEB)
+    assert str(caught.value) == f"{path}:{line}: a number of thousands of digits"
 
 
 def test_destination_rules_must_hold_both_subsets() -> None:

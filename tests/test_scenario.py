@@ -137,6 +137,11 @@ def nested(path: str, value: Any) -> dict[str, Any]:
             id="zero-median",
         ),
         pytest.param(
+            nested("canary.latency_ms.sigma", 0),  # every request at the median: no p50 to decide, and 1/0
+            "scenario 'slow-v2': canary.latency_ms.sigma must be a number in [0.01, 5], got 0",
+            id="zero-sigma",
+        ),
+        pytest.param(
             nested("pods.canary", 0),
             "scenario 'slow-v2': pods.canary must be a number in [1, 10000], got 0",
             id="no-pods",
@@ -184,6 +189,23 @@ def test_invalid_json_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as caught:
         load_scenarios(path)
     assert str(caught.value) == f"{path}:3: not valid JSON: Expecting value"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"name": "x", "rps": 1' + "0" * 5000 + "}", "a number of thousands of digits"),  # was "internal error"
+        ('{"name": "x", "rps": 100, "rps": 5}', "the key 'rps' appears twice in one object"),  # 5 used to win
+        ('{"name": "x", "rps": NaN}', "NaN is not JSON"),
+    ],
+    ids=["huge-number", "duplicate-key", "nan"],
+)
+def test_json_a_reader_must_not_guess_at_is_one_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(text)
+    with pytest.raises(ScenarioError) as caught:
+        load_scenarios(path)
+    assert str(caught.value) == f"{path}: {message}"
 
 
 def test_a_missing_file(tmp_path: Path) -> None:

@@ -106,9 +106,13 @@ def test_a_state_round_trips_through_its_annotation_text(web_policy: Policy) -> 
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("{", "not JSON"),
+    ("{", "not valid JSON"),
     ("[]", "not a JSON object"),
     ('{"schema": 2}', "schema 2, this canary reads schema 1"),
+    ("[" * 100_000 + "]" * 100_000, "^nested too deeply$"),  # was a RecursionError, "internal error"
+    ('{"schema": 1' + "0" * 5000 + "}", "^a number of thousands of digits$"),  # no sys.set_int_max_str_digits
+    ('{"schema": 1, "schema": 1}', "^the key 'schema' appears twice in one object$"),
+    ('{"schema": NaN}', "^NaN is not JSON$"),
 ])  # fmt: skip
 def test_a_damaged_state_is_one_clear_error(text: str, message: str) -> None:
     with pytest.raises(StateError, match=message):
@@ -127,7 +131,8 @@ def test_a_hand_edited_state_names_the_field(web_policy: Policy) -> None:
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("tick", -5, r"^tick: -5 is negative$"),
-    ("deadline", float("inf"), r"^deadline: inf is not a time$"),  # JSON's Infinity, which json.loads reads
+    ("deadline", float("inf"), r"^Infinity is not JSON$"),  # json.dumps writes it, canary never does
+    ("deadline", "inf", r"^deadline: inf is not a time$"),  # the codec's own word for it
     ("started_at", -1.0, r"^started_at: -1.0 is not a time$"),
     ("steps", [10, 50, 100, 200], r"^steps\[3\]: must be a whole percentage in 1..100, got 200$"),
     ("steps", [50, 10, 100], r"^steps: must increase strictly, got \[50, 10, 100\]$"),

@@ -94,6 +94,8 @@ class ManifestRouter:
             raise RouterError(f"{self.path}: nested too deeply to be a manifest") from None
         except yaml.YAMLError:
             pass
+        except ValueError:  # a number past the digits int() converts: the constructor's own error, no mark
+            raise RouterError(f"{self.path}{_long_number(text)}: a number of thousands of digits") from None
         else:
             line = alias.start_mark.line + 1 if alias.start_mark else "?"
             raise RouterError(f"{self.path}:{line}: YAML aliases (*name) are not supported in a manifest")
@@ -213,6 +215,14 @@ def _document_spans(events: Iterable[yaml.Event]) -> list[tuple[int, int]]:
             if not flow:  # a document that is one value (or empty)
                 spans.append((_index_of(event.start_mark), last))
     return spans
+
+
+def _long_number(text: str) -> str:
+    """`:line` of the first plain scalar too long for int(), or "" where none is found."""
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.ScalarEvent) and not event.style and len(event.value) > 4000:  # plain: None or ""
+            return f":{event.start_mark.line + 1}" if event.start_mark else ""
+    return ""
 
 
 def _index_of(mark: Any) -> int:

@@ -144,11 +144,14 @@ def read_weights(vs: dict[str, Any], target: Target) -> Weights:
     return Weights(baseline=b, canary=c)
 
 
-def state_text(vs: dict[str, Any]) -> str | None:
+def _annotations(vs: dict[str, Any], target: Target) -> dict[str, Any] | None:
+    """metadata.annotations, None where there are none; anything but a mapping of strings is refused, as the
+    API server refuses it: canary would otherwise overwrite it, or take a state it cannot read for none."""
     meta = vs.get("metadata")
     annotations = meta.get("annotations") if isinstance(meta, dict) else None
-    value = annotations.get(ANNOTATION) if isinstance(annotations, dict) else None
-    return value if isinstance(value, str) else None
+    if annotations is not None and not isinstance(annotations, dict):
+        raise RouterError(f"{vs_name(target)}: metadata.annotations must be a mapping, got {describe(annotations)}")
+    return annotations
 
 
 def read_route(
@@ -157,11 +160,13 @@ def read_route(
     """Weights and state of the route. A state that cannot be decoded is reported, not raised: a person's
     rollback must still work on a route whose annotation was damaged."""
     weights = read_weights(vs, target)
-    text = state_text(vs)
+    value = (_annotations(vs, target) or {}).get(ANNOTATION)
     state, problem = None, None
-    if text is not None:
+    if value is not None:
         try:
-            state = decode_state(text, evidence)
+            if not isinstance(value, str):  # Kubernetes annotations are strings
+                raise StateError(f"must be a string of JSON, got {describe(value)}")
+            state = decode_state(value, evidence)
         except StateError as exc:
             problem = f"{where or vs_name(target)}: annotation {ANNOTATION}: {exc}"
     return RouteRead(weights, state, problem, revision, vs)
@@ -191,7 +196,7 @@ def with_state(vs: dict[str, Any], state: RolloutState) -> dict[str, Any]:
     if not isinstance(meta, dict):
         meta = out["metadata"] = {}
     annotations = meta.get("annotations")
-    if not isinstance(annotations, dict):
+    if not isinstance(annotations, dict):  # none yet (`annotations:` empty): read_route refuses anything else
         annotations = meta["annotations"] = {}
     annotations[ANNOTATION] = text
     return out

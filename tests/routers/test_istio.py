@@ -138,7 +138,7 @@ def test_a_damaged_state_annotation_is_reported_not_raised(
     read = router.read(web_policy.target)
     assert read.state is None and read.weights == Weights(90, 10)
     assert read.state_error is not None
-    assert read.state_error.startswith(f"VirtualService default/web-app: annotation {ANNOTATION}: not JSON")
+    assert read.state_error.startswith(f"VirtualService default/web-app: annotation {ANNOTATION}: not valid JSON")
 
 
 def test_two_match_less_routes_splitting_both_subsets_are_refused_with_the_candidates(
