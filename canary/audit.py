@@ -449,23 +449,33 @@ def read_records(path: str | Path, warn: Callable[[str], None] | None = None) ->
     """Every record, decoded; AuditError names the first line that is not one. With `warn`, a torn last line
     (no newline, no record: a write a crash cut short) ends the records instead, and `warn` is told why:
     after a crash is when the log is most needed, and the next command that writes sets the tear aside.
-    `warn` is told too of the first record whose hash or link does not hold (an edit): the records are
-    shown as written, and the reader knows they no longer verify."""
-    prev, broken = GENESIS, False
+    `warn` is told too of the first record whose hash or link does not hold (an edit) and of the first whole
+    line that is no record (it is left out): the records are shown as written, and the reader knows they no
+    longer verify. A reader must still show a log a hand or a tool damaged: the commands that write go on
+    appending to it (a person's rollback must not wait for a repair)."""
+    prev, broken, skipped = GENESIS, False, False
     for number, data, whole in _lines(path):
         if data is None and not whole and warn is not None:
             warn(f"{path}:{number}: {TORN}; left out (the next command that writes to the log moves it to {path}.torn)")
             return
+        if data is None and warn is not None:
+            if not skipped:
+                skipped = True
+                warn(f"{path}:{number}: {NOT_A_RECORD}; left out, with any more such lines (the log no longer verifies)")
+            continue
         if data is None:
-            raise AuditError(f"{path}:{number}: not a JSON record")
+            raise AuditError(f"{path}:{number}: {NOT_A_RECORD}")
         if warn is not None and not broken and not chain_holds(data, prev):
             broken = True
             warn(f"{path}:{number}: {BROKEN}; the records from here are shown as written, not as verified")
         sealed = decode(data, f"{path}:{number}")
         prev = sealed.hash
         yield Sealed(sealed.record, sealed.prev_hash, sealed.hash, number)
+    if skipped and prev == GENESIS:
+        raise AuditError(f"{path}: no line is an audit record: not an audit log")
 
 
+NOT_A_RECORD = "not a JSON record"
 BROKEN = "the hash chain breaks here (a record was edited, removed or moved)"
 NO_NEWLINE = "the last line has no newline (torn by a crash?)"
 
@@ -538,7 +548,7 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
     for number, data, whole in _lines(path):
         last_line = number
         if data is None:
-            return ChainCheck(count, prev, "not a JSON record (edited)" if whole else TORN, number)
+            return ChainCheck(count, prev, f"{NOT_A_RECORD} (edited)" if whole else TORN, number)
         if not chain_holds(data, prev):
             return ChainCheck(count, prev, BROKEN, number)
         try:

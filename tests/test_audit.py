@@ -311,12 +311,23 @@ def test_a_reader_shows_every_record_before_a_torn_last_line_and_names_the_tear(
     assert verify_chain(path).problem == "the last line is torn (a write a crash cut short)"
 
 
-def test_a_line_that_is_no_record_before_the_last_is_never_a_tear(log: tuple[Path, str]) -> None:
-    path, _ = log
+def test_a_line_that_is_no_record_before_the_last_is_never_a_tear_and_is_left_out_with_a_warning(
+    log: tuple[Path, str],
+) -> None:
+    """A line a hand or a tool put in the middle: a reader that warns shows every record and names the line
+    (it used to stop at it, so `status`, `audit list` and `report` could never show a rollback appended
+    after it); a reader that asks for every record, and verify, still fail at it."""
+    path, head = log
     lines = path.read_bytes().splitlines(keepends=True)
-    path.write_bytes(b"".join([*lines[:3], b"garbage\n", *lines[3:]]))
+    path.write_bytes(b"".join([*lines[:3], b"garbage\n", *lines[3:4], b"[1]\n", *lines[4:]]))
+    told: list[str] = []
+    records = list(read_records(path, told.append))
+    assert len(records) == 6 and records[-1].hash == head
+    assert told == [f"{path}:4: not a JSON record; left out, with any more such lines (the log no longer verifies)"]
     with pytest.raises(AuditError, match=":4: not a JSON record"):
-        list(read_records(path, lambda _: None))
+        list(read_records(path))
+    check = verify_chain(path)
+    assert not check.ok and check.line == 4
 
 
 def test_a_complete_last_record_without_its_newline_is_kept(log: tuple[Path, str]) -> None:

@@ -434,7 +434,7 @@ def test_a_scenario_nested_a_hundred_thousand_deep(tmp_path: Path, launcher: Mem
     path = write(tmp_path / "deep.json", b"[" * 100_000 + b"]" * 100_000 + b"\n")
     ran = launcher.run(["run", POLICY, "--simulate", path, "--audit", tmp_path / "a.jsonl"], cwd=tmp_path,
                        timeout_s=FILE_LIMIT_S)  # fmt: skip
-    check_refused(Outcome.of(ran), mentions=[f"canary: {path}: nested too deeply to be a scenario"])
+    check_refused(Outcome.of(ran), mentions=[f"canary: {path}: nested too deeply"])
 
 
 def test_a_scenario_that_is_a_token_file(tmp_path: Path) -> None:
