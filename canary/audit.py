@@ -461,7 +461,8 @@ def read_records(path: str | Path, warn: Callable[[str], None] | None = None) ->
         if data is None and warn is not None:
             if not skipped:
                 skipped = True
-                warn(f"{path}:{number}: {NOT_A_RECORD}; left out, with any more such lines (the log no longer verifies)")
+                warn(f"{path}:{number}: {NOT_A_RECORD}; left out, with any more such lines "
+                     "(the log no longer verifies)")  # fmt: skip
             continue
         if data is None:
             raise AuditError(f"{path}:{number}: {NOT_A_RECORD}")
