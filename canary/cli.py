@@ -202,10 +202,11 @@ def prometheus_options(command: Any) -> Any:
 
 
 def _named(value: str | None) -> str | None:
-    """An option that names a file or a context names one: `--manifest ""` (an unset shell variable) must
-    not fall back to keeping the weights in memory, nor `--audit ""` to the policy's default log."""
+    """An option that names something (a file, a context, an actor, a rollout) names one: `--manifest ""` (an
+    unset shell variable) must not fall back to keeping the weights in memory, `--audit ""` to the policy's
+    default log, nor `--actor ""` to this login."""
     if value is not None and not value.strip():
-        raise typer.BadParameter("is empty; name a file (or leave the option out)")
+        raise typer.BadParameter("is empty; name one (or leave the option out)")
     return value
 
 
@@ -676,8 +677,8 @@ def alerts(
 
 
 def _actor(given: str | None) -> str:
-    if given:
-        return given
+    if given is not None:
+        return given  # _named refused an empty one: an unset $CI_USER must not be recorded as this login
     try:
         return f"user:{getpass.getuser()}"
     except (KeyError, OSError):
@@ -748,7 +749,9 @@ def _manual(
     )
 
 
-ManualActor = Annotated[str | None, typer.Option(help="Who acts, for the audit log (default: user:$USER).")]
+ManualActor = Annotated[
+    str | None, typer.Option(help="Who acts, for the audit log (default: user:$USER).", callback=_named)
+]
 ManualReason = Annotated[str, typer.Option(help="Why, for the audit log.")]
 StoredManifest = Annotated[
     str | None,
@@ -1049,7 +1052,7 @@ def validate(
 @audit_app.command("show")
 def audit_show(
     file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
-    rollout: Annotated[str | None, typer.Option(help="Only this rollout id.")] = None,
+    rollout: Annotated[str | None, typer.Option(help="Only this rollout id.", callback=_named)] = None,
     output: Annotated[OutputFormat, typer.Option(help="text or json (one record per line).")] = OutputFormat.text,
 ) -> None:
     """Print an audit log: when, who, what moved, why, and whether the change was made."""
@@ -1122,7 +1125,9 @@ def audit_list(
 def report(
     file: Annotated[str, typer.Argument(help="Audit log (JSON lines).")],
     out: Annotated[str, typer.Option("--out", "-o", help="The HTML file to write.", callback=_named)] = "report.html",
-    rollout: Annotated[str | None, typer.Option(help="Which rollout (default: the log's last).")] = None,
+    rollout: Annotated[
+        str | None, typer.Option(help="Which rollout (default: the log's last).", callback=_named)
+    ] = None,
     policy: Annotated[str | None, typer.Option(help="Policy whose spec.links add Jaeger and Kiali links.")] = None,
     output: Output = OutputFormat.text,
 ) -> None:

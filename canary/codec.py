@@ -14,6 +14,7 @@ dataclasses is told apart by its fields).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import functools
 import json
@@ -214,6 +215,8 @@ def describe(value: Any) -> str:
         return "a list"
     if isinstance(value, str) and len(value) > 24:  # a long string may be a file's content, a token: not echoed
         return f"a string of {len(value)} characters"
+    if isinstance(value, datetime.date):  # YAML reads 2001-12-14 as a date: say it as written, not its repr
+        return f"the date {value.isoformat()}"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 

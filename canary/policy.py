@@ -359,8 +359,9 @@ class _NodeError(Exception):
         self.path, self.line, self.message = path, line, message
 
 
-_DURATION = re.compile(
-    r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$"
+_DURATION = re.compile(  # ASCII digits only: str's \d takes ６０ and ٦٠ too
+    r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$",
+    re.ASCII,
 )
 
 
@@ -416,8 +417,7 @@ class _Reader:
 
     def mapping(self, value: object, path: str, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(value, dict):
-            got = type(value).__name__ if not path else describe(value)  # the whole file: never echoed
-            raise self.fail(path, f"must be a mapping, got {'a ' + got if not path else got}")
+            raise self.fail(path, f"must be a mapping, got {describe(value)}")  # describe never echoes a file
         unknown = sorted(set(value) - allowed)
         if unknown:
             hint = ", ".join(sorted(allowed))

@@ -212,6 +212,26 @@ def test_a_manifest_number_of_thousands_of_digits_is_one_line_naming_its_line(tm
     assert str(caught.value) == f"{path}:{line}: a number of thousands of digits"
 
 
+def test_a_version_with_two_destinations_in_the_route_is_named(seed: dict[str, Any]) -> None:
+    """v1 40 + v1 50 + v2 10 used to read as "sum to 50, others hold 50", as if the second v1 were another."""
+    route = seed["spec"]["http"][1]["route"]
+    route[0]["weight"] = 40
+    route.append({"destination": {"host": "web-app.default.svc.cluster.local", "subset": "v1"}, "weight": 50})
+    with pytest.raises(RouterError, match=r"subset v1 has 2 destinations in spec\.http\[1\]; .* merge them$"):
+        read_weights(seed, WEB)
+
+
+def test_a_character_yaml_does_not_allow_is_named_with_its_line(tmp_path: Path) -> None:
+    """The reader's error has a position, no mark: it used to reach the message as a second line."""
+    path = tmp_path / "m.yaml"
+    at = _SEED_VS.index("spec:")
+    path.write_text(f"{_SEED_VS[:at]}\x00{_SEED_VS[at:]}")
+    with pytest.raises(RouterError) as caught:
+        ManifestRouter(path).read(WEB)
+    line = _SEED_VS[:at].count("\n") + 1
+    assert str(caught.value) == f"{path}:{line}: not valid YAML: #x0000 is not allowed there"
+
+
 def test_destination_rules_must_hold_both_subsets() -> None:
     rule = load("web-app-destinationrule.yaml")
     assert subsets_problem([rule], WEB) is None

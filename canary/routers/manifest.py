@@ -104,6 +104,10 @@ class ManifestRouter:
             return _Parsed(text, documents, _document_spans(yaml.parse(text, Loader=_PRECISE_LOADER)), bom)
         except RecursionError:
             raise RouterError(f"{self.path}: nested too deeply to be a manifest") from None
+        except yaml.reader.ReaderError as exc:  # a character YAML does not allow: marked by its position only
+            line = text[: exc.position].count("\n") + 1
+            char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "a character"
+            raise RouterError(f"{self.path}:{line}: not valid YAML: {char} is not allowed there") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{self.path}:{mark.line + 1}" if mark is not None else str(self.path)

@@ -14,7 +14,7 @@ weights and the rollout state through these, so the rules live in one place:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +63,15 @@ def _http(vs: dict[str, Any], target: Target) -> list[Any]:
 
 
 def _subset_destinations(rule: Any, target: Target, namespace: str) -> dict[str, dict[str, Any]]:
-    """The destinations of one http route that go to the target host, by subset."""
+    """The destinations of one http route that go to the target host, by subset (the first of each)."""
     out: dict[str, dict[str, Any]] = {}
+    for subset, dest in _to_host(rule, target, namespace):
+        out.setdefault(subset, dest)
+    return out
+
+
+def _to_host(rule: Any, target: Target, namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(subset, destination) for each of the route's destinations that go to the target host."""
     route = rule.get("route") if isinstance(rule, dict) else None
     host = fqdn(target.host, target.namespace)
     for dest in route if isinstance(route, list) else []:
@@ -72,8 +79,7 @@ def _subset_destinations(rule: Any, target: Target, namespace: str) -> dict[str,
         if isinstance(d, dict) and isinstance(d.get("host"), str) and fqdn(d["host"], namespace) == host:
             subset = d.get("subset")
             if isinstance(subset, str):
-                out.setdefault(subset, dest)
-    return out
+                yield subset, dest
 
 
 def _describe(index: int, rule: Any) -> str:
@@ -106,7 +112,8 @@ def route_index(vs: dict[str, Any], target: Target) -> int:
     if not plain:
         raise RouterError(
             f"{vs_name(target)}: no http route without `match` sends traffic to both subsets {target.baseline!r} "
-            f"and {target.canary!r} of {target.host} ({len(http)} routes); name the route in spec.target.route"
+            f"and {target.canary!r} of {target.host} ({len(http)} route{'s' * (len(http) != 1)}); name the route in "
+            "spec.target.route"
         )
     candidates = ", ".join(_describe(i, http[i]) for i in plain)
     raise RouterError(
@@ -129,6 +136,13 @@ def read_weights(vs: dict[str, Any], target: Target) -> Weights:
     rule = _http(vs, target)[index]
     dests = _subset_destinations(rule, target, _namespace(vs, target.namespace))
     route = rule["route"]
+    subsets = [subset for subset, _ in _to_host(rule, target, _namespace(vs, target.namespace))]
+    for subset in (target.baseline, target.canary):
+        if subsets.count(subset) > 1:
+            raise RouterError(
+                f"{vs_name(target)}: subset {subset} has {subsets.count(subset)} destinations in spec.http[{index}]; "
+                "canary moves one weight per version: merge them"
+            )
     fields = {id(d): f"spec.http[{index}].route[{j}]" for j, d in enumerate(route)}
     base, can = dests[target.baseline], dests[target.canary]
     # Istio: a single destination without weight takes 100; with several, a missing weight means 0.

@@ -97,11 +97,10 @@ class PrometheusSettings:
             )
         if not 0 <= self.retries <= MAX_RETRIES:
             raise SourceError(f"--prometheus-retries must be 0 to {MAX_RETRIES}, got {self.retries!r}")
-        amounts = (self.backoff_s, self.lookback_s, self.delay_s)
-        if not all(0 <= x <= MAX_TIMEOUT_S for x in amounts):
-            raise SourceError(
-                f"Prometheus backoff, lookback and --prometheus-delay must be 0 to {MAX_TIMEOUT_S:g} seconds"
-            )
+        if not 0 <= self.delay_s <= MAX_TIMEOUT_S:
+            raise SourceError(f"--prometheus-delay must be 0 to {MAX_TIMEOUT_S:g} seconds, got {self.delay_s!r}")
+        if not all(0 <= x <= MAX_TIMEOUT_S for x in (self.backoff_s, self.lookback_s)):
+            raise SourceError(f"Prometheus backoff and lookback must be 0 to {MAX_TIMEOUT_S:g} seconds")
         if self.bearer_token_file and self.bearer_token_env:
             raise SourceError("give the Prometheus bearer token as a file or an env var, not both")
         if self.basic_auth_password_file and self.basic_auth_password_env:

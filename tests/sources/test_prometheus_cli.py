@@ -117,7 +117,7 @@ def test_a_url_that_cannot_be_parsed_is_exit_2_with_one_line():
 def test_run_refuses_a_delay_that_is_not_a_finite_number_of_seconds(delay: str):
     result = runner.invoke(app, ["run", POLICY, "--prometheus-url", "http://127.0.0.1:9", "--prometheus-delay", delay])
     assert result.exit_code == 2
-    assert result.output.strip().endswith("--prometheus-delay must be 0 to 3600 seconds")
+    assert result.output.strip().endswith(f"--prometheus-delay must be 0 to 3600 seconds, got {float(delay)!r}")
     assert len(result.output.strip().splitlines()) == 1
 
 
