@@ -136,8 +136,10 @@ def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["abc", "", "5", "m", "5x", "-5s", "5s5m", "1h1d", "1.5.2s", True, None, [], float("nan"), float("inf")]
-)
+    "text",
+    ["abc", "", "5", "m", "5x", "-5s", "5s5m", "1h1d", "1.5.2s", True, None, [], float("nan"), float("inf"),
+     "\uff16\uff10s", "\u0666\u0660s"],  # fullwidth and Arabic-Indic digits: str's \d took them for 60 s
+)  # fmt: skip
 def test_non_durations_are_rejected(text: object) -> None:
     assert parse_duration(text) is None
 
