@@ -62,7 +62,7 @@ class AuditSink(Protocol):
 
     def append_sealed(self, sealed: Sealed) -> None: ...
 
-    def contains(self, digest: str) -> bool: ...
+    def changes_after(self, digest: str) -> int | None: ...
 
 
 class MemoryAudit:
@@ -96,8 +96,8 @@ class MemoryAudit:
             raise AuditError(f"{self.path}: the record does not follow the log's head")
         self.records.append(sealed)
 
-    def contains(self, digest: str) -> bool:
-        return any(s.hash == digest for s in self.records)
+    def changes_after(self, digest: str) -> int | None:
+        return changes_after(self.records, digest)
 
 
 class AuditLog:
@@ -221,8 +221,8 @@ class AuditLog:
         for note in notes:
             self._write(seal(note, self.head))
 
-    def contains(self, digest: str) -> bool:
-        return any(s.hash == digest for s in read_records(self.path)) if self.path.exists() else False
+    def changes_after(self, digest: str) -> int | None:
+        return changes_after(read_records(self.path), digest) if self.path.exists() else None
 
     def _need_lock(self) -> None:
         if not self._locked:
@@ -602,6 +602,19 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
 
 def _claims_change(record: Record) -> bool:
     return isinstance(record, OutcomeRecord) and record.result == "applied"
+
+
+def changes_after(records: Iterable[Sealed], digest: str) -> int | None:
+    """How many records after the one whose hash is `digest` say a change was applied to the route (None when
+    no record has that hash). A route's head may be followed only by changes that failed: one that was
+    applied and is not on the route means the route is older than its log (a restored or reverted manifest)."""
+    found: int | None = None
+    for sealed in records:
+        if found is not None:
+            found += _claims_change(sealed.record)
+        elif sealed.hash == digest:
+            found = 0
+    return found
 
 
 def _ends_with_newline(path: str | Path) -> bool:

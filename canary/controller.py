@@ -212,16 +212,24 @@ class Runner:
         )
 
     def _anchored(self, read: RouteRead) -> str | None:
-        """Why the log is not this route's history (None when it is): the route's head is not in it."""
+        """Why the log is not this route's history (None when it is): the route's head is not in it, or
+        changes the log says were applied came after it (the route is older than its log)."""
         state = read.state
         if state is None or not state.audit_head or state.audit_head == self.audit.head:
             return None
-        if self.audit.contains(state.audit_head):
+        changes = self.audit.changes_after(state.audit_head)
+        if changes == 0:
             return None  # changes after it failed and never reached the route
+        if changes is None:
+            return (
+                f"{self.audit.path} does not hold the head the route's state was written with "
+                f"({state.audit_head[:16]}, rollout {state.rollout}): the log was cut short or replaced, or is "
+                "another route's"
+            )
         return (
-            f"{self.audit.path} does not hold the head the route's state was written with "
-            f"({state.audit_head[:16]}, rollout {state.rollout}): the log was cut short or replaced, or is "
-            "another route's"
+            f"the route is older than {self.audit.path}: {changes} change{'s' * (changes != 1)} the log records as "
+            f"applied came after the head the route holds ({state.audit_head[:16]}, rollout {state.rollout}; a "
+            "restored or reverted manifest?), so its state is not the rollout's"
         )
 
     def _commit(self, read: RouteRead | None, t: Transition) -> Applied:

@@ -369,6 +369,33 @@ def test_a_log_that_is_not_the_routes_history_is_refused(web_policy: Policy, tmp
     assert not (tmp_path / "b.jsonl").exists() or not list(read_records(tmp_path / "b.jsonl"))
 
 
+@pytest.mark.parametrize("scenario", ["healthy", "error-regression"])
+def test_a_route_restored_to_an_older_state_does_not_bring_an_ended_rollout_back(
+    web_policy: Policy, audit_path: Path, scenario: str
+) -> None:
+    """A `git revert` or a GitOps sync puts back the manifest as it stood at tick 1, after the rollout ended:
+    its head is in the log, but changes the log records as applied came after it. `--resume` used to run the
+    ended rollout again (a rolled-back canary promoted under the same id); now it is refused, and a person's
+    rollback still goes ahead, with a note of why the route was not the rollout's."""
+    runner, _, memory = rollout(web_policy, audit_path, scenario)
+    runner.open()
+    runner.clock.sleep(60)
+    runner.tick()
+    key = (web_policy.target.namespace, web_policy.target.virtual_service)
+    old = memory.read(web_policy.target)
+    result = runner.run(resume=True)
+    assert result.phase.ended
+    memory._states[key] = old.state  # type: ignore[assignment]  # the older manifest, annotation and all
+    memory.edit(web_policy.target, old.weights)
+    with pytest.raises(ConflictError, match=r"^the route is older than .*: \d+ changes? the log records as applied"):
+        again(runner, audit_path).open(resume=True)
+    person = again(runner, audit_path)
+    applied = person.manual("rollback", actor="user:ana", reason="restored by mistake")
+    assert applied.written and memory.read(web_policy.target).weights == Weights(100, 0)
+    notes = [r.reason for r in sealed(audit_path) if isinstance(r, NoteRecord)]
+    assert any(n.startswith("the route is older than") and n.endswith("; rollback goes ahead") for n in notes)
+
+
 def test_a_torn_last_line_is_set_aside_and_the_rollout_goes_on(web_policy: Policy, audit_path: Path) -> None:
     runner, _, _ = rollout(web_policy, audit_path)
     runner.open()
