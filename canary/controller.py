@@ -388,8 +388,11 @@ class Runner:
             pre = self.router.read(self.target, self.judge.state_type)
         except RouterError as exc:
             return self._unavailable(RouterUnavailable(now, str(exc), exc.temporary))
-        if (ended := self._taken_over(pre)) is not None:
-            return ended
+        if not self._running(pre):  # ended or replaced: settle under the lock what that command left open
+            with self.audit.locked(self.lock_timeout_s):
+                ended = self._taken_over(self._read())
+            if ended is not None:
+                return ended
         assert pre.state is not None
         gates = self._ask_gates(pre.state)
         event: Event
@@ -411,12 +414,18 @@ class Runner:
             applied = self._commit(read, transition(read.state, event, self._ctx()))
         return self._report(applied)
 
+    def _running(self, read: RouteRead) -> bool:
+        """The route still holds this command's rollout, open."""
+        assert self.state is not None
+        state = read.state
+        return state is not None and state.rollout == self.state.rollout and state.phase.open
+
     def _taken_over(self, read: RouteRead) -> RolloutResult | None:
         """The rollout was ended or replaced by someone else (a person's promote or rollback, a --restart):
         this command ends with what the route now says."""
         assert self.state is not None
         state = read.state
-        if state is not None and state.rollout == self.state.rollout and state.phase.open:
+        if self._running(read):
             return None
         if state is None or state.rollout != self.state.rollout:
             raise ConflictError(

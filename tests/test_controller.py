@@ -396,6 +396,33 @@ def test_a_route_restored_to_an_older_state_does_not_bring_an_ended_rollout_back
     assert any(n.startswith("the route is older than") and n.endswith("; rollback goes ahead") for n in notes)
 
 
+def test_a_run_ended_by_a_persons_rollback_that_died_before_its_outcome_records_it(
+    web_policy: Policy, audit_path: Path
+) -> None:
+    """The person's command wrote the route and died before recording the outcome; the run's next tick is the
+    next command on the route. It used to end on its unlocked read, leaving the change open and printing a
+    head the log did not hold."""
+    runner, _, memory = rollout(web_policy, audit_path, router=Wrapped)
+    assert isinstance(runner.router, Wrapped)
+    runner.open()
+
+    def die(weights: Weights, state: RolloutState) -> None:
+        raise Died
+
+    runner.router.after = die
+    with pytest.raises(Died):
+        again(runner, audit_path).manual("rollback", actor="user:ana", reason="paged")
+    runner.router.after = None
+    assert memory.read(web_policy.target).weights == Weights(100, 0)
+    runner.clock.sleep(60)
+    ended = runner.tick()
+    assert isinstance(ended, RolloutResult) and ended.phase is Phase.ROLLED_BACK
+    last = sealed(audit_path)[-1]
+    assert isinstance(last, OutcomeRecord) and last.result == "applied"
+    assert ended.audit_head == list(read_records(audit_path))[-1].hash
+    assert verify_chain(audit_path, ended.audit_head).ok
+
+
 def test_a_torn_last_line_is_set_aside_and_the_rollout_goes_on(web_policy: Policy, audit_path: Path) -> None:
     runner, _, _ = rollout(web_policy, audit_path)
     runner.open()
