@@ -515,7 +515,8 @@ def _decide(
     elif gate.timed_out is not None:
         phase, action, weights = Phase.ROLLED_BACK, Action.ROLLBACK, Weights.canary_at(0)
         reason = f"{judgement.summary} at {state.weight}%; {gate.timed_out}"
-    elif passed and not gate.waits:
+    elif passed and not gate.waits and (now < state.deadline or state.steps[step + 1] == 100):
+        # at the deadline only a pass to 100% wins over its rule: a step up would be judged by no one
         phase = Phase.PROGRESSING
         step += 1
         weights = Weights.canary_at(state.steps[step])
@@ -532,12 +533,19 @@ def _decide(
             action, weights = Action.ROLLBACK, Weights.canary_at(0)
             reason = (f"deadline reached while waiting ({judgement.summary}, still waiting for "
                       f"{', '.join(gate.waits)}); rolled back: no rule opens a gate")  # fmt: skip
-        elif state.on_deadline == "promote":
-            action, weights, step = Action.PROMOTE, Weights.canary_at(100), len(state.steps) - 1
-            reason = f"deadline reached without a decision ({judgement.summary}); the policy promotes"
         else:
-            action, weights = Action.ROLLBACK, Weights.canary_at(0)
-            reason = f"deadline reached without a decision ({judgement.summary}); the policy rolls back"
+            undecided = (
+                f"deadline reached before {state.steps[step + 1]}% could be judged ({judgement.summary} at "
+                f"{state.weight}%)"
+                if passed
+                else f"deadline reached without a decision ({judgement.summary})"
+            )
+            if state.on_deadline == "promote":
+                action, weights, step = Action.PROMOTE, Weights.canary_at(100), len(state.steps) - 1
+                reason = f"{undecided}; the policy promotes"
+            else:
+                action, weights = Action.ROLLBACK, Weights.canary_at(0)
+                reason = f"{undecided}; the policy rolls back"
     elif gate.waits:
         phase = Phase.WAITING
         reason = (f"{judgement.summary} at {state.weight}%{opened}; waiting to go to {state.steps[step + 1]}% for "

@@ -215,6 +215,18 @@ def test_evidence_at_the_deadline_wins_over_the_deadline_rule() -> None:
     assert observe(at_step(1, ctx), ctx, Outcome.PASS, now=T0 + MAX + 5).state.phase is Phase.PROMOTED
 
 
+@pytest.mark.parametrize(("rule", "weights"), [("rollback", Weights(100, 0)), ("promote", Weights(0, 100))])
+def test_a_pass_at_the_deadline_below_the_last_step_follows_the_deadline_rule(rule: str, weights: Weights) -> None:
+    """A step up at the deadline would be judged by no one: it used to move 10% -> 50% for one interval, and
+    the next tick rolled it back."""
+    ctx = context(on_deadline=rule)
+    t = observe(started(ctx), ctx, Outcome.PASS, now=T0 + MAX)
+    assert (t.state.phase, t.state.weights) == (Phase.INCONCLUSIVE, weights)
+    assert t.decision.reason.startswith("deadline reached before 50% could be judged (")
+    early = observe(started(ctx), ctx, Outcome.PASS, now=T0 + MAX - 1)
+    assert (early.state.phase, early.state.weights) == (Phase.PROGRESSING, Weights(50, 50))
+
+
 def test_weights_changed_by_someone_else_abort_and_are_left_as_found() -> None:
     ctx = context()
     state = at_step(1, ctx)
