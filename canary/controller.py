@@ -394,6 +394,10 @@ class Runner:
             if ended is not None:
                 return ended
         assert pre.state is not None
+        if now <= pre.state.observed_until:  # this host's clock is behind the window last judged (another host's)
+            behind = pre.state.observed_until - now
+            return self._report_hold(pre, f"this clock is {behind:.0f} s behind the window the rollout last judged; "
+                                          "waiting for it (nothing judged, nothing moved)")  # fmt: skip
         gates = self._ask_gates(pre.state)
         event: Event
         try:
@@ -545,10 +549,10 @@ class Runner:
             applied.state.tick, self.clock.now(), before, decision, self.last_judgement, applied.state.step_index
         )
 
-    def _report_hold(self, read: RouteRead) -> TickReport:
+    def _report_hold(self, read: RouteRead, why: str = "another command judged this interval") -> TickReport:
         assert read.state is not None
         self.state = read.state
-        decision = Decision(Action.HOLD, read.weights, read.state.phase, "another command judged this interval")
+        decision = Decision(Action.HOLD, read.weights, read.state.phase, why)
         return TickReport(read.state.tick, self.clock.now(), read.weights, decision, None, read.state.step_index)
 
     def _result(self, state: RolloutState, *, stopped: bool) -> RolloutResult:

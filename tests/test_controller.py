@@ -423,6 +423,41 @@ def test_a_run_ended_by_a_persons_rollback_that_died_before_its_outcome_records_
     assert verify_chain(audit_path, ended.audit_head).ok
 
 
+class Behind:
+    """A host whose clock is `lag` seconds behind the one that judged the last window."""
+
+    def __init__(self, clock: Any, lag: float) -> None:
+        self.clock, self.lag = clock, lag
+
+    def now(self) -> float:
+        return float(self.clock.now()) - self.lag
+
+    def sleep(self, seconds: float) -> None:
+        self.clock.sleep(seconds)
+
+
+def test_a_resume_on_a_host_whose_clock_is_behind_holds_until_it_catches_up(
+    web_policy: Policy, audit_path: Path
+) -> None:
+    """It used to ask the source for a window ending before it starts, and end the rollout for good as a
+    source failure."""
+    runner, _, memory = rollout(web_policy, audit_path)
+    runner.open()
+    runner.clock.sleep(60)
+    runner.tick()
+    late = again(runner, audit_path)
+    late.clock = Behind(runner.clock, 30)
+    late.open(resume=True)
+    held = late.tick()
+    assert isinstance(held, TickReport) and held.decision.action is Action.HOLD
+    assert "behind the window the rollout last judged" in held.decision.reason
+    state = memory.read(web_policy.target).state
+    assert state is not None and state.phase is Phase.PROGRESSING and state.tick == 1
+    late.clock.sleep(60)
+    assert late.tick().decision.action is not Action.ABORT  # type: ignore[union-attr]
+    assert verify_chain(audit_path).ok
+
+
 def test_a_torn_last_line_is_set_aside_and_the_rollout_goes_on(web_policy: Policy, audit_path: Path) -> None:
     runner, _, _ = rollout(web_policy, audit_path)
     runner.open()
