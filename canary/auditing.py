@@ -18,7 +18,7 @@ from typing import Any
 
 from canary.errors import AuditError
 from canary.judges import Judge
-from canary.model import Action, Judgement, Outcome, Weights
+from canary.model import Action, Judgement, Outcome, Phase, Weights
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord, PolicyRef, Sealed
 from canary.report import judgement_dict, observation_from_dict
 
@@ -44,6 +44,7 @@ class RolloutSummary:
     final_weights: Weights | None
     people: list[str] = field(default_factory=list)  # actors other than the controller, in order of first act
     changes_failed: int = 0
+    changes_applied: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -83,11 +84,19 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
             summary = found[record.rollout]
             if timed[record.rollout]:
                 summary.ended = max(summary.ended, record.time)
+            summary.final_weights = record.weights or summary.final_weights  # what the route holds after it
             if record.result == "failed":
                 summary.changes_failed += 1
-            elif record.weights is not None:
-                summary.final_weights = record.weights
+            else:
+                summary.changes_applied += 1
+    for summary in found.values():
+        if summary.changes_failed and not summary.changes_applied and summary.outcome in OPEN_PHASES:
+            summary.outcome = NOT_STARTED  # its start never reached the route: nothing ran
     return list(found.values())
+
+
+NOT_STARTED = "not-started"
+OPEN_PHASES = frozenset(phase.value for phase in Phase if phase.open)
 
 
 EXPORT_COLUMNS = (

@@ -13,6 +13,7 @@ from helpers import decisions, judged, memory_router
 
 from canary.app import simulated_rollout
 from canary.audit import AuditLog, read_records, verify_chain
+from canary.auditing import NOT_STARTED, rollouts
 from canary.controller import RolloutResult, Runner, TickReport
 from canary.errors import AuditError, ConflictError, RouterError, SourceError, SourceUnreachable
 from canary.model import Action, Observation, Phase, Weights
@@ -456,6 +457,27 @@ def test_a_resume_on_a_host_whose_clock_is_behind_holds_until_it_catches_up(
     late.clock.sleep(60)
     assert late.tick().decision.action is not Action.ABORT  # type: ignore[union-attr]
     assert verify_chain(audit_path).ok
+
+
+def test_a_rollout_whose_start_never_reached_the_route_is_listed_as_not_started(
+    web_policy: Policy, audit_path: Path
+) -> None:
+    """Killed before its first write: `audit list` used to show it progressing forever."""
+    runner, _, _ = rollout(web_policy, audit_path, router=Wrapped)
+    assert isinstance(runner.router, Wrapped)
+
+    def die(weights: Weights, state: RolloutState) -> None:
+        raise Died
+
+    runner.router.before = die
+    with pytest.raises(Died):
+        runner.open()
+    runner.router.before = None
+    result = again(runner, audit_path).run()
+    first, second = rollouts(read_records(audit_path))
+    assert (first.outcome, first.changes_failed, first.changes_applied) == (NOT_STARTED, 1, 0)
+    assert first.final_weights == Weights(100, 0), "what the route held"
+    assert (second.rollout, second.outcome) == (result.rollout, "promoted")
 
 
 def test_a_torn_last_line_is_set_aside_and_the_rollout_goes_on(web_policy: Policy, audit_path: Path) -> None:
