@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import latency_shapes  # noqa: E402
+import pod_ceiling  # noqa: E402
 import pod_spread  # noqa: E402
 import quantile_ceiling  # noqa: E402
 import readoff_error  # noqa: E402
@@ -76,3 +77,14 @@ def test_the_readoff_measurement_reads_a_lognormal_exactly_and_a_sharp_start_bad
     assert max(e for e, _, _ in readoff_error.errors(shape, scales=5, points=10)) < 0.002
     sharp = readoff_error.errors(readoff_error.SHAPES["shifted exponential"], scales=5, points=10)
     assert max(e for e, _, _ in sharp) > readoff_error.INTERPOLATION_ALLOWANCE
+
+
+def test_the_spread_unknown_bound_is_the_level_against_the_null_itself_and_high_against_a_clear_regression() -> None:
+    """The Neyman–Pearson bound is a valid test at each spread: against a canary exactly at the tolerance with
+    alike pods (the null at τ* = 0 itself) it detects no more than its level; a tenfold excess nearly always."""
+    common = dict(rps=50.0, share=0.1, minutes=30.0, rate_b=0.01, margin=0.005, spread=0.0, pods_b=3, pods_c=1,
+                  level=0.025, runs=20_000, seed=2, taus=(0.0, 0.1, 0.3))  # fmt: skip
+    at_null, _ = pod_ceiling.spread_unknown_ceiling(**common, rate_c=0.015)  # type: ignore[arg-type]
+    clear, _ = pod_ceiling.spread_unknown_ceiling(**common, rate_c=0.06)  # type: ignore[arg-type]
+    assert at_null <= 0.035
+    assert clear > 0.99
