@@ -26,6 +26,11 @@ from canary.sources.simulated import SimulatedMesh
 from canary.state import RolloutState
 
 
+def die(weights: Weights, state: RolloutState) -> None:
+    """A process killed at a router's write hook."""
+    raise Died
+
+
 class Died(BaseException):
     """The process stopping dead at a chosen line (a BaseException, as SIGKILL leaves no handler a chance)."""
 
@@ -319,9 +324,6 @@ def test_a_death_between_the_intent_and_its_write_is_resolved_as_not_made(web_po
         if isinstance(report, TickReport) and report.decision.action is Action.ADVANCE:
             break
 
-    def die(weights: Weights, state: RolloutState) -> None:
-        raise Died
-
     runner.router.before = die
     runner.clock.sleep(60)
     with pytest.raises(Died):
@@ -342,9 +344,6 @@ def test_a_death_between_the_write_and_its_outcome_is_resolved_as_made(web_polic
     runner, _, memory = rollout(web_policy, audit_path, router=Wrapped)
     assert isinstance(runner.router, Wrapped)
     runner.open()
-
-    def die(weights: Weights, state: RolloutState) -> None:
-        raise Died
 
     runner.router.after = die
     runner.clock.sleep(60)
@@ -407,9 +406,6 @@ def test_a_run_ended_by_a_persons_rollback_that_died_before_its_outcome_records_
     assert isinstance(runner.router, Wrapped)
     runner.open()
 
-    def die(weights: Weights, state: RolloutState) -> None:
-        raise Died
-
     runner.router.after = die
     with pytest.raises(Died):
         again(runner, audit_path).manual("rollback", actor="user:ana", reason="paged")
@@ -465,9 +461,6 @@ def test_a_rollout_whose_start_never_reached_the_route_is_listed_as_not_started(
     """Killed before its first write: `audit list` used to show it progressing forever."""
     runner, _, _ = rollout(web_policy, audit_path, router=Wrapped)
     assert isinstance(runner.router, Wrapped)
-
-    def die(weights: Weights, state: RolloutState) -> None:
-        raise Died
 
     runner.router.before = die
     with pytest.raises(Died):
