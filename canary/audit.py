@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from canary.codec import refuse_constant
 from canary.errors import AuditError, ConflictError, InputError
 from canary.inputs import AUDIT_LINE_LIMIT, MIB, check_regular
 from canary.records import (
@@ -417,14 +418,10 @@ def _json_object(line: bytes) -> dict[str, object] | None:
     """The line as a JSON object, or None: not JSON, not an object, or holding NaN or Infinity (which canary
     never writes, and which no record's hash can be recomputed over)."""
     try:
-        data = json.loads(line, parse_constant=_refuse_constant)
+        data = json.loads(line, parse_constant=refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _hash_of(line: bytes) -> str:

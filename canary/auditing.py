@@ -51,6 +51,10 @@ class RolloutSummary:
         return self.ended - self.started
 
 
+NOT_STARTED = "not-started"  # a rollout whose start never reached the route
+OPEN_PHASES = frozenset(phase.value for phase in Phase if phase.open)
+
+
 def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
     """The rollouts of a log in the order they started. A rollout on the simulated mesh runs on simulated time
     (from 2026-01-01): a person's command on its route comes on the wall clock, so only the simulated
@@ -93,10 +97,6 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
         if summary.changes_failed and not summary.changes_applied and summary.outcome in OPEN_PHASES:
             summary.outcome = NOT_STARTED  # its start never reached the route: nothing ran
     return list(found.values())
-
-
-NOT_STARTED = "not-started"
-OPEN_PHASES = frozenset(phase.value for phase in Phase if phase.open)
 
 
 EXPORT_COLUMNS = (

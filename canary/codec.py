@@ -235,7 +235,7 @@ def parse_json(text: str | bytes) -> Any:
     last would silently win), NaN and the infinities (not JSON), and, as one clear line rather than the
     parser's own failure, a number of more digits than Python converts and nesting deeper than its stack."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+        return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=refuse_constant)
     except json.JSONDecodeError as exc:
         raise JsonError(f"not valid JSON: {exc.msg}", exc.lineno) from None
     except RecursionError:
@@ -256,5 +256,6 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return data
 
 
-def _no_constant(name: str) -> Any:
+def refuse_constant(name: str) -> Any:
+    """For json.loads' parse_constant: NaN, Infinity and -Infinity are not JSON, and canary never writes them."""
     raise JsonError(f"{name} is not JSON")

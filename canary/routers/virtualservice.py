@@ -134,13 +134,14 @@ def read_weights(vs: dict[str, Any], target: Target) -> Weights:
         raise RouterError(f"{vs_name(target)}: metadata must be a mapping, got {describe(vs.get('metadata'))}")
     index = route_index(vs, target)
     rule = _http(vs, target)[index]
-    dests = _subset_destinations(rule, target, _namespace(vs, target.namespace))
+    namespace = _namespace(vs, target.namespace)
+    dests = _subset_destinations(rule, target, namespace)
     route = rule["route"]
-    subsets = [subset for subset, _ in _to_host(rule, target, _namespace(vs, target.namespace))]
+    subsets = [subset for subset, _ in _to_host(rule, target, namespace)]
     for subset in (target.baseline, target.canary):
-        if subsets.count(subset) > 1:
+        if (count := subsets.count(subset)) > 1:
             raise RouterError(
-                f"{vs_name(target)}: subset {subset} has {subsets.count(subset)} destinations in spec.http[{index}]; "
+                f"{vs_name(target)}: subset {subset} has {count} destinations in spec.http[{index}]; "
                 "canary moves one weight per version: merge them"
             )
     fields = {id(d): f"spec.http[{index}].route[{j}]" for j, d in enumerate(route)}

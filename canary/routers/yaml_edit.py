@@ -88,12 +88,11 @@ class _Editor:
         if not added:
             return True
         if node.flow_style:  # before the closing brace
-            entries = [(_flow(key), _flow(value)) for key, value in added.items()]
+            braced = _flow(added)
             close = node.end_mark.index - 1
-            if any(k is None or v is None for k, v in entries) or self.text[close : close + 1] != "}":
+            if braced is None or self.text[close : close + 1] != "}":
                 return False
-            lead = ", " if node.value else ""
-            self.edits.append((close, close, lead + ", ".join(f"{k}: {v}" for k, v in entries)))
+            self.edits.append((close, close, (", " if node.value else "") + braced[1:-1]))
             return True
         if not node.value:
             return False
