@@ -41,7 +41,7 @@ from canary.app import (
     router_for,
     simulated_rollout,
 )
-from canary.audit import HEAD_DIGITS, read_records, verify_chain
+from canary.audit import HEAD_DIGITS, AuditLog, read_records, verify_chain
 from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, TickReport
 from canary.display import Progress, summary
 from canary.errors import CanaryError, Cancelled
@@ -434,17 +434,23 @@ def _run_simulated(
     policy = load_policy(policy_file)
     scenario = resolve_scenario(scenario_spec)
     router = router_for(policy, *weights)
+    log = open_audit(policy, audit)
     rollout = simulated_rollout(
-        policy, scenario, seed=seed, audit=open_audit(policy, audit), router=router,
-        start=_simulated_start(router, policy) if resume else None, lock_timeout_s=lock_timeout,
+        policy, scenario, seed=seed, audit=log, router=router,
+        start=_simulated_start(router, policy, log, lock_timeout), lock_timeout_s=lock_timeout,
     )  # fmt: skip
     return _follow(rollout.runner, policy.name, output, title, resume, restart, metrics)
 
 
-def _simulated_start(router: Router, policy: Policy) -> float | None:
-    """A resumed simulated rollout goes on from the simulated time its route's state was written at."""
+def _simulated_start(router: Router, policy: Policy, audit: AuditLog, lock_timeout: float) -> float | None:
+    """Simulated time goes on from the route's last decision or the log's last record, whichever is later (a
+    resumed rollout from where it stood, a new one after the one before it), so the log's times never go
+    backwards."""
     state = router.read(policy.target).state
-    return state.last.time if state is not None else None
+    with audit.locked(lock_timeout):
+        last = audit.last()
+    times = [state.last.time] if state is not None else []
+    return max([*times, last.record.time] if last is not None else times, default=None)
 
 
 @app.command()

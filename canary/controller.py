@@ -34,6 +34,7 @@ from canary.notices import hook_body
 from canary.policy import Policy, Target
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord, Sealed, applied_outcome, seal
 from canary.routers import Router, RouteRead
+from canary.routers.virtualservice import vs_name
 from canary.sources import MetricsSource
 from canary.state import RolloutState, policy_digest
 from canary.transition import (
@@ -49,6 +50,7 @@ from canary.transition import (
     RouterUnavailable,
     SourceFailed,
     Start,
+    StateLost,
     Transition,
     transition,
     write_failed,
@@ -326,9 +328,7 @@ class Runner:
                         state = None
                     subsets = self.router.subsets_problem(self.target)
                     if subsets is not None:
-                        raise ConflictError(
-                            f"VirtualService {self.target.namespace}/{self.target.virtual_service}: {subsets}"
-                        )
+                        raise ConflictError(f"{vs_name(self.target)}: {subsets}")
                     event = Start(now, uuid.uuid4().hex[:12], read.weights, restart=restart)
                 t = transition(state, event, self._ctx())  # a refusal raises here, before any hook is asked
                 if asked or not isinstance(event, Start):
@@ -426,18 +426,37 @@ class Runner:
 
     def _taken_over(self, read: RouteRead) -> RolloutResult | None:
         """The rollout was ended or replaced by someone else (a person's promote or rollback, a --restart):
-        this command ends with what the route now says."""
+        this command ends with what the route now says. A route that lost the rollout's state with no
+        command of canary's to say so ends the rollout as aborted, recorded, the route left as found."""
         assert self.state is not None
         state = read.state
         if self._running(read):
             return None
-        if state is None or state.rollout != self.state.rollout:
+        if state is not None and state.rollout == self.state.rollout:
+            self.state, self.head = state, state.audit_head
+            return self._result(state, stopped=False)
+        why = self._lost(read)
+        if why is None:  # a --restart replaced it, and recorded this rollout's end
+            assert state is not None
             raise ConflictError(
-                f"VirtualService {self.target.namespace}/{self.target.virtual_service} no longer holds rollout "
-                f"{self.state.rollout}" + (f" (it holds {state.rollout})" if state else "") + "; stopping"
+                f"{vs_name(self.target)} no longer holds rollout {self.state.rollout} (it holds {state.rollout}); "
+                "stopping"
             )
-        self.state, self.head = state, state.audit_head
-        return self._result(state, stopped=False)
+        t = transition(self.state, StateLost(self.clock.now(), read.weights, why), self._ctx())
+        self._commit(read, t)
+        self.state = self.ended = t.state
+        return self._result(t.state, stopped=False)
+
+    def _lost(self, read: RouteRead) -> str | None:
+        """Why the route no longer holds this rollout when no command of canary's replaced it (None: one did)."""
+        assert self.state is not None
+        lost = f"{vs_name(self.target)} no longer holds rollout {self.state.rollout}"
+        if read.state_error is not None:
+            return f"{lost}: {read.state_error}"
+        if read.state is None:
+            return f"{lost}: its state annotation was removed outside canary"
+        problem = self._anchored(read)
+        return f"{lost}: it holds rollout {read.state.rollout} again, and {problem}" if problem else None
 
     def cancel(self) -> TickReport | RolloutResult:
         """Record that a signal ended the command; the weights stay as they stand."""

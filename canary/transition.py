@@ -126,7 +126,18 @@ class Crash:
     error: str
 
 
-Event = Start | Resume | Observed | SourceFailed | RouterUnavailable | Manual | Cancel | Crash
+@dataclass(frozen=True)
+class StateLost:
+    """The route no longer holds the rollout's state and no command of canary's ended it (its annotation was
+    removed or overwritten from outside, or the route was restored to an older one): the rollout ends where
+    the route stands, and nothing is written (the route is left as found)."""
+
+    now: float
+    weights: Weights  # as read from the route
+    why: str
+
+
+Event = Start | Resume | Observed | SourceFailed | RouterUnavailable | Manual | Cancel | Crash | StateLost
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,8 @@ def transition(state: RolloutState | None, event: Event, ctx: Context) -> Transi
             return _end(state, ctx, event.now, event.weights, Action.CANCEL, Phase.CANCELLED, _cancelled(event))
         case Crash():
             return _crash(state, event, ctx)
+        case StateLost():
+            return _state_lost(state, event, ctx)
     raise TypeError(f"not an event: {event!r}")
 
 
@@ -430,6 +443,14 @@ def _crash(state: RolloutState, event: Crash, ctx: Context) -> Transition:
         state, ctx, event.now, weights, Action.ABORT, Phase.ABORTED,
         f"internal error during a tick ({event.error}); stopping, weights left at {weights}", error=event.error,
     )  # fmt: skip
+
+
+def _state_lost(state: RolloutState, event: StateLost, ctx: Context) -> Transition:
+    ended = _end(
+        state, ctx, event.now, event.weights, Action.ABORT, Phase.ABORTED,
+        f"{event.why}; stopping, the route left as found at {event.weights} (nothing written)",
+    )  # fmt: skip
+    return dataclasses.replace(ended, records=(dataclasses.replace(ended.records[-1], writes=False),))
 
 
 def _cancelled(event: Cancel) -> str:

@@ -571,15 +571,17 @@ def canonical_hash(prev: str, data: dict[str, Any]) -> str:
 
 def log_lines(path: Path) -> list[Line]:
     """Every record of the log as raw JSON, the chain checked from scratch: whole lines, each one's hash
-    recomputed, each linked to the one before; every change (a decision that writes) followed at once by
-    exactly one outcome of it, and no outcome elsewhere."""
+    recomputed, each linked to the one before, none earlier than the one before; every change (a decision
+    that writes) followed at once by exactly one outcome of it, and no outcome elsewhere."""
     raw = path.read_bytes()
     assert raw.endswith(b"\n"), "the log ends with a whole line"
-    lines, prev, open_change = [], GENESIS, None
+    lines, prev, open_change, then = [], GENESIS, None, 0.0
     for number, text in enumerate(raw.split(b"\n")[:-1], start=1):
         data = json.loads(text)
         assert data["schema"] == 1 and data["prev_hash"] == prev, f"line {number} does not follow the one before"
         assert canonical_hash(prev, data) == data["hash"], f"line {number}: its hash does not check out"
+        assert data["time"] >= then, f"line {number} is earlier than the one before ({data['time']} < {then})"
+        then = data["time"]
         line = Line(number, data)
         if line.kind == "outcome":
             assert open_change is not None and data["of"] == open_change, f"line {number}: an outcome of no change"

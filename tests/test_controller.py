@@ -5,10 +5,12 @@ stop (a crash at any line, a cancel, someone else's change, a person's command) 
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import decisions, judged, memory_router
 
 from canary.app import simulated_rollout
@@ -20,10 +22,13 @@ from canary.model import Action, Observation, Phase, Weights
 from canary.policy import MetricSpec, Policy, Target
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
 from canary.routers import RouteRead
+from canary.routers.manifest import ManifestRouter
 from canary.routers.memory import MemoryRouter
 from canary.scenario import builtin_scenario
 from canary.sources.simulated import SimulatedMesh
-from canary.state import RolloutState
+from canary.state import ANNOTATION, RolloutState
+
+SEED_VS = Path(__file__).parent.parent / "fixtures" / "istio" / "web-app-virtualservice.yaml"
 
 
 def die(weights: Weights, state: RolloutState) -> None:
@@ -471,6 +476,71 @@ def test_a_rollout_whose_start_never_reached_the_route_is_listed_as_not_started(
     assert (first.outcome, first.changes_failed, first.changes_applied) == (NOT_STARTED, 1, 0)
     assert first.final_weights == Weights(100, 0), "what the route held"
     assert (second.rollout, second.outcome) == (result.rollout, "promoted")
+
+
+def seed_manifest(tmp_path: Path) -> Path:
+    """The seed's VirtualService (90/10) in a file, as `--manifest` keeps it."""
+    path = tmp_path / "web-app-virtualservice.yaml"
+    shutil.copy(SEED_VS, path)
+    return path
+
+
+def without_state(text: str) -> str:
+    """The manifest a GitOps sync puts back: the state annotation gone, the weights as git has them."""
+    doc = yaml.safe_load(text)
+    doc["metadata"]["annotations"].pop(ANNOTATION)
+    return yaml.safe_dump(doc)
+
+
+def garbled_state(text: str) -> str:
+    """The state annotation overwritten by hand with something canary cannot read."""
+    doc = yaml.safe_load(text)
+    doc["metadata"]["annotations"][ANNOTATION] = '{"rollout": "x"'
+    return yaml.safe_dump(doc)
+
+
+@pytest.mark.parametrize(("edit", "why"), [
+    (without_state, "its state annotation was removed outside canary"),
+    (garbled_state, f"annotation {ANNOTATION}"),
+])  # fmt: skip
+def test_a_route_that_loses_the_rollouts_state_mid_run_ends_it_aborted_with_a_record(
+    web_policy: Policy, tmp_path: Path, edit: Any, why: str
+) -> None:
+    """A sync or a hand edit takes the state off the route while the rollout runs. The run used to stop with
+    one line and no record, and `audit list` showed the rollout progressing for ever. Now the rollout ends
+    aborted, recorded, and the route is left as found: nothing is written back over the person's change."""
+    path = seed_manifest(tmp_path)
+    audit_path = tmp_path / "audit.jsonl"
+    runner, _, _ = rollout(web_policy, audit_path, router=lambda _: ManifestRouter(str(path)))
+    runner.open()
+    runner.clock.sleep(60)
+    runner.tick()
+    path.write_text(edit(path.read_text()))
+    edited = path.read_bytes()
+    runner.clock.sleep(60)
+    ended = runner.tick()
+    assert isinstance(ended, RolloutResult) and ended.phase is Phase.ABORTED
+    assert why in ended.decision.reason and "nothing written" in ended.decision.reason
+    assert path.read_bytes() == edited, "the route is left as found"
+    last = decisions(audit_path)[-1]
+    assert (last.action, last.phase, last.writes) == (Action.ABORT, Phase.ABORTED, False)
+    assert last.rollout == ended.rollout and last.weights_after == Weights(90, 10)
+    (listed,) = rollouts(read_records(audit_path))
+    assert (listed.rollout, listed.outcome) == (ended.rollout, Phase.ABORTED.value)
+    assert ended.audit_head == list(read_records(audit_path))[-1].hash
+    assert verify_chain(audit_path).ok
+
+
+def test_a_rollout_a_restart_replaced_is_not_recorded_twice(web_policy: Policy, audit_path: Path) -> None:
+    """The --restart recorded the old rollout's end; the old run's next tick stops without a second one."""
+    runner, _, _ = rollout(web_policy, audit_path)
+    runner.open()
+    again(runner, audit_path).open(restart=True)
+    runner.clock.sleep(60)
+    with pytest.raises(ConflictError, match=r"no longer holds rollout \w+ \(it holds \w+\); stopping"):
+        runner.tick()
+    ends = [r for r in decisions(audit_path) if r.action is Action.ABORT]
+    assert [r.rollout for r in ends] == [runner.state.rollout]  # type: ignore[union-attr]
 
 
 def test_a_torn_last_line_is_set_aside_and_the_rollout_goes_on(web_policy: Policy, audit_path: Path) -> None:

@@ -431,6 +431,31 @@ def test_a_promote_and_a_rollback_at_the_same_instant_are_made_one_after_the_oth
     print(f"\n{where}: {dict(order)}")
 
 
+def test_restarts_killed_before_and_after_their_write_record_each_abandon_once_and_in_time_order(
+    launch: Launcher, tmp_path: Path
+) -> None:
+    """A run killed mid-rollout; a `--restart` killed before its write, another after it; a last `--restart`
+    runs to the end. Each abandon is recorded once, against the rollout the route held, and the log's times
+    never go backwards (a simulated `--restart` used to start its clock at the simulated epoch again, before
+    the records of the rollout it abandoned)."""
+    c = manifest_canary(launch, tmp_path)
+    for flags, failpoint in (((), "after-outcome:3"), (("--restart",), "before-write:1"),
+                             (("--restart",), "after-write:1")):  # fmt: skip
+        assert c.call(c.run_args("healthy", *flags), failpoint=failpoint).code == -signal.SIGKILL
+    result = c.call(c.run_args("healthy", "--restart", "--output", "json"))
+    assert result.code == 0, result.err
+    lines = log_lines(c.audit)  # the chain, every change's outcome, and the times in order
+    starts = [d for d, _ in changes(lines) if d["action"] == "start"]
+    assert len(starts) == 4
+    made = {d["rollout"] for d, o in changes(lines) if d["action"] == "start" and o and o["result"] == "applied"}
+    assert made == {starts[0]["rollout"], starts[2]["rollout"], starts[3]["rollout"]}, "the second never started"
+    abandons = [line for line in lines if line.kind == "decision" and line["action"] == "abort"]
+    assert [a["rollout"] for a in abandons] == [starts[0]["rollout"], starts[0]["rollout"], starts[2]["rollout"]]
+    assert result.json()["rollout"] == starts[3]["rollout"] and result.json()["outcome"] == "promoted"
+    assert_route_agrees_with_log(c.route(), lines)
+    assert c.verify().code == 0
+
+
 @pytest.mark.parametrize(("where", "rounds"), [("manifest", 20), ("cluster", 4)])
 def test_a_persons_rollback_during_a_run_ends_it_and_the_route_its_state_and_the_log_agree(
     launch: Launcher, tmp_path: Path, promoted_at: int, where: str, rounds: int
