@@ -939,7 +939,12 @@ def plan(
         loaded = load_policy(policy)
         judge_for(loaded)
         base = Baseline(rps, error_rate, latency_median, latency_sigma, (baseline_pods, canary_pods))
-        found = make_plan(loaded, base, seeds=seeds)
+        told = (
+            (lambda what: typer.echo(f"canary plan: simulating {what}...", err=True))
+            if output is OutputFormat.text
+            else None
+        )
+        found = make_plan(loaded, base, seeds=seeds, progress=told)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     if output is OutputFormat.json:

@@ -60,6 +60,8 @@ def _scenario(base: Baseline, canary: Behaviour, name: str) -> Scenario:
 def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[str], None] | None = None) -> Plan:
     policy, skipped = _simulated_part(policy)
     healthy = Behaviour(base.error_rate, Lognormal(base.median_ms, base.sigma))
+    if progress:
+        progress(f"{seeds} rollouts of a canary equal to the baseline")
     results = [simulated_rollout(policy, _scenario(base, healthy, "plan"), seed=s, audit=MemoryAudit()).runner.run()
                for s in range(seeds)]  # fmt: skip
     promoted = [r for r in results if r.phase is Phase.PROMOTED]
@@ -71,13 +73,13 @@ def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[
     smallest: dict[str, str] = {}
     if any(isinstance(m, ErrorRateMetric) for m in policy.metrics):
         if progress:
-            progress("error rate")
+            progress("the smallest error-rate regression rolled back (a bisection)")
         found = _smallest(policy, base, seeds, lambda d: dataclasses.replace(healthy, error_rate=base.error_rate + d),
                           low=0.0, high=0.5)  # fmt: skip
         smallest["error-rate"] = f"+{100 * found:.2f} pp" if found is not None else "none up to +50 pp"
     if any(isinstance(m, LatencyMetric) for m in policy.metrics):
         if progress:
-            progress("latency")
+            progress("the smallest latency regression rolled back (a bisection)")
         found = _smallest(
             policy, base, seeds,
             lambda d: dataclasses.replace(healthy, latency=Lognormal(base.median_ms * (1 + d), base.sigma)),

@@ -384,16 +384,15 @@ class Layout:
 
 def common_layout(layouts: Sequence[tuple[float, ...]]) -> Layout | None:
     """The edges every layout has; None when they share none."""
-    if not layouts:
+    distinct = list(dict.fromkeys(layouts))  # a thousand pods share one or two layouts
+    if not distinct:
         return None
-    first = layouts[0]
-    common = set(first)
-    for other in layouts[1:]:
+    common = set(distinct[0])
+    for other in distinct[1:]:
         common &= set(other)
     if not common:
         return None
-    bounds = tuple(sorted(common))
-    return Layout(bounds, merged=any(layout != first for layout in layouts[1:]))
+    return Layout(tuple(sorted(common)), merged=len(distinct) > 1)
 
 
 def merge(histograms: Sequence[Histogram]) -> Histogram | None:
@@ -401,10 +400,8 @@ def merge(histograms: Sequence[Histogram]) -> Histogram | None:
     layout = common_layout([h.bounds for h in histograms])
     if layout is None:
         return None
-    total = rebucket(histograms[0], layout.bounds)
-    for h in histograms[1:]:
-        total = total + rebucket(h, layout.bounds)
-    return total
+    columns = zip(*(rebucket(h, layout.bounds).counts for h in histograms), strict=True)
+    return Histogram(layout.bounds, tuple(sum(column) for column in columns))
 
 
 def rebucket(hist: Histogram, bounds: tuple[float, ...]) -> Histogram:
