@@ -38,12 +38,12 @@ def _for(seconds: float) -> str:
 def alert_rules(policy: Policy, *, reporter: str = DEFAULT_REPORTER, window: str = "5m") -> str:
     """Rules YAML (one group) for the policy's canary; `promtool check rules` accepts it."""
     target = policy.target
-    scope = Scope(target.host, target.namespace, target.baseline, target.canary, reporter)
+    scope = Scope.of(target.scope, reporter)
     canary, baseline = (target.canary,), (target.baseline,)
     hold = _for(policy.interval_s)
     common = {
         "canary_policy": policy.name,
-        "destination_service": target.host,
+        "destination_service": scope.service,
         "destination_version": target.canary,
     }
     rules: list[dict[str, object]] = []

@@ -84,9 +84,9 @@ def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, e
         verdict, deciding = "inconclusive", judgements[-1]
     merged = merge(observations)
     if all(not w.baseline and not w.canary for w in merged.metrics.values()):
-        target = policy.target
+        scope = policy.target.scope
         raise CanaryError(
-            f"no series for {target.baseline} nor {target.canary} of {target.host} in {iso(start)} .. {iso(end)}: "
+            f"no series for {scope.baseline} nor {scope.canary} of {scope.host} in {iso(start)} .. {iso(end)}: "
             "check spec.target, --prometheus-reporter and the window (`canary queries` prints the PromQL)"
         )
     return AnalysisResult(verdict, start, end, count, deciding, merged)

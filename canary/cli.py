@@ -649,7 +649,7 @@ def queries(
         loaded = load_policy(policy)
         target = loaded.target
         found = operator_queries(
-            Scope(target.host, target.namespace, target.baseline, target.canary, reporter),
+            Scope.of(target.scope, reporter),
             error_classes=tuple(m.errors for m in loaded.metrics if isinstance(m, ErrorRateMetric)) or ("5xx",),
             quantiles=tuple(q.quantile for m in loaded.metrics if isinstance(m, LatencyMetric) for q in m.quantiles),
             custom=tuple((m.name, m.events, m.total) for m in loaded.metrics if isinstance(m, CustomRatioMetric)),

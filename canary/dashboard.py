@@ -32,7 +32,7 @@ WIDTH, HEIGHT = 12, 8
 def dashboard(policy: Policy, *, reporter: str = DEFAULT_REPORTER, window: str = "1m") -> dict[str, Any]:
     check_window(window)
     target = policy.target
-    scope = Scope(target.host, target.namespace, target.baseline, target.canary, reporter)
+    scope = Scope.of(target.scope, reporter)
     versions = "{{destination_version}}"
     classes = tuple(dict.fromkeys(m.errors for m in policy.metrics if isinstance(m, ErrorRateMetric))) or ("5xx",)
     quantiles = sorted(

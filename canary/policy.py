@@ -32,6 +32,19 @@ ErrorClass = Literal["5xx", "non-2xx", "grpc"]
 JUDGES: tuple[JudgeKind, ...] = ("sequential", "kayenta", "flagger")
 DEADLINE_RULES: tuple[DeadlineRule, ...] = ("rollback", "promote")
 ERROR_CLASSES: tuple[ErrorClass, ...] = ("5xx", "non-2xx", "grpc")
+CLUSTER_DOMAIN = "svc.cluster.local"
+
+
+def fqdn(host: str, namespace: str) -> str:
+    """Istio's reading of a host name: a short name is a service of the given namespace."""
+    return host if "." in host or host == "*" else f"{host}.{namespace}.{CLUSTER_DOMAIN}"
+
+
+def service_namespace(host: str, namespace: str) -> str:
+    """The namespace of a Kubernetes service's host (`name.ns.svc.<domain>`, its workloads' namespace too);
+    `namespace` for a short name or a host outside the cluster."""
+    parts = fqdn(host, namespace).split(".")
+    return parts[1] if len(parts) >= 4 and parts[2] == "svc" else namespace
 
 
 def url_problem(url: str) -> str | None:
@@ -76,7 +89,10 @@ class Target:
 
     @property
     def scope(self) -> MetricsScope:
-        return MetricsScope(self.namespace, self.host, self.baseline, self.canary)
+        """What Istio's metrics say of this host: `destination_service` is its full name, whatever the
+        VirtualService calls it, and its workloads live in the service's namespace, not the route's."""
+        namespace = service_namespace(self.host, self.namespace)
+        return MetricsScope(namespace, fqdn(self.host, self.namespace), self.baseline, self.canary)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import promql_parser
+
+if TYPE_CHECKING:
+    from canary.policy import MetricsScope
 
 REQUESTS_TOTAL = "istio_requests_total"
 ENGINE_PREFIX = "canary"  # canary's own metrics (canary/engine_metrics.py): canary_weight, canary_phase, ...
@@ -148,6 +152,11 @@ class Scope:
     @property
     def versions(self) -> tuple[str, str]:
         return (self.baseline, self.canary)
+
+    @classmethod
+    def of(cls, target: MetricsScope, reporter: str = DEFAULT_REPORTER) -> Scope:
+        """The series of a policy's metrics scope (the host's full name, its service's namespace)."""
+        return cls(target.host, target.namespace, target.baseline, target.canary, reporter)
 
 
 def selector(scope: Scope, *, versions: tuple[str, ...] | None = None, extra: str = "") -> str:

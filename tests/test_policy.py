@@ -500,3 +500,18 @@ def test_numbers_too_large_or_not_finite_are_refused(value: str) -> None:
     assert text != BASE
     with pytest.raises(PolicyError, match=r"spec.analysis.alpha: must be a probability in \[1e-06, 0.5\)"):
         parse_policy(text, "x.yaml")
+
+
+@pytest.mark.parametrize(
+    ("namespace", "host", "scope"),
+    [
+        ("default", "web-app", ("default", "web-app.default.svc.cluster.local")),
+        ("routing", "web-app.default.svc.cluster.local", ("default", "web-app.default.svc.cluster.local")),
+        ("routing", "web-app.shop.svc.corp.internal", ("shop", "web-app.shop.svc.corp.internal")),
+        ("routing", "api.example.com", ("routing", "api.example.com")),
+    ],
+)
+def test_the_metrics_scope_is_the_hosts_full_name_in_its_services_namespace(namespace, host, scope):
+    """What Istio writes in destination_service and destination_workload_namespace, not what the route says."""
+    found = Target(namespace, "web-app", host, "v1", "v2").scope
+    assert (found.namespace, found.host) == scope

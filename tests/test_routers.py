@@ -237,7 +237,7 @@ def test_destination_rules_must_hold_both_subsets() -> None:
     assert subsets_problem([rule], WEB) is None
     assert subsets_problem([load("reviews-destinationrule.yaml")], REVIEWS) is None
     assert subsets_problem([], WEB) == (
-        "no DestinationRule for web-app.default.svc.cluster.local in namespace default: "
+        "no DestinationRule for web-app.default.svc.cluster.local in namespace default or istio-system: "
         "Istio cannot route to its subsets"
     )
     rule["spec"]["subsets"] = rule["spec"]["subsets"][:1]

@@ -27,7 +27,7 @@ from canary.errors import InputError, RouterError, WeightConflict
 from canary.inputs import checked_secret, read_file
 from canary.model import Weights
 from canary.policy import Target
-from canary.routers.virtualservice import RouteRead, read_route, subsets_problem, with_route
+from canary.routers.virtualservice import RouteRead, read_route, rule_namespaces, subsets_problem, with_route
 from canary.state import RolloutState
 
 GROUP = "networking.istio.io"
@@ -165,18 +165,27 @@ class IstioRouter:
             )
 
     def subsets_problem(self, target: Target) -> str | None:
-        """Both subsets in a DestinationRule for the host; None also when listing them is not allowed (a
-        service account may lack `list destinationrules`: canary cannot know, and does not block on it)."""
-        try:
-            found = self._call(
-                target, "list the DestinationRules of", self._objects.list_namespaced_custom_object,
-                GROUP, self.version(target), target.namespace, "destinationrules",
-                instead={401: _Refused, 403: _Refused, 404: _Refused},
-            )  # fmt: skip
-        except _Refused:
-            return None
-        items = found.get("items") if isinstance(found, dict) else None
-        return subsets_problem(items if isinstance(items, list) else [], target)
+        """Both subsets in a DestinationRule for the host, looked for where Istio looks, namespace by namespace
+        until found; None also when listing one is not allowed (a service account may lack `list
+        destinationrules` there: canary cannot know, and does not block on it)."""
+        items: list[Any] = []
+        problem = None
+        for namespace in rule_namespaces(target):
+            try:
+                found = self._call(
+                    target, f"list the DestinationRules of namespace {namespace} for",
+                    self._objects.list_namespaced_custom_object,
+                    GROUP, self.version(target), namespace, "destinationrules",
+                    instead={401: _Refused, 403: _Refused, 404: _Refused},
+                )  # fmt: skip
+            except _Refused:
+                return None
+            listed = found.get("items") if isinstance(found, dict) else None
+            items += listed if isinstance(listed, list) else []
+            problem = subsets_problem(items, target)
+            if problem is None:
+                return None
+        return problem
 
     def _object(self, target: Target, doing: str, call: Any, *args: Any) -> dict[str, Any]:
         """A VirtualService call (get or replace) whose answer must be an object."""

@@ -21,16 +21,11 @@ from typing import Any
 from canary.codec import describe
 from canary.errors import RouterError, StateError
 from canary.model import Weights
-from canary.policy import Target
+from canary.policy import Target, fqdn
 from canary.state import ANNOTATION, RolloutState, decode_state, encode_state
 
-CLUSTER_DOMAIN = "svc.cluster.local"
+ROOT_NAMESPACE = "istio-system"  # Istio's root config namespace: its DestinationRules apply to every namespace
 STATE_LIMIT = 192 * 1024  # bytes of state annotation, leaving room for the object's other annotations
-
-
-def fqdn(host: str, namespace: str) -> str:
-    """Istio's reading of a host name: a short name is a service of the given namespace."""
-    return host if "." in host or host == "*" else f"{host}.{namespace}.{CLUSTER_DOMAIN}"
 
 
 def vs_name(target: Target) -> str:
@@ -226,16 +221,22 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def rule_namespaces(target: Target) -> tuple[str, ...]:
+    """Where Istio looks for the host's DestinationRule: the route's namespace, the service's, the root's."""
+    return tuple(dict.fromkeys((target.namespace, target.scope.namespace, ROOT_NAMESPACE)))
+
+
 def subsets_problem(rules: Iterable[Any], target: Target) -> str | None:
     """Why the DestinationRules given do not define both subsets for the target host (None: they do)."""
     host = fqdn(target.host, target.namespace)
+    where = rule_namespaces(target)
     found = [
         r for r in rules
         if isinstance(r, dict) and isinstance(r.get("spec"), dict) and isinstance(r["spec"].get("host"), str)
-        and fqdn(r["spec"]["host"], _namespace(r, target.namespace)) == host
+        and (at := _namespace(r, target.namespace)) in where and fqdn(r["spec"]["host"], at) == host
     ]  # fmt: skip
     if not found:
-        return f"no DestinationRule for {host} in namespace {target.namespace}: Istio cannot route to its subsets"
+        return f"no DestinationRule for {host} in namespace {' or '.join(where)}: Istio cannot route to its subsets"
     names = {
         s["name"]
         for r in found
@@ -247,5 +248,6 @@ def subsets_problem(rules: Iterable[Any], target: Target) -> str | None:
         meta = found[0].get("metadata")
         rule = meta.get("name", "?") if isinstance(meta, dict) else "?"
         have = ", ".join(sorted(str(n) for n in names if n)) or "none"
-        return f"DestinationRule {target.namespace}/{rule} for {host} has no subset {missing[0]!r} (subsets: {have})"
+        at = _namespace(found[0], target.namespace)
+        return f"DestinationRule {at}/{rule} for {host} has no subset {missing[0]!r} (subsets: {have})"
     return None

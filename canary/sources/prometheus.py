@@ -310,13 +310,7 @@ class PrometheusSource:
     # ------------------------------------------------------------------------------------------ observe
 
     def scope(self, scope: MetricsScope) -> Scope:
-        return Scope(
-            service=scope.host,
-            namespace=scope.namespace,
-            baseline=scope.baseline,
-            canary=scope.canary,
-            reporter=self.settings.reporter,
-        )
+        return Scope.of(scope, self.settings.reporter)
 
     def queries(self, scope: MetricsScope, metrics: tuple[MetricSpec, ...], start: float, end: float) -> dict[str, str]:
         """The one raw-sample query each metric needs for the window (start, end], evaluated at `end`."""

@@ -283,9 +283,58 @@ def test_no_destination_rule_for_the_host_is_named(own_server: Any, web_policy: 
     def drop_rule(objects: list[dict[str, Any]]) -> None:
         objects.remove(named(objects, "DestinationRule", "web-app"))
 
-    _, router = own_server(fixtures_with(drop_rule))
+    server, router = own_server(fixtures_with(drop_rule))
     assert router.subsets_problem(web_policy.target) == (
-        "no DestinationRule for web-app.default.svc.cluster.local in namespace default: "
+        "no DestinationRule for web-app.default.svc.cluster.local in namespace default or istio-system: "
+        "Istio cannot route to its subsets"
+    )
+    assert paths(server)[-2:] == [
+        ("GET", f"{API}/v1/{DRS}"),
+        ("GET", f"{API}/v1/namespaces/istio-system/destinationrules"),
+    ]
+
+
+def in_namespace(kind: str, namespace: str) -> Any:
+    """A fixtures_with change: the seed's object of that kind moved, as it is, to another namespace."""
+
+    def move(objects: list[dict[str, Any]]) -> None:
+        named(objects, kind, "web-app")["metadata"]["namespace"] = namespace
+
+    return move
+
+
+@pytest.mark.parametrize("namespace", ["default", "istio-system"], ids=["the service's", "Istio's root"])
+def test_a_destination_rule_where_istio_looks_beyond_the_routes_namespace_is_found(
+    own_server: Any, web_policy: Policy, namespace: str
+) -> None:
+    """The VirtualService in namespace `routing` naming the service by its full name; the seed's DestinationRule
+    in the service's namespace (its short host read there) or in Istio's root namespace (there by its full name:
+    a short one would name a service of istio-system): Istio applies both, so the preflight passes."""
+
+    def move(objects: list[dict[str, Any]]) -> None:
+        in_namespace("VirtualService", "routing")(objects)
+        for route in named(objects, "VirtualService", "web-app")["spec"]["http"]:
+            for destination in route["route"]:
+                destination["destination"]["host"] = "web-app.default.svc.cluster.local"
+        in_namespace("DestinationRule", namespace)(objects)
+        if namespace == "istio-system":
+            named(objects, "DestinationRule", "web-app")["spec"]["host"] = "web-app.default.svc.cluster.local"
+
+    server, router = own_server(fixtures_with(move))
+    target = dataclasses.replace(web_policy.target, namespace="routing")
+    assert router.read(target).weights == Weights(90, 10)
+    assert router.subsets_problem(target) is None
+    searched = [p for m, p in paths(server) if p.endswith("/destinationrules")]
+    assert searched[-1] == f"{API}/v1/namespaces/{namespace}/destinationrules"
+
+
+@pytest.mark.parametrize("namespace", ["staging", "istio-system"], ids=["elsewhere", "root, short host"])
+def test_a_destination_rule_that_is_not_for_the_host_where_it_lives_does_not_count(
+    own_server: Any, web_policy: Policy, namespace: str
+) -> None:
+    _, router = own_server(fixtures_with(in_namespace("DestinationRule", namespace)))
+    assert router.subsets_problem(web_policy.target) == (
+        "no DestinationRule for web-app.default.svc.cluster.local in namespace default or istio-system: "
         "Istio cannot route to its subsets"
     )
 

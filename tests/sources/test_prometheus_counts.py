@@ -146,6 +146,20 @@ def test_other_reporters_services_and_namespaces_are_not_counted(source, history
     assert set(other.baseline) == {"other-v1-x"}
 
 
+@pytest.mark.parametrize(
+    ("namespace", "host"),
+    [("default", "web-app"), ("routing", HOST)],
+    ids=["a short host, as the seed's VirtualService names it", "the route in another namespace than the service"],
+)
+def test_the_series_are_the_hosts_full_name_in_its_services_namespace(source, history, namespace, host):
+    """Istio labels `destination_service` with the full name and `destination_workload_namespace` with the
+    workloads' namespace, whatever the VirtualService calls the host and wherever it lives."""
+    moved = Target(namespace=namespace, virtual_service="vs", host=host, baseline="v1", canary="v2")
+    assert moved.scope == target().scope
+    window = source.observe(moved.scope, (ERRORS_5XX,), history.start, history.end).metrics["errors"]
+    assert window.canary == expected_ratios(history, HOST, "v2", history.start, history.end) != {}
+
+
 def test_custom_ratio_counts_events_out_of_total_per_pod(source, history):
     window = source.observe(target().scope, (CHECKOUT,), history.start, history.end).metrics["checkout"]
     for version, side in (("v1", window.baseline), ("v2", window.canary)):
