@@ -26,7 +26,7 @@ from canary.errors import CanaryError
 from canary.judges import Judge
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio, Sample
 from canary.policy import Policy, parse_duration
-from canary.report import iso
+from canary.report import iso, unseen_version
 from canary.sources import MetricsSource
 
 EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}
@@ -88,6 +88,12 @@ def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, e
         raise CanaryError(
             f"no series for {scope.baseline} nor {scope.canary} of {scope.host} in {iso(start)} .. {iso(end)}: "
             "check spec.target, --prometheus-reporter and the window (`canary queries` prints the PromQL)"
+        )
+    unseen = unseen_version(merged, policy)
+    if unseen is not None:
+        raise CanaryError(
+            f"{unseen.describe(policy.target.scope.host)}, in {iso(start)} .. {iso(end)}: check "
+            f"spec.target.{unseen.role} and --prometheus-reporter (`canary queries` prints the PromQL)"
         )
     return AnalysisResult(verdict, start, end, count, deciding, merged)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Ratio, Sample, Verdict
@@ -17,6 +18,39 @@ def iso(t: float) -> str:
         return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="seconds")
     except (OverflowError, ValueError, OSError):
         return f"{t:g}"
+
+
+@dataclass(frozen=True)
+class Unseen:
+    """A version with no series for any metric while the other version served requests."""
+
+    version: str
+    role: str  # "canary" or "baseline"
+    other: str
+    other_requests: int
+
+    def describe(self, host: str) -> str:
+        return (
+            f"no series for the {self.role} {self.version} (destination_version={self.version!r}) of {host} while "
+            f"{self.other} served {self.other_requests} requests: its traffic is not measured (are its pods "
+            f"labelled version: {self.version}? does it serve?)"
+        )
+
+
+def unseen_version(observation: Observation, policy: Policy) -> Unseen | None:
+    """Which version, if either, the observation holds no series of at all while the other served requests
+    (a mislabelled or unreachable version: no judge can compare it, and waiting does not help)."""
+    target = policy.target
+    counts = version_counts(observation, policy)
+    windows = [observation.metrics.get(m.name) for m in policy.metrics]
+    for role, version, other in (
+        ("canary", target.canary, target.baseline),
+        ("baseline", target.baseline, target.canary),
+    ):
+        requests = counts[other].get("requests", 0)
+        if requests > 0 and not any(w is not None and getattr(w, role) for w in windows):
+            return Unseen(version, role, other, requests)
+    return None
 
 
 def version_counts(observation: Observation, policy: Policy) -> dict[str, dict[str, Any]]:

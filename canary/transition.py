@@ -27,10 +27,12 @@ from canary.judges import Judge
 from canary.model import Action, Decision, Judgement, Observation, Outcome, Phase, Weights
 from canary.policy import Policy
 from canary.records import DecisionRecord, OutcomeRecord, PolicyRef, RouteName, Window
-from canary.report import judgement_dict, observation_dict, version_counts
+from canary.report import judgement_dict, observation_dict, unseen_version, version_counts
 from canary.state import LastDecision, RolloutState, gate_key, policy_digest
 
 ENGINE = f"canary {__version__}"
+UNSEEN_EXPECTED = 30  # requests a version's weight was due in an interval before seeing none of them is
+# evidence (a Poisson count of mean 30 is 0 with probability 1e-13), not chance at low traffic
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,11 @@ def _resume(state: RolloutState, event: Resume, ctx: Context) -> Transition:
 def _observed(state: RolloutState, event: Observed, ctx: Context) -> Transition:
     if event.weights != state.weights:
         return _outside_change(state, event.weights, event.now, ctx)
-    evidence, judgement = ctx.judge.judge(state.evidence, event.observation, state.step_index)
+    unseen = _unseen(state, event.observation, ctx)
+    if unseen is None:
+        evidence, judgement = ctx.judge.judge(state.evidence, event.observation, state.step_index)
+    else:
+        evidence, judgement = state.evidence, Judgement(Outcome.FAIL, (), unseen)
     window = Window(state.observed_until, event.now)
     judged = dataclasses.replace(state, evidence=evidence, observed_until=event.now)
     return _decide(
@@ -299,6 +305,22 @@ def _observed(state: RolloutState, event: Observed, ctx: Context) -> Transition:
         observation=observation_dict(event.observation),
         gates=event.gates,
     )  # fmt: skip
+
+
+def _unseen(state: RolloutState, observation: Observation, ctx: Context) -> str | None:
+    """Why the interval shows that one version's traffic goes unmeasured (None: it does not show it): no
+    series of it at all, past the step's first interval (a new series may wait for its first scrape), while
+    the other version served enough that its weight was due at least UNSEEN_EXPECTED requests."""
+    if observation.start < state.step_started_at + ctx.policy.interval_s or not 0 < state.weights.canary < 100:
+        return None
+    unseen = unseen_version(observation, ctx.policy)
+    if unseen is None:
+        return None
+    share = state.weights.canary if unseen.role == "canary" else state.weights.baseline
+    due = unseen.other_requests * share / (100 - share)
+    if due < UNSEEN_EXPECTED:
+        return None
+    return f"{unseen.describe(ctx.policy.target.scope.host)}; about {due:.0f} were due at {state.weights}"
 
 
 def _source_failed(state: RolloutState, event: SourceFailed, ctx: Context) -> Transition:

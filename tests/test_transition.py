@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from canary.errors import ConflictError
-from canary.model import Action, Judgement, Observation, Outcome, Phase, Weights
+from canary.model import Action, Judgement, MetricWindow, Observation, Outcome, Phase, Ratio, Weights
 from canary.policy import ErrorRateMetric, MetricSpec, Policy, Target, Webhook
 from canary.state import RolloutState
 from canary.transition import (
@@ -197,6 +197,54 @@ def test_no_evidence_holds_the_step_but_the_state_moves_on(outcome: Outcome) -> 
     t = observe(state, ctx, outcome, now=T0 + 120)
     assert t.decision.action is Action.HOLD and t.state.weights == state.weights
     assert t.state.tick == state.tick + 1 and t.state.observed_until == T0 + 120 and t.writes
+
+
+def serving(start: float, end: float, baseline: int, canary: int) -> Observation:
+    """One interval's requests per version (0: the version has no series at all), one pod each."""
+    pods = {
+        "baseline": {"v1-a": Ratio(0, baseline)} if baseline else {},
+        "canary": {"v2-a": Ratio(0, canary)} if canary else {},
+    }
+    return Observation(start, end, {"errors": MetricWindow(pods["baseline"], pods["canary"])})
+
+
+def test_a_canary_without_series_while_its_weight_was_due_requests_is_rolled_back_naming_the_label() -> None:
+    """Past the step's first interval (a new series may wait for its first scrape), 900 baseline requests at
+    90/10 made 100 due to the canary; none of them shows, so its traffic is unmeasured: no judge is asked."""
+    ctx = context()
+    state = started(ctx)
+    first = transition(state, Observed(T0 + 60, state.weights, serving(T0, T0 + 60, 900, 0)), ctx)
+    assert first.decision.action is Action.HOLD and first.state.evidence == Count(1, 0)
+    t = transition(first.state, Observed(T0 + 120, state.weights, serving(T0 + 60, T0 + 120, 900, 0)), ctx)
+    assert (t.state.phase, t.decision.action, t.state.weights) == (Phase.ROLLED_BACK, Action.ROLLBACK, ALL_BASELINE)
+    assert t.state.evidence == Count(1, 0)
+    assert t.decision.reason == (
+        "no series for the canary v2 (destination_version='v2') of web-app.default.svc.cluster.local while v1 "
+        "served 900 requests: its traffic is not measured (are its pods labelled version: v2? does it serve?); "
+        "about 100 were due at 90/10"
+    )
+
+
+@pytest.mark.parametrize(
+    ("at", "baseline", "canary", "action"),
+    [
+        (0, 200, 0, Action.HOLD),  # 22 due at 90/10: seeing none is chance at this traffic
+        (0, 900, 3, Action.HOLD),  # some canary series: the judge decides
+        (1, 0, 40, Action.ROLLBACK),  # the baseline unseen at 50/50 while 40 were due to it
+        (1, 0, 20, Action.HOLD),
+    ],
+)
+def test_only_a_version_with_no_series_and_enough_requests_due_ends_the_rollout(
+    at: int, baseline: int, canary: int, action: Action
+) -> None:
+    ctx = context()
+    state = at_step(at, ctx)
+    ctx.judge.next = Outcome.CONTINUE  # type: ignore[attr-defined]
+    now = state.step_started_at + 120
+    t = transition(state, Observed(now, state.weights, serving(now - 60, now, baseline, canary)), ctx)
+    assert t.decision.action is action
+    if action is Action.ROLLBACK:
+        assert t.decision.reason.startswith("no series for the baseline v1 (destination_version='v1')")
 
 
 @pytest.mark.parametrize(("rule", "phase", "weights"), [

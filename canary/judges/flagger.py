@@ -11,7 +11,7 @@ Each interval, as Flagger's analysis loop does:
 - `request-duration`: the canary's p99 over the interval — `histogram_quantile(0.99, …)` of the summed
   histogram, linear inside the bucket, in ms — must be at most `max_p99_ms` (500 by default), for each
   latency metric of the policy;
-- a check with no data (no canary requests, so Prometheus returns nothing) fails, as in Flagger;
+- a check with no data (no canary series or requests, so Prometheus returns nothing) fails, as in Flagger;
 - an interval with any failed check adds one to the failed-check count (Flagger stops at the first failing
   metric and counts one per analysis run); the count is never reset within a rollout, and reaching
   `threshold` (5) rolls the canary back;
@@ -127,6 +127,7 @@ class FlaggerJudge:
     def _no_data(self, check: _Check, figures: dict[str, object]) -> Verdict:
         return Verdict(
             check.label, Outcome.NO_DATA,
-            f"{check.label}: no canary requests in this interval, which counts as a failed check (as in Flagger)",
+            f"{check.label}: no canary value in this interval (no series or no requests for it), which counts as a "
+            "failed check (as in Flagger)",
             figures,
         )  # fmt: skip

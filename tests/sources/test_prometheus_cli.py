@@ -60,17 +60,23 @@ def test_analyze_reports_exactly_the_counts_written_across_the_reset(prometheus:
     assert (report["outcome"], report["exit_code"], code) == ("fail", 1, 1)
 
 
-def test_analyze_with_no_canary_series_is_inconclusive(prometheus: PrometheusServer, history, tmp_path: Path):
+def test_analyze_with_no_canary_series_while_the_baseline_serves_is_exit_2_naming_the_label(
+    prometheus: PrometheusServer, history, tmp_path: Path
+):
+    """orders has v1 traffic and no v2 series at all: no judge can compare it, and an inconclusive 3 would let
+    the documented Argo mapping pass a canary nobody measured. It is a configuration error, exit 2."""
     policy = tmp_path / "orders.yaml"
     policy.write_text(Path(POLICY).read_text().replace(HOST, "orders.default.svc.cluster.local"))
-    result = runner.invoke(
-        app,
-        ["analyze", str(policy), "--prometheus-url", prometheus.url, "--start", str(history.start),
-         "--end", str(history.end), "--output", "json"],
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "canary"), "analyze", str(policy), "--prometheus-url", prometheus.url,
+         "--start", str(history.start), "--end", str(history.end), "--output", "json"],
+        capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
-    report = json.loads(result.output)
-    assert result.exit_code == 3 and report["outcome"] == "inconclusive"
-    assert report["counts"]["v2"] == {} and report["counts"]["v1"]["requests"] > 0
+    assert (result.returncode, result.stdout) == (2, "")
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert "no series for the canary v2 (destination_version='v2') of orders.default.svc.cluster.local" in line
+    assert "while v1 served" in line and "spec.target.canary" in line
 
 
 def test_analyze_text_output_names_window_counts_and_outcome(prometheus: PrometheusServer, history):
