@@ -35,6 +35,7 @@ from typing import Any
 from canary.codec import describe
 from canary.model import MAX_COUNT, Histogram, MetricWindow, Ratio, Sample
 from canary.promql import CUSTOM_VERSION_LABEL, PART_LABEL, VERSION_LABEL, parse_le
+from canary.stats.buckets import merge
 
 
 class CountError(ValueError):
@@ -213,24 +214,35 @@ def histogram_window(
 ) -> MetricWindow:
     """Requests per latency bucket per version and pod, from raw `..._bucket` series (every `le`).
 
-    A reset seen in any bucket of a histogram resets all its buckets, so their counts stay cumulative.
+    A reset seen in any bucket of a histogram resets all its buckets, so their counts stay cumulative. A pod's
+    histograms are summed on the edges they share: under a coarser pod label (`destination_workload`) a pod
+    replaced by one with other buckets is two layouts in one group.
     """
-    cumulative: dict[tuple[str, str], dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    cumulative: dict[tuple[str, str, Hashable], dict[float, float]] = defaultdict(lambda: defaultdict(float))
     for side, s, grown in _increases(series, VERSION_LABEL, baseline, canary, start, end, group=_histogram_key):
         try:
             le = parse_le(s.labels["le"])
         except (KeyError, ValueError) as exc:
             raise CountError(f"a bucket series has no numeric 'le' label: {dict(s.labels)}") from exc
-        cumulative[(side, _pod(s.labels, pod_label))][le] += grown
-    sides: dict[str, dict[str, Sample]] = {"baseline": {}, "canary": {}}
-    for (side, pod), buckets in cumulative.items():
+        cumulative[(side, _pod(s.labels, pod_label), _histogram_key(s.labels))][le] += grown
+    found: dict[tuple[str, str], list[Histogram]] = defaultdict(list)
+    for (side, pod, _), buckets in cumulative.items():
         counts = {le: _count(v) for le, v in buckets.items()}
         try:
-            sides[side][pod] = Histogram.from_cumulative(counts)
+            found[(side, pod)].append(Histogram.from_cumulative(counts))
         except ValueError as exc:
-            version = baseline if side == "baseline" else canary
-            raise CountError(f"inconsistent buckets for {version} pod {pod!r}: {exc}") from exc
+            raise CountError(f"inconsistent buckets for {_version(side, baseline, canary)} pod {pod!r}: {exc}") from exc
+    sides: dict[str, dict[str, Sample]] = {"baseline": {}, "canary": {}}
+    for (side, pod), histograms in found.items():
+        merged = merge(histograms)
+        if merged is None:
+            raise CountError(f"the histograms of {_version(side, baseline, canary)} pod {pod!r} share no bucket edge")
+        sides[side][pod] = merged
     return _window(sides["baseline"], sides["canary"])
+
+
+def _version(side: str, baseline: str, canary: str) -> str:
+    return baseline if side == "baseline" else canary
 
 
 def custom_window(
