@@ -53,7 +53,7 @@ from canary.outputs import NotRegularFile, ReadOnlyFile, replace_file
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
 from canary.promql import Scope, operator_queries
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
-from canary.report import iso, judgement_dict, version_counts
+from canary.report import elapsed, iso, judgement_dict, version_counts
 from canary.routers import Router
 from canary.scenario import BUILTIN_SCENARIOS, builtin_scenario, resolve_scenario
 from canary.sources.prometheus import PrometheusSettings
@@ -880,7 +880,7 @@ def status(
             f"({state.weight}%), tick {state.tick}; last: {state.last.action.value} by {safe(state.last.actor)} "
             f"at {iso(state.last.time)}: {safe(state.last.reason)}"
         )
-        where = "ended" if in_step is None else f"{in_step:.0f} min in this step"
+        where = "ended" if in_step is None else f"{elapsed(in_step * 60)} in this step"
         typer.echo(f"{where}; audit head {state.audit_head}")
         for check in checks:
             soon = check["next_decision_min"]
@@ -1128,7 +1128,7 @@ def audit_list(
         weights = f"{r.final_weights.canary}% canary" if r.final_weights else "weights unknown"
         people = f", by hand: {', '.join(safe(p) for p in r.people)}" if r.people else ""
         failed = f", {r.changes_failed} change(s) failed" if r.changes_failed else ""
-        took = f"{r.outcome} after {r.duration_s / 60:.0f} min ({r.ticks} ticks, {weights}{people}{failed})"
+        took = f"{r.outcome} after {elapsed(r.duration_s)} ({r.ticks} ticks, {weights}{people}{failed})"
         typer.echo(f"{safe(r.rollout)} {iso(r.started)} {safe(r.policy)}: {took}")
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from canary.controller import RolloutResult, TickReport
 from canary.model import Outcome, Phase
+from canary.report import elapsed
 
 _MARK = {Outcome.PASS: "pass", Outcome.FAIL: "FAIL", Outcome.CONTINUE: "…", Outcome.NO_DATA: "no data"}
 _PHASE_WORDS = {
@@ -82,10 +83,8 @@ class Progress:
 
 
 def summary(result: RolloutResult) -> str:
-    minutes = result.duration_s / 60
-    lines = [
-        f"{_PHASE_WORDS[result.phase]} after {minutes:.0f} min ({result.ticks} ticks): {result.decision.reason}",
-    ]
+    took = elapsed(result.duration_s)
+    lines = [f"{_PHASE_WORDS[result.phase]} after {took} ({result.ticks} ticks): {result.decision.reason}"]
     if result.judgement is not None:
         lines += [f"  - {v.summary}" for v in result.judgement.verdicts]
     lines.append(f"  audit log: {result.audit_path} (rollout {result.rollout}, head {result.audit_head})")

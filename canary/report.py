@@ -12,6 +12,11 @@ from canary.promql import format_le
 from canary.stats.buckets import merge
 
 
+def elapsed(seconds: float) -> str:
+    """A duration as a person reads it: seconds under a minute, whole minutes from there."""
+    return f"{seconds:.0f} s" if seconds < 59.5 else f"{seconds / 60:.0f} min"
+
+
 def iso(t: float) -> str:
     """A time as ISO 8601 in UTC, seconds precision; the bare number when it has no date (NaN, ±inf, 1e20)."""
     try:

@@ -18,7 +18,7 @@ from typing import Any
 from canary.auditing import CONTROLLER, excess
 from canary.model import Histogram
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord, Sealed
-from canary.report import iso
+from canary.report import elapsed, iso
 from canary.stats.buckets import interpolated_quantile
 
 BASELINE_COLOUR, CANARY_COLOUR, BOUND_COLOUR = "#1f77b4", "#d62728", "#7f7f7f"
@@ -274,7 +274,7 @@ def render(view: RolloutView, *, head: str, verified: str, links: Sequence[tuple
         f"<h1>canary: {html.escape(view.policy)} on {target}, rollout {html.escape(view.rollout)}</h1>",
         "<p>",
         f"Outcome <b>{html.escape(last.phase.value)}</b> after "
-        f"{(last.time - view.start) / 60:.0f} min; started {html.escape(iso(view.start))}, last decision "
+        f"{elapsed(last.time - view.start)}; started {html.escape(iso(view.start))}, last decision "
         f"{html.escape(iso(last.time))}: {html.escape(last.reason)}",
         "</p>",
         _links(links),

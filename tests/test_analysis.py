@@ -14,7 +14,7 @@ from canary.cli import app
 from canary.errors import CanaryError
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio
 from canary.policy import MetricSpec, Policy, Target
-from canary.report import iso, version_counts
+from canary.report import elapsed, iso, version_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,3 +176,11 @@ def test_counts_sum_pods_with_different_layouts_on_their_common_edges(policy: Po
     counts = version_counts(observation, policy)["v2"]
     assert counts["latency_buckets"] == {"100": 5, "+Inf": 11}
     assert (counts["requests"], counts["errors"], counts["pods"]) == (11, 3, 2)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"), [(0, "0 s"), (45, "45 s"), (59.4, "59 s"), (59.6, "1 min"), (90, "2 min"), (3600, "60 min")]
+)
+def test_durations_under_a_minute_are_told_in_seconds(seconds: float, words: str) -> None:
+    """A rollout rolled back after 40 s was "after 1 min", one of 10 s "after 0 min"."""
+    assert elapsed(seconds) == words
