@@ -120,7 +120,7 @@ def simulated_rollout(
         lock_timeout_s=lock_timeout_s,
         cancel=cancel,
         hooks=hooks_for(policy),
-        waits_for_people=False,
+        simulated=True,
     )
     return SimulatedRollout(runner, mesh, router, clock)
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -204,7 +205,7 @@ class AuditLog:
             return
 
     def append(self, record: Record) -> Sealed:
-        self._flush_notes()
+        self._flush_notes(record.time)
         sealed = seal(record, self.head)
         self._write(sealed)
         return sealed
@@ -215,12 +216,14 @@ class AuditLog:
         if sealed.prev_hash != self.head:
             raise AuditError(f"{self.path}: the record does not follow the log's head")
         self._write(sealed)
-        self._flush_notes()
+        self._flush_notes(sealed.record.time)
 
-    def _flush_notes(self) -> None:
+    def _flush_notes(self, at: float) -> None:
+        """The log's own notes, at the time of the record they go with (the command's clock, which may be a
+        rollout's simulated one), so the log's times never go backwards."""
         notes, self._notes = self._notes, []
         for note in notes:
-            self._write(seal(note, self.head))
+            self._write(seal(dataclasses.replace(note, time=at), self.head))
 
     def changes_after(self, digest: str) -> int | None:
         return changes_after(read_records(self.path), digest) if self.path.exists() else None
@@ -317,7 +320,7 @@ class AuditLog:
         size = end - torn_start
         self._notes.append(
             NoteRecord(
-                time=time.time(),
+                time=0.0,  # stamped with the record it is written with
                 reason=f"a torn last line ({size} bytes at offset {torn_start}) was set aside in {self.torn_path.name}",
                 actor=self.actor,
                 details={"offset": torn_start, "bytes": size, "file": str(self.torn_path)},
@@ -340,7 +343,7 @@ class AuditLog:
             return  # the torn tail itself, which the first write sets aside and notes
         self._notes.append(
             NoteRecord(
-                time=time.time(),
+                time=0.0,  # stamped with the record it is written with
                 reason=f"this log does not verify at line {check.line} ({check.problem}); appended after it",
                 actor=self.actor,
                 details={"line": check.line, "problem": check.problem},

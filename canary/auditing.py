@@ -56,12 +56,9 @@ OPEN_PHASES = frozenset(phase.value for phase in Phase if phase.open)
 
 
 def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
-    """The rollouts of a log in the order they started. A rollout on the simulated mesh runs on simulated time
-    (from 2026-01-01): a person's command on its route comes on the wall clock, so only the simulated
-    controller's records time it."""
+    """The rollouts of a log in the order they started, each timed from its first record to its last (a
+    person's command on a rollout running on simulated time is recorded at that time)."""
     found: dict[str, RolloutSummary] = {}
-    simulated: set[str] = set()
-    timed: dict[str, bool] = {}  # per rollout: whether its last decision's clock times it
     for item in sealed:
         record = item.record
         if isinstance(record, DecisionRecord):
@@ -71,11 +68,7 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
                     record.rollout, record.policy.name, record.judge, record.time, record.time, record.phase.value,
                     0, record.weights_after,
                 )  # fmt: skip
-                if record.actor.endswith(SIMULATED):
-                    simulated.add(record.rollout)
-            timed[record.rollout] = record.rollout not in simulated or record.actor.endswith(SIMULATED)
-            if timed[record.rollout]:
-                summary.ended = record.time
+            summary.ended = record.time
             summary.outcome = record.phase.value
             summary.judge = summary.judge or record.judge
             if record.tick is not None:
@@ -86,8 +79,7 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
                 summary.people.append(record.actor)
         elif isinstance(record, OutcomeRecord) and record.rollout in found:
             summary = found[record.rollout]
-            if timed[record.rollout]:
-                summary.ended = max(summary.ended, record.time)
+            summary.ended = max(summary.ended, record.time)
             summary.final_weights = record.weights or summary.final_weights  # what the route holds after it
             if record.result == "failed":
                 summary.changes_failed += 1

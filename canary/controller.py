@@ -152,13 +152,15 @@ class Runner:
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         cancel: CancelFlag | None = None,
         hooks: Hooks | None = None,
-        waits_for_people: bool = True,
+        simulated: bool = False,
     ) -> None:
         self.policy = policy
         self.hooks = hooks  # the policy's webhooks (none asked when None: a gate then waits to its timeout)
-        # False on a simulated clock, where no person can `canary continue` between two ticks: a paused
-        # rollout stops the command (the rollout stays paused on the route) instead of holding forever
-        self.waits_for_people = waits_for_people
+        # True on the simulated mesh's clock: its rollouts run on simulated time, which the state says so a
+        # person's command on the route is recorded at the rollout's time, not the wall clock's; and no person
+        # can `canary continue` between two ticks, so a paused rollout stops the command (it stays paused on
+        # the route) instead of holding forever
+        self.simulated = simulated
         self.source = source
         self.router = router
         self.judge = judge
@@ -179,7 +181,7 @@ class Runner:
         return self.policy.target
 
     def _ctx(self, actor: str | None = None) -> Context:
-        return Context(self.policy, self.judge, actor or self.actor, self.digest)
+        return Context(self.policy, self.judge, actor or self.actor, self.digest, self.simulated)
 
     # ------------------------------------------------------------------------------- one locked step
 
@@ -286,11 +288,12 @@ class Runner:
         approve: joins the route's chain; a rollout running on the route sees it at its next tick."""
         with self.audit.locked(self.lock_timeout_s):
             read = self._read()
+            state = read.state if read.state_error is None else None
+            now = self._command_time(state)
             for problem in (read.state_error, self._anchored(read)):
                 if problem:
-                    self.audit.append(NoteRecord(self.clock.now(), f"{problem}; {command} goes ahead", actor))
-            state = read.state if read.state_error is None else None
-            event = Manual(self.clock.now(), read.weights, command, reason, full)
+                    self.audit.append(NoteRecord(now, f"{problem}; {command} goes ahead", actor))
+            event = Manual(now, read.weights, command, reason, full)
             applied = self._commit(read, transition(state, event, self._ctx(actor)))
         if not applied.written:
             raise RouterError(f"the {command} was not made ({applied.error}); recorded in {self.audit.path}")
@@ -339,6 +342,14 @@ class Runner:
         if not applied.written:
             raise RouterError(f"the rollout was not started ({applied.error}); recorded in {self.audit.path}")
         return self._report(applied)
+
+    def _command_time(self, state: RolloutState | None) -> float:
+        """When a person's command happens: now, or on a rollout running on simulated time, that rollout's
+        time (its last record's), so neither its deadline nor the log's order jumps to the wall clock's."""
+        if state is None or not state.simulated:
+            return self.clock.now()
+        last = self.audit.last()
+        return max(state.last.time, last.record.time if last is not None else state.last.time)
 
     def _note(self, text: str, rollout: str | None) -> str:
         """A note by the webhooks in the log, after whatever the log left open is settled; the new head."""
@@ -520,7 +531,7 @@ class Runner:
             while self.state is not None and self.state.phase.open:
                 if report.decision.action is Action.STOP:
                     return self._result(self.state, stopped=True)
-                if self.state.phase is Phase.PAUSED and not self.waits_for_people:
+                if self.state.phase is Phase.PAUSED and self.simulated:
                     self.last_decision = Decision(
                         Action.STOP, self.state.weights, Phase.PAUSED,
                         f"{self.state.last.reason}; paused on a simulated clock, which no `canary continue` can "

@@ -64,6 +64,7 @@ class RolloutState:
     approved: tuple[int, ...] = ()  # step weights a person approved (the policy's `approvals`)
     opened: tuple[str, ...] = ()  # webhook gates that said go, as "name@weight"
     waiting_since: float | None = None  # when the passed step began to wait for its gates
+    simulated: bool = False  # runs on simulated time: a person's command on it is recorded at its time
     schema: int = STATE_SCHEMA
 
     @property

@@ -43,6 +43,7 @@ class Context:
     judge: Judge
     actor: str
     digest: str = ""  # the policy's digest; computed when not given (give it: it is not free)
+    simulated: bool = False  # a rollout started here runs on simulated time (the embedded mesh's)
 
     def __post_init__(self) -> None:
         if not self.digest:
@@ -251,6 +252,7 @@ def _start(state: RolloutState | None, event: Start, ctx: Context) -> Transition
         evidence=ctx.judge.start(),
         last=LastDecision(event.now, action, reason, ctx.actor, 0),
         audit_head="",
+        simulated=ctx.simulated,
     )
     decision = Decision(action, new.weights, phase, reason)
     records.append(_record(new, ctx, event.now, event.weights, decision, tick=0))

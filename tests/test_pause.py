@@ -125,5 +125,34 @@ def test_a_simulated_run_resumed_on_a_paused_rollout_stops_at_once_with_it_pause
     assert "paused on a simulated clock" in str(doc["reason"])
     person("continue", cluster, audit)
     carried = json.loads(runner.invoke(app, [*args, "--output", "json"]).stdout)
-    # the person's commands ran on the real clock, months after the simulated one: the deadline has passed
-    assert not carried["stopped"] and carried["outcome"] == "inconclusive" and carried["rollout"] == doc["rollout"]
+    # the person's commands happened at the rollout's simulated time, not months later on the wall clock: the
+    # deadline is where it was, and the healthy canary is promoted
+    assert not carried["stopped"] and carried["outcome"] == "promoted" and carried["rollout"] == doc["rollout"]
+    assert carried["duration_s"] < 3600
+    times = [s.record.time for s in read_records(audit)]
+    assert times == sorted(times)
+
+
+def test_a_persons_step_promote_during_a_simulated_run_happens_at_its_time_and_the_run_goes_on(
+    cluster: Path, tmp_path: Path
+) -> None:
+    """`canary promote` runs on the wall clock; the rollout on simulated time. Recorded at the wall clock's
+    time, the step's window began years after the run's clock and the run held forever ("this clock is … s
+    behind"), and the rollout's duration was months. At the rollout's time, the run judges the new step."""
+    audit = tmp_path / "audit.jsonl"
+    r = rollout(cluster, audit, "healthy")
+    r.open()
+    tick(r)
+    stepped = person("promote", cluster, audit)
+    assert stepped["weights_after"] == {"baseline": 50, "canary": 50}
+    for _ in range(int(r.policy.max_duration_s // r.policy.interval_s) + 1):  # a run that holds ends here
+        if r.state is None or not r.state.phase.open:
+            break
+        tick(r)
+        assert "behind" not in r.state.last.reason
+    assert r.state is not None and r.state.phase is Phase.PROMOTED
+    assert r.state.last.time - r.state.started_at < r.policy.max_duration_s
+    times = [s.record.time for s in read_records(audit)]
+    assert times == sorted(times)
+    listed = json.loads(runner.invoke(app, ["audit", "list", str(audit), "--output", "json"]).stdout)
+    assert [row["duration_s"] < r.policy.max_duration_s for row in listed] == [True]

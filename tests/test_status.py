@@ -61,9 +61,9 @@ def test_status_without_a_log_shows_the_state_alone(tmp_path: Path) -> None:
 
 
 def test_a_persons_command_after_a_simulated_run_leaves_its_times_true(tmp_path: Path) -> None:
-    """A simulated rollout runs on simulated time (2026-01-01), a person's rollback after it on the wall clock:
-    `audit list` times the rollout by its controller's clock, and `status` of the ended rollout gives no
-    minutes in a step (they were 484,724 across the two clocks)."""
+    """A simulated rollout runs on simulated time (2026-01-01); a person's rollback after it happens at that
+    rollout's time, not the wall clock's: `audit list` times the rollout as the run did, and `status` of the
+    ended rollout gives no minutes in a step (they were 484,724 across the two clocks)."""
     manifest, audit = tmp_path / "web-app.yaml", tmp_path / "audit.jsonl"
     manifest.write_text(DR.read_text() + "---\n" + VS.read_text())
     common = ["--manifest", str(manifest), "--audit", str(audit)]
