@@ -226,6 +226,11 @@ def raw_query(metric: str, scope: Scope, window_s: float) -> str:
     return f"{metric}{{{selector(scope)}}}[{duration(window_s)}]"
 
 
+def last_value_query(metric: str, scope: Scope, window_s: float) -> str:
+    """Each series' last value within `window_s` before the evaluation time (an instant vector)."""
+    return f"last_over_time({metric}{{{selector(scope)}}}[{duration(window_s)}])"
+
+
 def render_template(template: str, *, service: str, namespace: str, version: str, window: str) -> str:
     """Fill a custom template's placeholders; values are escaped for use inside a double-quoted string.
 

@@ -67,6 +67,46 @@ def parse_matrix(result: object) -> list[Series]:
     return out
 
 
+def parse_vector(result: object) -> dict[frozenset[tuple[str, str]], float]:
+    """The `data.result` list of an instant query as label set (without `__name__`) -> value."""
+    if not isinstance(result, list):
+        raise CountError(f"expected a list of series, got {type(result).__name__}")
+    out: dict[frozenset[tuple[str, str]], float] = {}
+    for item in result:
+        if not isinstance(item, dict) or not isinstance(item.get("metric"), dict) or "value" not in item:
+            raise CountError("expected an instant vector (series with a 'metric' label set and a 'value')")
+        out[_identity(item["metric"])] = _sample(item["value"])[1]
+    return out
+
+
+def _identity(labels: Mapping[Any, Any]) -> frozenset[tuple[str, str]]:
+    return frozenset((str(k), str(v)) for k, v in labels.items() if k != "__name__")
+
+
+def unbased(series: Sequence[Series], start: float) -> bool:
+    """Whether a series has samples after `start` and none at or before it: born in the window, or back
+    from a scrape gap longer than the range read (only its last value before the window tells which)."""
+    return any(_unbased(s, start) for s in series)
+
+
+def _unbased(s: Series, start: float) -> bool:
+    times = [t for t, v in s.samples if math.isfinite(v)]
+    return bool(times) and min(times) > start
+
+
+def based(
+    series: Sequence[Series], last_values: Mapping[frozenset[tuple[str, str]], float], start: float
+) -> list[Series]:
+    """Each unbased series given its last value before the window (`last_values`, answered at `start`) as a
+    sample at `start`: a series back from a long scrape gap counts what it grew, not everything since it was
+    born (a lower value after the gap is a restart, counted from zero). A series with none is new."""
+    out: list[Series] = []
+    for s in series:
+        last = last_values.get(_identity(s.labels)) if _unbased(s, start) else None
+        out.append(s if last is None else Series(s.labels, ((start, last), *s.samples)))
+    return out
+
+
 def _sample(pair: Any) -> tuple[float, float]:
     try:
         timestamp, value = pair

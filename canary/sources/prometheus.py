@@ -40,15 +40,27 @@ from canary.promql import (
     REQUESTS_TOTAL,
     Scope,
     custom_raw_query,
+    last_value_query,
     raw_query,
 )
-from canary.sources.counters import CountError, custom_window, error_window, histogram_window, parse_matrix
+from canary.sources.counters import (
+    CountError,
+    Series,
+    based,
+    custom_window,
+    error_window,
+    histogram_window,
+    parse_matrix,
+    parse_vector,
+    unbased,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = (500, 502, 503, 504)
 MAX_TIMEOUT_S = 3600.0  # a query, a delay, a lookback: an hour at the most
 MAX_RETRIES = 10
+LAST_VALUE_LOOKBACK_S = 3600.0  # a series silent for longer before the window counts as new there
 MAX_SUBQUERY_POINTS = 11_000  # per series, Prometheus' own limit for range queries
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _SENSITIVE = re.compile(r"auth|token|secret|key|cookie|pass", re.IGNORECASE)  # header names whose values hide
@@ -347,8 +359,9 @@ class PrometheusSource:
         for metric in metrics:
             result = self.query(queries[metric.name], end, what=f"metric {metric.name!r}")
             try:
+                series = self._based(scope, metric, parse_matrix(result), start)
                 out[metric.name] = _counter(metric)(
-                    parse_matrix(result),
+                    series,
                     baseline=scope.baseline,
                     canary=scope.canary,
                     start=start,
@@ -358,6 +371,17 @@ class PrometheusSource:
             except CountError as exc:
                 raise SourceError(f"metric {metric.name!r} from Prometheus at {self.url}: {exc}") from exc
         return Observation(start=start, end=end, metrics=out)
+
+    def _based(self, scope: MetricsScope, metric: MetricSpec, series: list[Series], start: float) -> list[Series]:
+        """The series, those without a sample before the window given their last value before it: one more
+        query, only on a tick where a counter's series appears inside the window (a new one, or one back
+        from a scrape gap longer than the lookback, whose whole value would otherwise count as new)."""
+        name = _COUNTERS.get(type(metric))
+        if name is None or not unbased(series, start):
+            return series
+        query = last_value_query(name, self.scope(scope), LAST_VALUE_LOOKBACK_S)
+        result = self.query(query, start, what=f"metric {metric.name!r} (last values before the window)")
+        return based(series, parse_vector(result), start)
 
     # ------------------------------------------------------------------------------------------- query
 
@@ -425,6 +449,9 @@ class PrometheusSource:
                 f"tr{'y' if self.settings.retries == 0 else 'ies'} (HTTP {status}){detail}"
             )
         return SourceError(f"Prometheus at {self.url} answered the {what} query with HTTP {status}{detail}")
+
+
+_COUNTERS: dict[type, str] = {ErrorRateMetric: REQUESTS_TOTAL, LatencyMetric: DURATION_BUCKET}
 
 
 def _counter(metric: MetricSpec) -> Callable[..., MetricWindow]:

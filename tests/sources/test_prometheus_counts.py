@@ -189,14 +189,33 @@ def test_regex_metacharacters_in_versions_match_literally(source, history):
     assert errors.baseline == expected_ratios(history, REGEX_HOST, "v.1", history.start, history.end)
 
 
-def test_one_query_per_metric_per_tick_covers_both_versions(prometheus: PrometheusServer, history, web_policy):
+@pytest.mark.parametrize(
+    ("minutes", "extra"),
+    [((25, 30), 0), ((10, 30), 1)],
+    ids=["every series read before", "series appearing inside the window"],
+)
+def test_one_query_per_metric_per_tick_covers_both_versions(
+    prometheus: PrometheusServer, history, web_policy, minutes, extra
+):
+    """Plus one, for the error-rate metric alone, when its series appear inside the window (v2's first 500,
+    a caller back from its 8-minute gap): their last values before it."""
     metrics = (*web_policy.metrics, CHECKOUT)
+    start, end = (history.t0 + 60 * m for m in minutes)
     with PrometheusSource(PrometheusSettings(prometheus.url)) as src:
         before = prometheus.query_api_calls()
-        observation = src.observe(web_policy.target, metrics, history.start, history.end)
+        observation = src.observe(web_policy.target, metrics, start, end)
         after = prometheus.query_api_calls()
-    assert after - before == len(metrics) == 3
+    assert after - before == len(metrics) + extra == 3 + extra
     assert all(w.baseline and w.canary for w in observation.metrics.values())
+
+
+def test_a_series_back_from_a_gap_longer_than_the_lookback_counts_what_it_grew(source, history):
+    """The cron caller's last sample before the standard window is 315 s before it, past the 300 s lookback:
+    read alone, its whole value since it was born would count as requests of this window."""
+    cron = [t for t in history.counters if t.labels.get("source_workload") == "cron"]
+    assert len(cron) == 1 and cron[0].expected(history.start, history.end)
+    window = source.observe(target().scope, (ERRORS_5XX,), history.start, history.end).metrics["errors"]
+    assert window.canary == expected_ratios(history, HOST, "v2", history.start, history.end)
 
 
 def test_pod_label_can_be_renamed(prometheus: PrometheusServer, history):
