@@ -433,7 +433,10 @@ class _Reader:
 
     def mapping(self, value: object, path: str, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(path, f"must be a mapping, got {describe(value)}")  # describe never echoes a file
+            # describe never echoes a file; a whole document that is one short string (a token file given as
+            # the policy) is not echoed either
+            got = "a string" if path == "" and isinstance(value, str) else describe(value)
+            raise self.fail(path, f"must be a mapping, got {got}")
         unknown = sorted(set(value) - allowed)
         if unknown:
             hint = ", ".join(sorted(allowed))

@@ -63,6 +63,7 @@ from hostile_servers import (
 from hypothesis import HealthCheck, Phase, given, settings
 from typer.testing import CliRunner
 
+from canary import secrets
 from canary.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,12 +124,15 @@ def _command(given: Any) -> Any:
 
 
 def invoke(*args: str | Path, cwd: Path | None = None, env: Mapping[str, str | None] | None = None) -> Outcome:
-    """The command in process, as `canary.cli.main` runs it (an escaped exception is kept, not raised)."""
+    """The command in process, as `canary.cli.main` runs it (an escaped exception is kept, not raised), knowing
+    no secret yet, as a new process does: one an earlier command registered would be scrubbed from this one's
+    output and hide a leak."""
     runner = CliRunner()
     started = time.monotonic()
     with (
         contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext(),
         mock.patch.object(typer.testing, "_get_command", _command),
+        mock.patch.object(secrets, "_known", set()),
     ):
         result = runner.invoke(app, [str(a) for a in args], env={**CLEAN_ENV, **(env or {})})
     exc = result.exception if not isinstance(result.exception, SystemExit) else None
