@@ -849,7 +849,8 @@ def status(
     if output is OutputFormat.json:
         doc: dict[str, Any] = {
             "target": f"{target.namespace}/{target.virtual_service}",
-            target.baseline: weights.baseline,
+            "weights": {"baseline": weights.baseline, "canary": weights.canary},  # by role, as every command
+            target.baseline: weights.baseline,  # and by subset, as the text says them
             target.canary: weights.canary,
             "rollout": None,
         }

@@ -361,9 +361,9 @@ def _pause_or_continue(state: RolloutState | None, event: Manual, ctx: Context) 
     pause = event.command == "pause"
     wanted = Phase.PROGRESSING if pause else Phase.PAUSED
     if state is None or state.phase is not wanted:
-        now_is = f"is {state.phase.value}" if state is not None else "has no rollout"
         raise ConflictError(
-            f"{_route(ctx)} {now_is}: only a {wanted.value} rollout can be {'paused' if pause else 'continued'}"
+            f"{_route(ctx)} {_now_is(state)}: only a {wanted.value} rollout can be "
+            f"{'paused' if pause else 'continued'}{_carry_on(state)}"
         )
     if event.weights != state.weights:
         return _outside_change(state, event.weights, event.now, ctx)
@@ -388,8 +388,9 @@ def _pause_or_continue(state: RolloutState | None, event: Manual, ctx: Context) 
 def _approve(state: RolloutState | None, event: Manual, ctx: Context) -> Transition:
     """A person approves the next step's weight; a rollout waiting for it moves there at its next tick."""
     if state is None or not state.phase.open or state.step_index + 1 >= len(state.steps):
-        now_is = f"is {state.phase.value}" if state is not None else "has no rollout"
-        raise ConflictError(f"{_route(ctx)} {now_is}: only an open rollout with a step ahead can be approved")
+        raise ConflictError(
+            f"{_route(ctx)} {_now_is(state)}: only an open rollout with a step ahead can be approved{_carry_on(state)}"
+        )
     if event.weights != state.weights:
         return _outside_change(state, event.weights, event.now, ctx)
     weight = state.steps[state.step_index + 1]
@@ -408,9 +409,10 @@ def _approve(state: RolloutState | None, event: Manual, ctx: Context) -> Transit
 def _promote_step(state: RolloutState | None, event: Manual, ctx: Context) -> Transition:
     """A person moves an open rollout to its next step, past any gate; the judge starts afresh there."""
     if state is None or not state.phase.open:
-        now_is = f"is {state.phase.value}" if state is not None else "has no rollout"
-        raise ConflictError(f"{_route(ctx)} {now_is}: only an open rollout has a next step to promote to "
-                            f"(`--full` sends all traffic to {ctx.policy.target.canary})")  # fmt: skip
+        raise ConflictError(
+            f"{_route(ctx)} {_now_is(state)}: only an open rollout has a next step to promote to "
+            f"(`--full` sends all traffic to {ctx.policy.target.canary}){_carry_on(state)}"
+        )
     if event.weights != state.weights:
         return _outside_change(state, event.weights, event.now, ctx)
     step = state.step_index + 1
@@ -425,7 +427,7 @@ def _promote_step(state: RolloutState | None, event: Manual, ctx: Context) -> Tr
         step_index=step,
         weights=Weights.canary_at(weight),
         step_started_at=event.now,
-        step_seconds=(*state.step_seconds, event.now - state.step_started_at),
+        step_seconds=_left(state, event.now),
         observed_until=event.now,  # the new step is judged on traffic at its weight only
         waiting_since=None,
     )
@@ -434,6 +436,19 @@ def _promote_step(state: RolloutState | None, event: Manual, ctx: Context) -> Tr
         new = dataclasses.replace(new, paused_at=event.now, deadline=state.deadline + (event.now - state.paused_at))
     decision = Decision(action, new.weights, phase, reason)
     return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision, judged=False),))
+
+
+def _now_is(state: RolloutState | None) -> str:
+    if state is None:
+        return "has no rollout"
+    return f"is {state.phase.value}"
+
+
+def _carry_on(state: RolloutState | None) -> str:
+    """What a person can do with a cancelled rollout: no command runs it, and `run --resume` carries it on."""
+    if state is None or state.phase is not Phase.CANCELLED:
+        return ""
+    return "; it was cancelled and no command runs it: `canary run … --resume` carries it on, then this can be done"
 
 
 def _manual(state: RolloutState | None, event: Manual, ctx: Context) -> Transition:
@@ -456,6 +471,7 @@ def _manual(state: RolloutState | None, event: Manual, ctx: Context) -> Transiti
         _advance(state, ctx, event.now, action, reason, phase=phase),
         weights=weights,
         step_index=len(steps) - 1 if promote else state.step_index,
+        step_seconds=_left(state, event.now),
     )
     decision = Decision(action, weights, phase, reason)
     return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision, judged=False),))
@@ -603,7 +619,7 @@ def _decide(
         step_index=step,
         weights=weights,
         step_started_at=now if moved_step else state.step_started_at,
-        step_seconds=(*state.step_seconds, now - state.step_started_at) if moved_step else state.step_seconds,
+        step_seconds=_left(state, now) if moved_step else state.step_seconds,
         waiting_since=(state.waiting_since or now) if phase is Phase.WAITING else None,
     )
     decision = Decision(action, weights, phase, reason)
@@ -634,9 +650,20 @@ def _end(
     error: str | None = None,
 ) -> Transition:
     """The rollout stops where it stands (weights as found), its state written with the phase."""
-    new = dataclasses.replace(_advance(state, ctx, now, action, reason, phase=phase), weights=weights)
+    new = dataclasses.replace(
+        _advance(state, ctx, now, action, reason, phase=phase),
+        weights=weights,
+        step_seconds=_left(state, now) if phase.ended else state.step_seconds,  # a cancelled one goes on there
+    )
     decision = Decision(action, weights, phase, reason)
     return Transition(new, decision, (_record(new, ctx, now, weights, decision, error=error),))
+
+
+def _left(state: RolloutState, now: float) -> tuple[float, ...]:
+    """The time at each step left, the current one too when the rollout leaves it now (ended mid-step)."""
+    if state.phase.ended:
+        return state.step_seconds
+    return (*state.step_seconds, now - state.step_started_at)
 
 
 def _advance(

@@ -42,6 +42,8 @@ def test_an_open_rollout_shows_each_checks_evidence_and_the_time_to_its_decision
     doc = json.loads(CliRunner().invoke(app, [*args, "--output", "json"]).stdout)
     rollout = doc["rollout"]
     assert rollout["phase"] == "progressing" and rollout["minutes_in_step"] == 2.0
+    assert doc["weights"] == {"baseline": 90, "canary": 10} and (doc["v1"], doc["v2"]) == (90, 10)
+    assert rollout["steps"][rollout["step"]] == 10, "step indexes steps from 0; the text counts from 1"
     pending = [c for c in rollout["checks"] if c["outcome"] == "continue"]
     assert pending, "two minutes at 10% do not decide every check"
     assert all(c["next_decision_min"] is None or 0 <= c["next_decision_min"] < 600 for c in pending)

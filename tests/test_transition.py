@@ -284,6 +284,41 @@ def test_weights_changed_by_someone_else_abort_and_are_left_as_found() -> None:
     assert t.state.evidence == state.evidence, "nothing was judged"
 
 
+@pytest.mark.parametrize(
+    "event",
+    [
+        Observed(T0 + 120, Weights(70, 30), EMPTY),
+        SourceFailed(T0 + 120, Weights(50, 50), "bad query", temporary=False),
+        Manual(T0 + 120, Weights(50, 50), "rollback", "by hand"),
+        Manual(T0 + 120, Weights(50, 50), "promote", "by hand", full=True),
+    ],
+    ids=["outside change", "source failure", "rollback by hand", "promote --full"],
+)
+def test_a_rollout_that_ends_mid_step_counts_that_steps_time(event: Event) -> None:
+    """The first step took 60 s, the second ends 60 s in: both are counted, the second once."""
+    ctx = context()
+    state = at_step(1, ctx)
+    t = transition(state, event, ctx)
+    assert t.state.phase.ended and t.state.step_seconds == (60.0, 60.0)
+    after = transition(t.state, Manual(T0 + 300, t.state.weights, "rollback", "again"), ctx)
+    assert after.state.step_seconds == (60.0, 60.0), "an ended rollout's steps are not counted again"
+
+
+def test_a_cancelled_rollout_counts_its_step_once_when_resumed_and_says_how_to_carry_it_on() -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    cancelled = transition(state, Cancel(T0 + 90, state.weights, "SIGTERM"), ctx).state
+    assert cancelled.step_seconds == (60.0,)
+    for command in ("pause", "promote", "approve"):
+        with pytest.raises(ConflictError, match=r"is cancelled: .*; it was cancelled and no command runs it: "
+                           r"`canary run … --resume` carries it on"):  # fmt: skip
+            transition(cancelled, Manual(T0 + 100, cancelled.weights, command, ""), ctx)  # type: ignore[arg-type]
+    resumed = transition(cancelled, Resume(T0 + 120, cancelled.weights), ctx).state
+    ctx.judge.next = Outcome.PASS  # type: ignore[attr-defined]
+    promoted = transition(resumed, Observed(T0 + 180, resumed.weights, EMPTY), ctx).state
+    assert promoted.phase is Phase.PROMOTED and promoted.step_seconds == (60.0, 120.0)
+
+
 def test_a_temporary_source_failure_holds_without_moving_the_window() -> None:
     ctx = context()
     state = at_step(1, ctx)
