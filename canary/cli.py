@@ -51,7 +51,7 @@ from canary.notices import Notice, event_of
 from canary.notifier import Failure, Notifier
 from canary.outputs import NotRegularFile, ReadOnlyFile, replace_file
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
-from canary.promql import Scope, operator_queries
+from canary.promql import DEFAULT_REPORTER, Scope, operator_queries
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
 from canary.report import elapsed, iso, judgement_dict, version_counts
 from canary.routers import Router
@@ -162,6 +162,15 @@ class PrometheusOptions:
     def settings(self) -> PrometheusSettings:
         o = self.values
         assert self.url is not None
+        pod_label = o["pod_label"]
+        if o["reporter"] != DEFAULT_REPORTER and pod_label == "pod":
+            pod_label = "destination_workload"
+            typer.echo(
+                f"canary: with --prometheus-reporter {o['reporter']} the `pod` label names the reporting proxy's pod "
+                "(the caller's or the waypoint's), not the service's: counting per destination_workload, so the "
+                "between-pod check is off (--prometheus-pod-label chooses another label)",
+                err=True,
+            )
         return PrometheusSettings.from_options(
             self.url,
             timeout_s=o["timeout"],
@@ -174,7 +183,7 @@ class PrometheusOptions:
             ca_file=o["ca_file"],
             insecure=o["insecure"],
             headers=o["header"] or (),
-            pod_label=o["pod_label"],
+            pod_label=pod_label,
             reporter=o["reporter"],
             delay_s=o["delay"],
         )

@@ -190,3 +190,18 @@ def test_run_against_an_unreachable_server_stops_before_any_weight_moves(tmp_pat
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert not audit.exists() or not audit.read_text()
+
+
+def test_another_reporter_counts_per_workload_and_says_why(prometheus: PrometheusServer, history):
+    """With reporter="source" the `pod` label is the caller's pod: grouped by it, the between-pod check would
+    compare callers. canary counts per destination_workload instead and says so on stderr."""
+    result = runner.invoke(
+        app,
+        ["analyze", POLICY, "--prometheus-url", prometheus.url, "--prometheus-reporter", "source",
+         "--start", str(history.start), "--end", str(history.end)],
+    )  # fmt: skip
+    note, *rest = result.stderr.splitlines()
+    assert note.startswith("canary: with --prometheus-reporter source the `pod` label names the reporting proxy's")
+    assert "counting per destination_workload, so the between-pod check is off" in note
+    # the history's source-side view holds v1 only: a canary nobody measured is exit 2, not inconclusive
+    assert result.exit_code == 2 and "no series for the canary v2" in rest[0]
