@@ -59,6 +59,7 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
     """The rollouts of a log in the order they started, each timed from its first record to its last (a
     person's command on a rollout running on simulated time is recorded at that time)."""
     found: dict[str, RolloutSummary] = {}
+    ticks: dict[str, dict[str, int]] = {}  # per rollout, decision hash -> its tick (a failed write's removed)
     for item in sealed:
         record = item.record
         if isinstance(record, DecisionRecord):
@@ -72,7 +73,7 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
             summary.outcome = record.phase.value
             summary.judge = summary.judge or record.judge
             if record.tick is not None:
-                summary.ticks = max(summary.ticks, record.tick)
+                ticks.setdefault(record.rollout, {})[item.hash] = record.tick
             if record.weights_after is not None:
                 summary.final_weights = record.weights_after
             if not _automated(record) and record.actor not in summary.people:
@@ -83,9 +84,11 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
             summary.final_weights = record.weights or summary.final_weights  # what the route holds after it
             if record.result == "failed":
                 summary.changes_failed += 1
+                ticks.get(record.rollout, {}).pop(record.of, None)  # the route never took that tick
             else:
                 summary.changes_applied += 1
     for summary in found.values():
+        summary.ticks = max(ticks.get(summary.rollout, {}).values(), default=0)
         if summary.changes_failed and not summary.changes_applied and summary.outcome in OPEN_PHASES:
             summary.outcome = NOT_STARTED  # its start never reached the route: nothing ran
     return list(found.values())

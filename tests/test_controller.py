@@ -4,6 +4,7 @@ stop (a crash at any line, a cancel, someone else's change, a person's command) 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 from pathlib import Path
@@ -257,6 +258,32 @@ def test_a_failed_write_is_recorded_as_not_made_and_retried(web_policy: Policy, 
         report = runner.tick()
     assert isinstance(report, TickReport) and report.decision.phase is Phase.PROMOTED
     assert verify_chain(audit_path, runner.head).ok
+
+
+def test_a_tick_whose_write_failed_is_not_counted_by_audit_list(web_policy: Policy, audit_path: Path) -> None:
+    """The route never took the failed tick: `audit list` counts the ticks the route holds, as run and status
+    do (it said one more)."""
+    runner, _, memory = rollout(web_policy, audit_path, router=Wrapped)
+    assert isinstance(runner.router, Wrapped)
+    runner.open()
+    for _ in range(2):
+        runner.clock.sleep(60)
+        runner.tick()
+
+    def always(weights: Weights, state: RolloutState) -> None:
+        raise RouterError("403 the service account may no longer update virtualservices")
+
+    runner.router.before = always
+    with contextlib.suppress(RouterError):
+        for _ in range(3):
+            runner.clock.sleep(60)
+            runner.tick()
+    held = memory.read(web_policy.target).state
+    assert held is not None and held.tick == 2
+    last = sealed(audit_path)[-1]
+    assert isinstance(last, OutcomeRecord) and last.result == "failed"
+    (listed,) = rollouts(read_records(audit_path))
+    assert listed.ticks == held.tick == 2
 
 
 def test_a_change_made_between_read_and_write_is_never_overwritten(web_policy: Policy, audit_path: Path) -> None:
