@@ -87,7 +87,9 @@ def cancelled(kube_api: KubeApiServer, kubeconfig: Path, web_policy: Policy, tmp
 def test_status_reads_the_seeds_split_in_the_cluster(kubeconfig: Path) -> None:
     result = invoke("status", POLICY, "--kubeconfig", kubeconfig, "--output", "json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"target": "default/web-app", "v1": 90, "v2": 10, "rollout": None}
+    assert json.loads(result.stdout) == {
+        "target": "default/web-app", "weights": {"baseline": 90, "canary": 10}, "v1": 90, "v2": 10, "rollout": None,
+    }  # fmt: skip
     text = invoke("status", POLICY, "--kubeconfig", kubeconfig)
     assert text.stdout == "default/web-app: v1 90%, v2 10%\n"
 
