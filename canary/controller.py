@@ -196,7 +196,7 @@ class Runner:
             else:
                 self.audit.append(
                     OutcomeRecord(
-                        time=self.clock.now(),
+                        time=self._route_time(read.state if read.state_error is None else None),
                         rollout=last.record.rollout,
                         of=last.hash,
                         result="failed",
@@ -289,7 +289,7 @@ class Runner:
         with self.audit.locked(self.lock_timeout_s):
             read = self._read()
             state = read.state if read.state_error is None else None
-            now = self._command_time(state)
+            now = self._route_time(state)
             for problem in (read.state_error, self._anchored(read)):
                 if problem:
                     self.audit.append(NoteRecord(now, f"{problem}; {command} goes ahead", actor))
@@ -343,9 +343,10 @@ class Runner:
             raise RouterError(f"the rollout was not started ({applied.error}); recorded in {self.audit.path}")
         return self._report(applied)
 
-    def _command_time(self, state: RolloutState | None) -> float:
-        """When a person's command happens: now, or on a rollout running on simulated time, that rollout's
-        time (its last record's), so neither its deadline nor the log's order jumps to the wall clock's."""
+    def _route_time(self, state: RolloutState | None) -> float:
+        """When this command's records on the route happen: now, or on a rollout running on simulated time,
+        that rollout's time (its last record's), so a person's command (or the outcome it settles after a
+        crash) jumps neither the rollout's deadline nor the log's order to the wall clock's."""
         if state is None or not state.simulated:
             return self.clock.now()
         last = self.audit.last()

@@ -456,6 +456,26 @@ def test_restarts_killed_before_and_after_their_write_record_each_abandon_once_a
     assert c.verify().code == 0
 
 
+def test_a_persons_commands_after_a_run_killed_before_its_write_keep_the_rollouts_simulated_time(
+    launch: Launcher, tmp_path: Path
+) -> None:
+    """A simulated run killed between recording a decision and writing it; a person pauses and continues on
+    the wall clock, and the pause settles the open decision as not made. That outcome was stamped with the
+    wall clock, the person's commands then followed it there, and the resumed run ended inconclusive after
+    "491015 min". At the rollout's time, it is promoted within its deadline."""
+    c = manifest_canary(launch, tmp_path)
+    assert c.call(c.run_args("healthy"), failpoint="before-write:3").code == -signal.SIGKILL
+    for verb in ("pause", "continue"):
+        assert c.call(c.manual_args(verb)).code == 0
+    result = c.call(c.run_args("healthy", "--resume", "--output", "json"))
+    assert result.code == 0, result.err
+    assert result.json()["outcome"] == "promoted" and result.json()["duration_s"] < 3600
+    lines = log_lines(c.audit)  # the times in order
+    assert [o["result"] for _, o in changes(lines) if o is not None].count("failed") == 1
+    assert_route_agrees_with_log(c.route(), lines)
+    assert c.verify().code == 0
+
+
 @pytest.mark.parametrize(("where", "rounds"), [("manifest", 20), ("cluster", 4)])
 def test_a_persons_rollback_during_a_run_ends_it_and_the_route_its_state_and_the_log_agree(
     launch: Launcher, tmp_path: Path, promoted_at: int, where: str, rounds: int
