@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,17 +28,19 @@ def iso(t: float) -> str:
 
 @dataclass(frozen=True)
 class Unseen:
-    """A version with no series for any metric while the other version served requests."""
+    """A version with no series for any metric while the other version served requests (or, with custom
+    metrics only, counted events' totals)."""
 
     version: str
     role: str  # "canary" or "baseline"
     other: str
-    other_requests: int
+    other_count: int
+    counted: str  # what other_count counts: "requests", or a custom metric's totals
 
     def describe(self, host: str) -> str:
         return (
             f"no series for the {self.role} {self.version} (destination_version={self.version!r}) of {host} while "
-            f"{self.other} served {self.other_requests} requests: its traffic is not measured (are its pods "
+            f"{self.other} showed {self.other_count} {self.counted}: its traffic is not measured (are its pods "
             f"labelled version: {self.version}? does it serve?)"
         )
 
@@ -52,10 +55,20 @@ def unseen_version(observation: Observation, policy: Policy) -> Unseen | None:
         ("canary", target.canary, target.baseline),
         ("baseline", target.baseline, target.canary),
     ):
-        requests = counts[other].get("requests", 0)
-        if requests > 0 and not any(w is not None and getattr(w, role) for w in windows):
-            return Unseen(version, role, other, requests)
+        count, counted = _served(counts[other])
+        if count > 0 and not any(w is not None and getattr(w, role) for w in windows):
+            return Unseen(version, role, other, count, counted)
     return None
+
+
+def _served(entry: Mapping[str, Any]) -> tuple[int, str]:
+    """A version's requests; for a policy of custom metrics only, the first one's total."""
+    if "requests" in entry:
+        return entry["requests"], "requests"
+    for name, figures in entry.get("metrics", {}).items():
+        if "trials" in figures:
+            return figures["trials"], f"in the total of {name}"
+    return 0, "requests"
 
 
 def version_counts(observation: Observation, policy: Policy) -> dict[str, dict[str, Any]]:

@@ -33,6 +33,8 @@ from canary.state import LastDecision, RolloutState, gate_key, policy_digest
 ENGINE = f"canary {__version__}"
 UNSEEN_EXPECTED = 30  # requests a version's weight was due in an interval before seeing none of them is
 # evidence (a Poisson count of mean 30 is 0 with probability 1e-13), not chance at low traffic
+UNSEEN_GRACE_S = 120.0  # a step's new series may wait this long for their first scrape (30 s scrapes, and
+# their first sample may come a scrape later), or one interval if longer
 
 
 @dataclass(frozen=True)
@@ -311,15 +313,17 @@ def _observed(state: RolloutState, event: Observed, ctx: Context) -> Transition:
 
 def _unseen(state: RolloutState, observation: Observation, ctx: Context) -> str | None:
     """Why the interval shows that one version's traffic goes unmeasured (None: it does not show it): no
-    series of it at all, past the step's first interval (a new series may wait for its first scrape), while
-    the other version served enough that its weight was due at least UNSEEN_EXPECTED requests."""
-    if observation.start < state.step_started_at + ctx.policy.interval_s or not 0 < state.weights.canary < 100:
+    series of it at all in a window read from UNSEEN_GRACE_S (or one interval) after the step began on (a
+    new series may wait for its first scrape), while the other version served enough that its weight was
+    due at least UNSEEN_EXPECTED requests."""
+    grace = max(ctx.policy.interval_s, UNSEEN_GRACE_S)
+    if observation.start < state.step_started_at + grace or not 0 < state.weights.canary < 100:
         return None
     unseen = unseen_version(observation, ctx.policy)
     if unseen is None:
         return None
     share = state.weights.canary if unseen.role == "canary" else state.weights.baseline
-    due = unseen.other_requests * share / (100 - share)
+    due = unseen.other_count * share / (100 - share)
     if due < UNSEEN_EXPECTED:
         return None
     return f"{unseen.describe(ctx.policy.target.scope.host)}; about {due:.0f} were due at {state.weights}"

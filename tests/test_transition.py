@@ -209,18 +209,20 @@ def serving(start: float, end: float, baseline: int, canary: int) -> Observation
 
 
 def test_a_canary_without_series_while_its_weight_was_due_requests_is_rolled_back_naming_the_label() -> None:
-    """Past the step's first interval (a new series may wait for its first scrape), 900 baseline requests at
+    """From two minutes into the step (a new series may wait for its first scrape), 900 baseline requests at
     90/10 made 100 due to the canary; none of them shows, so its traffic is unmeasured: no judge is asked."""
     ctx = context()
     state = started(ctx)
-    first = transition(state, Observed(T0 + 60, state.weights, serving(T0, T0 + 60, 900, 0)), ctx)
-    assert first.decision.action is Action.HOLD and first.state.evidence == Count(1, 0)
-    t = transition(first.state, Observed(T0 + 120, state.weights, serving(T0 + 60, T0 + 120, 900, 0)), ctx)
+    for minute in (1, 2):  # windows starting 0 and 1 min into the step: judged
+        state = transition(state, Observed(T0 + 60 * minute, state.weights, serving(T0 + 60 * minute - 60,
+                           T0 + 60 * minute, 900, 0)), ctx).state  # fmt: skip
+        assert state.last.action is Action.HOLD and state.evidence == Count(minute, 0)
+    t = transition(state, Observed(T0 + 180, state.weights, serving(T0 + 120, T0 + 180, 900, 0)), ctx)
     assert (t.state.phase, t.decision.action, t.state.weights) == (Phase.ROLLED_BACK, Action.ROLLBACK, ALL_BASELINE)
-    assert t.state.evidence == Count(1, 0)
+    assert t.state.evidence == Count(2, 0)
     assert t.decision.reason == (
         "no series for the canary v2 (destination_version='v2') of web-app.default.svc.cluster.local while v1 "
-        "served 900 requests: its traffic is not measured (are its pods labelled version: v2? does it serve?); "
+        "showed 900 requests: its traffic is not measured (are its pods labelled version: v2? does it serve?); "
         "about 100 were due at 90/10"
     )
 
@@ -240,7 +242,7 @@ def test_only_a_version_with_no_series_and_enough_requests_due_ends_the_rollout(
     ctx = context()
     state = at_step(at, ctx)
     ctx.judge.next = Outcome.CONTINUE  # type: ignore[attr-defined]
-    now = state.step_started_at + 120
+    now = state.step_started_at + 180
     t = transition(state, Observed(now, state.weights, serving(now - 60, now, baseline, canary)), ctx)
     assert t.decision.action is action
     if action is Action.ROLLBACK:

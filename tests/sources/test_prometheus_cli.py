@@ -76,7 +76,7 @@ def test_analyze_with_no_canary_series_while_the_baseline_serves_is_exit_2_namin
     line = result.stderr.strip()
     assert "\n" not in line
     assert "no series for the canary v2 (destination_version='v2') of orders.default.svc.cluster.local" in line
-    assert "while v1 served" in line and "spec.target.canary" in line
+    assert "while v1 showed" in line and "spec.target.canary" in line
 
 
 def test_analyze_text_output_names_window_counts_and_outcome(prometheus: PrometheusServer, history):
@@ -205,3 +205,27 @@ def test_another_reporter_counts_per_workload_and_says_why(prometheus: Prometheu
     assert "counting per destination_workload, so the between-pod check is off" in note
     # the history's source-side view holds v1 only: a canary nobody measured is exit 2, not inconclusive
     assert result.exit_code == 2 and "no series for the canary v2" in rest[0]
+
+
+def test_a_custom_metrics_only_policy_with_no_canary_series_is_exit_2_too(
+    prometheus: PrometheusServer, history, tmp_path: Path
+):
+    """No error-rate or latency metric to count requests by: the custom metric's totals say the baseline is
+    seen and the canary (v3, which nothing labels) is not; exit 3 here would pass the Argo mapping."""
+    policy = tmp_path / "checkouts.yaml"
+    policy.write_text(
+        "apiVersion: canary.dev/v1alpha1\nkind: CanaryPolicy\nmetadata: {name: checkouts}\nspec:\n"
+        f"  target: {{namespace: default, virtualService: web-app, host: {HOST}, baseline: v1, canary: v3}}\n"
+        "  metrics:\n    - name: checkouts\n      kind: custom\n"
+        '      events: app_checkout_failures_total{app="web-app",namespace="{namespace}",version="{version}"}\n'
+        '      total: app_checkouts_total{app="web-app",namespace="{namespace}",version="{version}"}\n'
+        "      maxIncrease: 0.01\n"
+    )
+    result = runner.invoke(
+        app,
+        ["analyze", str(policy), "--prometheus-url", prometheus.url, "--start", str(history.start),
+         "--end", str(history.end)],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "no series for the canary v3 (destination_version='v3')" in result.stderr
+    assert "while v1 showed" in result.stderr and "in the total of checkouts" in result.stderr
