@@ -214,7 +214,8 @@ def write_failed(transition_: Transition, error: str, *, temporary: bool, now: f
 # ------------------------------------------------------------------------------------------ the events
 
 
-def _start(state: RolloutState | None, event: Start, ctx: Context) -> Transition:
+def _start(state: RolloutState | None, event: Start, ctx: Context, *, seed: bool = False) -> Transition:
+    """A new rollout (`seed`: only the state a person's first command on an untouched route begins from)."""
     policy = ctx.policy
     records: list[DecisionRecord] = []
     if state is not None and not state.phase.ended:
@@ -229,8 +230,8 @@ def _start(state: RolloutState | None, event: Start, ctx: Context) -> Transition
         )  # fmt: skip
         records.extend(abandoned.records)
         records[-1] = dataclasses.replace(records[-1], writes=False)  # the new rollout's write replaces it
-    if not event.restart:
-        _check_start(event.weights, policy, ctx)
+    if not seed:
+        _check_start(event.weights, policy, ctx, restart=event.restart)
     first = policy.steps[0]
     phase, action = (Phase.PROMOTED, Action.PROMOTE) if first == 100 else (Phase.PROGRESSING, Action.START)
     reason = ("a single step of 100%: promoted at once" if first == 100 else f"rollout started: canary at {first}%") + (
@@ -261,14 +262,17 @@ def _start(state: RolloutState | None, event: Start, ctx: Context) -> Transition
     return Transition(new, decision, tuple(records))
 
 
-def _check_start(weights: Weights, policy: Policy, ctx: Context) -> None:
-    """A rollout starts with the canary at no more than its first step: never moves traffic back."""
+def _check_start(weights: Weights, policy: Policy, ctx: Context, *, restart: bool) -> None:
+    """A rollout starts with the canary at no more than its first step: never moves traffic back. A restart
+    may start below the canary's weight, but never takes traffic back from a canary that has it all (the
+    baseline may have been scaled away since)."""
     first = policy.steps[0]
     if weights.canary == 100 and first != 100:
         raise ConflictError(
-            f"{_route(ctx)} already sends all traffic to {policy.target.canary} ({weights}): nothing to roll out"
+            f"{_route(ctx)} already sends all traffic to {policy.target.canary} ({weights}): nothing to roll out "
+            "(to roll it out again, `canary rollback` first)"
         )
-    if weights.canary > first:
+    if weights.canary > first and not restart:
         raise ConflictError(
             f"{_route(ctx)} sends {weights.canary}% to {policy.target.canary}, more than the first step "
             f"({first}%): roll back first (canary rollback), or start anyway with --restart"
@@ -468,8 +472,8 @@ def _manual(state: RolloutState | None, event: Manual, ctx: Context) -> Transiti
     action = Action.PROMOTE if promote else Action.ROLLBACK
     reason = event.reason or ("promoted by hand" if promote else "rolled back by hand")
     if state is None:  # no rollout ever ran on this route: the person's change starts the history
-        seed = _start(None, Start(event.now, f"manual-{int(event.now * 1000):x}", event.weights, restart=True), ctx)
-        state = dataclasses.replace(seed.state, evidence=None)
+        begun = _start(None, Start(event.now, f"manual-{int(event.now * 1000):x}", event.weights), ctx, seed=True)
+        state = dataclasses.replace(begun.state, evidence=None)
     steps = state.steps
     new = dataclasses.replace(
         _advance(state, ctx, event.now, action, reason, phase=phase),

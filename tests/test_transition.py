@@ -127,6 +127,20 @@ def test_a_start_never_moves_traffic_back(canary: int, message: str) -> None:
         transition(None, Start(T0, "r1", Weights.canary_at(canary)), context())
 
 
+def test_a_restart_starts_below_a_canarys_weight_but_never_takes_all_of_it_back() -> None:
+    """After a promotion the baseline may be scaled away: `--restart` at 0/100 used to send 90% back to it."""
+    ctx = context()
+    promoted = observe(at_step(1, ctx), ctx, Outcome.PASS).state
+    assert promoted.weights == Weights(0, 100)
+    refused = "already sends all traffic to v2 (0/100): nothing to roll out (to roll it out again, `canary rollback`"
+    with pytest.raises(ConflictError, match=re.escape(refused)):
+        transition(promoted, Start(T0 + 200, "r2", promoted.weights, restart=True), ctx)
+    half = transition(None, Start(T0, "r3", Weights(50, 50), restart=True), ctx)
+    assert half.state.weights == Weights(90, 10)
+    untouched = transition(None, Manual(T0, Weights(0, 100), "rollback", ""), ctx)
+    assert untouched.state.weights == Weights(100, 0), "a person's rollback of a route at 100% goes ahead"
+
+
 def test_a_start_from_the_first_steps_weight_keeps_it() -> None:
     """The seed's route is at 90/10 already: the rollout starts there, moving nothing."""
     t = transition(None, Start(T0, "r1", Weights(90, 10)), context())
