@@ -51,7 +51,7 @@ from canary.notices import Notice, event_of
 from canary.notifier import Failure, Notifier
 from canary.outputs import NotRegularFile, ReadOnlyFile, replace_file
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
-from canary.promql import DEFAULT_REPORTER, Scope, operator_queries
+from canary.promql import DEFAULT_REPORTER, REPORTERS, Scope, operator_queries
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
 from canary.report import elapsed, iso, judgement_dict, version_counts
 from canary.routers import Router
@@ -140,7 +140,9 @@ _PROMETHEUS_OPTIONS: list[tuple[str, Any, Any]] = [
      False),
     ("header", Annotated[list[str] | None, typer.Option("--prometheus-header",
                                                         help="Extra header 'Name: value' (repeatable).")], None),
-    ("pod_label", Annotated[str, typer.Option("--prometheus-pod-label", help="Label naming the pod.")], "pod"),
+    ("pod_label", Annotated[str | None, typer.Option(
+        "--prometheus-pod-label",
+        help="Label naming the pod (default: pod; destination_workload with another reporter).")], None),
     ("reporter", Annotated[str, typer.Option("--prometheus-reporter", help="Istio reporter to count.")],
      "destination"),
     ("delay", Annotated[float, typer.Option("--prometheus-delay",
@@ -163,7 +165,7 @@ class PrometheusOptions:
         o = self.values
         assert self.url is not None
         pod_label = o["pod_label"]
-        if o["reporter"] != DEFAULT_REPORTER and pod_label == "pod":
+        if pod_label is None and o["reporter"] in REPORTERS and o["reporter"] != DEFAULT_REPORTER:
             pod_label = "destination_workload"
             typer.echo(
                 f"canary: with --prometheus-reporter {o['reporter']} the `pod` label names the reporting proxy's pod "
@@ -183,7 +185,7 @@ class PrometheusOptions:
             ca_file=o["ca_file"],
             insecure=o["insecure"],
             headers=o["header"] or (),
-            pod_label=pod_label,
+            pod_label=pod_label or "pod",
             reporter=o["reporter"],
             delay_s=o["delay"],
         )

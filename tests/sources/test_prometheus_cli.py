@@ -229,3 +229,20 @@ def test_a_custom_metrics_only_policy_with_no_canary_series_is_exit_2_too(
     assert result.exit_code == 2, result.output
     assert "no series for the canary v3 (destination_version='v3')" in result.stderr
     assert "while v1 showed" in result.stderr and "in the total of checkouts" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "lines"),
+    [(["--prometheus-pod-label", "pod"], None), (["--prometheus-reporter", "x\"y"], 1)],
+    ids=["a pod label given is kept", "a reporter that is none is one line"],
+)
+def test_the_per_workload_count_is_only_a_default_for_a_real_reporter(
+    prometheus: PrometheusServer, history, flags, lines
+):
+    args = ["analyze", POLICY, "--prometheus-url", prometheus.url, "--start", str(history.start),
+            "--end", str(history.end), "--output", "json"]  # fmt: skip
+    result = runner.invoke(app, [*args, "--prometheus-reporter", "source", *flags])
+    assert "counting per destination_workload" not in result.stderr
+    if lines is not None:
+        assert result.exit_code == 2 and len(result.stderr.splitlines()) == lines
+        assert "must be one of destination, source, waypoint" in result.stderr
