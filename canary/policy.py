@@ -344,8 +344,9 @@ _NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
               "a DNS-1123 label (lowercase letters, digits and '-', at most 63, starting and ending alphanumeric)"),
     "subdomain": (re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"),
                   "a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253)"),
-    "host": (re.compile(r"(?=.{1,253}$)(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"),
-             "a host name (a DNS-1123 subdomain such as web-app.default.svc.cluster.local)"),
+    "host": (re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"),
+             "one service's host name (a DNS-1123 subdomain such as web-app.default.svc.cluster.local; not a "
+             "wildcard: Istio's metrics name the service each request reached)"),
     "route": (re.compile(r"[A-Za-z0-9._:-]{1,253}"), "a route name of letters, digits, '.', '_', ':' and '-'"),
     "env": (re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}"), "an environment variable name (letters, digits and '_')"),
 }  # fmt: skip

@@ -483,6 +483,9 @@ def test_an_alias_bomb_is_refused_at_once() -> None:
     ("virtualService: web-app", "virtualService: '../x'", "spec.target.virtualService: must be a DNS-1123 subdomain"),
     ("host: web-app.default.svc.cluster.local", 'host: "web-app\\n# evil"',
      "spec.target.host: must be one line of printable text"),
+    ("host: web-app.default.svc.cluster.local", 'host: "*.default.svc"',
+     "spec.target.host: must be one service's host name (a DNS-1123 subdomain such as web-app.default.svc.cluster"
+     ".local; not a wildcard: Istio's metrics name the service each request reached), got '*.default.svc'"),
     ("baseline: v1", "baseline: 'v1 '", "spec.target.baseline: must be a DNS-1123 label"),
     ("name: web-app", "name: ../../etc/x", "metadata.name: must be a DNS-1123 subdomain"),
     ("interval: 60s", "interval: 90000", "spec.interval: must be 0.1s to 1d"),
