@@ -233,7 +233,7 @@ def test_a_custom_metrics_only_policy_with_no_canary_series_is_exit_2_too(
 
 @pytest.mark.parametrize(
     ("flags", "lines"),
-    [(["--prometheus-pod-label", "pod"], None), (["--prometheus-reporter", "x\"y"], 1)],
+    [(["--prometheus-pod-label", "pod"], None), (["--prometheus-reporter", 'x"y'], 1)],
     ids=["a pod label given is kept", "a reporter that is none is one line"],
 )
 def test_the_per_workload_count_is_only_a_default_for_a_real_reporter(
