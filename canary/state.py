@@ -65,6 +65,7 @@ class RolloutState:
     opened: tuple[str, ...] = ()  # webhook gates that said go, as "name@weight"
     waiting_since: float | None = None  # when the passed step began to wait for its gates
     simulated: bool = False  # runs on simulated time: a person's command on it is recorded at its time
+    unseen_since: float | None = None  # since when a version with requests due to it has shown no series
     schema: int = STATE_SCHEMA
 
     @property

@@ -300,12 +300,14 @@ def _observed(state: RolloutState, event: Observed, ctx: Context) -> Transition:
     if event.weights != state.weights:
         return _outside_change(state, event.weights, event.now, ctx)
     unseen = _unseen(state, event.observation, ctx)
-    if unseen is None:
-        evidence, judgement = ctx.judge.judge(state.evidence, event.observation, state.step_index)
+    since = (state.unseen_since or event.observation.start) if unseen is not None else None
+    if unseen is not None and since is not None and event.observation.end - since >= _unseen_span(ctx):
+        evidence = state.evidence
+        judgement = Judgement(Outcome.FAIL, (), f"{unseen} (no series for {event.observation.end - since:.0f} s)")
     else:
-        evidence, judgement = state.evidence, Judgement(Outcome.FAIL, (), unseen)
+        evidence, judgement = ctx.judge.judge(state.evidence, event.observation, state.step_index)
     window = Window(state.observed_until, event.now)
-    judged = dataclasses.replace(state, evidence=evidence, observed_until=event.now)
+    judged = dataclasses.replace(state, evidence=evidence, observed_until=event.now, unseen_since=since)
     return _decide(
         judged, judgement, ctx, event.now, event.weights,
         window=window,
@@ -313,6 +315,12 @@ def _observed(state: RolloutState, event: Observed, ctx: Context) -> Transition:
         observation=observation_dict(event.observation),
         gates=event.gates,
     )  # fmt: skip
+
+
+def _unseen_span(ctx: Context) -> float:
+    """How long a version must go without series before that is its absence, not a late or failed scrape of
+    its pods: two windows, and at least UNSEEN_GRACE_S."""
+    return max(2 * ctx.policy.interval_s, UNSEEN_GRACE_S)
 
 
 def _unseen(state: RolloutState, observation: Observation, ctx: Context) -> str | None:

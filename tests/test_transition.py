@@ -223,22 +223,38 @@ def serving(start: float, end: float, baseline: int, canary: int) -> Observation
 
 
 def test_a_canary_without_series_while_its_weight_was_due_requests_is_rolled_back_naming_the_label() -> None:
-    """From two minutes into the step (a new series may wait for its first scrape), 900 baseline requests at
-    90/10 made 100 due to the canary; none of them shows, so its traffic is unmeasured: no judge is asked."""
+    """From two minutes into the step (a new series may wait for its first scrape), 900 baseline requests a
+    minute at 90/10 made 100 due to the canary; none shows for two windows (one could be a late or failed
+    scrape), so its traffic is unmeasured: no judge is asked."""
     ctx = context()
     state = started(ctx)
-    for minute in (1, 2):  # windows starting 0 and 1 min into the step: judged
-        state = transition(state, Observed(T0 + 60 * minute, state.weights, serving(T0 + 60 * minute - 60,
-                           T0 + 60 * minute, 900, 0)), ctx).state  # fmt: skip
+    for minute in (1, 2, 3):  # windows starting 0 and 1 min into the step, then the first unseen: judged
+        now = T0 + 60 * minute
+        state = transition(state, Observed(now, state.weights, serving(now - 60, now, 900, 0)), ctx).state
         assert state.last.action is Action.HOLD and state.evidence == Count(minute, 0)
-    t = transition(state, Observed(T0 + 180, state.weights, serving(T0 + 120, T0 + 180, 900, 0)), ctx)
+    assert state.unseen_since == T0 + 120
+    t = transition(state, Observed(T0 + 240, state.weights, serving(T0 + 180, T0 + 240, 900, 0)), ctx)
     assert (t.state.phase, t.decision.action, t.state.weights) == (Phase.ROLLED_BACK, Action.ROLLBACK, ALL_BASELINE)
-    assert t.state.evidence == Count(2, 0)
+    assert t.state.evidence == Count(3, 0)
     assert t.decision.reason == (
         "no series for the canary v2 (destination_version='v2') of web-app.default.svc.cluster.local while v1 "
         "showed 900 requests: its traffic is not measured (are its pods labelled version: v2? does it serve?); "
-        "about 100 were due at 90/10"
+        "about 100 were due at 90/10 (no series for 120 s)"
     )
+
+
+def test_one_window_without_the_canarys_series_is_a_late_scrape_not_its_absence() -> None:
+    """A scrape of the canary's one pod that failed or landed late empties one window: the next one shows it,
+    and the clock of its absence starts again."""
+    ctx = context()
+    state = at_step(0, ctx)
+    start = state.step_started_at
+    for minute, canary in ((3, 0), (4, 200), (5, 0), (6, 100)):
+        now = start + 60 * minute
+        t = transition(state, Observed(now, state.weights, serving(now - 60, now, 900, canary)), ctx)
+        assert t.decision.action is Action.HOLD, (minute, t.decision.reason)
+        state = t.state
+        assert state.unseen_since == (now - 60 if canary == 0 else None)
 
 
 @pytest.mark.parametrize(
@@ -256,8 +272,9 @@ def test_only_a_version_with_no_series_and_enough_requests_due_ends_the_rollout(
     ctx = context()
     state = at_step(at, ctx)
     ctx.judge.next = Outcome.CONTINUE  # type: ignore[attr-defined]
-    now = state.step_started_at + 180
-    t = transition(state, Observed(now, state.weights, serving(now - 60, now, baseline, canary)), ctx)
+    for now in (state.step_started_at + 180, state.step_started_at + 240):  # two windows without its series
+        t = transition(state, Observed(now, state.weights, serving(now - 60, now, baseline, canary)), ctx)
+        state = t.state
     assert t.decision.action is action
     if action is Action.ROLLBACK:
         assert t.decision.reason.startswith("no series for the baseline v1 (destination_version='v1')")
