@@ -29,6 +29,9 @@ from canary.policy import Policy, parse_duration
 from canary.report import iso, unseen_version
 from canary.sources import MetricsSource
 
+UNSEEN_MIN_COUNT = 300  # the other version's requests before a version without series is a labelling error,
+# not chance: 30 due to a canary at 10% (a Poisson count of mean 30 is 0 with probability 1e-13)
+
 EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}
 
 
@@ -90,7 +93,7 @@ def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, e
             "check spec.target, --prometheus-reporter and the window (`canary queries` prints the PromQL)"
         )
     unseen = unseen_version(merged, policy)
-    if unseen is not None:
+    if unseen is not None and unseen.other_count >= UNSEEN_MIN_COUNT:
         raise CanaryError(
             f"{unseen.describe(policy.target.scope.host)}, in {iso(start)} .. {iso(end)}: check "
             f"spec.target.{unseen.role} and --prometheus-reporter (`canary queries` prints the PromQL)"

@@ -73,6 +73,10 @@ def test_analyze_with_no_canary_series_while_the_baseline_serves_is_exit_2_namin
         capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
     assert (result.returncode, result.stdout) == (2, "")
+    short = runner.invoke(app, ["analyze", str(policy), "--prometheus-url", prometheus.url, "--start",
+                                str(history.start), "--end", str(history.start + 120), "--output", "json"])  # fmt: skip
+    counted = json.loads(short.stdout)["counts"]["v1"]["requests"]
+    assert (short.exit_code, counted < 300) == (3, True), "too few baseline requests to call it an error"
     line = result.stderr.strip()
     assert "\n" not in line
     assert "no series for the canary v2 (destination_version='v2') of orders.default.svc.cluster.local" in line
