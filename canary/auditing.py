@@ -56,9 +56,13 @@ OPEN_PHASES = frozenset(phase.value for phase in Phase if phase.open)
 
 
 def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
-    """The rollouts of a log in the order they started, each timed from its first record to its last (a
-    person's command on a rollout running on simulated time is recorded at that time)."""
+    """The rollouts of a log in the order they started, each timed from its first record to its last. A
+    person's command on a rollout running on simulated time is recorded at that time; in logs written before
+    it was, such a command came on the wall clock, so a simulated rollout is timed by its controller's
+    records only."""
     found: dict[str, RolloutSummary] = {}
+    simulated: set[str] = set()
+    timed: dict[str, bool] = {}  # per rollout: whether its last decision's clock times it
     ticks: dict[str, dict[str, int]] = {}  # per rollout, decision hash -> its tick (a failed write's removed)
     for item in sealed:
         record = item.record
@@ -69,7 +73,11 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
                     record.rollout, record.policy.name, record.judge, record.time, record.time, record.phase.value,
                     0, record.weights_after,
                 )  # fmt: skip
-            summary.ended = record.time
+                if record.actor.endswith(SIMULATED):
+                    simulated.add(record.rollout)
+            timed[record.rollout] = record.rollout not in simulated or record.actor.endswith(SIMULATED)
+            if timed[record.rollout]:
+                summary.ended = record.time
             summary.outcome = record.phase.value
             summary.judge = summary.judge or record.judge
             if record.tick is not None:
@@ -80,7 +88,8 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
                 summary.people.append(record.actor)
         elif isinstance(record, OutcomeRecord) and record.rollout in found:
             summary = found[record.rollout]
-            summary.ended = max(summary.ended, record.time)
+            if timed[record.rollout]:
+                summary.ended = max(summary.ended, record.time)
             summary.final_weights = record.weights or summary.final_weights  # what the route holds after it
             if record.result == "failed":
                 summary.changes_failed += 1
