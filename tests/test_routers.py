@@ -232,6 +232,22 @@ def test_a_character_yaml_does_not_allow_is_named_with_its_line(tmp_path: Path) 
     assert str(caught.value) == f"{path}:{line}: not valid YAML: #x0000 is not allowed there"
 
 
+def test_the_nearest_namespaces_destination_rule_decides_as_in_istio() -> None:
+    """Istio takes the host's rule from the route's namespace first, then the service's, then the root's,
+    and does not merge them: v1 in one and v2 in the other is a rule without v2."""
+    routing = dataclasses.replace(WEB, namespace="routing")
+    near, far = load("web-app-destinationrule.yaml"), load("web-app-destinationrule.yaml")
+    near["metadata"]["namespace"], near["spec"]["host"] = "routing", "web-app.default.svc.cluster.local"
+    near["spec"]["subsets"] = near["spec"]["subsets"][:1]
+    far["metadata"]["namespace"], far["spec"]["subsets"] = "default", far["spec"]["subsets"][1:]
+    assert subsets_problem([far, near], routing) == (
+        "DestinationRule routing/web-app for web-app.default.svc.cluster.local has no subset 'v2' (subsets: v1)"
+    )
+    own = load("web-app-destinationrule.yaml")
+    own["metadata"]["namespace"] = "default"
+    assert subsets_problem([own], routing) is None, "the service's own rule, with both"
+
+
 def test_destination_rules_must_hold_both_subsets() -> None:
     rule = load("web-app-destinationrule.yaml")
     assert subsets_problem([rule], WEB) is None

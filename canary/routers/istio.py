@@ -27,7 +27,14 @@ from canary.errors import InputError, RouterError, WeightConflict
 from canary.inputs import checked_secret, read_file
 from canary.model import Weights
 from canary.policy import Target
-from canary.routers.virtualservice import RouteRead, read_route, rule_namespaces, subsets_problem, with_route
+from canary.routers.virtualservice import (
+    RouteRead,
+    read_route,
+    rule_namespaces,
+    rules_for,
+    subsets_problem,
+    with_route,
+)
 from canary.state import RolloutState
 
 GROUP = "networking.istio.io"
@@ -165,11 +172,10 @@ class IstioRouter:
             )
 
     def subsets_problem(self, target: Target) -> str | None:
-        """Both subsets in a DestinationRule for the host, looked for where Istio looks, namespace by namespace
-        until found; None also when listing one is not allowed (a service account may lack `list
-        destinationrules` there: canary cannot know, and does not block on it)."""
+        """Both subsets in the DestinationRule Istio applies to the host, looked for where Istio looks, namespace
+        by namespace until one holds a rule for it; None also when listing one is not allowed (a service
+        account may lack `list destinationrules` there: canary cannot know, and does not block on it)."""
         items: list[Any] = []
-        problem = None
         for namespace in rule_namespaces(target):
             try:
                 found = self._call(
@@ -182,10 +188,9 @@ class IstioRouter:
                 return None
             listed = found.get("items") if isinstance(found, dict) else None
             items += listed if isinstance(listed, list) else []
-            problem = subsets_problem(items, target)
-            if problem is None:
-                return None
-        return problem
+            if rules_for(items, target):  # the nearest namespace with a rule for the host decides
+                break
+        return subsets_problem(items, target)
 
     def _object(self, target: Target, doing: str, call: Any, *args: Any) -> dict[str, Any]:
         """A VirtualService call (get or replace) whose answer must be an object."""

@@ -226,16 +226,28 @@ def rule_namespaces(target: Target) -> tuple[str, ...]:
     return tuple(dict.fromkeys((target.namespace, target.scope.namespace, ROOT_NAMESPACE)))
 
 
-def subsets_problem(rules: Iterable[Any], target: Target) -> str | None:
-    """Why the DestinationRules given do not define both subsets for the target host (None: they do)."""
+def rules_for(rules: Iterable[Any], target: Target) -> list[dict[str, Any]]:
+    """The DestinationRules Istio applies to the target host: those of the first namespace, in the order of
+    `rule_namespaces`, that holds any for it (Istio takes the nearest; it does not merge across namespaces)."""
     host = fqdn(target.host, target.namespace)
-    where = rule_namespaces(target)
     found = [
         r for r in rules
         if isinstance(r, dict) and isinstance(r.get("spec"), dict) and isinstance(r["spec"].get("host"), str)
-        and (at := _namespace(r, target.namespace)) in where and fqdn(r["spec"]["host"], at) == host
+        and fqdn(r["spec"]["host"], _namespace(r, target.namespace)) == host
     ]  # fmt: skip
+    for namespace in rule_namespaces(target):
+        nearest = [r for r in found if _namespace(r, target.namespace) == namespace]
+        if nearest:
+            return nearest
+    return []
+
+
+def subsets_problem(rules: Iterable[Any], target: Target) -> str | None:
+    """Why the DestinationRules given do not define both subsets for the target host (None: they do)."""
+    host = fqdn(target.host, target.namespace)
+    found = rules_for(rules, target)
     if not found:
+        where = rule_namespaces(target)
         return f"no DestinationRule for {host} in namespace {' or '.join(where)}: Istio cannot route to its subsets"
     names = {
         s["name"]
