@@ -8,8 +8,8 @@ are computed here from the written data and labels, independently of canary's di
 Contents (scrape every 15 s over 40 minutes, ending well in the past):
 - `web-app.default.svc.cluster.local`: v1 pods a and b, v2 pod c; codes 200/404/503 (v2 also 500, a series
   born mid-window); two callers; a duplicate `reporter="source"` view that must be ignored; a counter reset
-  on v2 (pod restart) and a 3-minute scrape gap on v1 pod b, both inside the standard window, and an
-  8-minute gap of one v2 series across the window's start, longer than the source's lookback; latency
+  on v2 (pod restart) and a 3-minute scrape gap on v1 pod b, both inside the standard window, and a second
+  v2 pod whose scrapes failed for 8 minutes across the window's start, longer than the source's lookback; latency
   histograms with Istio's default buckets; app-level counters for a custom ratio metric.
 - `orders.default.svc.cluster.local`: v1 only (the canary has no data).
 - `grpc.default.svc.cluster.local`: gRPC statuses 0 and 14.
@@ -38,6 +38,7 @@ OTHER = "other.default.svc.cluster.local"
 REGEX_HOST = "regex.default.svc.cluster.local"
 HOSTILE_HOST = 'evil"}) or vector(1) or up{a="\\x\n.default.svc.cluster.local'
 PODS = {"v1": ("web-app-v1-aaaaa", "web-app-v1-bbbbb"), "v2": ("web-app-v2-ccccc",)}
+GAP_POD = "web-app-v2-ddddd"  # counters only, with a scrape gap longer than the lookback
 BOUNDS = ISTIO_LATENCY_BUCKETS_MS
 
 
@@ -196,9 +197,11 @@ class IstioHistory:
         # v2 starts answering 500 at minute 22: a series born inside the window.
         pod = PODS["v2"][0]
         self._counter(self._istio(HOST, "v2", pod, response_code="500"), 3, first=88)
-        # A caller whose scrapes of v2 failed for 8 minutes (minutes 5 to 12.75), across the standard window's
-        # start: its last sample before the window is older than the source's lookback.
-        self._counter(self._istio(HOST, "v2", pod, source_workload="cron"), 6, missing=frozenset(range(20, 52)))
+        # A second v2 pod whose scrapes failed for 8 minutes (minutes 5 to 12.75), across the standard window's
+        # start: its last samples before the window are older than the source's lookback.
+        for code, high in (("200", 6), ("503", 1)):
+            labels = self._istio(HOST, "v2", GAP_POD, response_code=code)
+            self._counter(labels, high, missing=frozenset(range(20, 52)))
         # The client-side view of the same requests: counted by reporter="source", must be ignored.
         self._counter(self._istio(HOST, "v1", PODS["v1"][0], reporter="source"), 50)
         # Decoys: another service, and web-app's namesake in another namespace.

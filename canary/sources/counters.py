@@ -84,9 +84,20 @@ def _identity(labels: Mapping[Any, Any]) -> frozenset[tuple[str, str]]:
 
 
 def unbased(series: Sequence[Series], start: float) -> bool:
-    """Whether a series has samples after `start` and none at or before it: born in the window, or back
-    from a scrape gap longer than the range read (only its last value before the window tells which)."""
-    return any(_unbased(s, start) for s in series)
+    """Whether a series may be back from a scrape gap longer than the range read: it has samples after `start`
+    and none at or before it, and neither has any series of its scrape target (`instance`, `pod`). One born
+    while its pod was scraped (a first 5xx, or one Envoy evicted and made again) counts from zero."""
+    return bool(_gapped(series, start))
+
+
+def _gapped(series: Sequence[Series], start: float) -> list[int]:
+    """The indices of the series `unbased` is about."""
+    scraped = {_scrape_target(s.labels) for s in series if any(t <= start and math.isfinite(v) for t, v in s.samples)}
+    return [i for i, s in enumerate(series) if _unbased(s, start) and _scrape_target(s.labels) not in scraped]
+
+
+def _scrape_target(labels: Mapping[str, str]) -> tuple[str, str]:
+    return labels.get("instance", ""), labels.get("pod", "")
 
 
 def _unbased(s: Series, start: float) -> bool:
@@ -97,13 +108,14 @@ def _unbased(s: Series, start: float) -> bool:
 def based(
     series: Sequence[Series], last_values: Mapping[frozenset[tuple[str, str]], float], start: float
 ) -> list[Series]:
-    """Each unbased series given its last value before the window (`last_values`, answered at `start`) as a
-    sample at `start`: a series back from a long scrape gap counts what it grew, not everything since it was
-    born (a lower value after the gap is a restart, counted from zero). A series with none is new."""
-    out: list[Series] = []
-    for s in series:
-        last = last_values.get(_identity(s.labels)) if _unbased(s, start) else None
-        out.append(s if last is None else Series(s.labels, ((start, last), *s.samples)))
+    """Each series of a scrape target back from a long gap given its last value before the window
+    (`last_values`, answered at `start`) as a sample at `start`: it counts what it grew, not everything since
+    it was born (a lower value after the gap is a restart, counted from zero). A series with none is new."""
+    out = list(series)
+    for i in _gapped(series, start):
+        last = last_values.get(_identity(series[i].labels))
+        if last is not None:
+            out[i] = Series(series[i].labels, ((start, last), *series[i].samples))
     return out
 
 

@@ -6,11 +6,12 @@ import math
 
 import pytest
 
-from canary.model import Histogram
-from canary.promql import format_le
-from canary.sources.counters import CountError, Series, histogram_window
+from canary.model import Histogram, Ratio
+from canary.promql import ERROR_CLASSES, format_le
+from canary.sources.counters import CountError, Series, based, error_window, histogram_window, unbased
 
 WORKLOAD = "web-app-v1"
+FIVE_XX = ERROR_CLASSES["5xx"].is_error
 
 
 def buckets(pod: str, edges: tuple[float, ...], before: list[int], after: list[int]) -> list[Series]:
@@ -47,3 +48,34 @@ def test_buckets_of_one_histogram_that_decrease_are_a_count_error_naming_the_pod
     broken = buckets("web-app-v1-aaaaa", (10.0, 50.0), [0, 0, 0], [5, 3, 6])
     with pytest.raises(CountError, match=r"inconsistent buckets for v1 pod 'web-app-v1': .* must not decrease"):
         window(broken)
+
+
+def counter(pod: str, code: str, samples: tuple[tuple[float, float], ...]) -> Series:
+    labels = {"__name__": "istio_requests_total", "destination_version": "v2", "pod": pod, "response_code": code}
+    return Series(labels, samples)
+
+
+def identity(s: Series) -> frozenset[tuple[str, str]]:
+    return frozenset((k, v) for k, v in s.labels.items() if k != "__name__")
+
+
+def test_a_series_born_again_while_its_pod_was_scraped_counts_from_zero() -> None:
+    """Envoy evicted the pod's 503 series and made it again: its old value (40, twenty minutes ago) is no base
+    for the new one (45 errors since it came back), since the pod's 200 series was scraped all along."""
+    ok = counter("v2-a", "200", ((-30.0, 100.0), (30.0, 400.0)))
+    errors = counter("v2-a", "503", ((30.0, 45.0),))
+    assert not unbased([ok, errors], 0.0)
+    assert based([ok, errors], {identity(errors): 40.0}, 0.0) == [ok, errors]
+    found = error_window([ok, errors], baseline="v1", canary="v2", start=0.0, end=60.0, is_error=FIVE_XX)
+    assert found.canary == {"v2-a": Ratio(events=45, trials=345)}
+
+
+def test_a_pod_back_from_a_long_scrape_gap_counts_what_it_grew() -> None:
+    """Every series of the pod is missing before the window: its last values are the base (a lower one after
+    the gap is a restart, counted from zero)."""
+    ok = counter("v2-a", "200", ((30.0, 460.0),))
+    errors = counter("v2-a", "503", ((30.0, 5.0),))
+    assert unbased([ok, errors], 0.0)
+    given = based([ok, errors], {identity(ok): 400.0, identity(errors): 40.0}, 0.0)
+    found = error_window(given, baseline="v1", canary="v2", start=0.0, end=60.0, is_error=FIVE_XX)
+    assert found.canary == {"v2-a": Ratio(events=5, trials=65)}
