@@ -31,6 +31,7 @@ from canary.report import judgement_dict, observation_dict, unseen_version, vers
 from canary.state import LastDecision, RolloutState, gate_key, policy_digest
 
 ENGINE = f"canary {__version__}"
+TIME_SLACK_S = 0.001  # a clock that adds 0.1 s intervals 300 times reaches 30 s minus float error, not 30
 UNSEEN_EXPECTED = 30  # requests a version's weight was due in an interval before seeing none of them is
 # evidence (a Poisson count of mean 30 is 0 with probability 1e-13), not chance at low traffic
 UNSEEN_GRACE_S = 120.0  # a step's new series may wait this long for their first scrape (30 s scrapes, and
@@ -198,7 +199,7 @@ def write_failed(transition_: Transition, error: str, *, temporary: bool, now: f
     again), anything else stops the command with the rollout open on the route.
     """
     decision = transition_.records[-1]
-    stop = not temporary or now >= transition_.state.deadline
+    stop = not temporary or _past(now, transition_.state.deadline)
     tail = "" if stop else "; the rollout stands where it was and the next tick tries again"
     outcome = OutcomeRecord(
         time=now,
@@ -355,7 +356,7 @@ def _source_failed(state: RolloutState, event: SourceFailed, ctx: Context) -> Tr
 
 def _router_unavailable(state: RolloutState, event: RouterUnavailable, ctx: Context) -> Transition:
     """Nothing can be written: the record says what happened, the route keeps the state it has."""
-    if not event.temporary or event.now >= state.deadline:
+    if not event.temporary or _past(event.now, state.deadline):
         why = "traffic router failed" if not event.temporary else "traffic router still unavailable at the deadline"
         action, reason = (
             Action.STOP,
@@ -561,6 +562,11 @@ def _gates(state: RolloutState, ctx: Context, weight: int, answers: tuple[GateAn
     return _Gates(dataclasses.replace(state, opened=tuple(opened)), tuple(waits), None, tuple(notes))
 
 
+def _past(now: float, deadline: float) -> bool:
+    """Whether the deadline has come: to within TIME_SLACK_S, so summed intervals do not take one more."""
+    return now >= deadline - TIME_SLACK_S
+
+
 def _decide(
     state: RolloutState,
     judgement: Judgement,
@@ -592,7 +598,7 @@ def _decide(
     elif gate.timed_out is not None:
         phase, action, weights = Phase.ROLLED_BACK, Action.ROLLBACK, Weights.canary_at(0)
         reason = f"{judgement.summary} at {state.weight}%; {gate.timed_out}"
-    elif passed and not gate.waits and (now < state.deadline or state.steps[step + 1] == 100):
+    elif passed and not gate.waits and (not _past(now, state.deadline) or state.steps[step + 1] == 100):
         # at the deadline only a pass to 100% wins over its rule: a step up would be judged by no one
         phase = Phase.PROGRESSING
         step += 1
@@ -604,7 +610,7 @@ def _decide(
             reason = f"{judgement.summary} at {state.weight}%{opened}; next step {state.steps[step]}%"
     elif state.phase is Phase.PAUSED:
         reason = f"paused at {state.weight}%: {judgement.summary}; waiting for `canary continue`"
-    elif now >= state.deadline:
+    elif _past(now, state.deadline):
         phase = Phase.INCONCLUSIVE
         if gate.waits:  # the deadline's rule may not walk past a closed gate to 100%
             action, weights = Action.ROLLBACK, Weights.canary_at(0)

@@ -291,6 +291,17 @@ def test_the_deadline_applies_the_policys_rule(rule: str, phase: Phase, weights:
     assert observe(started(ctx), ctx, Outcome.CONTINUE, now=T0 + MAX - 1).state.phase is Phase.PROGRESSING
 
 
+def test_a_deadline_reached_by_summed_intervals_is_reached() -> None:
+    """300 intervals of 0.1 s add up to 30 s less float error: the deadline rule applies, not one more tick."""
+    ctx = context()
+    now = T0
+    for _ in range(int(MAX * 10)):
+        now += 0.1
+    assert now < T0 + MAX
+    t = observe(started(ctx), ctx, Outcome.CONTINUE, now=now)
+    assert (t.state.phase, t.state.weights) == (Phase.INCONCLUSIVE, Weights(100, 0))
+
+
 def test_evidence_at_the_deadline_wins_over_the_deadline_rule() -> None:
     ctx = context()
     assert observe(at_step(1, ctx), ctx, Outcome.PASS, now=T0 + MAX + 5).state.phase is Phase.PROMOTED
