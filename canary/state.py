@@ -92,9 +92,18 @@ def policy_digest(policy: Policy) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
+# Fields added within schema 1, left out of the annotation at their defaults: the canary before them reads
+# the state (it refuses a field it does not know), so two versions can carry on one rollout.
+OPTIONAL_FIELDS: dict[str, object] = {"simulated": False, "unseen_since": None}
+
+
 def encode_state(state: RolloutState) -> str:
     """The state as compact JSON, the form it takes in the annotation."""
-    return json.dumps(scrub_data(to_data(state)), separators=(",", ":"), sort_keys=False, allow_nan=False)
+    data = to_data(state)
+    for name, default in OPTIONAL_FIELDS.items():
+        if data.get(name) == default:
+            del data[name]
+    return json.dumps(scrub_data(data), separators=(",", ":"), sort_keys=False, allow_nan=False)
 
 
 def decode_state(text: str, evidence_type: type | None = None) -> RolloutState:

@@ -105,6 +105,18 @@ def test_a_state_round_trips_through_its_annotation_text(web_policy: Policy) -> 
     assert isinstance(raw.evidence, dict), "without the judge's type the evidence stays plain data"
 
 
+def test_fields_added_within_the_schema_are_left_out_at_their_defaults(web_policy: Policy) -> None:
+    """The canary before `simulated` and `unseen_since` refuses a field it does not know: a state at their
+    defaults leaves them out, so it can carry on the rollout; one that needs them has them."""
+    state = finished_state(web_policy)
+    plain = dataclasses.replace(state, simulated=False, unseen_since=None)
+    assert not {"simulated", "unseen_since"} & set(json.loads(encode_state(plain)))
+    assert decode_state(encode_state(plain), make_judge(web_policy).state_type) == plain
+    marked = dataclasses.replace(state, simulated=True, unseen_since=12.5)
+    assert {"simulated": True, "unseen_since": 12.5}.items() <= json.loads(encode_state(marked)).items()
+    assert decode_state(encode_state(marked), make_judge(web_policy).state_type) == marked
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("{", "not valid JSON"),
     ("[]", "not a JSON object"),
