@@ -300,13 +300,17 @@ def _resume(state: RolloutState, event: Resume, ctx: Context) -> Transition:
 def _observed(state: RolloutState, event: Observed, ctx: Context) -> Transition:
     if event.weights != state.weights:
         return _outside_change(state, event.weights, event.now, ctx)
-    unseen = _unseen(state, event.observation, ctx)
+    at_deadline = _past(event.now, state.deadline)
+    unseen = _unseen(state, event.observation, ctx, at_deadline=at_deadline)
     since = (state.unseen_since or event.observation.start) if unseen is not None else None
     if unseen is not None and since is not None and event.observation.end - since >= _unseen_span(ctx):
         evidence = state.evidence
         judgement = Judgement(Outcome.FAIL, (), f"{unseen} (no series for {event.observation.end - since:.0f} s)")
     else:
         evidence, judgement = ctx.judge.judge(state.evidence, event.observation, state.step_index)
+        if unseen is not None and at_deadline and judgement.outcome is not Outcome.PASS:
+            # the deadline's rule may promote a canary nothing showed worse, not one nothing shows at all
+            judgement = Judgement(Outcome.FAIL, judgement.verdicts, f"{unseen}, at the deadline", judgement.figures)
     window = Window(state.observed_until, event.now)
     judged = dataclasses.replace(state, evidence=evidence, observed_until=event.now, unseen_since=since)
     return _decide(
@@ -324,13 +328,13 @@ def _unseen_span(ctx: Context) -> float:
     return max(2 * ctx.policy.interval_s, UNSEEN_GRACE_S)
 
 
-def _unseen(state: RolloutState, observation: Observation, ctx: Context) -> str | None:
+def _unseen(state: RolloutState, observation: Observation, ctx: Context, *, at_deadline: bool) -> str | None:
     """Why the interval shows that one version's traffic goes unmeasured (None: it does not show it): no
     series of it at all in a window read from UNSEEN_GRACE_S (or one interval) after the step began on (a
-    new series may wait for its first scrape), while the other version served enough that its weight was
-    due at least UNSEEN_EXPECTED requests."""
+    new series may wait for its first scrape; at the deadline there is no later), while the other version
+    served enough that its weight was due at least UNSEEN_EXPECTED requests."""
     grace = max(ctx.policy.interval_s, UNSEEN_GRACE_S)
-    if observation.start < state.step_started_at + grace or not 0 < state.weights.canary < 100:
+    if not 0 < state.weights.canary < 100 or (observation.start < state.step_started_at + grace and not at_deadline):
         return None
     unseen = unseen_version(observation, ctx.policy)
     if unseen is None:

@@ -243,6 +243,21 @@ def test_a_canary_without_series_while_its_weight_was_due_requests_is_rolled_bac
     )
 
 
+@pytest.mark.parametrize("rule", ["promote", "rollback"])
+def test_the_deadline_never_promotes_a_canary_that_shows_no_series(rule: str) -> None:
+    """A rollout whose last window came before the grace and span of the absence rule (a short rollout): at
+    its deadline the canary still shows no series while 100 requests were due to it. The rule may promote a canary nothing showed worse, not one
+    nothing shows at all: rolled back, the reason naming the label."""
+    ctx = context(on_deadline=rule)
+    state = started(ctx)
+    t = transition(state, Observed(T0 + MAX, state.weights, serving(T0, T0 + 60, 900, 0)), ctx)
+    assert (t.state.phase, t.state.weights) == (Phase.ROLLED_BACK, ALL_BASELINE)
+    assert t.decision.reason.startswith("no series for the canary v2 (destination_version='v2')")
+    assert t.decision.reason.endswith("about 100 were due at 90/10, at the deadline")
+    seen = transition(state, Observed(T0 + MAX, state.weights, serving(T0, T0 + 60, 900, 5)), ctx)
+    assert seen.state.phase is Phase.INCONCLUSIVE, "a canary that shows, however little, follows the rule"
+
+
 def test_one_window_without_the_canarys_series_is_a_late_scrape_not_its_absence() -> None:
     """A scrape of the canary's one pod that failed or landed late empties one window: the next one shows it,
     and the clock of its absence starts again."""
