@@ -246,8 +246,8 @@ def test_a_canary_without_series_while_its_weight_was_due_requests_is_rolled_bac
 @pytest.mark.parametrize("rule", ["promote", "rollback"])
 def test_the_deadline_never_promotes_a_canary_that_shows_no_series(rule: str) -> None:
     """A rollout whose last window came before the grace and span of the absence rule (a short rollout): at
-    its deadline the canary still shows no series while 100 requests were due to it. The rule may promote a canary nothing showed worse, not one
-    nothing shows at all: rolled back, the reason naming the label."""
+    its deadline the canary still shows no series while 100 requests were due to it. The rule may promote a
+    canary nothing showed worse, not one nothing shows at all: rolled back, the reason naming the label."""
     ctx = context(on_deadline=rule)
     state = started(ctx)
     t = transition(state, Observed(T0 + MAX, state.weights, serving(T0, T0 + 60, 900, 0)), ctx)
