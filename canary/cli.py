@@ -307,6 +307,8 @@ def result_json(result: RolloutResult, policy_name: str) -> dict[str, Any]:
             "canary": result.decision.weights.canary,
         },
         "ticks": result.ticks,
+        "started": iso(result.started_at),  # ISO 8601, as status gives its times
+        "finished": iso(result.finished_at),
         "duration_s": result.duration_s,
         "step_seconds": list(result.step_seconds),
         "judgement": judgement_dict(result.judgement) if result.judgement else None,

@@ -28,6 +28,7 @@ from canary.cli import app
 from canary.controller import TickReport
 from canary.model import Action, Weights
 from canary.records import DecisionRecord, OutcomeRecord
+from canary.report import iso
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "policies" / "web-app.yaml"
@@ -194,6 +195,8 @@ def test_demo_json_outcomes(
     assert len(pairs) == out["ticks"] + 1  # the start, then one decision per tick
     assert all(outcome.result == "applied" for _, outcome in pairs)
     assert out["audit_head"] == list(read_records(audit))[-1].hash
+    records = [s.record for s in read_records(audit)]
+    assert (out["started"], out["finished"]) == (iso(records[0].time), iso(records[-1].time)), "ISO, as status"
 
 
 def test_demo_as_a_subprocess_with_the_default_policy(tmp_path: Path) -> None:
