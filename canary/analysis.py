@@ -26,7 +26,7 @@ from canary.errors import CanaryError
 from canary.judges import Judge
 from canary.model import Histogram, Judgement, MetricWindow, Observation, Outcome, Ratio, Sample
 from canary.policy import Policy, parse_duration
-from canary.report import iso, unseen_version
+from canary.report import iso, unseen_version, version_counts
 from canary.sources import MetricsSource
 
 UNSEEN_MIN_COUNT = 300  # the other version's requests before a version without series is a labelling error,
@@ -92,7 +92,7 @@ def analyze(policy: Policy, source: MetricsSource, judge: Judge, start: float, e
             f"no series for {scope.baseline} nor {scope.canary} of {scope.host} in {iso(start)} .. {iso(end)}: "
             "check spec.target, --prometheus-reporter and the window (`canary queries` prints the PromQL)"
         )
-    unseen = unseen_version(merged, policy)
+    unseen = unseen_version(merged, policy, version_counts(merged, policy))
     if unseen is not None and unseen.other_count >= UNSEEN_MIN_COUNT:
         raise CanaryError(
             f"{unseen.describe(policy.target.scope.host)}, in {iso(start)} .. {iso(end)}: check "

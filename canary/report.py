@@ -45,11 +45,11 @@ class Unseen:
         )
 
 
-def unseen_version(observation: Observation, policy: Policy) -> Unseen | None:
+def unseen_version(observation: Observation, policy: Policy, counts: Mapping[str, Mapping[str, Any]]) -> Unseen | None:
     """Which version, if either, the observation holds no series of at all while the other served requests
-    (a mislabelled or unreachable version: no judge can compare it, and waiting does not help)."""
+    (a mislabelled or unreachable version: no judge can compare it, and waiting does not help). `counts` are
+    the observation's `version_counts`, which the caller has for its record."""
     target = policy.target
-    counts = version_counts(observation, policy)
     windows = [observation.metrics.get(m.name) for m in policy.metrics]
     for role, version, other in (
         ("canary", target.canary, target.baseline),

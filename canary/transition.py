@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from canary import __version__
 from canary.errors import ConflictError
@@ -301,7 +301,8 @@ def _observed(state: RolloutState, event: Observed, ctx: Context) -> Transition:
     if event.weights != state.weights:
         return _outside_change(state, event.weights, event.now, ctx)
     at_deadline = _past(event.now, state.deadline)
-    unseen = _unseen(state, event.observation, ctx, at_deadline=at_deadline)
+    counts = version_counts(event.observation, ctx.policy)
+    unseen = _unseen(state, event.observation, counts, ctx, at_deadline=at_deadline)
     since = (state.unseen_since or event.observation.start) if unseen is not None else None
     if unseen is not None and since is not None and event.observation.end - since >= _unseen_span(ctx):
         evidence = state.evidence
@@ -316,7 +317,7 @@ def _observed(state: RolloutState, event: Observed, ctx: Context) -> Transition:
     return _decide(
         judged, judgement, ctx, event.now, event.weights,
         window=window,
-        counts=version_counts(event.observation, ctx.policy),
+        counts=counts,
         observation=observation_dict(event.observation),
         gates=event.gates,
     )  # fmt: skip
@@ -328,7 +329,9 @@ def _unseen_span(ctx: Context) -> float:
     return max(2 * ctx.policy.interval_s, UNSEEN_GRACE_S)
 
 
-def _unseen(state: RolloutState, observation: Observation, ctx: Context, *, at_deadline: bool) -> str | None:
+def _unseen(
+    state: RolloutState, observation: Observation, counts: Mapping[str, Any], ctx: Context, *, at_deadline: bool
+) -> str | None:
     """Why the interval shows that one version's traffic goes unmeasured (None: it does not show it): no
     series of it at all in a window read from UNSEEN_GRACE_S (or one interval) after the step began on (a
     new series may wait for its first scrape; at the deadline there is no later), while the other version
@@ -336,7 +339,7 @@ def _unseen(state: RolloutState, observation: Observation, ctx: Context, *, at_d
     grace = max(ctx.policy.interval_s, UNSEEN_GRACE_S)
     if not 0 < state.weights.canary < 100 or (observation.start < state.step_started_at + grace and not at_deadline):
         return None
-    unseen = unseen_version(observation, ctx.policy)
+    unseen = unseen_version(observation, ctx.policy, counts)
     if unseen is None:
         return None
     share = state.weights.canary if unseen.role == "canary" else state.weights.baseline

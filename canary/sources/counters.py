@@ -83,15 +83,11 @@ def _identity(labels: Mapping[Any, Any]) -> frozenset[tuple[str, str]]:
     return frozenset((str(k), str(v)) for k, v in labels.items() if k != "__name__")
 
 
-def unbased(series: Sequence[Series], start: float) -> bool:
-    """Whether a series may be back from a scrape gap longer than the range read: it has samples after `start`
-    and none at or before it, and neither has any series of its scrape target (`instance`, `pod`). One born
-    while its pod was scraped (a first 5xx, or one Envoy evicted and made again) counts from zero."""
-    return bool(_gapped(series, start))
-
-
-def _gapped(series: Sequence[Series], start: float) -> list[int]:
-    """The indices of the series `unbased` is about."""
+def gapped(series: Sequence[Series], start: float) -> list[int]:
+    """The indices of the series that may be back from a scrape gap longer than the range read: each has
+    samples after `start` and none at or before it, and neither has any series of its scrape target
+    (`instance`, `pod`). One born while its pod was scraped (a first 5xx, or one Envoy evicted and made
+    again) counts from zero."""
     scraped = {_scrape_target(s.labels) for s in series if any(t <= start and math.isfinite(v) for t, v in s.samples)}
     return [i for i, s in enumerate(series) if _unbased(s, start) and _scrape_target(s.labels) not in scraped]
 
@@ -106,13 +102,17 @@ def _unbased(s: Series, start: float) -> bool:
 
 
 def based(
-    series: Sequence[Series], last_values: Mapping[frozenset[tuple[str, str]], float], start: float
+    series: Sequence[Series],
+    indices: Sequence[int],
+    last_values: Mapping[frozenset[tuple[str, str]], float],
+    start: float,
 ) -> list[Series]:
-    """Each series of a scrape target back from a long gap given its last value before the window
-    (`last_values`, answered at `start`) as a sample at `start`: it counts what it grew, not everything since
-    it was born (a lower value after the gap is a restart, counted from zero). A series with none is new."""
+    """The series, those at `indices` (`gapped`) given their last value before the window (`last_values`,
+    answered at `start`) as a sample at `start`: a target back from a long gap counts what it grew, not
+    everything since it was born (a lower value after the gap is a restart, counted from zero). A series with
+    no last value is new."""
     out = list(series)
-    for i in _gapped(series, start):
+    for i in indices:
         last = last_values.get(_identity(series[i].labels))
         if last is not None:
             out[i] = Series(series[i].labels, ((start, last), *series[i].samples))

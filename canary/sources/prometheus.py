@@ -49,10 +49,10 @@ from canary.sources.counters import (
     based,
     custom_window,
     error_window,
+    gapped,
     histogram_window,
     parse_matrix,
     parse_vector,
-    unbased,
 )
 
 log = logging.getLogger(__name__)
@@ -377,11 +377,11 @@ class PrometheusSource:
         query, only on a tick where a counter's series appears inside the window (a new one, or one back
         from a scrape gap longer than the lookback, whose whole value would otherwise count as new)."""
         name = _COUNTERS.get(type(metric))
-        if name is None or not unbased(series, start):
+        if name is None or not (indices := gapped(series, start)):
             return series
         query = last_value_query(name, self.scope(scope), LAST_VALUE_LOOKBACK_S)
         result = self.query(query, start, what=f"metric {metric.name!r} (last values before the window)")
-        return based(series, parse_vector(result), start)
+        return based(series, indices, parse_vector(result), start)
 
     # ------------------------------------------------------------------------------------------- query
 

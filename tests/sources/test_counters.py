@@ -8,7 +8,7 @@ import pytest
 
 from canary.model import Histogram, Ratio
 from canary.promql import ERROR_CLASSES, format_le
-from canary.sources.counters import CountError, Series, based, error_window, histogram_window, unbased
+from canary.sources.counters import CountError, Series, based, error_window, gapped, histogram_window
 
 WORKLOAD = "web-app-v1"
 FIVE_XX = ERROR_CLASSES["5xx"].is_error
@@ -64,8 +64,8 @@ def test_a_series_born_again_while_its_pod_was_scraped_counts_from_zero() -> Non
     for the new one (45 errors since it came back), since the pod's 200 series was scraped all along."""
     ok = counter("v2-a", "200", ((-30.0, 100.0), (30.0, 400.0)))
     errors = counter("v2-a", "503", ((30.0, 45.0),))
-    assert not unbased([ok, errors], 0.0)
-    assert based([ok, errors], {identity(errors): 40.0}, 0.0) == [ok, errors]
+    assert not gapped([ok, errors], 0.0)
+    assert based([ok, errors], gapped([ok, errors], 0.0), {identity(errors): 40.0}, 0.0) == [ok, errors]
     found = error_window([ok, errors], baseline="v1", canary="v2", start=0.0, end=60.0, is_error=FIVE_XX)
     assert found.canary == {"v2-a": Ratio(events=45, trials=345)}
 
@@ -75,7 +75,7 @@ def test_a_pod_back_from_a_long_scrape_gap_counts_what_it_grew() -> None:
     the gap is a restart, counted from zero)."""
     ok = counter("v2-a", "200", ((30.0, 460.0),))
     errors = counter("v2-a", "503", ((30.0, 5.0),))
-    assert unbased([ok, errors], 0.0)
-    given = based([ok, errors], {identity(ok): 400.0, identity(errors): 40.0}, 0.0)
+    assert gapped([ok, errors], 0.0) == [0, 1]
+    given = based([ok, errors], [0, 1], {identity(ok): 400.0, identity(errors): 40.0}, 0.0)
     found = error_window(given, baseline="v1", canary="v2", start=0.0, end=60.0, is_error=FIVE_XX)
     assert found.canary == {"v2-a": Ratio(events=5, trials=65)}
