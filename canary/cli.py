@@ -42,7 +42,7 @@ from canary.app import (
     simulated_rollout,
 )
 from canary.audit import HEAD_DIGITS, AuditLog, read_records, verify_chain
-from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, TickReport
+from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, TickReport, recorded_until
 from canary.display import Progress, summary
 from canary.errors import CanaryError, Cancelled
 from canary.links import reader_links
@@ -461,9 +461,7 @@ def _simulated_start(router: Router, policy: Policy, audit: AuditLog, lock_timeo
     backwards."""
     state = router.read(policy.target).state
     with audit.locked(lock_timeout):
-        last = audit.last()
-    times = [state.last.time] if state is not None else []
-    return max([*times, last.record.time] if last is not None else times, default=None)
+        return recorded_until(state, audit.last())
 
 
 @app.command()

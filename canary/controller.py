@@ -90,6 +90,13 @@ class RolloutResult:
         return self.finished_at - self.started_at
 
 
+def recorded_until(state: RolloutState | None, last: Sealed | None) -> float | None:
+    """The later of the route's last decision and the log's last record (None: neither holds one): where a
+    rollout on simulated time stands, so nothing recorded after it goes back before it."""
+    times = ([state.last.time] if state is not None else []) + ([last.record.time] if last is not None else [])
+    return max(times, default=None)
+
+
 @dataclass(frozen=True)
 class Applied:
     """What one command did: the decision, the route's weights before it, the log's head after."""
@@ -349,8 +356,9 @@ class Runner:
         crash) jumps neither the rollout's deadline nor the log's order to the wall clock's."""
         if state is None or not state.simulated:
             return self.clock.now()
-        last = self.audit.last()
-        return max(state.last.time, last.record.time if last is not None else state.last.time)
+        until = recorded_until(state, self.audit.last())
+        assert until is not None  # the state holds a last decision
+        return until
 
     def _note(self, text: str, rollout: str | None) -> str:
         """A note by the webhooks in the log, after whatever the log left open is settled; the new head."""
