@@ -262,6 +262,13 @@ def _quantile(values: Sequence[float], q: float) -> float | None:
     return float(np.quantile(values, q)) if values else None
 
 
+def _median_counting_never(times: Sequence[float], n: int) -> float | None:
+    """The median of n outcomes of which `times` happened and the rest never did."""
+    ordered = sorted(times) + [math.inf] * (n - len(times))
+    median = float(np.quantile(ordered, 0.5)) if ordered else math.inf
+    return median if math.isfinite(median) else None
+
+
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     a = (1 - level) / 2
     lo = 0.0 if k == 0 else float(beta_dist.ppf(a, k, n - k + 1))
@@ -291,6 +298,9 @@ def summarise(scenario: Scenario, judge: str, runs: list[Run]) -> dict[str, Any]
         "median_rollback_s": _quantile(rb, 0.5),
         "p90_rollback_s": _quantile(rb, 0.9),
         "median_promote_s": _quantile(pr, 0.5),
+        # Over every rollout, one not promoted counting as never: the median a team waits for a healthy
+        # canary (None when half or more are not promoted).
+        "median_promote_all_s": _median_counting_never(pr, n),
         "median_decision_s": _quantile(decided, 0.5),
         "mean_step_s_when_promoted": step_means,
         "rollbacks": len(by["rollback"]),
@@ -304,14 +314,15 @@ def _fmt_s(s: float | None) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = f"{'scenario':<28} {'judge':<8} {'n':>5} {'promote':>8} {'rollback':>8} {'inconcl':>8} " + (
-        f"{'med rb':>7} {'p90 rb':>7} {'med pr':>7}"
+        f"{'med rb':>7} {'p90 rb':>7} {'med pr':>7} {'med all':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
             f"{r['scenario']:<28} {r['judge']:<8} {r['replications']:>5} {r['promote_rate']:>8.3f} "
             f"{r['rollback_rate']:>8.3f} {r['inconclusive_rate']:>8.3f} {_fmt_s(r['median_rollback_s']):>7} "
-            f"{_fmt_s(r['p90_rollback_s']):>7} {_fmt_s(r['median_promote_s']):>7}"
+            f"{_fmt_s(r['p90_rollback_s']):>7} {_fmt_s(r['median_promote_s']):>7} "
+            f"{_fmt_s(r.get('median_promote_all_s')):>7}"
         )
     return "\n".join(lines)
 
@@ -320,15 +331,15 @@ def markdown(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table, with the time spent at each step for promoted rollouts."""
     lines = [
         "| scenario | expect | judge | promote | rollback | inconclusive | median rollback | p90 rollback "
-        "| median promote | mean min per step (promoted) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| median promote | median promote, all rollouts | mean min per step (promoted) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         steps = " / ".join(f"{s / 60:.1f}" for s in r["mean_step_s_when_promoted"]) or "-"
         lines.append(
             f"| {r['scenario']} | {r['expect']} | {r['judge']} | {r['promote_rate']:.3f} | {r['rollback_rate']:.3f} "
             f"| {r['inconclusive_rate']:.3f} | {_fmt_s(r['median_rollback_s'])} | {_fmt_s(r['p90_rollback_s'])} "
-            f"| {_fmt_s(r['median_promote_s'])} | {steps} |"
+            f"| {_fmt_s(r['median_promote_s'])} | {_fmt_s(r.get('median_promote_all_s'))} | {steps} |"
         )
     return "\n".join(lines)
 

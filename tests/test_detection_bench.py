@@ -48,3 +48,16 @@ def test_healthy_canaries_are_not_rolled_back(results: dict[str, dict[str, float
 def test_regressions_twice_the_tolerance_are_caught(results: dict[str, dict[str, float]]) -> None:
     for name in ("errors+2pp-100rps", "slow-tail-only-100rps"):
         assert results[name]["rollback_rate"] >= 0.95, name
+
+
+def test_the_median_wait_counts_a_rollout_never_promoted_as_never(results: dict[str, dict[str, object]]) -> None:
+    """Over every rollout, not only the promoted ones; where half are not promoted there is no median."""
+    pods = results["pods-10%-100rps"]
+    promoted, median_all = float(pods["promote_rate"]), pods["median_promote_all_s"]  # type: ignore[arg-type]
+    if promoted <= 0.5:
+        assert median_all is None
+    else:
+        assert isinstance(median_all, float) and median_all >= float(pods["median_promote_s"])  # type: ignore[arg-type]
+    assert detection._median_counting_never([60.0, 120.0, 180.0], 4) == 150.0
+    assert detection._median_counting_never([60.0], 4) is None
+    assert detection._median_counting_never([], 0) is None
