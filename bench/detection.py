@@ -265,8 +265,9 @@ def _quantile(values: Sequence[float], q: float) -> float | None:
 def _median_counting_never(times: Sequence[float], n: int) -> float | None:
     """The median of n outcomes of which `times` happened and the rest never did."""
     ordered = sorted(times) + [math.inf] * (n - len(times))
-    median = float(np.quantile(ordered, 0.5)) if ordered else math.inf
-    return median if math.isfinite(median) else None
+    if not ordered or not math.isfinite(ordered[n // 2]):  # n // 2: the upper middle of an even count
+        return None
+    return float(statistics.median(ordered))
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
