@@ -858,11 +858,11 @@ def status(
     if state is not None and not state.phase.ended:
         in_step = ((judged_at or state.last.time) - state.step_started_at) / 60
     if output is OutputFormat.json:
-        doc: dict[str, Any] = {
+        # By subset, as the text says them; the document's own keys, set after, win over a subset so named.
+        doc: dict[str, Any] = {target.baseline: weights.baseline, target.canary: weights.canary}
+        doc |= {
             "target": f"{target.namespace}/{target.virtual_service}",
             "weights": {"baseline": weights.baseline, "canary": weights.canary},  # by role, as every command
-            target.baseline: weights.baseline,  # and by subset, as the text says them
-            target.canary: weights.canary,
             "rollout": None,
         }
         if state is not None:

@@ -80,3 +80,21 @@ def test_a_persons_command_after_a_simulated_run_leaves_its_times_true(tmp_path:
     assert status.stdout.splitlines()[2].startswith("ended; audit head "), status.stdout
     doc = json.loads(CliRunner().invoke(app, ["status", str(POLICY), *common, "--output", "json"]).stdout)
     assert doc["rollout"]["minutes_in_step"] is None
+
+
+def test_subsets_named_as_the_documents_keys_do_not_replace_them(tmp_path: Path) -> None:
+    """`weights`, `target` and `rollout` are the document's; a subset so named is given by role only."""
+    rename = {"v1": "weights", "v2": "rollout"}
+    manifest, policy = tmp_path / "web-app.yaml", tmp_path / "policy.yaml"
+    text = DR.read_text() + "---\n" + VS.read_text()
+    for old, new in rename.items():
+        text = text.replace(f"name: {old}", f"name: {new}").replace(f"subset: {old}", f"subset: {new}")
+    manifest.write_text(text)
+    named = POLICY.read_text().replace("baseline: v1", "baseline: weights")
+    policy.write_text(named.replace("canary: v2", "canary: rollout"))
+    result = CliRunner().invoke(app, ["status", str(policy), "--manifest", str(manifest), "--audit",
+                                      str(tmp_path / "none.jsonl"), "--output", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["weights"] == {"baseline": 90, "canary": 10} and doc["rollout"] is None
+    assert doc["target"] == "default/web-app"
