@@ -226,7 +226,11 @@ class AuditLog:
             self._write(seal(dataclasses.replace(note, time=at), self.head))
 
     def changes_after(self, digest: str) -> int | None:
-        return changes_after(read_records(self.path), digest) if self.path.exists() else None
+        """`changes_after` over the log as a reader sees it: a line that is no record is left out (the check
+        that runs once per command notes it), so a damaged log never blocks a rollback."""
+        if not self.path.exists():
+            return None
+        return changes_after(read_records(self.path, warn=lambda _: None), digest)
 
     def _need_lock(self) -> None:
         if not self._locked:

@@ -263,7 +263,7 @@ class Runner:
         except RouterError as exc:
             made = self._holds(applied.hash)
             if made is not True:
-                outcome, stop = write_failed(t, str(exc), temporary=exc.temporary, now=self.clock.now())
+                outcome, stop = write_failed(t, str(exc), temporary=exc.temporary, now=self._route_time(t.state))
                 if made is False:
                     self.audit.append(dataclasses.replace(outcome, of=sealed.hash))
                 # else nobody can tell yet: the change stays open, and the next command that reads the

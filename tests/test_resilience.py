@@ -11,6 +11,7 @@ decisions moved it, and the route's state naming the log's head.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -525,6 +526,49 @@ def test_a_persons_rollback_during_a_run_ends_it_and_the_route_its_state_and_the
                 assert c.verify().code == 0 and c.verify(head=outcome.hash).code == 0
             seen["run ended first" if ran_out else f"run saw it at {made_by_run[-1]['weights_after']['canary']}%"] += 1
     print(f"\n{where}: {dict(seen)}")
+
+
+def test_a_persons_failed_write_on_a_simulated_rollout_keeps_its_time_and_the_resumed_run_is_promoted(
+    launch: Launcher, tmp_path: Path
+) -> None:
+    """A person's promote on a simulated run's route fails its write (503): the failure was stamped with the
+    wall clock, and the resumed run then ended inconclusive, "deadline reached" after 491,134 min. Stamped at
+    the rollout's time, the resumed run is promoted within its deadline and the log's times stay in order."""
+    with route_in("cluster", launch, tmp_path) as c:
+        assert c.call(c.run_args("healthy"), failpoint="after-outcome:3").code == -signal.SIGKILL
+        c.api.fail_next(503, method="PUT")
+        refused = c.call(c.manual_args("promote"))
+        assert refused.code == 2, refused.err
+        lines = log_lines(c.audit)
+        assert lines[-1].kind == "outcome" and lines[-1]["result"] == "failed"
+        times = [line["time"] for line in lines]
+        assert times == sorted(times) and times[-1] - times[0] < 3600, "the failure is at the rollout's time"
+        result = c.call(c.run_args("healthy", "--resume", "--output", "json"))
+        assert result.code == 0, result.err
+        assert result.json()["outcome"] == "promoted" and result.json()["duration_s"] < 3600
+        lines = log_lines(c.audit)
+        assert [line["time"] for line in lines] == sorted(line["time"] for line in lines)
+        assert_route_agrees_with_log(c.route(), lines)
+
+
+def test_a_rollback_goes_ahead_when_a_line_that_is_no_record_lies_before_the_routes_head(
+    launch: Launcher, tmp_path: Path
+) -> None:
+    """A line a tool put in the log, and a failed write after the route's head (so the log is searched for
+    it): the rollback was refused ("audit.jsonl:3: not a JSON record"), weights left at 90/10. It goes ahead,
+    a note says where the log stops verifying, and the route and the log agree."""
+    with route_in("cluster", launch, tmp_path) as c:
+        assert c.call(c.run_args("healthy"), failpoint="after-outcome:3").code == -signal.SIGKILL
+        c.api.fail_next(503, method="PUT")
+        assert c.call(c.manual_args("promote")).code == 2
+        raw = c.audit.read_bytes().split(b"\n")
+        c.audit.write_bytes(b"\n".join([*raw[:2], b"# synced by a backup tool", *raw[2:]]))
+        done = manual_result(c.call(c.manual_args("rollback")))
+        route = c.route()
+        assert (route.v1, route.v2, route.phase, route.head) == (100, 0, "rolled-back", done["audit_head"])
+        records = [json.loads(line) for line in c.audit.read_bytes().splitlines() if line.startswith(b"{")]
+        assert records[-1]["hash"] == done["audit_head"] and records[-1]["result"] == "applied"
+        assert any("does not verify at line 3" in r.get("reason", "") for r in records if r["kind"] == "note")
 
 
 # ------------------------------------------------------------------------------- 3. disks and files
