@@ -177,6 +177,7 @@ class Runner:
         self.lock_timeout_s = lock_timeout_s
         self.cancel_flag = cancel or CancelFlag()
         self.digest = policy_digest(policy)
+        self.runner = uuid.uuid4().hex[:12]  # this command, as the rollouts it starts or resumes name it
         self.state: RolloutState | None = None  # the last state this command read or wrote
         self.head = ""
         self.last_judgement: Judgement | None = None
@@ -188,7 +189,7 @@ class Runner:
         return self.policy.target
 
     def _ctx(self, actor: str | None = None) -> Context:
-        return Context(self.policy, self.judge, actor or self.actor, self.digest, self.simulated)
+        return Context(self.policy, self.judge, actor or self.actor, self.digest, self.simulated, self.runner)
 
     # ------------------------------------------------------------------------------- one locked step
 
@@ -451,17 +452,36 @@ class Runner:
         assert self.state is not None
         state = read.state
         if self._running(read):
-            return None
+            assert state is not None
+            if state.runner and state.runner != self.runner:  # a later `run --resume` took the rollout over
+                self.state, self.head = state, state.audit_head
+                self.last_decision = Decision(
+                    Action.STOP, state.weights, state.phase,
+                    f"another `canary run --resume` carries rollout {state.rollout} on ({state.last.reason}): "
+                    "this one stops, the rollout open on the route",
+                )  # fmt: skip
+                return self._result(state, stopped=True)
+            if (problem := self._anchored(read)) is None:
+                return None
+            return self._lose(
+                read, f"{vs_name(self.target)} holds an older state of rollout {state.rollout}: {problem}"
+            )
         if state is not None and state.rollout == self.state.rollout:
             self.state, self.head = state, state.audit_head
             return self._result(state, stopped=False)
-        why = self._lost(read)
-        if why is None:  # a --restart replaced it, and recorded this rollout's end
+        lost = self._lost(read)
+        if lost is None:  # a --restart replaced it, and recorded this rollout's end
             assert state is not None
             raise ConflictError(
                 f"{vs_name(self.target)} no longer holds rollout {self.state.rollout} (it holds {state.rollout}); "
                 "stopping"
             )
+        return self._lose(read, lost)
+
+    def _lose(self, read: RouteRead, why: str) -> RolloutResult:
+        """The route no longer holds this rollout's state, and no command of canary's said so: the rollout ends
+        aborted, recorded, the route left as found."""
+        assert self.state is not None
         t = transition(self.state, StateLost(self.clock.now(), read.weights, why), self._ctx())
         self._commit(read, t)
         self.state = self.ended = t.state

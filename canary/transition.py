@@ -47,6 +47,7 @@ class Context:
     actor: str
     digest: str = ""  # the policy's digest; computed when not given (give it: it is not free)
     simulated: bool = False  # a rollout started here runs on simulated time (the embedded mesh's)
+    runner: str = ""  # the `canary run` acting (its id), which a rollout it starts or resumes names
 
     def __post_init__(self) -> None:
         if not self.digest:
@@ -257,6 +258,7 @@ def _start(state: RolloutState | None, event: Start, ctx: Context, *, seed: bool
         last=LastDecision(event.now, action, reason, ctx.actor, 0),
         audit_head="",
         simulated=ctx.simulated,
+        runner=ctx.runner,
     )
     decision = Decision(action, new.weights, phase, reason)
     records.append(_record(new, ctx, event.now, event.weights, decision, tick=0))
@@ -292,7 +294,7 @@ def _resume(state: RolloutState, event: Resume, ctx: Context) -> Transition:
     was = "cancelled" if state.phase is Phase.CANCELLED else "interrupted"
     reason = f"resumed at tick {state.tick} ({was}; canary at {event.weights.canary}%)"
     phase = Phase.PAUSED if state.paused_at is not None else Phase.PROGRESSING  # a pause outlives a restart
-    new = _advance(state, ctx, event.now, Action.RESUME, reason, phase=phase)
+    new = dataclasses.replace(_advance(state, ctx, event.now, Action.RESUME, reason, phase=phase), runner=ctx.runner)
     decision = Decision(Action.RESUME, state.weights, phase, reason)
     return Transition(new, decision, (_record(new, ctx, event.now, event.weights, decision),))
 

@@ -558,6 +558,54 @@ def test_a_route_that_loses_the_rollouts_state_mid_run_ends_it_aborted_with_a_re
     assert verify_chain(audit_path).ok
 
 
+def test_an_older_state_of_the_rollout_put_back_mid_run_ends_it_aborted_with_a_record(
+    web_policy: Policy, tmp_path: Path
+) -> None:
+    """A GitOps sync puts back the manifest as it was two ticks ago, state annotation included. The run
+    used to carry on from that state: ticks 2, 3, 4 again, a window judged twice, and nothing on record.
+    The route's head is older than changes the log holds as applied: the rollout ends aborted, recorded."""
+    path = seed_manifest(tmp_path)
+    audit_path = tmp_path / "audit.jsonl"
+    runner, _, _ = rollout(web_policy, audit_path, router=lambda _: ManifestRouter(str(path)))
+    runner.open()
+    runner.clock.sleep(60)
+    runner.tick()
+    older = path.read_bytes()
+    for _ in range(2):
+        runner.clock.sleep(60)
+        runner.tick()
+    assert runner.state is not None and runner.state.tick == 3
+    path.write_bytes(older)
+    runner.clock.sleep(60)
+    ended = runner.tick()
+    assert isinstance(ended, RolloutResult) and ended.phase is Phase.ABORTED, ended
+    assert "holds an older state of rollout" in ended.decision.reason and "nothing written" in ended.decision.reason
+    assert path.read_bytes() == older, "the route is left as found"
+    ticks = [d.tick for d in decisions(audit_path) if d.action is not Action.ABORT]
+    assert ticks == sorted(ticks), "no tick judged twice"
+    assert decisions(audit_path)[-1].phase is Phase.ABORTED
+
+
+def test_a_later_resume_takes_the_rollout_over_and_the_earlier_run_stops(web_policy: Policy, audit_path: Path) -> None:
+    """Two `run --resume` on one route (two queued pipeline jobs): both used to drive the rollout, the second
+    judging windows the first had judged. The later one carries it on; the earlier stops at its next tick
+    with the rollout open, and writes nothing more."""
+    runner, _, _ = rollout(web_policy, audit_path)
+    runner.open()
+    runner.clock.sleep(60)
+    runner.tick()
+    later = again(runner, audit_path)
+    later.open(resume=True)
+    written = audit_path.read_bytes()
+    runner.clock.sleep(60)
+    stopped = runner.tick()
+    assert isinstance(stopped, RolloutResult) and stopped.stopped and stopped.phase is Phase.PROGRESSING
+    assert "another `canary run --resume` carries rollout" in stopped.decision.reason
+    assert audit_path.read_bytes() == written, "the earlier run wrote nothing more"
+    later.clock.sleep(60)
+    assert isinstance(later.tick(), TickReport), "the later one goes on"
+
+
 def test_a_rollout_a_restart_replaced_is_not_recorded_twice(web_policy: Policy, audit_path: Path) -> None:
     """The --restart recorded the old rollout's end; the old run's next tick stops without a second one."""
     runner, _, _ = rollout(web_policy, audit_path)
