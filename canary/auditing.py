@@ -39,12 +39,13 @@ class RolloutSummary:
     judge: str | None
     started: float
     ended: float
-    outcome: str  # the phase after its last decision
+    outcome: str  # the phase after its last decision the route took (a change made, or one that writes nothing)
     ticks: int
-    final_weights: Weights | None
+    final_weights: Weights | None  # what the route holds after its last settled change
     people: list[str] = field(default_factory=list)  # actors other than the controller, in order of first act
     changes_failed: int = 0
     changes_applied: int = 0
+    unsettled: str | None = None  # the phase a last change would bring, when the log holds no outcome of it yet
 
     @property
     def duration_s(self) -> float:
@@ -64,6 +65,7 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
     simulated: set[str] = set()
     timed: dict[str, bool] = {}  # per rollout: whether its last decision's clock times it
     ticks: dict[str, dict[str, int]] = {}  # per rollout, decision hash -> its tick (a failed write's removed)
+    changes: dict[str, tuple[str, Weights | None]] = {}  # a change's hash -> its phase and weights, until settled
     for item in sealed:
         record = item.record
         if isinstance(record, DecisionRecord):
@@ -71,31 +73,37 @@ def rollouts(sealed: Iterable[Sealed]) -> list[RolloutSummary]:
             if summary is None:
                 summary = found[record.rollout] = RolloutSummary(
                     record.rollout, record.policy.name, record.judge, record.time, record.time, record.phase.value,
-                    0, record.weights_after,
+                    0, record.weights_before if record.writes else record.weights_after,
                 )  # fmt: skip
                 if record.actor.endswith(SIMULATED):
                     simulated.add(record.rollout)
             timed[record.rollout] = record.rollout not in simulated or record.actor.endswith(SIMULATED)
             if timed[record.rollout]:
                 summary.ended = record.time
-            summary.outcome = record.phase.value
             summary.judge = summary.judge or record.judge
             if record.tick is not None:
                 ticks.setdefault(record.rollout, {})[item.hash] = record.tick
-            if record.weights_after is not None:
-                summary.final_weights = record.weights_after
+            if record.writes:  # a change: what it says holds once its outcome says it was made
+                changes[item.hash] = (record.phase.value, record.weights_after)
+                summary.unsettled = record.phase.value
+            else:
+                summary.outcome = record.phase.value
+                summary.final_weights = record.weights_after or summary.final_weights
             if not _automated(record) and record.actor not in summary.people:
                 summary.people.append(record.actor)
         elif isinstance(record, OutcomeRecord) and record.rollout in found:
             summary = found[record.rollout]
             if timed[record.rollout]:
                 summary.ended = max(summary.ended, record.time)
-            summary.final_weights = record.weights or summary.final_weights  # what the route holds after it
+            phase, weights = changes.pop(record.of, (summary.outcome, None))
+            summary.unsettled = None
             if record.result == "failed":
                 summary.changes_failed += 1
                 ticks.get(record.rollout, {}).pop(record.of, None)  # the route never took that tick
             else:
                 summary.changes_applied += 1
+                summary.outcome, summary.final_weights = phase, weights or summary.final_weights
+            summary.final_weights = record.weights or summary.final_weights  # what the route holds after it
     for summary in found.values():
         summary.ticks = max(ticks.get(summary.rollout, {}).values(), default=0)
         if summary.changes_failed and not summary.changes_applied and summary.outcome in OPEN_PHASES:

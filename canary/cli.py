@@ -1140,7 +1140,8 @@ def audit_list(
         weights = f"{r.final_weights.canary}% canary" if r.final_weights else "weights unknown"
         people = f", by hand: {', '.join(safe(p) for p in r.people)}" if r.people else ""
         failed = f", {r.changes_failed} change(s) failed" if r.changes_failed else ""
-        took = f"{r.outcome} after {elapsed(r.duration_s)} ({r.ticks} ticks, {weights}{people}{failed})"
+        unsettled = f", a change to {r.unsettled} not yet settled" if r.unsettled else ""
+        took = f"{r.outcome} after {elapsed(r.duration_s)} ({r.ticks} ticks, {weights}{people}{failed}{unsettled})"
         typer.echo(f"{safe(r.rollout)} {iso(r.started)} {safe(r.policy)}: {took}")
 
 

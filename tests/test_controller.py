@@ -286,6 +286,45 @@ def test_a_tick_whose_write_failed_is_not_counted_by_audit_list(web_policy: Poli
     assert listed.ticks == held.tick == 2
 
 
+def test_audit_list_shows_how_a_rollout_stands_not_a_change_that_failed_or_is_not_settled(
+    web_policy: Policy, audit_path: Path
+) -> None:
+    """A person's rollback whose write failed was listed as "rolled-back (0% canary)" while the route held
+    the rollout at 10%; a change recorded with no outcome yet was listed as made. The list shows the phase
+    and weights of the last change the route took, and names one not yet settled."""
+    runner, _, memory = rollout(web_policy, audit_path, router=Wrapped)
+    assert isinstance(runner.router, Wrapped)
+    runner.open()
+    runner.clock.sleep(60)
+    runner.tick()
+
+    def refuse(weights: Weights, state: RolloutState) -> None:
+        raise RouterError("422 admission webhook denied the request")
+
+    runner.router.before = refuse
+    with pytest.raises(RouterError, match="the rollback was not made"):
+        again(runner, audit_path).manual("rollback", actor="user:alice", reason="pager")
+    (listed,) = rollouts(read_records(audit_path))
+    assert (listed.outcome, listed.final_weights, listed.unsettled) == ("progressing", Weights(90, 10), None)
+    assert memory.read(web_policy.target).weights == Weights(90, 10)
+
+    class Died(BaseException):
+        pass
+
+    def die(weights: Weights, state: RolloutState) -> None:
+        raise Died
+
+    runner.router.before = die
+    with pytest.raises(Died):
+        again(runner, audit_path).manual("rollback", actor="user:alice", reason="pager")
+    (listed,) = rollouts(read_records(audit_path))
+    assert (listed.outcome, listed.final_weights, listed.unsettled) == ("progressing", Weights(90, 10), "rolled-back")
+    runner.router.before = None
+    again(runner, audit_path).manual("rollback", actor="user:alice", reason="pager")
+    (listed,) = rollouts(read_records(audit_path))
+    assert (listed.outcome, listed.final_weights, listed.unsettled) == ("rolled-back", Weights(100, 0), None)
+
+
 def test_a_change_made_between_read_and_write_is_never_overwritten(web_policy: Policy, audit_path: Path) -> None:
     runner, _, memory = rollout(web_policy, audit_path, router=Wrapped)
     assert isinstance(runner.router, Wrapped)
