@@ -341,7 +341,7 @@ class AuditLog:
         if self._end == 0:
             return
         check = verify_chain(self.path)
-        if check.problem is None or check.line is None:
+        if check.problem is None or check.line is None or check.gap:  # a gap is noted where it was found
             return
         if self._torn is not None and check.line > self._lines_before_tail():
             return  # the torn tail itself, which the first write sets aside and notes
@@ -486,6 +486,9 @@ NO_NEWLINE = "the last line has no newline (torn by a crash?)"
 
 
 TORN = "the last line is torn (a write a crash cut short)"
+# In a note's details: the command that wrote it found the log without the route's history (cut short,
+# replaced, or the route older than it) and went ahead; the log then never verifies as that history.
+HISTORY_GAP = "history_gap"
 
 
 def _lines(path: str | Path) -> Iterator[tuple[int, dict[str, object] | None, bool]]:
@@ -531,6 +534,7 @@ class ChainCheck:
     problem: str | None  # why the log does not verify
     line: int | None = None  # where
     note: str | None = None  # something worth saying about a log that verifies
+    gap: bool = False  # the problem is a history the log itself notes it lost (HISTORY_GAP), no edit
 
     @property
     def ok(self) -> bool:
@@ -547,6 +551,7 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
     """
     prev, count, last_line = GENESIS, 0, 0
     open_change: Sealed | None = None
+    gap: Sealed | None = None  # the first note that says the log lost the route's history
     after_head: list[Sealed] = []
     seen_head = head is None or GENESIS.startswith(head)
     named = 0  # the records whose hash starts with `head`: a head given by its first digits must name one
@@ -571,6 +576,8 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
             if open_change is not None:
                 return ChainCheck(count, prev, "a change recorded before the outcome of the one before it", number)
             open_change = sealed  # records that write nothing (a hold while the route was unreadable) may follow
+        elif isinstance(record, NoteRecord) and gap is None and (record.details or {}).get(HISTORY_GAP):
+            gap = sealed
         if head is not None and sealed.hash.startswith(head):
             named += 1
         if seen_head:
@@ -579,6 +586,19 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
             seen_head = True
     if count == 0:
         return ChainCheck(0, GENESIS, "holds no records")
+    check = _verify_end(path, prev, count, last_line, head, named, seen_head, open_change, after_head, route_head)
+    if check.ok and gap is not None:
+        assert isinstance(gap.record, NoteRecord)
+        why = f"the log holds the route's history only from here on ({gap.record.reason})"
+        return ChainCheck(count, prev, why, gap.line, gap=True)
+    return check
+
+
+def _verify_end(
+    path: str | Path, prev: str, count: int, last_line: int, head: str | None, named: int, seen_head: bool,
+    open_change: Sealed | None, after_head: list[Sealed], route_head: bool,
+) -> ChainCheck:  # fmt: skip
+    """`verify_chain` once every line is read: the end of the log, against the head."""
     if not _ends_with_newline(path):
         return ChainCheck(count, prev, NO_NEWLINE, last_line)
     pending = "the last change has no recorded outcome yet (the next command records it)"

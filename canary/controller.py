@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from canary import failpoints
-from canary.audit import AuditSink
+from canary.audit import HISTORY_GAP, AuditSink
 from canary.clock import Clock
 from canary.errors import CanaryError, Cancelled, ConflictError, RouterError, SourceError
 from canary.judges import Judge
@@ -298,9 +298,10 @@ class Runner:
             read = self._read()
             state = read.state if read.state_error is None else None
             now = self._route_time(state)
-            for problem in (read.state_error, self._anchored(read)):
-                if problem:
-                    self.audit.append(NoteRecord(now, f"{problem}; {command} goes ahead", actor))
+            if read.state_error:
+                self.audit.append(NoteRecord(now, f"{read.state_error}; {command} goes ahead", actor))
+            if gap := self._anchored(read):
+                self.audit.append(NoteRecord(now, f"{gap}; {command} goes ahead", actor, details={HISTORY_GAP: True}))
             event = Manual(now, read.weights, command, reason, full)
             applied = self._commit(read, transition(state, event, self._ctx(actor)))
         if not applied.written:
@@ -343,6 +344,11 @@ class Runner:
                     event = Start(now, uuid.uuid4().hex[:12], read.weights, restart=restart)
                 t = transition(state, event, self._ctx())  # a refusal raises here, before any hook is asked
                 if asked or not isinstance(event, Start):
+                    if problem is not None:  # a --restart on a log without the route's history
+                        gap = NoteRecord(
+                            now, f"{problem}; --restart goes ahead", self.actor, details={HISTORY_GAP: True}
+                        )
+                        self.audit.append(gap)
                     applied = self._commit(read, t)
                     break
             self._pre_rollout(read.weights)

@@ -8,14 +8,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import decisions
+from helpers import decisions, tick
 from typer.testing import CliRunner
 
-from canary.audit import read_records, verify_chain
+from canary.app import simulated_rollout
+from canary.audit import AuditLog, read_records, verify_chain
 from canary.cli import app
 from canary.model import Action, Phase, Weights
+from canary.policy import load_policy
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
 from canary.routers.manifest import ManifestRouter
+from canary.scenario import builtin_scenario
 from canary.state import ANNOTATION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +37,6 @@ def manifest(tmp_path: Path) -> Path:
 
 
 def weights(manifest: Path) -> Weights:
-    from canary.policy import load_policy
-
     return ManifestRouter(manifest).read(load_policy(POLICY).target).weights
 
 
@@ -150,3 +151,32 @@ def test_run_with_a_manifest_leaves_the_promoted_weights_and_state_in_it(manifes
     fresh = runner.invoke(app, ["run", POLICY, "--simulate", "healthy", "--manifest", str(copy),
                                 "--audit", str(tmp_path / "a.jsonl")])  # fmt: skip
     assert fresh.exit_code == 2 and "already sends all traffic to v2" in fresh.stderr
+
+
+@pytest.mark.parametrize("damage", ["cut short", "deleted"])
+def test_a_log_that_lost_the_routes_history_never_verifies_again(manifest: Path, tmp_path: Path, damage: str) -> None:
+    """A person's command goes ahead on a log cut short or deleted, with a note saying so. The next verify
+    used to pass ("hash chain intact ending at the route's head"): the command had healed the log. It fails,
+    naming the note's line, however many records follow."""
+    audit = tmp_path / "a.jsonl"
+    run = simulated_rollout(load_policy(POLICY), builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
+                            router=ManifestRouter(manifest)).runner  # fmt: skip
+    run.open()
+    for _ in range(3):
+        tick(run)
+    assert len(audit.read_bytes().splitlines()) > 4
+    if damage == "cut short":
+        audit.write_bytes(b"".join(audit.read_bytes().splitlines(keepends=True)[:4]))
+    else:
+        audit.unlink()
+    verify = ["audit", "verify", str(audit), "--policy", POLICY, "--manifest", str(manifest)]
+    assert runner.invoke(app, verify).exit_code == (1 if damage == "cut short" else 2)
+    for verb in ("pause", "continue"):
+        done = runner.invoke(app, [verb, POLICY, "--manifest", str(manifest), "--audit", str(audit)])
+        assert done.exit_code == 0, done.output
+    checked = runner.invoke(app, verify)
+    assert checked.exit_code == 1, checked.output
+    notes = [s for s in read_records(audit) if isinstance(s.record, NoteRecord)]
+    (gap,) = notes
+    assert f":{gap.line}:" in checked.output or f"line {gap.line}" in checked.output, checked.output
+    assert "history only from here on" in checked.output
