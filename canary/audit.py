@@ -66,6 +66,8 @@ class AuditSink(Protocol):
 
     def changes_after(self, digest: str) -> int | None: ...
 
+    def other_route(self, namespace: str, name: str) -> str | None: ...
+
 
 class MemoryAudit:
     """The same chain without a disk (the benchmark's thousands of rollouts)."""
@@ -101,6 +103,9 @@ class MemoryAudit:
     def changes_after(self, digest: str) -> int | None:
         return changes_after(self.records, digest)
 
+    def other_route(self, namespace: str, name: str) -> str | None:
+        return _other_route(_first_lines(self.records), (namespace, name))
+
 
 class AuditLog:
     """Append-only JSON lines. Appends need the lock; `append` returns once the line is on disk."""
@@ -112,6 +117,7 @@ class AuditLog:
         self._head = GENESIS
         self._locked = False
         self._checked = False  # whether this command has verified the records before the tail
+        self._routes: dict[tuple[str, str], int] = {}  # the routes the log's decisions are of, at their first line
         self._notes: list[NoteRecord] = []  # what the log says about itself, appended at the next safe point
         self._end = 0  # where the next record goes: the end of the last whole line
         self._torn: tuple[int, int] | None = None  # the offsets of bytes past it, set aside by the first write
@@ -232,6 +238,13 @@ class AuditLog:
             return None
         return changes_after(read_records(self.path, warn=lambda _: None), digest)
 
+    def other_route(self, namespace: str, name: str) -> str | None:
+        """Another route whose decisions the log holds, with the line of its first (None: only this one's).
+        Read by the chain's check, once per command: each route needs a log of its own, since a change and
+        its outcome must follow each other with nothing between."""
+        self._need_lock()
+        return _other_route(self._routes, (namespace, name))
+
     def _need_lock(self) -> None:
         if not self._locked:
             raise RuntimeError("append to the audit log only while holding its lock")
@@ -341,6 +354,7 @@ class AuditLog:
         if self._end == 0:
             return
         check = verify_chain(self.path)
+        self._routes = check.routes
         if check.problem is None or check.line is None or check.gap:  # a gap is noted where it was found
             return
         if self._torn is not None and check.line > self._lines_before_tail():
@@ -535,6 +549,7 @@ class ChainCheck:
     line: int | None = None  # where
     note: str | None = None  # something worth saying about a log that verifies
     gap: bool = False  # the problem is a history the log itself notes it lost (HISTORY_GAP), no edit
+    routes: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # (namespace, name): first line
 
     @property
     def ok(self) -> bool:
@@ -549,6 +564,12 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
     The head a route holds (`route_head`) may be followed by records that changed nothing on it (changes that
     failed, holds, notes).
     """
+    routes: dict[tuple[str, str], int] = {}
+    return dataclasses.replace(_verify(path, head, route_head, routes), routes=routes)
+
+
+def _verify(path: str | Path, head: str | None, route_head: bool, routes: dict[tuple[str, str], int]) -> ChainCheck:
+    """`verify_chain`, noting in `routes` the route of each decision read, at its first line."""
     prev, count, last_line = GENESIS, 0, 0
     open_change: Sealed | None = None
     gap: Sealed | None = None  # the first note that says the log lost the route's history
@@ -568,6 +589,8 @@ def verify_chain(path: str | Path, head: str | None = None, *, route_head: bool 
         sealed = Sealed(decoded.record, decoded.prev_hash, decoded.hash, number)
         count, prev = count + 1, sealed.hash
         record = sealed.record
+        if isinstance(record, DecisionRecord):
+            routes.setdefault((record.target.namespace, record.target.virtual_service), number)
         if isinstance(record, OutcomeRecord):
             if open_change is None or record.of != open_change.hash:
                 return ChainCheck(count, prev, "an outcome of no change waiting for one", number)
@@ -622,6 +645,22 @@ def _verify_end(
             changed[0].line,
         )  # fmt: skip
     return ChainCheck(count, prev, None, note=f"{len(after_head)} records after the route's head changed nothing on it")
+
+
+def _first_lines(records: Iterable[Sealed]) -> dict[tuple[str, str], int]:
+    found: dict[tuple[str, str], int] = {}
+    for number, sealed in enumerate(records, start=1):
+        if isinstance(sealed.record, DecisionRecord):
+            found.setdefault((sealed.record.target.namespace, sealed.record.target.virtual_service), number)
+    return found
+
+
+def _other_route(routes: dict[tuple[str, str], int], mine: tuple[str, str]) -> str | None:
+    others = [(line, route) for route, line in routes.items() if route != mine]
+    if not others:
+        return None
+    line, (namespace, name) = min(others)
+    return f"{namespace}/{name}, from line {line}"
 
 
 def _claims_change(record: Record) -> bool:

@@ -195,6 +195,11 @@ class Runner:
 
     def _read(self) -> RouteRead:
         """The route as it stands, with a change the log left open settled from what the route holds."""
+        if (other := self.audit.other_route(self.target.namespace, self.target.virtual_service)) is not None:
+            raise ConflictError(
+                f"{self.audit.path} holds the records of another route ({other}): each route needs a log of its "
+                f"own (spec.audit, or --audit), so {vs_name(self.target)}'s history is not mixed with another's"
+            )
         read = self.router.read(self.target, self.judge.state_type)
         last = self.audit.open_change()
         if last is not None and isinstance(last.record, DecisionRecord) and self._ours(last):

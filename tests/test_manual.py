@@ -180,3 +180,29 @@ def test_a_log_that_lost_the_routes_history_never_verifies_again(manifest: Path,
     (gap,) = notes
     assert f":{gap.line}:" in checked.output or f"line {gap.line}" in checked.output, checked.output
     assert "history only from here on" in checked.output
+
+
+def test_a_log_that_holds_another_routes_records_is_refused_before_anything_moves(
+    manifest: Path, tmp_path: Path
+) -> None:
+    """Two policies with one `spec.audit`: the second route's changes came between the first's change and its
+    outcome, the first's resume was refused as "older than the log", and verify failed for good. Each route
+    needs a log of its own: a command on another route's log is refused in one line, nothing written."""
+    audit = tmp_path / "shared.jsonl"
+    run = simulated_rollout(load_policy(POLICY), builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
+                            router=ManifestRouter(manifest)).runner  # fmt: skip
+    run.open()
+    tick(run)
+    reviews = tmp_path / "reviews.yaml"
+    reviews.write_text((ROOT / "fixtures/istio/reviews-destinationrule.yaml").read_text() + "---\n"
+                       + (ROOT / "fixtures/istio/reviews-virtualservice.yaml").read_text())  # fmt: skip
+    log, route = audit.read_bytes(), reviews.read_bytes()
+    policy = str(ROOT / "policies" / "reviews.yaml")
+    for args in (["rollback", policy], ["run", policy, "--simulate", "healthy"]):
+        refused = runner.invoke(app, [*args, "--manifest", str(reviews), "--audit", str(audit)])
+        assert refused.exit_code == 2, refused.output
+        (line,) = refused.stderr.strip().splitlines()
+        assert "holds the records of another route (default/web-app, from line 1)" in line, line
+        assert audit.read_bytes() == log and reviews.read_bytes() == route
+    own = runner.invoke(app, ["rollback", policy, "--manifest", str(reviews), "--audit", str(tmp_path / "r.jsonl")])
+    assert own.exit_code == 0, own.output
