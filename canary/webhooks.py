@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from canary import secrets
+from canary.deadline import DeadlineExceeded, deadline
 from canary.errors import CanaryError
 from canary.inputs import checked_secret, read_secret
 from canary.policy import Notification, Webhook, url_problem
@@ -46,9 +47,11 @@ def post(url: str, body: Mapping[str, Any], timeout_s: float) -> tuple[bool, str
     data = json.dumps(body, default=str).encode()
     try:
         request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+        with deadline(timeout_s), urllib.request.urlopen(request, timeout=timeout_s) as answer:  # a drip too
             answer.read(ANSWER_LIMIT)
             return True, f"HTTP {answer.status}"
+    except DeadlineExceeded:
+        return False, f"did not finish answering within its timeout ({timeout_s:g} s)"
     except urllib.error.HTTPError as exc:
         return False, f"answered HTTP {exc.code}"
     except (urllib.error.URLError, OSError, ValueError) as exc:

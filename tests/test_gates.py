@@ -9,8 +9,11 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +110,60 @@ def test_a_pre_rollout_webhook_that_says_no_keeps_the_rollout_from_starting(tmp_
     assert err.strip() == ("canary: pre-rollout webhook 'load-test' answered HTTP 500, 2 attempts: the rollout was "
                            "not started")  # fmt: skip
     assert notes(audit) == ["pre-rollout webhook 'load-test' answered HTTP 500, 2 attempts"]
+    assert not decisions(audit)
+
+
+class DrippingHeaders:
+    """A webhook on 127.0.0.1 that answers its status line, then one byte of a header every 0.2 s, for ever:
+    no read waits long enough to time out."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+                while not self.stopping.wait(0.2):
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        break
+
+    def __enter__(self) -> DrippingHeaders:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
+def test_a_webhook_that_drips_its_answer_is_cut_off_at_its_timeout(tmp_path: Path) -> None:
+    """Each read got a byte within the socket timeout, so `run` waited 13 minutes and more, and a SIGTERM could
+    not end it. The webhook's timeout bounds the whole call: the rollout is not started, nothing written."""
+    with DrippingHeaders() as hook:
+        policy = with_spec(tmp_path, f"  webhooks:\n    - {{name: load-test, type: pre-rollout, url: '{hook.url}', "
+                                     "timeout: 1s, retries: 0}\n")  # fmt: skip
+        audit, manifest = tmp_path / "audit.jsonl", tmp_path / "vs.yaml"
+        manifest.write_bytes((ROOT / "fixtures" / "istio" / "web-app-virtualservice.yaml").read_bytes())
+        before = manifest.read_bytes()
+        began = time.monotonic()
+        code, doc, err = run_json(policy, audit, "--manifest", str(manifest))
+        took = time.monotonic() - began
+    assert code == 2 and doc is None and manifest.read_bytes() == before
+    assert err.strip() == ("canary: pre-rollout webhook 'load-test' did not finish answering within its timeout "
+                           "(1 s), 1 attempt: the rollout was not started")  # fmt: skip
+    assert took < 30, f"{took:.0f} s"
     assert not decisions(audit)
 
 

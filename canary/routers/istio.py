@@ -58,9 +58,10 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> cli
         configuration.retries = False
         if kubeconfig is not None:
             read_file(kubeconfig, "kubeconfig")  # a regular file of sane size, before the client parses it
-            made = cast(client.ApiClient, config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context, persist_config=False, client_configuration=configuration
-            ))  # fmt: skip
+            with deadline(REQUEST_TIMEOUT_S):  # an `exec` credential plugin runs here, and may wait for a login
+                made = cast(client.ApiClient, config.new_client_from_config(  # type: ignore[no-untyped-call]
+                    config_file=kubeconfig, context=context, persist_config=False, client_configuration=configuration
+                ))  # fmt: skip
             _clean_credentials(made.configuration, f"kubeconfig {kubeconfig}")
             return made
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -71,6 +72,11 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> cli
             return client.ApiClient(configuration)
     except InputError as exc:
         raise RouterError(f"kubeconfig {exc}") from None
+    except DeadlineExceeded:
+        raise RouterError(
+            f"kubeconfig {kubeconfig}: no credentials within {REQUEST_TIMEOUT_S:g} s (an `exec` plugin that waits "
+            "for a login, or hangs?)"
+        ) from None
     except (ConfigException, OSError, ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError) as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "in-cluster config"
         raise RouterError(f"{where}: cannot configure a Kubernetes client: {_one_line(str(exc))}") from exc

@@ -437,6 +437,20 @@ def test_a_kubeconfig_token_block_with_its_newline_works_and_is_never_shown(
     assert "holds a line break" in str(caught.value) and secret not in str(caught.value)
 
 
+def test_an_exec_credential_plugin_that_never_answers_is_cut_off(
+    tmp_path: Path, kube_api: KubeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SSO `exec` plugin waiting for a login ran outside every deadline and hung each command; it is cut
+    off like a request, in one line (the request deadline, shortened here)."""
+    monkeypatch.setattr("canary.routers.istio.REQUEST_TIMEOUT_S", 0.5)
+    config = tmp_path / "kubeconfig"
+    kube_api.kubeconfig(config)
+    plugin = "user:\n    exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: sleep, args: ['3']}"
+    config.write_text(config.read_text().replace("user: {}", plugin))
+    with pytest.raises(RouterError, match=f"^kubeconfig {config}: no credentials within 0.5 s"):
+        api_client(str(config))
+
+
 def test_without_kubeconfig_outside_a_cluster_the_error_says_what_to_give(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(RouterError, match=r"^no Kubernetes configuration: give a kubeconfig file"):
