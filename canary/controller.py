@@ -58,6 +58,7 @@ from canary.transition import (
 from canary.webhooks import Hooks
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
+SIGNAL_REPEAT_S = 1.0  # a signal again within this of the first is one signal delivered twice
 
 
 @dataclass(frozen=True)
@@ -126,14 +127,23 @@ class CancelFlag:
         return self.event.is_set()
 
     def install(self) -> Callable[[], None]:
-        """Catch SIGTERM and SIGINT until the returned function restores the previous handlers; a second
-        signal is left to the previous handler (the process ends at once, which the state survives)."""
+        """Catch SIGTERM and SIGINT until the returned function restores the previous handlers. A signal
+        again within SIGNAL_REPEAT_S of the first is the same one delivered twice (GNU `timeout` signals the
+        command and then its process group) and is ignored; a later one is left to the previous handler
+        (the process ends at once, which the state survives)."""
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        first: list[float] = []
 
         def handler(signum: int, frame: object) -> None:
-            self.set(signal.Signals(signum).name)
+            if not first:
+                first.append(time.monotonic())
+                self.set(signal.Signals(signum).name)
+                return
+            if time.monotonic() - first[0] < SIGNAL_REPEAT_S:
+                return
             for s, h in previous.items():
                 signal.signal(s, h)
+            signal.raise_signal(signum)
 
         for s in previous:
             signal.signal(s, handler)

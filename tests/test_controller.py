@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from helpers import decisions, judged, memory_router
 from canary.app import simulated_rollout
 from canary.audit import AuditLog, read_records, verify_chain
 from canary.auditing import NOT_STARTED, rollouts
-from canary.controller import RolloutResult, Runner, TickReport
+from canary.controller import CancelFlag, RolloutResult, Runner, TickReport
 from canary.errors import AuditError, ConflictError, RouterError, SourceError, SourceUnreachable
 from canary.model import Action, Observation, Phase, Weights
 from canary.policy import MetricSpec, Policy, Target
@@ -706,3 +708,25 @@ def test_a_cancel_is_recorded_leaves_the_weights_and_can_be_resumed(web_policy: 
     carried = again(runner, audit_path).run(resume=True)
     assert carried.phase is Phase.PROMOTED and carried.rollout == result.rollout
     assert verify_chain(audit_path, carried.audit_head).ok
+
+
+def test_one_signal_delivered_twice_cancels_once_and_a_later_one_goes_to_the_previous_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GNU `timeout` signals the command, then its process group: the second SIGTERM came to the previous
+    handler and ended the run with 143, nothing recorded, about half the time. A repeat within a second is
+    the same signal; one after that still ends the process at once (here: the previous handler is told)."""
+    told: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: told.append(signum))
+    flag = CancelFlag()
+    restore = flag.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.is_set and flag.signal == "SIGTERM" and told == []
+        monkeypatch.setattr("canary.controller.SIGNAL_REPEAT_S", 0.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert told == [signal.SIGTERM]
+    finally:
+        restore()
+        signal.signal(signal.SIGTERM, previous)
