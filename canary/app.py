@@ -132,6 +132,16 @@ class PrometheusRollout:
     router: Router
 
 
+def _try_queries(source: PrometheusSource, policy: Policy, now: float) -> None:
+    """Every metric's query, once, over the last interval; a refusal for good is raised, a passing failure
+    (a timeout, a 503) is left to the ticks, which hold on it."""
+    try:
+        source.observe(policy.target.scope, policy.metrics, now - policy.interval_s, now)
+    except SourceError as exc:
+        if not exc.temporary:
+            raise
+
+
 def prometheus_rollout(
     policy: Policy,
     settings: PrometheusSettings,
@@ -145,8 +155,10 @@ def prometheus_rollout(
 ) -> PrometheusRollout:
     """A rollout of `policy` judged on a real Prometheus; an in-memory VirtualService unless given.
 
-    Prometheus is asked once before anything else, so a wrong URL or refused credentials end the command
-    (exit 2) before any weight moves, rather than holding the first step until the deadline.
+    Prometheus is asked before anything else, so a wrong URL or refused credentials end the command (exit 2)
+    before any weight moves, rather than holding the first step until the deadline; and every metric's query
+    is run once over the last interval, so one Prometheus refuses (a template it cannot parse, a proxy that
+    forbids a metric) ends it there too, not after the first step sent traffic to an unjudged canary.
     """
     router = router or router_for(policy, None)
     clock = clock or SystemClock()
@@ -154,7 +166,9 @@ def prometheus_rollout(
     source = PrometheusSource(settings)
     try:
         chosen = judge_for(policy, judge, source)
-        source.query("vector(1)", clock.now(), what="connectivity check")
+        now = clock.now()
+        source.query("vector(1)", now, what="connectivity check")
+        _try_queries(source, policy, now)
     except (SourceError, PolicyError):
         source.close()
         raise

@@ -284,6 +284,9 @@ def custom_raw_query(events: str, total: str, scope: Scope, *, interval_s: float
     return f"({' or '.join(parts)})[{duration(range_s)}:{step_s}s]"
 
 
+_STRING_LITERAL = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
+
+
 def template_error(template: str) -> str | None:
     """Why a custom template is not usable, in one line; None when it is fine.
 
@@ -301,11 +304,15 @@ def template_error(template: str) -> str | None:
     rendered = render_template(
         template, service="web.default.svc.cluster.local", namespace="default", version="v1", window="60s"
     )
+    if "#" in _STRING_LITERAL.sub("", rendered):
+        return "holds a PromQL comment ('#'), which would swallow what canary writes after the template; remove it"
     try:
         expr = promql_parser.parse(rendered)
+        kind = _value_type(expr)
     except ValueError as exc:
         return f"not valid PromQL: {exc}"
-    kind = _value_type(expr)
+    except RecursionError:
+        return "nested too deeply to check"
     if kind != "vector":
         return f"must yield an instant vector of counters, but yields a {kind}"
     return None

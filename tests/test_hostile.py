@@ -1278,6 +1278,21 @@ def test_run_against_a_prometheus_that_answers(
         assert applied_outcomes(audit), "the manifest changed with no change recorded as applied"
 
 
+@pytest.mark.parametrize("answer", ["http-401", "garbage-200"])
+def test_a_metric_query_prometheus_refuses_ends_run_before_any_weight_moves(
+    answer: str, prom: HostilePrometheus, tmp_path: Path, manifest: Path, audit: Path
+) -> None:
+    """The connectivity check passes, every metric's query is refused (a proxy that forbids a metric, a
+    template Prometheus cannot parse): the first tick used to abort after the start had sent 10% to the
+    canary. Every query is tried once before the start: exit 2, one line, the manifest as it was."""
+    prom.answer_with(MALFORMED_ANSWERS[answer], metrics_only=True)
+    path, before_bytes = policy_file(tmp_path, FAST_POLICY_TEXT), manifest.read_bytes()
+    o = invoke("run", path, "--prometheus-url", prom.url, "--prometheus-retries", "0", "--manifest", manifest,
+               "--audit", audit, "--output", "json")  # fmt: skip
+    assert o.code == 2 and len(o.err.strip().splitlines()) == 1, o.err
+    assert manifest.read_bytes() == before_bytes and not applied_outcomes(audit)
+
+
 def test_run_reflecting_the_token_in_a_pod_label_writes_it_nowhere(
     prom: HostilePrometheus, tmp_path: Path, manifest: Path, audit: Path
 ) -> None:

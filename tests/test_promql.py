@@ -156,6 +156,10 @@ def test_render_fills_placeholders_escaped_and_leaves_promql_braces_alone():
         ('app_failures_total{version="{version}"}[5m]', "yields a range vector"),
         ('scalar(app_failures_total{version="{version}"})', "yields a scalar"),
         ("", "must be a non-empty PromQL template"),
+        ('app_failures_total{version="{version}"} # failures of {version}', "holds a PromQL comment ('#')"),
+        ('app_failures_total{version="{version}", route="/a#b"}', None),
+        ("(" * 1000 + 'app_failures_total{version="{version}"}' + ")" * 1000, "nested too deeply to check"),
+        ("-" * 3000 + 'app_failures_total{version="{version}"}', "nested too deeply to check"),
     ],
 )
 def test_template_error_explains_what_is_wrong(template: str, problem: str | None):
