@@ -430,6 +430,13 @@ class Runner:
             pre = self.router.read(self.target, self.judge.state_type)
         except RouterError as exc:
             return self._unavailable(RouterUnavailable(now, str(exc), exc.temporary))
+        try:
+            return self._tick(now, pre)
+        except RouterError as exc:  # the route could not be read again under the lock: on record, as above
+            return self._unavailable(RouterUnavailable(now, str(exc), exc.temporary))
+
+    def _tick(self, now: float, pre: RouteRead) -> TickReport | RolloutResult:
+        """`tick` once the route was read: judge the window and commit what follows under the lock."""
         if not self._running(pre):  # ended or replaced: settle under the lock what that command left open
             with self.audit.locked(self.lock_timeout_s):
                 ended = self._taken_over(self._read())
@@ -621,7 +628,8 @@ class Runner:
         before = applied.before if applied.before is not None else applied.state.weights
         decision = applied.decision
         if not applied.written and applied.stop and decision.action is not Action.STOP:
-            decision = Decision(Action.STOP, before, applied.state.phase, f"{decision.reason} (not made; stopping)")
+            why = f"{decision.reason} (not made{f': {applied.error}' if applied.error else ''}; stopping)"
+            decision = Decision(Action.STOP, before, applied.state.phase, why)
         elif not applied.written and decision.weights != before:
             decision = Decision(Action.HOLD, before, applied.state.phase, f"{decision.reason} (not made; retrying)")
         self.last_decision = decision

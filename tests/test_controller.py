@@ -730,3 +730,50 @@ def test_one_signal_delivered_twice_cancels_once_and_a_later_one_goes_to_the_pre
     finally:
         restore()
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_route_refused_on_the_read_under_the_lock_stops_the_run_on_record(
+    web_policy: Policy, audit_path: Path
+) -> None:
+    """The tick's first read answered, the one under the lock was refused (401): the run stopped with exit 2
+    and the log said nothing, so `audit list` showed the rollout progressing at tick 0. It stops on record."""
+    runner, _, memory = rollout(web_policy, audit_path)
+    runner.open()
+    reads = {"left": 1}
+
+    class RefusedAfterOne:
+        def read(self, target: Target, evidence: type | None = None) -> RouteRead:
+            if reads["left"] <= 0:
+                raise RouterError("VirtualService default/web-app: the API server refused our credentials (401)")
+            reads["left"] -= 1
+            return memory.read(target, evidence)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(memory, name)
+
+    runner.router = RefusedAfterOne()  # type: ignore[assignment]
+    runner.clock.sleep(60)
+    report = runner.tick()
+    assert isinstance(report, TickReport) and report.decision.action is Action.STOP, report
+    last = decisions(audit_path)[-1]
+    assert last.action is Action.STOP and "401" in last.reason and not last.writes
+
+
+def test_a_write_refused_for_good_says_why_in_the_decision_the_run_stops_with(
+    web_policy: Policy, audit_path: Path
+) -> None:
+    """The run stopped with "holding at 10%: … (not made; stopping)": the refusal itself was only in the log."""
+    runner, _, _ = rollout(web_policy, audit_path, router=Wrapped)
+    assert isinstance(runner.router, Wrapped)
+    runner.open()
+
+    def refuse(weights: Weights, state: RolloutState) -> None:
+        raise RouterError("403 the service account may no longer update virtualservices")
+
+    runner.router.before = refuse
+    runner.clock.sleep(60)
+    report = runner.tick()
+    assert isinstance(report, TickReport) and report.decision.action is Action.STOP
+    assert "(not made: 403 the service account may no longer update virtualservices; stopping)" in (
+        report.decision.reason
+    )
