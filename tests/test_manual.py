@@ -206,3 +206,20 @@ def test_a_log_that_holds_another_routes_records_is_refused_before_anything_move
         assert audit.read_bytes() == log and reviews.read_bytes() == route
     own = runner.invoke(app, ["rollback", policy, "--manifest", str(reviews), "--audit", str(tmp_path / "r.jsonl")])
     assert own.exit_code == 0, own.output
+
+
+@pytest.mark.parametrize("indent", [2, None])
+def test_a_json_manifest_stays_json(tmp_path: Path, indent: int | None) -> None:
+    """The in-place edit wrote YAML flow style into a JSON file (`annotations: {canary.dev/…: '…'}`), which
+    kubectl and Argo CD, reading it as JSON, refuse. A file that is one JSON object is written as JSON."""
+    import yaml
+
+    path, audit = tmp_path / "vs.json", tmp_path / "a.jsonl"
+    path.write_text(json.dumps(yaml.safe_load(VS.read_text()), indent=indent) + "\n")
+    done = runner.invoke(app, ["rollback", POLICY, "--manifest", str(path), "--audit", str(audit)])
+    assert done.exit_code == 0, done.output
+    written = path.read_text()
+    doc = json.loads(written)
+    assert doc["metadata"]["name"] == "web-app" and ANNOTATION in doc["metadata"]["annotations"]
+    assert weights(path) == Weights(100, 0) and written.endswith("}\n")
+    assert ("\n  " in written) == (indent == 2)

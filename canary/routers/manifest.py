@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,8 @@ def _rewritten(parsed: _Parsed, index: int, vs: dict[str, Any], where: str) -> s
     diff of the weights and the state line, the document's comments kept) where the edit reads back as
     `vs` and leaves the other documents as they were; else the document dumped whole, in place of its
     content (the comments around it kept). Either text is written only if it loads as meant."""
+    if (as_json := _as_json(parsed.text, vs)) is not None:
+        return as_json
     expected = [*parsed.documents[:index], vs, *parsed.documents[index + 1 :]]
     node = list(yaml.compose_all(parsed.text, Loader=_LOADER))[index]
     edited = edit_values(parsed.text, node, parsed.documents[index], vs)
@@ -189,6 +192,21 @@ def _rewritten(parsed: _Parsed, index: int, vs: dict[str, Any], where: str) -> s
         raise RouterError(f"{where}: canary cannot write the VirtualService into this file's text without changing "
                           "something else in it; nothing was written")  # fmt: skip
     return whole
+
+
+def _as_json(text: str, vs: dict[str, Any]) -> str | None:
+    """A file that is one JSON object stays JSON (kubectl and Argo CD read it as JSON), indented as it was;
+    None for YAML."""
+    try:
+        if not isinstance(json.loads(text), dict):
+            return None
+    except ValueError:
+        return None
+    lines = text.strip().splitlines()
+    indent = next((len(line) - len(line.lstrip(" ")) for line in lines[1:] if line.startswith(" ")), None)
+    newline = line_ending(text)
+    dumped = json.dumps(vs, indent=indent, ensure_ascii=False).replace("\n", newline)
+    return dumped + (newline if text.endswith(("\n", "\r")) else "")
 
 
 def _loads_as(text: str, documents: list[Any]) -> bool:
