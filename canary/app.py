@@ -102,13 +102,15 @@ def simulated_rollout(
     cancel: CancelFlag | None = None,
     start: float | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    resumed: bool = False,
 ) -> SimulatedRollout:
     """A rollout of `policy` on the embedded simulated mesh; an in-memory VirtualService unless given.
-    Simulated time starts at `start` (a resumed rollout's last record), else at SIM_START."""
+    Simulated time starts at `start` (a resumed rollout's last record), else at SIM_START; a `resumed`
+    rollout's mesh has the same pods and draws new traffic for its later minutes."""
     policy = with_scenario(policy, scenario)
     clock = SimulatedClock(max(start or SIM_START, SIM_START))
     router = router or router_for(policy, None)
-    mesh = SimulatedMesh(scenario, router, policy.target, start=clock.now(), seed=seed)
+    mesh = SimulatedMesh(scenario, router, policy.target, start=clock.now(), seed=seed, later=resumed)
     runner = Runner(
         policy=policy,
         source=mesh,

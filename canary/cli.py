@@ -450,7 +450,7 @@ def _run_simulated(
     log = open_audit(policy, audit)
     rollout = simulated_rollout(
         policy, scenario, seed=seed, audit=log, router=router,
-        start=_simulated_start(router, policy, log, lock_timeout), lock_timeout_s=lock_timeout,
+        start=_simulated_start(router, policy, log, lock_timeout), lock_timeout_s=lock_timeout, resumed=resume,
     )  # fmt: skip
     return _follow(rollout.runner, policy.name, output, title, resume, restart, metrics)
 

@@ -223,3 +223,19 @@ def test_a_json_manifest_stays_json(tmp_path: Path, indent: int | None) -> None:
     assert doc["metadata"]["name"] == "web-app" and ANNOTATION in doc["metadata"]["annotations"]
     assert weights(path) == Weights(100, 0) and written.endswith("}\n")
     assert ("\n  " in written) == (indent == 2)
+
+
+def test_a_resumed_simulated_run_draws_new_traffic_for_its_own_minutes(manifest: Path, tmp_path: Path) -> None:
+    """The resumed run's mesh began its draws again from the seed: its first ticks had, to the request, the
+    counts of the rollout's first ticks, judged again as new evidence. The same pods, new traffic."""
+    audit = tmp_path / "a.jsonl"
+    run = simulated_rollout(load_policy(POLICY), builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
+                            router=ManifestRouter(manifest)).runner  # fmt: skip
+    run.open()
+    for _ in range(2):
+        tick(run)
+    resumed = runner.invoke(app, ["run", POLICY, "--simulate", "healthy", "--seed", "1", "--manifest",
+                                  str(manifest), "--audit", str(audit), "--resume"])  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    counts = [json.dumps(d.counts, sort_keys=True) for d in decisions(audit) if d.counts]
+    assert len(counts) > 4 and len(set(counts)) == len(counts), "no window's counts repeated"

@@ -59,7 +59,11 @@ def bucket_probabilities(behaviour: Behaviour, scale: np.ndarray) -> np.ndarray:
 class SimulatedMesh:
     """A MetricsSource whose traffic is generated from a scenario and the router's weights."""
 
-    def __init__(self, scenario: Scenario, router: Router, target: Target, *, start: float, seed: int) -> None:
+    def __init__(
+        self, scenario: Scenario, router: Router, target: Target, *, start: float, seed: int, later: bool = False
+    ) -> None:
+        """`later`: the mesh of a rollout resumed at `start`: the same pods, with traffic drawn afresh for
+        that time, not the draws its first minutes had."""
         self.scenario = scenario
         self.router = router
         self.target = target
@@ -80,6 +84,8 @@ class SimulatedMesh:
         self.error_factor = {
             v: np.exp(self.rng.normal(0.0, pods.error_spread, len(names))) for v, names in self.pod_names.items()
         }
+        if later:
+            self.rng = np.random.default_rng([seed, round(start * 1000)])
 
     # ------------------------------------------------------------------------------------ generation
 
