@@ -848,8 +848,11 @@ def status(
         read = _stored_router(loaded, manifest, kubeconfig, context).read(loaded.target)
         state = read.state
         checks, judged_at = _check_outlook(loaded, audit, state) if state is not None else ([], None)
+        history = _history_problem(loaded, audit, state)
     except CanaryError as exc:
         raise _fail(str(exc)) from None
+    if history is not None:
+        _warn(history)
     target, weights = loaded.target, read.weights
     links = reader_links(loaded, state.started_at, state.last.time) if state is not None else []
     # Time in the step by the controller's clock (its last judged tick; a person's command may come on another
@@ -878,6 +881,7 @@ def status(
             }  # fmt: skip
         if read.state_error:
             doc["state_error"] = read.state_error
+        doc["audit_problem"] = history
         typer.echo(json.dumps(doc))
         if read.state_error:  # the weights are shown, but the route's rollout cannot be told: not a clean read
             raise typer.Exit(EXIT_ERROR)
@@ -902,6 +906,20 @@ def status(
             typer.echo(f"{label}: {safe(url)}")
     if read.state_error:
         raise _fail(f"rollout state unreadable: {read.state_error}")
+
+
+def _history_problem(policy: Policy, audit: str | None, state: RolloutState | None) -> str | None:
+    """Why the log is not the route's history up to its head (None when it is, or the route holds none)."""
+    if state is None or not state.audit_head:
+        return None
+    path = audit_path_for(policy, audit)
+    if not Path(path).exists():
+        return f"{path}: no such file: the route's history (head {state.audit_head[:HEAD_DIGITS]}) is not in it"
+    check = verify_chain(path, state.audit_head, route_head=True)
+    if check.ok:
+        return None
+    where = f" at line {check.line}" if check.line else ""
+    return f"{path} does not verify against the route's head{where}: {check.problem}"
 
 
 def _check_outlook(policy: Policy, audit: str | None, state: RolloutState) -> tuple[list[dict[str, Any]], float | None]:

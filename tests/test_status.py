@@ -98,3 +98,26 @@ def test_subsets_named_as_the_documents_keys_do_not_replace_them(tmp_path: Path)
     doc = json.loads(result.stdout)
     assert doc["weights"] == {"baseline": 90, "canary": 10} and doc["rollout"] is None
     assert doc["target"] == "default/web-app"
+
+
+def test_status_says_when_the_log_is_not_the_routes_history(tmp_path: Path) -> None:
+    """A log deleted, emptied or cut short: status printed the route's head and exited 0 without a word."""
+    manifest, audit = tmp_path / "web-app.yaml", tmp_path / "audit.jsonl"
+    manifest.write_text(DR.read_text() + "---\n" + VS.read_text())
+    runner = simulated_rollout(load_policy(str(POLICY)), builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
+                               router=ManifestRouter(manifest)).runner  # fmt: skip
+    runner.open()
+    for _ in range(3):
+        tick(runner)
+    args = ["status", str(POLICY), "--manifest", str(manifest), "--audit", str(audit), "--output", "json"]
+    whole = CliRunner().invoke(app, args)
+    assert whole.exit_code == 0 and json.loads(whole.stdout)["audit_problem"] is None and not whole.stderr
+    audit.write_bytes(b"".join(audit.read_bytes().splitlines(keepends=True)[:3]))
+    cut = CliRunner().invoke(app, args)
+    assert cut.exit_code == 0, cut.output
+    problem = json.loads(cut.stdout)["audit_problem"]
+    assert "does not verify against the route's head" in problem and "cut short" in problem
+    assert cut.stderr.startswith("canary: warning: ") and len(cut.stderr.splitlines()) == 1
+    audit.unlink()
+    gone = CliRunner().invoke(app, args)
+    assert gone.exit_code == 0 and "no such file" in json.loads(gone.stdout)["audit_problem"]
