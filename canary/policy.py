@@ -298,6 +298,12 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
 
 TOO_DEEP = "nested too deeply to be a policy"
 _YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+_YAML12_NUMBER = {  # what YAML 1.1's resolver reads as a number that YAML 1.2's core schema does too
+    "tag:yaml.org,2002:int": re.compile(r"[-+]?(0|[1-9][0-9]*)|0x[0-9a-fA-F]+"),
+    "tag:yaml.org,2002:float": re.compile(
+        r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
+    ),
+}
 
 
 def _plain(node: yaml.Node, path: str, lines: dict[str, int], seen: set[int] | None = None) -> Any:
@@ -331,10 +337,19 @@ def _plain(node: yaml.Node, path: str, lines: dict[str, int], seen: set[int] | N
     if plain and node.tag == "tag:yaml.org,2002:str" and _YAML12_FLOAT.fullmatch(node.value):
         return float(node.value)  # 1e-6: a number in YAML 1.2 and JSON, a string to YAML 1.1's resolver
     try:
-        return yaml.SafeLoader("").construct_object(node, deep=True)
+        value = yaml.SafeLoader("").construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, AttributeError):  # an explicit tag the value does not fit
         tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
         raise _NodeError(path, node.start_mark.line + 1, f"cannot read {describe(node.value)} as {tag}") from None
+    if plain and (number := _YAML12_NUMBER.get(node.tag)) is not None and not number.fullmatch(node.value):
+        # 3:20 (base 60), 2_00, 010 (octal), 0b11: numbers to YAML 1.1 that YAML 1.2, kubectl and a person
+        # read otherwise, or as text
+        raise _NodeError(
+            path,
+            node.start_mark.line + 1,
+            f"{describe(node.value)} is a number only to YAML 1.1 ({value}); write it in plain digits",
+        )
+    return value
 
 
 # Kubernetes' own rules (apimachinery's IsDNS1123Label / IsDNS1123Subdomain), which Istio applies to subsets;

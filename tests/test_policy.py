@@ -518,3 +518,18 @@ def test_the_metrics_scope_is_the_hosts_full_name_in_its_services_namespace(name
     """What Istio writes in destination_service and destination_workload_namespace, not what the route says."""
     found = Target(namespace, "web-app", host, "v1", "v2").scope
     assert (found.namespace, found.host) == scope
+
+
+@pytest.mark.parametrize(("value", "read_as"), [("3:20", 200), ("2_00", 200), ("010", 8), ("0b11", 3)])
+def test_a_number_only_yaml_1_1_reads_is_refused_naming_what_it_would_be(value: str, read_as: int) -> None:
+    """`minRequests: 3:20` was read as 200 (base 60), `010` as 8: YAML 1.2, kubectl and a reader see other
+    things. Refused in one line with the line, the field and what YAML 1.1 makes of it."""
+    text = (
+        (Path(__file__).parent.parent / "policies" / "web-app.yaml")
+        .read_text()
+        .replace("minRequests: 200 ", f"minRequests: {value} ")
+    )
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "p.yaml")
+    assert str(caught.value) == (f"p.yaml:16: spec.minRequests: {value!r} is a number only to YAML 1.1 "
+                                 f"({read_as}); write it in plain digits")  # fmt: skip
