@@ -594,12 +594,17 @@ class _Reader:
 
     def later_steps(self, value: object, path: str, steps: tuple[int, ...], *, empty: bool) -> tuple[int, ...]:
         """A list of the policy's step weights after the first (the weights something can stand in front of)."""
-        if not isinstance(value, list) or (not value and not empty) or any(
-            isinstance(v, bool) or v not in steps[1:] for v in value
-        ):  # fmt: skip
-            later = ", ".join(str(w) for w in steps[1:]) or "none: the policy has one step"
+        later = ", ".join(str(w) for w in steps[1:]) or "none: the policy has one step"
+        if not isinstance(value, list) or (not value and not empty):
             raise self.fail(path, f"must be a list of step weights after the first ({later}), got {describe(value)}")
-        return tuple(sorted(set(value)))
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or v not in steps[1:]:
+                first = " (a rollout starts there)" if v == steps[0] and not isinstance(v, bool) else ""
+                raise self.fail(f"{path}[{i}]", f"must be a step weight after the first ({later}), got "
+                                f"{describe(v)}{first}")  # fmt: skip
+            if v in value[:i]:
+                raise self.fail(f"{path}[{i}]", f"{v} is listed twice")
+        return tuple(sorted(value))
 
     def named_items(
         self, value: object, path: str, keys: set[str], kind: str

@@ -80,10 +80,17 @@ def test_approve_from_the_cli_ahead_of_time_and_as_a_subprocess(gated: Path, clu
     assert len(again.stderr.splitlines()) == 1
 
 
-def test_approvals_must_name_later_steps() -> None:
-    for bad in ("[10]", "[75]", "[true]", "fifty"):
-        with pytest.raises(PolicyError, match=r"spec\.approvals: must be a list of step weights after the first"):
-            parse_policy(POLICY.replace("  steps: [10, 50, 100]", f"  steps: [10, 50, 100]\n  approvals: {bad}"), "p")
+@pytest.mark.parametrize(("bad", "message"), [
+    ("[10]", "spec.approvals[0]: must be a step weight after the first (50, 100), got 10 (a rollout starts there)"),
+    ("[75]", "spec.approvals[0]: must be a step weight after the first (50, 100), got 75"),
+    ("[50, true]", "spec.approvals[1]: must be a step weight after the first (50, 100), got True"),
+    ("[100, 50, 100]", "spec.approvals[2]: 100 is listed twice"),
+    ("fifty", "spec.approvals: must be a list of step weights after the first (50, 100), got 'fifty'"),
+])  # fmt: skip
+def test_approvals_must_name_later_steps_each_named_by_its_place(bad: str, message: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(POLICY.replace("  steps: [10, 50, 100]", f"  steps: [10, 50, 100]\n  approvals: {bad}"), "p")
+    assert str(caught.value) == f"p:15: {message}"
 
 
 def test_approving_a_step_the_policy_asks_no_approval_for_is_refused_and_not_recorded(

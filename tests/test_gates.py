@@ -203,7 +203,7 @@ def test_pre_and_post_rollout_webhooks_are_told_and_noted_and_a_post_rollout_no_
 
 @pytest.mark.parametrize(("block", "message"), [
     ("    - {name: g, type: gate, url: 'http://x/', steps: [10]}\n",
-     "spec.webhooks[0].steps: must be a list of step weights after the first (50, 100), got a list"),
+     "spec.webhooks[0].steps[0]: must be a step weight after the first (50, 100), got 10 (a rollout starts there)"),
     ("    - {name: g, type: pre-rollout, url: 'http://x/', onTimeout: continue}\n",
      "spec.webhooks[0].onTimeout: applies to a gate only, not to a pre-rollout webhook"),
     ("    - {name: g, type: gate, url: 'http://x/', onTimeout: promote}\n",
