@@ -498,12 +498,15 @@ class Runner:
             self.state, self.head = state, state.audit_head
             return self._result(state, stopped=False)
         lost = self._lost(read)
-        if lost is None:  # a --restart replaced it, and recorded this rollout's end
+        if lost is None:  # a --restart replaced it, and recorded this rollout's end: nothing more to write
             assert state is not None
-            raise ConflictError(
-                f"{vs_name(self.target)} no longer holds rollout {self.state.rollout} (it holds {state.rollout}); "
-                "stopping"
-            )
+            ended = dataclasses.replace(self.state, phase=Phase.ABORTED)
+            self.last_decision = Decision(
+                Action.ABORT, read.weights, Phase.ABORTED,
+                f"{vs_name(self.target)} no longer holds rollout {self.state.rollout} (a --restart replaced it "
+                f"with {state.rollout} and recorded its end); stopping",
+            )  # fmt: skip
+            return self._result(ended, stopped=True)
         return self._lose(read, lost)
 
     def _lose(self, read: RouteRead, why: str) -> RolloutResult:
