@@ -66,10 +66,11 @@ def read_file(path: str | Path, what: str) -> bytes:
 
 
 def read_text(path: str | Path, what: str) -> str:
-    """The file as UTF-8 text (a binary file is refused by name, never echoed)."""
+    """The file as UTF-8 text, without a byte-order mark an editor may have put first (a binary file is
+    refused by name, never echoed)."""
     data = read_file(path, what)
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
 

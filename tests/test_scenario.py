@@ -258,3 +258,10 @@ def test_an_unknown_builtin_lists_the_known_ones() -> None:
     with pytest.raises(ScenarioError) as caught:
         builtin_scenario("chaos")
     assert str(caught.value) == "unknown scenario 'chaos' (built in: healthy, error-regression, latency-regression)"
+
+
+def test_a_scenario_file_an_editor_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """Policies and manifests with a BOM were read; a scenario was refused ("Unexpected UTF-8 BOM")."""
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
+    assert [s.name for s in load_scenarios(path)] == ["slow-v2"]
