@@ -12,6 +12,7 @@ import functools
 import getpass
 import inspect
 import json
+import logging
 import math
 import os
 import signal
@@ -1356,6 +1357,9 @@ def audit_verify(
 def main() -> None:
     # A full disk or a file size limit must fail a write (and be recorded or reported), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # The kubernetes client logs an `exec` plugin's failure on the root logger, which then prints to stderr
+    # beside canary's one line; what it means reaches the user as canary's own error (the server's 401).
+    logging.getLogger().addHandler(logging.NullHandler())
     if not isinstance(sys.stdout, GuardedStream):
         sys.stdout, sys.stderr = GuardedStream(sys.stdout, "output"), GuardedStream(sys.stderr, "error")
     code = _run_app()

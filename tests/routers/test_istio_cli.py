@@ -279,3 +279,21 @@ def test_a_run_on_a_route_holding_an_open_rollout_needs_resume_or_restart(
     assert "--restart" in abandoned[0].reason
     assert all(r.result == "applied" for r in records if isinstance(r, OutcomeRecord))
     assert split(kube_api) == [0, 100]
+
+
+def test_a_failing_exec_credential_plugin_leaves_one_line_on_stderr(kube_api: KubeApiServer, tmp_path: Path) -> None:
+    """The kubernetes client logged the plugin's failure on the root logger ("ERROR:root:exec: process
+    returned 1") beside canary's own line. The console script leaves canary's line alone."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "kubeconfig"
+    kube_api.kubeconfig(config)
+    plugin = "user:\n    exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: 'false'}"
+    config.write_text(config.read_text().replace("user: {}", plugin))
+    kube_api.fail_next(401)
+    policy = Path(__file__).resolve().parents[2] / "policies" / "web-app.yaml"
+    done = subprocess.run([Path(sys.executable).parent / "canary", "status", str(policy), "--kubeconfig", str(config)],
+                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("canary: ") and "ERROR:root" not in done.stderr
