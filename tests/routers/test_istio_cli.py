@@ -89,6 +89,7 @@ def test_status_reads_the_seeds_split_in_the_cluster(kubeconfig: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
         "target": "default/web-app", "weights": {"baseline": 90, "canary": 10}, "v1": 90, "v2": 10, "rollout": None,
+        "audit_problem": None,
     }  # fmt: skip
     text = invoke("status", POLICY, "--kubeconfig", kubeconfig)
     assert text.stdout == "default/web-app: v1 90%, v2 10%\n"
