@@ -259,6 +259,10 @@ class Runner:
             "restored or reverted manifest?), so its state is not the rollout's"
         )
 
+    def _note_gap(self, now: float, problem: str, doing: str, actor: str) -> None:
+        """On record that the log is not the route's history and `doing` goes ahead: it never verifies again."""
+        self.audit.append(NoteRecord(now, f"{problem}; {doing} goes ahead", actor, details={HISTORY_GAP: True}))
+
     def _commit(self, read: RouteRead | None, t: Transition) -> Applied:
         """Append the transition's records; if it writes, write the route and record the outcome."""
         sealed: Sealed | None = None
@@ -316,7 +320,7 @@ class Runner:
             if read.state_error:
                 self.audit.append(NoteRecord(now, f"{read.state_error}; {command} goes ahead", actor))
             if gap := self._anchored(read):
-                self.audit.append(NoteRecord(now, f"{gap}; {command} goes ahead", actor, details={HISTORY_GAP: True}))
+                self._note_gap(now, gap, command, actor)
             event = Manual(now, read.weights, command, reason, full)
             applied = self._commit(read, transition(state, event, self._ctx(actor)))
         if not applied.written:
@@ -360,10 +364,7 @@ class Runner:
                 t = transition(state, event, self._ctx())  # a refusal raises here, before any hook is asked
                 if asked or not isinstance(event, Start):
                     if problem is not None:  # a --restart on a log without the route's history
-                        gap = NoteRecord(
-                            now, f"{problem}; --restart goes ahead", self.actor, details={HISTORY_GAP: True}
-                        )
-                        self.audit.append(gap)
+                        self._note_gap(now, problem, "--restart", self.actor)
                     applied = self._commit(read, t)
                     break
             self._pre_rollout(read.weights)
