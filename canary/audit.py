@@ -590,7 +590,7 @@ def _verify(path: str | Path, head: str | None, route_head: bool, routes: dict[t
         count, prev = count + 1, sealed.hash
         record = sealed.record
         if isinstance(record, DecisionRecord):
-            routes.setdefault((record.target.namespace, record.target.virtual_service), number)
+            routes.setdefault(_route_of(record), number)
         if isinstance(record, OutcomeRecord):
             if open_change is None or record.of != open_change.hash:
                 return ChainCheck(count, prev, "an outcome of no change waiting for one", number)
@@ -651,8 +651,12 @@ def _first_lines(records: Iterable[Sealed]) -> dict[tuple[str, str], int]:
     found: dict[tuple[str, str], int] = {}
     for number, sealed in enumerate(records, start=1):
         if isinstance(sealed.record, DecisionRecord):
-            found.setdefault((sealed.record.target.namespace, sealed.record.target.virtual_service), number)
+            found.setdefault(_route_of(sealed.record), number)
     return found
+
+
+def _route_of(record: DecisionRecord) -> tuple[str, str]:
+    return record.target.namespace, record.target.virtual_service
 
 
 def _other_route(routes: dict[tuple[str, str], int], mine: tuple[str, str]) -> str | None:
