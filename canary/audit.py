@@ -118,6 +118,7 @@ class AuditLog:
         self._locked = False
         self._checked = False  # whether this command has verified the records before the tail
         self._routes: dict[tuple[str, str], int] = {}  # the routes the log's decisions are of, at their first line
+        self._scanned = (0, 0)  # (offset, lines) up to which `_routes` has read the log
         self._notes: list[NoteRecord] = []  # what the log says about itself, appended at the next safe point
         self._end = 0  # where the next record goes: the end of the last whole line
         self._torn: tuple[int, int] | None = None  # the offsets of bytes past it, set aside by the first write
@@ -165,6 +166,7 @@ class AuditLog:
             try:
                 self._read_tail()
                 self._check_once()
+                self._scan_routes()
                 yield
             finally:
                 self._locked = False
@@ -354,7 +356,7 @@ class AuditLog:
         if self._end == 0:
             return
         check = verify_chain(self.path)
-        self._routes = check.routes
+        self._routes, self._scanned = check.routes, (self._end, self._lines_before_tail())
         if check.problem is None or check.line is None or check.gap:  # a gap is noted where it was found
             return
         if self._torn is not None and check.line > self._lines_before_tail():
@@ -367,6 +369,22 @@ class AuditLog:
                 details={"line": check.line, "problem": check.problem},
             )
         )
+
+    def _scan_routes(self) -> None:
+        """The routes of the records appended since this command last looked, another command's too: two
+        commands on two routes that both began on an empty log must not both go on appending to it."""
+        start, lines = self._scanned
+        if self._end <= start:
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(start)
+            chunk = fh.read(self._end - start)
+        for line in chunk.split(b"\n")[:-1]:
+            lines += 1
+            sealed = _parse(line)
+            if sealed is not None and isinstance(sealed.record, DecisionRecord):
+                self._routes.setdefault(_route_of(sealed.record), lines)
+        self._scanned = (self._end, lines)
 
     def _lines_before_tail(self) -> int:
         """How many lines lie before where the next record goes (a torn tail after them is not counted)."""

@@ -239,3 +239,25 @@ def test_a_resumed_simulated_run_draws_new_traffic_for_its_own_minutes(manifest:
     assert resumed.exit_code == 0, resumed.output
     counts = [json.dumps(d.counts, sort_keys=True) for d in decisions(audit) if d.counts]
     assert len(counts) > 4 and len(set(counts)) == len(counts), "no window's counts repeated"
+
+
+def test_two_routes_that_both_began_on_an_empty_log_cannot_both_append_to_it(manifest: Path, tmp_path: Path) -> None:
+    """The check read the log once per command: a command that first saw it empty went on appending after
+    another route's records came (two runs started together, 4 times in 4). It looks again at every lock."""
+    from canary.errors import ConflictError
+
+    audit = tmp_path / "shared.jsonl"
+    reviews = tmp_path / "reviews.yaml"
+    reviews.write_text((ROOT / "fixtures/istio/reviews-destinationrule.yaml").read_text() + "---\n"
+                       + (ROOT / "fixtures/istio/reviews-virtualservice.yaml").read_text())  # fmt: skip
+    later = simulated_rollout(load_policy(str(ROOT / "policies" / "reviews.yaml")), builtin_scenario("healthy"),
+                              seed=1, audit=AuditLog(audit), router=ManifestRouter(reviews)).runner  # fmt: skip
+    with later.audit.locked(5):
+        pass  # its first look: the log is empty
+    first = simulated_rollout(load_policy(POLICY), builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
+                              router=ManifestRouter(manifest)).runner  # fmt: skip
+    first.open()
+    log, route = audit.read_bytes(), reviews.read_bytes()
+    with pytest.raises(ConflictError, match=r"holds the records of another route \(default/web-app, from line 1\)"):
+        later.open()
+    assert audit.read_bytes() == log and reviews.read_bytes() == route
