@@ -75,6 +75,7 @@ class MemoryAudit:
     def __init__(self) -> None:
         self.path = Path("<memory>")
         self.records: list[Sealed] = []
+        self._routes: dict[tuple[str, str], int] = {}  # kept as records come: `_read` asks at every tick
 
     @contextlib.contextmanager
     def locked(self, timeout_s: float) -> Iterator[None]:
@@ -92,19 +93,24 @@ class MemoryAudit:
 
     def append(self, record: Record) -> Sealed:
         sealed = seal(record, self.head)
-        self.records.append(sealed)
+        self._add(sealed)
         return sealed
 
     def append_sealed(self, sealed: Sealed) -> None:
         if sealed.prev_hash != self.head:
             raise AuditError(f"{self.path}: the record does not follow the log's head")
+        self._add(sealed)
+
+    def _add(self, sealed: Sealed) -> None:
         self.records.append(sealed)
+        if isinstance(sealed.record, DecisionRecord):
+            self._routes.setdefault(_route_of(sealed.record), len(self.records))
 
     def changes_after(self, digest: str) -> int | None:
         return changes_after(self.records, digest)
 
     def other_route(self, namespace: str, name: str) -> str | None:
-        return _other_route(_first_lines(self.records), (namespace, name))
+        return _other_route(self._routes, (namespace, name))
 
 
 class AuditLog:
@@ -118,7 +124,7 @@ class AuditLog:
         self._locked = False
         self._checked = False  # whether this command has verified the records before the tail
         self._routes: dict[tuple[str, str], int] = {}  # the routes the log's decisions are of, at their first line
-        self._scanned = (0, 0)  # (offset, lines) up to which `_routes` has read the log
+        self._scanned = 0  # the offset up to which `_routes` has read the log
         self._notes: list[NoteRecord] = []  # what the log says about itself, appended at the next safe point
         self._end = 0  # where the next record goes: the end of the last whole line
         self._torn: tuple[int, int] | None = None  # the offsets of bytes past it, set aside by the first write
@@ -356,7 +362,7 @@ class AuditLog:
         if self._end == 0:
             return
         check = verify_chain(self.path)
-        self._routes, self._scanned = check.routes, (self._end, self._lines_before_tail())
+        self._routes, self._scanned = check.routes, self._end
         if check.problem is None or check.line is None or check.gap:  # a gap is noted where it was found
             return
         if self._torn is not None and check.line > self._lines_before_tail():
@@ -373,18 +379,22 @@ class AuditLog:
     def _scan_routes(self) -> None:
         """The routes of the records appended since this command last looked, another command's too: two
         commands on two routes that both began on an empty log must not both go on appending to it."""
-        start, lines = self._scanned
+        start = self._scanned
         if self._end <= start:
             return
         with self.path.open("rb") as fh:
             fh.seek(start)
             chunk = fh.read(self._end - start)
-        for line in chunk.split(b"\n")[:-1]:
-            lines += 1
-            sealed = _parse(line)
-            if sealed is not None and isinstance(sealed.record, DecisionRecord):
-                self._routes.setdefault(_route_of(sealed.record), lines)
-        self._scanned = (self._end, lines)
+            at = start
+            for line in chunk.split(b"\n")[:-1]:
+                sealed = _parse(line)
+                if sealed is not None and isinstance(sealed.record, DecisionRecord):
+                    route = _route_of(sealed.record)
+                    if route not in self._routes:  # its line, counted only for a route not seen before
+                        fh.seek(0)
+                        self._routes[route] = fh.read(at).count(b"\n") + 1
+                at += len(line) + 1
+        self._scanned = self._end
 
     def _lines_before_tail(self) -> int:
         """How many lines lie before where the next record goes (a torn tail after them is not counted)."""
@@ -663,14 +673,6 @@ def _verify_end(
             changed[0].line,
         )  # fmt: skip
     return ChainCheck(count, prev, None, note=f"{len(after_head)} records after the route's head changed nothing on it")
-
-
-def _first_lines(records: Iterable[Sealed]) -> dict[tuple[str, str], int]:
-    found: dict[tuple[str, str], int] = {}
-    for number, sealed in enumerate(records, start=1):
-        if isinstance(sealed.record, DecisionRecord):
-            found.setdefault(_route_of(sealed.record), number)
-    return found
 
 
 def _route_of(record: DecisionRecord) -> tuple[str, str]:
