@@ -554,6 +554,17 @@ def seed_manifest(tmp_path: Path) -> Path:
     return path
 
 
+def manifest_rollout(policy: Policy, tmp_path: Path) -> tuple[Runner, Path, Path]:
+    """A rollout on the seed's VirtualService in a manifest, one tick in: the runner, the manifest, the log."""
+    path = seed_manifest(tmp_path)
+    audit_path = tmp_path / "audit.jsonl"
+    runner, _, _ = rollout(policy, audit_path, router=lambda _: ManifestRouter(str(path)))
+    runner.open()
+    runner.clock.sleep(60)
+    runner.tick()
+    return runner, path, audit_path
+
+
 def without_state(text: str) -> str:
     """The manifest a GitOps sync puts back: the state annotation gone, the weights as git has them."""
     doc = yaml.safe_load(text)
@@ -578,12 +589,7 @@ def test_a_route_that_loses_the_rollouts_state_mid_run_ends_it_aborted_with_a_re
     """A sync or a hand edit takes the state off the route while the rollout runs. The run used to stop with
     one line and no record, and `audit list` showed the rollout progressing for ever. Now the rollout ends
     aborted, recorded, and the route is left as found: nothing is written back over the person's change."""
-    path = seed_manifest(tmp_path)
-    audit_path = tmp_path / "audit.jsonl"
-    runner, _, _ = rollout(web_policy, audit_path, router=lambda _: ManifestRouter(str(path)))
-    runner.open()
-    runner.clock.sleep(60)
-    runner.tick()
+    runner, path, audit_path = manifest_rollout(web_policy, tmp_path)
     path.write_text(edit(path.read_text()))
     edited = path.read_bytes()
     runner.clock.sleep(60)
@@ -606,12 +612,7 @@ def test_an_older_state_of_the_rollout_put_back_mid_run_ends_it_aborted_with_a_r
     """A GitOps sync puts back the manifest as it was two ticks ago, state annotation included. The run
     used to carry on from that state: ticks 2, 3, 4 again, a window judged twice, and nothing on record.
     The route's head is older than changes the log holds as applied: the rollout ends aborted, recorded."""
-    path = seed_manifest(tmp_path)
-    audit_path = tmp_path / "audit.jsonl"
-    runner, _, _ = rollout(web_policy, audit_path, router=lambda _: ManifestRouter(str(path)))
-    runner.open()
-    runner.clock.sleep(60)
-    runner.tick()
+    runner, path, audit_path = manifest_rollout(web_policy, tmp_path)
     older = path.read_bytes()
     for _ in range(2):
         runner.clock.sleep(60)

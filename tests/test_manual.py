@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from canary.app import simulated_rollout
 from canary.audit import AuditLog, read_records, verify_chain
 from canary.cli import app
+from canary.controller import Runner
 from canary.model import Action, Phase, Weights
 from canary.policy import load_policy
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
@@ -38,6 +39,24 @@ def manifest(tmp_path: Path) -> Path:
 
 def weights(manifest: Path) -> Weights:
     return ManifestRouter(manifest).read(load_policy(POLICY).target).weights
+
+
+def open_rollout(manifest: Path, audit: Path, ticks: int, policy: str = POLICY) -> Runner:
+    """A healthy simulated rollout opened on the route in `manifest`, `ticks` intervals in."""
+    run = simulated_rollout(load_policy(policy), builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
+                            router=ManifestRouter(manifest)).runner  # fmt: skip
+    run.open()
+    for _ in range(ticks):
+        tick(run)
+    return run
+
+
+def reviews_manifest(tmp_path: Path) -> Path:
+    """Istio's bookinfo reviews DestinationRule and VirtualService, verbatim, in one file: another route."""
+    path = tmp_path / "reviews.yaml"
+    path.write_text((ROOT / "fixtures/istio/reviews-destinationrule.yaml").read_text() + "---\n"
+                    + (ROOT / "fixtures/istio/reviews-virtualservice.yaml").read_text())  # fmt: skip
+    return path
 
 
 def test_a_manual_rollback_is_recorded_as_intended_and_applied_and_prints_the_head(
@@ -159,11 +178,7 @@ def test_a_log_that_lost_the_routes_history_never_verifies_again(manifest: Path,
     used to pass ("hash chain intact ending at the route's head"): the command had healed the log. It fails,
     naming the note's line, however many records follow."""
     audit = tmp_path / "a.jsonl"
-    run = simulated_rollout(load_policy(POLICY), builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
-                            router=ManifestRouter(manifest)).runner  # fmt: skip
-    run.open()
-    for _ in range(3):
-        tick(run)
+    open_rollout(manifest, audit, ticks=3)
     assert len(audit.read_bytes().splitlines()) > 4
     if damage == "cut short":
         audit.write_bytes(b"".join(audit.read_bytes().splitlines(keepends=True)[:4]))
@@ -189,13 +204,8 @@ def test_a_log_that_holds_another_routes_records_is_refused_before_anything_move
     outcome, the first's resume was refused as "older than the log", and verify failed for good. Each route
     needs a log of its own: a command on another route's log is refused in one line, nothing written."""
     audit = tmp_path / "shared.jsonl"
-    run = simulated_rollout(load_policy(POLICY), builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
-                            router=ManifestRouter(manifest)).runner  # fmt: skip
-    run.open()
-    tick(run)
-    reviews = tmp_path / "reviews.yaml"
-    reviews.write_text((ROOT / "fixtures/istio/reviews-destinationrule.yaml").read_text() + "---\n"
-                       + (ROOT / "fixtures/istio/reviews-virtualservice.yaml").read_text())  # fmt: skip
+    open_rollout(manifest, audit, ticks=1)
+    reviews = reviews_manifest(tmp_path)
     log, route = audit.read_bytes(), reviews.read_bytes()
     policy = str(ROOT / "policies" / "reviews.yaml")
     for args in (["rollback", policy], ["run", policy, "--simulate", "healthy"]):
@@ -229,11 +239,7 @@ def test_a_resumed_simulated_run_draws_new_traffic_for_its_own_minutes(manifest:
     """The resumed run's mesh began its draws again from the seed: its first ticks had, to the request, the
     counts of the rollout's first ticks, judged again as new evidence. The same pods, new traffic."""
     audit = tmp_path / "a.jsonl"
-    run = simulated_rollout(load_policy(POLICY), builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
-                            router=ManifestRouter(manifest)).runner  # fmt: skip
-    run.open()
-    for _ in range(2):
-        tick(run)
+    open_rollout(manifest, audit, ticks=2)
     resumed = runner.invoke(app, ["run", POLICY, "--simulate", "healthy", "--seed", "1", "--manifest",
                                   str(manifest), "--audit", str(audit), "--resume"])  # fmt: skip
     assert resumed.exit_code == 0, resumed.output
@@ -247,16 +253,12 @@ def test_two_routes_that_both_began_on_an_empty_log_cannot_both_append_to_it(man
     from canary.errors import ConflictError
 
     audit = tmp_path / "shared.jsonl"
-    reviews = tmp_path / "reviews.yaml"
-    reviews.write_text((ROOT / "fixtures/istio/reviews-destinationrule.yaml").read_text() + "---\n"
-                       + (ROOT / "fixtures/istio/reviews-virtualservice.yaml").read_text())  # fmt: skip
+    reviews = reviews_manifest(tmp_path)
     later = simulated_rollout(load_policy(str(ROOT / "policies" / "reviews.yaml")), builtin_scenario("healthy"),
                               seed=1, audit=AuditLog(audit), router=ManifestRouter(reviews)).runner  # fmt: skip
     with later.audit.locked(5):
         pass  # its first look: the log is empty
-    first = simulated_rollout(load_policy(POLICY), builtin_scenario("healthy"), seed=1, audit=AuditLog(audit),
-                              router=ManifestRouter(manifest)).runner  # fmt: skip
-    first.open()
+    open_rollout(manifest, audit, ticks=0)
     log, route = audit.read_bytes(), reviews.read_bytes()
     with pytest.raises(ConflictError, match=r"holds the records of another route \(default/web-app, from line 1\)"):
         later.open()
