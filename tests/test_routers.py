@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import re
 import stat
@@ -363,6 +364,16 @@ def test_bad_manifests_are_router_errors(tmp_path: Path, content: str | bytes | 
     elif content is not None:
         path.write_text(content)
     with pytest.raises(RouterError, match=message):
+        ManifestRouter(path).read(WEB)
+
+
+def test_a_virtualservice_inside_a_list_is_named_where_it_is(tmp_path: Path) -> None:
+    """`kubectl get vs -o json > m.json` writes a `kind: List`: canary says it found the object there."""
+    vs = yaml.safe_load((FIXTURES / "web-app-virtualservice.yaml").read_text())
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [vs], "metadata": {}}, indent=4))
+    with pytest.raises(RouterError, match=r"m\.json: the VirtualService default/web-app is an item of the List in "
+                                          "document 1: .* give it a document of its own"):  # fmt: skip
         ManifestRouter(path).read(WEB)
 
 

@@ -120,6 +120,11 @@ class ManifestRouter:
         found = [i for i, doc in enumerate(documents) if _is_target(doc, target)]
         name = f"VirtualService {target.namespace}/{target.virtual_service}"
         if not found:
+            listed = [i for i, doc in enumerate(documents) if any(_is_target(item, target) for item in _items(doc))]
+            if listed:
+                raise RouterError(f"{self.path}: the {name} is an item of the List in document {listed[0] + 1}: "
+                                  "canary moves the weights of a top-level document only; give it a document "
+                                  "of its own")  # fmt: skip
             raise RouterError(f"{self.path}: no {name} in the file")
         if len(found) > 1:
             places = ", ".join(f"{i + 1}" for i in found)
@@ -250,6 +255,13 @@ def _long_number(text: str) -> str:
 def _index_of(mark: Any) -> int:
     assert mark is not None, "the parser marks every event"
     return int(mark.index)
+
+
+def _items(doc: Any) -> list[Any]:
+    """The items of a `kind: List` (or `…List`) document, as `kubectl get -o yaml` writes several objects."""
+    if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and isinstance(doc.get("items"), list):
+        return list(doc["items"])
+    return []
 
 
 def _is_target(doc: Any, target: Target) -> bool:
