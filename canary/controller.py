@@ -658,7 +658,7 @@ class Runner:
             decision=decision,
             ticks=state.tick,
             started_at=state.started_at,
-            finished_at=last.time,
+            finished_at=max(last.time, self.clock.now()) if stopped else last.time,  # stopped: when this command did
             judgement=self.last_judgement,
             audit_path=str(self.audit.path),
             audit_head=self.head or state.audit_head,

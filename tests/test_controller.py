@@ -644,6 +644,7 @@ def test_a_later_resume_takes_the_rollout_over_and_the_earlier_run_stops(web_pol
     stopped = runner.tick()
     assert isinstance(stopped, RolloutResult) and stopped.stopped and stopped.phase is Phase.PROGRESSING
     assert "another `canary run --resume` carries rollout" in stopped.decision.reason
+    assert stopped.duration_s == 120, "timed to when it stopped, not to the route's last change (its start)"
     assert audit_path.read_bytes() == written, "the earlier run wrote nothing more"
     later.clock.sleep(60)
     assert isinstance(later.tick(), TickReport), "the later one goes on"
