@@ -137,6 +137,14 @@ def test_two_plain_splits_are_refused_with_the_candidates_listed(seed: dict[str,
     )
 
 
+def test_a_route_to_the_baseline_alone_is_told_how_to_begin(seed: dict[str, Any]) -> None:
+    """A service before its first canary: one plain route to v1, without weight (Istio's 100)."""
+    seed["spec"]["http"][1]["route"] = [{"destination": {"host": "web-app", "subset": "v1"}}]
+    with pytest.raises(RouterError, match=r"\(2 routes\); add 'v2' to spec.http\[1\] with weight 0 \(and 'v1' with "
+                                          r"weight 100\)$"):  # fmt: skip
+        route_index(seed, WEB)
+
+
 def test_a_split_of_another_host_does_not_count(seed: dict[str, Any]) -> None:
     other = Target("default", "web-app", "api.default.svc.cluster.local", "v1", "v2")
     with pytest.raises(RouterError, match="no http route without `match` sends traffic to both subsets"):
@@ -365,6 +373,19 @@ def test_bad_manifests_are_router_errors(tmp_path: Path, content: str | bytes | 
         path.write_text(content)
     with pytest.raises(RouterError, match=message):
         ManifestRouter(path).read(WEB)
+
+
+def test_a_virtualservice_without_a_namespace_is_the_one_of_the_namespace_it_is_applied_to(tmp_path: Path) -> None:
+    """GitOps repositories leave the namespace to `kubectl apply -n`, kustomize or Argo CD's destination."""
+    vs = yaml.safe_load((FIXTURES / "web-app-virtualservice.yaml").read_text())
+    vs["metadata"].pop("namespace", None)
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(vs))
+    prod = dataclasses.replace(WEB, namespace="prod", host="web-app.prod.svc.cluster.local")
+    assert ManifestRouter(path).read(prod).weights == Weights(90, 10)
+    other = dataclasses.replace(WEB, virtual_service="api")
+    with pytest.raises(RouterError, match="no VirtualService default/api in the file"):
+        ManifestRouter(path).read(other)
 
 
 def test_a_virtualservice_inside_a_list_is_named_where_it_is(tmp_path: Path) -> None:

@@ -296,7 +296,10 @@ def _status_message(exc: ApiException) -> str:
 def _raise_for(exc: ApiException, target: Target, doing: str) -> NoReturn:
     name, code, message = _name(target), exc.status, _status_message(exc)
     if code == 404:
-        raise RouterError(f"VirtualService {name} not found (is Istio's CRD installed, the namespace right?)") from exc
+        raise RouterError(
+            f"VirtualService {name} not found (deleted? or the name, the namespace or Istio's CRD not as the policy "
+            "says)"
+        ) from exc
     if code == 409:
         raise WeightConflict(f"VirtualService {name}: changed by someone else between canary's read and write") from exc
     if code in (401, 403):

@@ -271,5 +271,5 @@ def _is_target(doc: Any, target: Target) -> bool:
     return (
         isinstance(meta, dict)  # else not an object canary could name
         and meta.get("name") == target.virtual_service
-        and meta.get("namespace", "default") == target.namespace
+        and meta.get("namespace") in (None, target.namespace)  # none: applied to one (-n, kustomize, Argo CD)
     )

@@ -105,10 +105,19 @@ def route_index(vs: dict[str, Any], target: Target) -> int:
     if len(plain) == 1:
         return plain[0]
     if not plain:
+        alone = [
+            i for i, r in enumerate(http)
+            if isinstance(r, dict) and not r.get("match") and set(_subset_destinations(r, target, namespace)) == {target.baseline}
+        ]  # fmt: skip
+        hint = (
+            f"add {target.canary!r} to {_describe(alone[0], http[alone[0]])} with weight 0 (and {target.baseline!r} "
+            "with weight 100)"
+            if len(alone) == 1
+            else "name the route in spec.target.route"
+        )
         raise RouterError(
             f"{vs_name(target)}: no http route without `match` sends traffic to both subsets {target.baseline!r} "
-            f"and {target.canary!r} of {target.host} ({len(http)} route{'s' * (len(http) != 1)}); name the route in "
-            "spec.target.route"
+            f"and {target.canary!r} of {target.host} ({len(http)} route{'s' * (len(http) != 1)}); {hint}"
         )
     candidates = ", ".join(_describe(i, http[i]) for i in plain)
     raise RouterError(
