@@ -107,7 +107,8 @@ def route_index(vs: dict[str, Any], target: Target) -> int:
     if not plain:
         alone = [
             i for i, r in enumerate(http)
-            if isinstance(r, dict) and not r.get("match") and set(_subset_destinations(r, target, namespace)) == {target.baseline}
+            if isinstance(r, dict) and not r.get("match")
+            and set(_subset_destinations(r, target, namespace)) == {target.baseline}
         ]  # fmt: skip
         hint = (
             f"add {target.canary!r} to {_describe(alone[0], http[alone[0]])} with weight 0 (and {target.baseline!r} "
