@@ -109,6 +109,7 @@ class Applied:
     written: bool  # the route holds the decision (False: recorded only, or the write failed)
     stop: bool
     error: str | None = None  # why the write failed
+    error_unanswered: bool = False  # the write had no answer: it may still be made
 
 
 class CancelFlag:
@@ -284,12 +285,15 @@ class Runner:
             made = self._holds(applied.hash)
             if made is not True:
                 outcome, stop = write_failed(t, str(exc), temporary=exc.temporary, now=self._route_time(t.state))
-                if made is False:
+                if made is False and not exc.unanswered:
                     self.audit.append(dataclasses.replace(outcome, of=sealed.hash))
-                # else nobody can tell yet: the change stays open, and the next command that reads the
-                # route records what it finds there
+                # else nobody can tell yet (the route cannot be read back, or the write had no answer and may
+                # still land): the change stays open, and the next command that reads the route records what
+                # it finds there
                 self.head = self.audit.head
-                return Applied(read.weights, t.decision, read.state or state, self.head, False, stop, str(exc))
+                return Applied(
+                    read.weights, t.decision, read.state or state, self.head, False, stop, str(exc), exc.unanswered
+                )
         failpoints.point("after-write")
         self.audit.append_sealed(applied)
         failpoints.point("after-outcome")
@@ -324,6 +328,11 @@ class Runner:
             event = Manual(now, read.weights, command, reason, full)
             applied = self._commit(read, transition(state, event, self._ctx(actor)))
         if not applied.written:
+            if applied.error_unanswered:
+                raise RouterError(
+                    f"the {command} may not have been made ({applied.error}); the next command reads the route "
+                    f"and records whether it was, in {self.audit.path}"
+                )
             raise RouterError(f"the {command} was not made ({applied.error}); recorded in {self.audit.path}")
         if self.ended is not None:  # a person's promote or rollback ended the rollout: they tell
             applied = dataclasses.replace(applied, head=self._post_rollout(self.ended) or applied.head)

@@ -54,6 +54,7 @@ class RouterError(CanaryError):
     """The traffic router could not read or change the weights."""
 
     temporary = False
+    unanswered = False  # a write's answer never came (or came as a gateway's timeout): it may be made later
 
 
 class WeightConflict(RouterError):

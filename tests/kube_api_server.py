@@ -25,6 +25,7 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -241,6 +242,7 @@ class KubeApiServer:
         self._failures_after_commit: list[tuple[str | None, ApiError | bytes]] = []
         self._after_get: list[Callable[[], None]] = []
         self._garbled_reads: list[bytes] = []
+        self._slow_writes: list[float] = []
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, content type
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._thread: threading.Thread | None = None
@@ -328,6 +330,12 @@ class KubeApiServer:
             else:
                 self._failures_after_commit.append((method, body))
 
+    def commit_late(self, seconds: float) -> None:
+        """The next PUT is committed `seconds` after it came (a slow etcd), reads served meanwhile see the object
+        as it was; a client that gave up waiting has no answer, the write is made all the same."""
+        with self._lock:
+            self._slow_writes.append(seconds)
+
     def after_next_get(self, action: Callable[[], None]) -> None:
         """Run `action` once the next successful GET has read the object, before the client gets the answer."""
         with self._lock:
@@ -359,6 +367,9 @@ class KubeApiServer:
     def handle(
         self, method: str, path: str, content_type: str | None, body: bytes
     ) -> tuple[int, dict[str, Any] | bytes]:
+        with self._lock:
+            wait = self._slow_writes.pop(0) if method == "PUT" and self._slow_writes else 0.0
+        time.sleep(wait)  # outside the lock: other requests are answered meanwhile
         with self._lock:
             self.requests.append((method, path, content_type))
             for i, (only, failure) in enumerate(self._failures):

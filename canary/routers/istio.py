@@ -49,6 +49,13 @@ class RouterServerError(RouterError):
     temporary = True
 
 
+class Unanswered(RouterServerError):
+    """No answer came (a deadline, a connection lost after the request went out, a gateway's 504): the API
+    server may still be committing a write, so a read right after it does not tell whether it was made."""
+
+    unanswered = True
+
+
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """An API client from a kubeconfig file (and context), or in-cluster config when none is given in a pod."""
     try:
@@ -223,7 +230,7 @@ class IstioRouter:
                 f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB; not read"
             ) from None
         except DeadlineExceeded:
-            raise RouterServerError(
+            raise Unanswered(
                 f"VirtualService {_name(target)}: the API server did not finish answering within "
                 f"{REQUEST_TIMEOUT_S:g} s when asked to {doing} it"
             ) from None
@@ -308,6 +315,8 @@ def _raise_for(exc: ApiException, target: Target, doing: str) -> NoReturn:
         raise RouterError(f"VirtualService {name}: the API server rejected the change: {message}") from exc
     if code == 429:  # API Priority and Fairness throttling: come back later
         raise RouterServerError(f"VirtualService {name}: the API server is throttling requests ({message})") from exc
+    if code == 504:  # a gateway gave up waiting: the API server behind it may still commit
+        raise Unanswered(f"VirtualService {name}: no answer from the API server in time (504: {message})") from exc
     if isinstance(code, int) and code >= 500:
         raise RouterServerError(f"VirtualService {name}: the API server failed ({code}: {message}), try again") from exc
     raise RouterError(f"VirtualService {name}: cannot {doing} it ({code}: {message})") from exc
@@ -317,4 +326,8 @@ def _unreachable(exc: urllib3.exceptions.HTTPError, target: Target) -> RouterErr
     """Temporary: an API server restarting (an upgrade, a failover) must hold a rollout, not end it. A
     wrong address still fails at once, because the controller's first read is not retried."""
     reason = getattr(exc, "reason", None) or exc
-    return RouterServerError(f"VirtualService {_name(target)}: the API server is unreachable: {_one_line(str(reason))}")
+    never_sent = isinstance(exc, urllib3.exceptions.NewConnectionError) or isinstance(
+        reason, urllib3.exceptions.NewConnectionError
+    )
+    error = RouterServerError if never_sent else Unanswered  # lost on the way: a write may have gone out
+    return error(f"VirtualService {_name(target)}: the API server is unreachable: {_one_line(str(reason))}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -447,6 +448,37 @@ def test_a_write_whose_read_back_fails_too_is_settled_later_from_what_the_route_
     assert verify_chain(audit, route_state(api).audit_head, route_head=True).ok
 
 
+def test_a_write_without_an_answer_that_lands_after_the_read_back_is_settled_as_made(
+    cluster: Cluster, web_policy: Policy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow etcd: canary gives up on its PUT and reads the route back before the API server commits it. The
+    old state read back is no proof the write was not made (it was recorded as failed, and the next tick
+    aborted the rollout, calling the log cut short): the change stays open, the next tick finds it made."""
+    monkeypatch.setattr("canary.routers.istio.REQUEST_TIMEOUT_S", 0.5)
+    api, router = cluster()
+    audit = tmp_path / "a.jsonl"
+    sim = rollout(web_policy, router, audit)
+    sim.runner.open()
+    api.commit_late(1.5)
+    sim.clock.sleep(web_policy.interval_s)
+    report = sim.runner.tick()
+    assert isinstance(report, TickReport) and report.decision.phase is Phase.PROGRESSING
+    change = list(read_records(audit))[-1]
+    assert isinstance(change.record, DecisionRecord) and change.record.writes, "no outcome guessed"
+    for _ in range(50):  # the API server commits it a second later
+        if route_state(api).tick == 1:
+            break
+        time.sleep(0.1)
+    assert route_state(api).audit_head != change.hash and route_state(api).tick == 1
+    sim.clock.sleep(web_policy.interval_s)
+    sim.runner.tick()
+    after = [s.record for s in read_records(audit)]
+    settled = after[after.index(change.record) + 1]
+    assert isinstance(settled, OutcomeRecord) and settled.of == change.hash and settled.result == "applied"
+    assert finish(sim).decision.phase is Phase.PROMOTED
+    assert verify_chain(audit, route_state(api).audit_head, route_head=True).ok
+
+
 def test_writes_failing_until_the_deadline_stop_the_command_with_the_rollout_open(
     cluster: Cluster, web_policy: Policy, tmp_path: Path
 ) -> None:
@@ -627,6 +659,28 @@ def test_a_persons_rollback_whose_answer_is_lost_counts_as_made(
     assert outcome_at(audit, 1).result == "applied"
     assert split(api) == [100, 0]
     assert verify_chain(audit, applied.head).ok and route_state(api).audit_head == applied.head
+
+
+def test_a_persons_rollback_without_an_answer_may_have_been_made_and_the_next_command_says(
+    cluster: Cluster, web_policy: Policy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("canary.routers.istio.REQUEST_TIMEOUT_S", 0.5)
+    api, router = cluster()
+    audit = tmp_path / "a.jsonl"
+    api.commit_late(1.5)
+    person = manual_runner(web_policy, router, AuditLog(audit), lock_timeout_s=5)
+    with pytest.raises(RouterError, match=r"^the rollback may not have been made \(.*within 0.5 s.*\); the next "
+                                          "command reads the route and records whether it was"):  # fmt: skip
+        person.manual("rollback", actor="bob", reason="")
+    assert [type(r) for r in records(audit)] == [DecisionRecord], "no outcome guessed"
+    for _ in range(50):
+        if split(api) == [100, 0]:
+            break
+        time.sleep(0.1)
+    manual_runner(web_policy, router, AuditLog(audit), lock_timeout_s=5).manual("rollback", actor="bob", reason="")
+    assert [type(r) for r in records(audit)][:2] == [DecisionRecord, OutcomeRecord]
+    assert outcome_at(audit, 1).result == "applied", "the first rollback was made after all"
+    assert split(api) == [100, 0]
 
 
 # ------------------------------------------------------------------------------- reads that fail, and preflight
