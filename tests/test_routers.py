@@ -18,7 +18,7 @@ import yaml
 from helpers import memory_router
 
 from canary.errors import RouterError, WeightConflict
-from canary.model import Weights
+from canary.model import Phase, Weights
 from canary.policy import Target
 from canary.routers.manifest import ManifestRouter
 from canary.routers.memory import MemoryRouter, seed_objects
@@ -180,6 +180,22 @@ def test_no_http_routes_is_an_error(seed: dict[str, Any], http: object) -> None:
     seed["spec"]["http"] = http
     with pytest.raises(RouterError, match=r"spec\.http has no routes"):
         read_weights(seed, WEB)
+
+
+def test_a_rollout_ending_is_written_without_its_evidence_where_that_would_not_fit(
+    seed: dict[str, Any], state: RolloutState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The judge's evidence grows with the pods serving: a rollback must still be written (nothing judges an
+    ended rollout again), while an open rollout's state is never cut (a command carries it on)."""
+    size = len(encode_state(state))
+    monkeypatch.setattr("canary.routers.virtualservice.STATE_LIMIT", size - 1)
+    with pytest.raises(RouterError, match=r"the rollout state is \d+ KiB, more than canary writes into an annotation"):
+        with_route(seed, WEB, Weights(50, 50), state)
+    ended = dataclasses.replace(state, phase=Phase.ROLLED_BACK, weights=Weights(100, 0))
+    written = read_route(with_route(seed, WEB, Weights(100, 0), ended), WEB, "1", None)
+    assert written.weights == Weights(100, 0) and written.state is not None
+    assert written.state.phase is Phase.ROLLED_BACK and written.state.evidence is None
+    assert written.state == dataclasses.replace(ended, evidence=None), "all but the evidence"
 
 
 def test_a_damaged_state_annotation_is_reported_not_raised(seed: dict[str, Any]) -> None:

@@ -211,6 +211,15 @@ def _pod_sd(
     return pod_effect_sd(tau2, canary_active, len(active), canary_scale), len(active), canary_active
 
 
+def _forget_gone(baseline: dict[str, PodCounts], canary: dict[str, int], block: int) -> None:
+    """Drop the pods that no longer count (none served in the last ACTIVE_BLOCKS blocks): the evidence the
+    route's state carries grows with the pods serving, not with every pod a rollout's churn ever saw."""
+    for pod in [pod for pod, seen in baseline.items() if block - seen.last >= ACTIVE_BLOCKS]:
+        del baseline[pod]
+    for pod in [pod for pod, last in canary.items() if block - last >= ACTIVE_BLOCKS]:
+        del canary[pod]
+
+
 class PodLimit(enum.Enum):
     """What the baseline pods serving leave the pod term short of (docs/statistics.md, Pods)."""
 
@@ -365,6 +374,7 @@ class _RatioCheck(_Check):
             for pod, sample in window.canary.items():
                 if isinstance(sample, Ratio) and sample.trials > 0:
                     st.canary_pods[pod] = st.block
+            _forget_gone(st.baseline_pods, st.canary_pods, st.block)
             tb = st.baseline
             if st.reference is None:  # the least favourable canary's rate, from the baseline alone: the
                 # canary's own outcome never sets the scale its evidence is weighed on
@@ -589,6 +599,7 @@ class _QuantileCheck(_Check):
         for pod, sample in window.canary.items():
             if isinstance(sample, Histogram) and sample.total > 0:
                 st.canary_pods[pod] = block
+        _forget_gone(st.baseline_pods, st.canary_pods, st.block)
         self._close_block(st)
 
     def _close_block(self, st: QuantileState) -> None:

@@ -14,6 +14,7 @@ weights and the rollout state through these, so the rules live in one place:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -203,8 +204,11 @@ def with_weights(vs: dict[str, Any], target: Target, weights: Weights) -> dict[s
 
 
 def with_state(vs: dict[str, Any], state: RolloutState) -> dict[str, Any]:
-    """A copy of the manifest with the rollout state annotation set."""
+    """A copy of the manifest with the rollout state annotation set. An ended rollout's state goes without
+    the judge's evidence where that would not fit: nothing judges it again, and a rollback must be made."""
     text = encode_state(state)
+    if len(text) > STATE_LIMIT and state.phase.ended:
+        text = encode_state(dataclasses.replace(state, evidence=None))
     if len(text) > STATE_LIMIT:
         raise RouterError(
             f"the rollout state is {len(text) // 1024} KiB, more than canary writes into an annotation "

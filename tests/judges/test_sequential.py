@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from judging import Running
 
-from canary.judges.sequential import SequentialJudge, pod_caveat
+from canary.judges.sequential import ACTIVE_BLOCKS, SequentialJudge, pod_caveat
 from canary.model import ISTIO_LATENCY_BUCKETS_MS, Histogram, MetricWindow, Observation, Outcome, Ratio, Verdict
 from canary.policy import Policy, parse_policy
 from canary.stats.confidence import Evidence, half_width
@@ -103,6 +103,28 @@ def test_a_verdict_says_when_too_few_baseline_pods_serve_to_measure_how_pods_dif
         assert "pods assumed alike" not in verdict.summary
     # The latency checks keep the moment estimate with 2 baseline pods (measured within α): only roughly.
     assert pod_caveat(2, 1) == "only 2 baseline pods serving: how pods differ is bounded only roughly"
+
+
+def test_pods_that_stopped_serving_are_forgotten_so_the_evidence_does_not_grow_with_churn() -> None:
+    """A Deployment replacing its pods every interval: the judge's state (written into the route's annotation)
+    keeps the pods that still count, those that served within the last ACTIVE_BLOCKS blocks, not every pod
+    the rollout ever saw, which once made a rollback too large to be written."""
+    rng = np.random.default_rng(3)
+    judge = Running(SequentialJudge(policy(f"{POLICY}    - {{name: latency, kind: latency, quantiles: "
+                                           "[{quantile: 0.5, maxIncrease: 0.1}]}\n")))  # fmt: skip
+    for tick in range(40):
+        windows = {
+            "errors": MetricWindow(baseline={f"b-{tick}-{i}": Ratio(int(rng.poisson(10)), 1000) for i in range(3)},
+                                   canary={f"c-{tick}": Ratio(int(rng.poisson(10)), 1000)}),
+            "latency": MetricWindow(baseline={f"b-{tick}-{i}": lognormal_counts(rng, 3000, 80) for i in range(3)},
+                                    canary={f"c-{tick}": lognormal_counts(rng, 3000, 80)}),
+        }  # fmt: skip
+        verdicts = judge.judge(Observation(60.0 * tick, 60.0 * (tick + 1), windows), 0).verdicts
+    errors, latency = judge.state.ratios["errors"], judge.state.quantiles["latency p50"]
+    assert len(errors.baseline_pods) == 3 * ACTIVE_BLOCKS and len(errors.canary_pods) == ACTIVE_BLOCKS
+    # a latency block is counted before it closes: one generation more may be kept
+    assert len(latency.baseline_pods) <= 3 * (ACTIVE_BLOCKS + 1) and len(latency.canary_pods) <= ACTIVE_BLOCKS + 1
+    assert verdicts[0].figures["baseline_pods"] == 3 * ACTIVE_BLOCKS, "every pod kept is one that counts"
 
 
 def test_two_baseline_pods_that_look_alike_still_widen_the_error_rate_check() -> None:
