@@ -43,7 +43,7 @@ from canary.app import (
     simulated_rollout,
 )
 from canary.audit import HEAD_DIGITS, AuditLog, read_records, verify_chain
-from canary.controller import DEFAULT_LOCK_TIMEOUT_S, RolloutResult, Runner, TickReport, recorded_until
+from canary.controller import DEFAULT_LOCK_TIMEOUT_S, CancelFlag, RolloutResult, Runner, TickReport, recorded_until
 from canary.display import Progress, summary
 from canary.errors import CanaryError, Cancelled
 from canary.links import reader_links
@@ -267,6 +267,14 @@ MetricsPort = Annotated[
     typer.Option(help="Serve canary's own Prometheus metrics on this port while the rollout runs.", min=1, max=65535),
 ]
 MetricsAddress = Annotated[str, typer.Option(help="Address the metrics server listens on (0.0.0.0: every one).")]
+MetricsLinger = Annotated[
+    float,
+    typer.Option(
+        help="Seconds the metrics stay served after the rollout ends, so Prometheus scrapes the outcome (a "
+        "signal ends the wait).",
+        **bounded(0, 3600),
+    ),
+]
 Output = Annotated[OutputFormat, typer.Option(help="text or json.")]
 
 
@@ -325,6 +333,7 @@ def exit_code(result: RolloutResult) -> int:
 
 
 NOTIFY_FLUSH_S = 10.0  # how long a run that ended waits for its last notifications
+METRICS_LINGER_S = 30.0  # two scrapes at Prometheus' common 15 s interval
 
 
 @dataclass(frozen=True)
@@ -333,6 +342,14 @@ class Serving:
 
     port: int
     address: str = "127.0.0.1"
+    linger_s: float = 0.0  # served this long after the end, so a scrape sees how the rollout ended
+
+
+def _linger(cancel: CancelFlag, seconds: float) -> None:
+    """Wait `seconds` (a signal ends the wait) with the metrics still served."""
+    until = time.monotonic() + seconds
+    while not cancel.is_set and (left := until - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1))
 
 
 def _follow(
@@ -367,6 +384,9 @@ def _follow(
                 progress.stop()
                 raise
             progress.finish(_closed(runner, notifier, result))
+        if metrics is not None:
+            sys.stdout.flush()  # the outcome is out before the wait
+            _linger(runner.cancel_flag, metrics.linger_s)
     finally:
         restore()
         if stop_serving is not None:
@@ -511,11 +531,12 @@ def run(
     lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
     metrics_port: MetricsPort = None,
     metrics_address: MetricsAddress = "127.0.0.1",
+    metrics_linger: MetricsLinger = METRICS_LINGER_S,
     *,
     prometheus: PrometheusOptions,
 ) -> None:
     """Run a rollout to its end (blocking): 0 promoted, 1 rolled back, 2 error, 3 inconclusive, 4 cancelled."""
-    metrics = Serving(metrics_port, metrics_address) if metrics_port is not None else None
+    metrics = Serving(metrics_port, metrics_address, metrics_linger) if metrics_port is not None else None
     try:
         url = prometheus.url
         if simulate is not None and url == os.environ.get("CANARY_PROMETHEUS_URL"):

@@ -48,8 +48,14 @@ class EngineMetrics:
                               registry=r)  # fmt: skip
         self.tick = Histogram(f"{PREFIX}_tick_duration_seconds", "One tick: query, judge, record, write.", by_policy,
                               registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))  # fmt: skip
+        # Every series from the first scrape, at 0: `increase()` sees a counter's first step only from a
+        # value scraped before it (an alert on one rollback would otherwise never fire).
         for phase in Phase:
             self.phase.labels(policy, phase.value).set(0)
+        for action in Action:
+            self.decisions.labels(policy, action.value)
+        for kind in ERROR_KINDS:
+            self.errors.labels(policy, kind)
 
     def observe(self, report: TickReport, seconds: float | None = None) -> None:
         """One tick's report (and how long the tick took, when timed)."""
@@ -84,6 +90,9 @@ class EngineMetrics:
             thread.join(timeout=5)
 
         return stop
+
+
+ERROR_KINDS = ("source", "route", "abort")
 
 
 def _error_kind(report: TickReport) -> str | None:

@@ -4,7 +4,9 @@ rollout, served over HTTP on 127.0.0.1 and read back with prometheus_client's ow
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -20,6 +22,7 @@ from canary.audit import MemoryAudit
 from canary.cli import app
 from canary.controller import TickReport
 from canary.engine_metrics import EngineMetrics
+from canary.model import Action
 from canary.policy import load_policy
 from canary.scenario import builtin_scenario
 
@@ -67,23 +70,56 @@ def test_a_promoted_rollout_leaves_weight_phase_decisions_checks_and_tick_times_
     assert got[("canary_phase", (("phase", "promoted"), *p))] == 1
     assert got[("canary_phase", (("phase", "progressing"), *p))] == 0
     decisions = {dict(labels)["action"]: v for (name, labels), v in got.items() if name == "canary_decisions_total"}
-    assert decisions == {"start": 1, "hold": len(reports) - 3, "advance": 1, "promote": 1}
+    assert set(decisions) == {a.value for a in Action}, "every action's series from the start, at 0"
+    made = {action: v for action, v in decisions.items() if v}
+    assert made == {"start": 1, "hold": len(reports) - 3, "advance": 1, "promote": 1}
     assert got[("canary_tick_duration_seconds_count", p)] == result.ticks  # every tick but the start is timed
     for check in ("error-rate", "latency p50", "latency p95", "latency p99"):
         labels = (("check", check), *p)
         assert got[("canary_check_excess_upper", labels)] < 0, f"{check} shown within tolerance"
         assert got[("canary_check_excess_lower", labels)] <= got[("canary_check_excess", labels)]
         assert got[("canary_check_e_value", labels)] < 1
-    assert not any(name == "canary_errors_total" for name, _ in got)
+    errors = {dict(labels)["kind"]: v for (name, labels), v in got.items() if name == "canary_errors_total"}
+    assert errors == {"source": 0, "route": 0, "abort": 0}
 
 
 def test_run_serves_metrics_and_frees_the_port_when_it_ends(tmp_path: Path) -> None:
     port = free_port()
     result = CliRunner().invoke(app, ["run", str(POLICY), "--simulate", "healthy", "--audit", str(tmp_path / "a.jsonl"),
-                                      "--metrics-port", str(port), "--output", "json"])  # fmt: skip
+                                      "--metrics-port", str(port), "--metrics-linger", "0",
+                                      "--output", "json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # the server is gone with the run
+
+
+def test_the_outcome_stays_served_after_the_end_for_prometheus_to_scrape(tmp_path: Path) -> None:
+    """The run's last decision was never scraped (the server stopped with the run): a rollback's counter never
+    rose in Prometheus and the CanaryRolledBack alert could not fire. The metrics linger after the end; a
+    signal ends the wait."""
+    port = free_port()
+    canary = Path(sys.executable).parent / "canary"
+    run = subprocess.Popen([str(canary), "run", str(POLICY), "--simulate", "error-regression", "--audit",
+                            str(tmp_path / "a.jsonl"), "--metrics-port", str(port), "--metrics-linger", "60",
+                            "--output", "json"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        got: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        p = (("policy", "web-app"),)
+        for _ in range(300):
+            time.sleep(0.1)
+            try:
+                got = scrape(port)
+            except OSError:
+                continue
+            if got.get(("canary_phase", (("phase", "rolled-back"), *p))) == 1:
+                break
+        assert got[("canary_decisions_total", (("action", "rollback"), *p))] == 1
+        assert run.poll() is None, "still serving after the end"
+        run.send_signal(signal.SIGTERM)
+        out, _ = run.communicate(timeout=30)
+    finally:
+        run.kill()
+    assert run.returncode == 1 and json.loads(out)["outcome"] == "rolled-back", "the outcome's code, not the signal's"
 
 
 def test_a_port_in_use_is_one_line_and_nothing_moves(tmp_path: Path) -> None:
