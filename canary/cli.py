@@ -304,7 +304,18 @@ def safe(text: object) -> str:
 # ------------------------------------------------------------------------------ rollouts
 
 
-def result_json(result: RolloutResult, policy_name: str) -> dict[str, Any]:
+def _recorded_judgement(result: RolloutResult) -> dict[str, Any] | None:
+    """The last judgement the log holds for a rollout that had ended before this command (None otherwise)."""
+    from canary.auditing import latest_decision
+
+    if not result.earlier or result.judgement is not None or not Path(result.audit_path).exists():
+        return None
+    record = latest_decision(read_records(result.audit_path, _warn), result.rollout)
+    return record.judgement if record is not None else None
+
+
+def result_json(result: RolloutResult, policy_name: str, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The outcome as `run --output json` prints it; `recorded`: the log's judgement of an earlier-ended one."""
     return {
         "outcome": result.phase.value,
         "exit_code": exit_code(result),
@@ -320,10 +331,12 @@ def result_json(result: RolloutResult, policy_name: str) -> dict[str, Any]:
         "finished": iso(result.finished_at),
         "duration_s": result.duration_s,
         "step_seconds": list(result.step_seconds),
-        "judgement": judgement_dict(result.judgement) if result.judgement else None,
+        "judgement": judgement_dict(result.judgement) if result.judgement else recorded,
         "audit": result.audit_path,
         "audit_head": result.audit_head,
         "stopped": result.stopped,
+        "ended_before": result.earlier,  # `--resume` found it ended: nothing was run
+        "release": result.release or None,
         "engine_version": __version__,
     }
 
@@ -345,6 +358,15 @@ class Serving:
     linger_s: float = 0.0  # served this long after the end, so a scrape sees how the rollout ended
 
 
+@dataclass(frozen=True)
+class Opening:
+    """How `run` opens its rollout: `--resume`, `--restart`, `--release`."""
+
+    resume: bool = False
+    restart: bool = False
+    release: str = ""
+
+
 def _linger(cancel: CancelFlag, seconds: float) -> None:
     """Wait `seconds` (a signal ends the wait) with the metrics still served."""
     until = time.monotonic() + seconds
@@ -353,7 +375,7 @@ def _linger(cancel: CancelFlag, seconds: float) -> None:
 
 
 def _follow(
-    runner: Runner, policy_name: str, output: OutputFormat, title: str, resume: bool, restart: bool,
+    runner: Runner, policy_name: str, output: OutputFormat, title: str, opening: Opening,
     metrics: Serving | None = None,
 ) -> int:  # fmt: skip
     """Run (or resume) a rollout to its end, showing progress (or printing the JSON outcome); the exit code.
@@ -374,16 +396,19 @@ def _follow(
     restore = runner.cancel_flag.install()
     try:
         if output is OutputFormat.json:
-            result = _closed(runner, notifier, runner.run(_fan_out(observers), resume=resume, restart=restart))
-            typer.echo(secrets.scrub(json.dumps(result_json(result, policy_name), indent=2, default=str)))
+            result = _closed(runner, notifier, runner.run(_fan_out(observers), **vars(opening)))
+            doc = result_json(result, policy_name, _recorded_judgement(result))
+            typer.echo(secrets.scrub(json.dumps(doc, indent=2, default=str)))
         else:
             progress = Progress(title)
             try:
-                result = runner.run(_fan_out([progress.update, *observers]), resume=resume, restart=restart)
+                result = runner.run(_fan_out([progress.update, *observers]), **vars(opening))
             except BaseException:
                 progress.stop()
                 raise
-            progress.finish(_closed(runner, notifier, result))
+            recorded = _recorded_judgement(result) or {}
+            verdicts = [str(v.get("summary")) for v in recorded.get("verdicts", []) if isinstance(v, dict)]
+            progress.finish(_closed(runner, notifier, result), verdicts)
         if metrics is not None:
             sys.stdout.flush()  # the outcome is out before the wait
             _linger(runner.cancel_flag, metrics.linger_s)
@@ -459,8 +484,7 @@ def _run_simulated(
     output: OutputFormat,
     title: str,
     weights: tuple[str | None, str | None, str | None] = (None, None, None),
-    resume: bool = False,
-    restart: bool = False,
+    opening: Opening = Opening(),
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     metrics: Serving | None = None,
 ) -> int:
@@ -471,9 +495,10 @@ def _run_simulated(
     log = open_audit(policy, audit)
     rollout = simulated_rollout(
         policy, scenario, seed=seed, audit=log, router=router,
-        start=_simulated_start(router, policy, log, lock_timeout), lock_timeout_s=lock_timeout, resumed=resume,
+        start=_simulated_start(router, policy, log, lock_timeout), lock_timeout_s=lock_timeout,
+        resumed=opening.resume,
     )  # fmt: skip
-    return _follow(rollout.runner, policy.name, output, title, resume, restart, metrics)
+    return _follow(rollout.runner, policy.name, output, title, opening, metrics)
 
 
 def _simulated_start(router: Router, policy: Policy, audit: AuditLog, lock_timeout: float) -> float | None:
@@ -528,6 +553,14 @@ def run(
     restart: Annotated[
         bool, typer.Option(help="Abandon the open rollout the route's state holds (recorded) and start a new one.")
     ] = False,
+    release: Annotated[
+        str | None,
+        typer.Option(
+            help="What this rollout rolls out (an image tag, a commit): with --resume, an ended rollout of another "
+            "release is followed by a new one, and one still open is refused.",
+            callback=_named,
+        ),
+    ] = None,
     lock_timeout: LockTimeout = DEFAULT_LOCK_TIMEOUT_S,
     metrics_port: MetricsPort = None,
     metrics_address: MetricsAddress = "127.0.0.1",
@@ -548,21 +581,17 @@ def run(
         if (resume or restart) and not (manifest or kubeconfig):
             flag = "--resume" if resume else "--restart"
             raise CanaryError(f"{flag} needs the route's state where a restart finds it: --manifest or --kubeconfig")
-        weights = (manifest, kubeconfig, context)
+        weights, opening = (manifest, kubeconfig, context), Opening(resume, restart, release or "")
         if url:
             settings = PrometheusOptions({**prometheus.values, "url": url}).settings()
-            raise typer.Exit(
-                _run_prometheus(policy, settings, audit, output, weights, resume, restart, lock_timeout, metrics)
-            )
+            raise typer.Exit(_run_prometheus(policy, settings, audit, output, weights, opening, lock_timeout, metrics))
         if simulate is None:
             raise CanaryError(
                 "choose a metrics source: --prometheus-url URL, or --simulate SCENARIO (the embedded simulated mesh)"
             )
         title = f"canary run {policy} on the simulated mesh ({simulate})"
         raise typer.Exit(
-            _run_simulated(
-                policy, simulate, seed, audit, output, title, weights, resume, restart, lock_timeout, metrics
-            )
+            _run_simulated(policy, simulate, seed, audit, output, title, weights, opening, lock_timeout, metrics)
         )
     except Cancelled as exc:
         raise _fail(str(exc), EXIT_CANCELLED) from None
@@ -576,8 +605,7 @@ def _run_prometheus(
     audit: str | None,
     output: OutputFormat,
     weights: tuple[str | None, str | None, str | None],
-    resume: bool,
-    restart: bool,
+    opening: Opening,
     lock_timeout: float,
     metrics: Serving | None = None,
 ) -> int:
@@ -591,7 +619,7 @@ def _run_prometheus(
     where = "weights in " + (manifest or (kubeconfig and f"the cluster of {kubeconfig}") or "memory")
     title = f"canary run {policy_file} on Prometheus at {settings.safe_url} ({where})"
     try:
-        return _follow(rollout.runner, policy.name, output, title, resume, restart, metrics)
+        return _follow(rollout.runner, policy.name, output, title, opening, metrics)
     finally:
         rollout.source.close()
 

@@ -85,10 +85,20 @@ class RolloutResult:
     audit_head: str
     step_seconds: tuple[float, ...]  # time spent at each step left
     stopped: bool = False  # the command stopped with the rollout still open on the route (exit 2)
+    earlier: bool = False  # it had ended before this command (`run --resume` reports it; nothing ran)
+    release: str = ""  # what it rolls out (`run --release`), as its state says
 
     @property
     def duration_s(self) -> float:
         return self.finished_at - self.started_at
+
+
+def _other_release(route: str, state: RolloutState, release: str) -> str:
+    of = f"release {state.release}" if state.release else "no release named"
+    return (
+        f"{route} holds rollout {state.rollout} of {of}, still {state.phase.value} at {state.weights.canary}%; this "
+        f"is release {release}: carry that one on with its --release, start over with --restart, or roll it back"
+    )
 
 
 def recorded_until(state: RolloutState | None, last: Sealed | None) -> float | None:
@@ -189,6 +199,7 @@ class Runner:
         self.cancel_flag = cancel or CancelFlag()
         self.digest = policy_digest(policy)
         self.runner = uuid.uuid4().hex[:12]  # this command, as the rollouts it starts or resumes name it
+        self.release = ""  # what this command rolls out (`run --release`), given to `open`
         self.state: RolloutState | None = None  # the last state this command read or wrote
         self.head = ""
         self.last_judgement: Judgement | None = None
@@ -200,7 +211,9 @@ class Runner:
         return self.policy.target
 
     def _ctx(self, actor: str | None = None) -> Context:
-        return Context(self.policy, self.judge, actor or self.actor, self.digest, self.simulated, self.runner)
+        return Context(
+            self.policy, self.judge, actor or self.actor, self.digest, self.simulated, self.runner, self.release
+        )
 
     # ------------------------------------------------------------------------------- one locked step
 
@@ -338,11 +351,13 @@ class Runner:
             applied = dataclasses.replace(applied, head=self._post_rollout(self.ended) or applied.head)
         return applied
 
-    def open(self, *, resume: bool = False, restart: bool = False) -> TickReport | RolloutResult:
+    def open(self, *, resume: bool = False, restart: bool = False, release: str = "") -> TickReport | RolloutResult:
         """Start a rollout, or carry on the open one (`resume`), or abandon it for a new one (`restart`).
-        An ended rollout with `resume` is reported as it stands; nothing changes. A rollout that would start
-        first asks the policy's pre-rollout webhooks, outside the log's lock (they may take a while), then
-        is decided again under it."""
+        An ended rollout with `resume` is reported as it stands; nothing changes. With a `release`, `resume`
+        concerns that release's rollout only: another's that ended is followed by a new rollout, another's
+        still open is refused. A rollout that would start first asks the policy's pre-rollout webhooks,
+        outside the log's lock (they may take a while), then is decided again under it."""
+        self.release = release
         asked = not (self.policy.hooks("pre-rollout") and self.hooks is not None)
         while True:
             now = self.clock.now()
@@ -354,11 +369,14 @@ class Runner:
                 problem = self._anchored(read)
                 if problem is not None and not restart:
                     raise ConflictError(f"{problem}; give --audit the route's log, or start over with --restart")
-                if resume and state is not None and state.phase.ended and state.policy == self.policy.name:
+                same = not release or (state is not None and state.release == release)
+                if resume and state is not None and state.phase.ended and state.policy == self.policy.name and same:
                     self.state, self.head = state, self.audit.head
-                    return self._result(state, stopped=False)
+                    return dataclasses.replace(self._result(state, stopped=False), earlier=True)
                 event: Event
                 if resume and state is not None and not state.phase.ended:
+                    if not same:
+                        raise ConflictError(_other_release(vs_name(self.target), state, release))
                     event = Resume(now, read.weights)
                 else:
                     if self.cancel_flag.is_set:  # while the lock or the pre-rollout webhooks were awaited
@@ -580,11 +598,16 @@ class Runner:
             return
 
     def run(
-        self, on_tick: Callable[[TickReport], None] | None = None, *, resume: bool = False, restart: bool = False
+        self,
+        on_tick: Callable[[TickReport], None] | None = None,
+        *,
+        resume: bool = False,
+        restart: bool = False,
+        release: str = "",
     ) -> RolloutResult:
         """Start (or resume) and tick until the rollout ends, is cancelled, or cannot go on; a rollout this
         command's own change ended is told to the post-rollout webhooks (one a person ended, they tell)."""
-        opened = self.open(resume=resume, restart=restart)
+        opened = self.open(resume=resume, restart=restart, release=release)
         if isinstance(opened, RolloutResult):
             return opened  # it had ended before this command
         result = self._ticks(opened, on_tick)
@@ -673,4 +696,5 @@ class Runner:
             audit_head=self.head or state.audit_head,
             step_seconds=state.step_seconds,
             stopped=stopped,
+            release=state.release,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 from rich.console import Console
@@ -77,15 +78,22 @@ class Progress:
             self._live.stop()
             self._live = None
 
-    def finish(self, result: RolloutResult) -> None:
+    def finish(self, result: RolloutResult, recorded: Sequence[str] = ()) -> None:
         self.stop()
-        print(summary(result), file=self.stream, flush=True)
+        print(summary(result, recorded), file=self.stream, flush=True)
 
 
-def summary(result: RolloutResult) -> str:
+def summary(result: RolloutResult, recorded: Sequence[str] = ()) -> str:
+    """The outcome in a few lines; `recorded`: the verdicts the log holds for a rollout that had ended before."""
     took = elapsed(result.duration_s)
     lines = [f"{_PHASE_WORDS[result.phase]} after {took} ({result.ticks} ticks): {result.decision.reason}"]
+    if result.earlier:
+        lines.append(
+            f"  rollout {result.rollout} had ended before this command: nothing was run (a new release starts its own "
+            "rollout with --release, or without --resume)"
+        )
     if result.judgement is not None:
         lines += [f"  - {v.summary}" for v in result.judgement.verdicts]
+    lines += [f"  - {line}" for line in recorded]
     lines.append(f"  audit log: {result.audit_path} (rollout {result.rollout}, head {result.audit_head})")
     return "\n".join(lines)

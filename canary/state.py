@@ -67,6 +67,7 @@ class RolloutState:
     simulated: bool = False  # runs on simulated time: a person's command on it is recorded at its time
     unseen_since: float | None = None  # since when a version with requests due to it has shown no series
     runner: str = ""  # the `canary run` driving it (its id): a later `run --resume` takes over, the earlier stops
+    release: str = ""  # what the pipeline rolls out (`run --release`): `--resume` carries on that release only
     schema: int = STATE_SCHEMA
 
     @property
@@ -96,7 +97,7 @@ def policy_digest(policy: Policy) -> str:
 # Fields added within schema 1, left out of the annotation at their defaults: the canary before them reads
 # such a state (it refuses, in one line, a field it does not know). `runner` is set on every rollout a
 # `canary run` starts or resumes, so that canary cannot carry on one this version ran; the reverse holds.
-OPTIONAL_FIELDS: dict[str, object] = {"simulated": False, "unseen_since": None, "runner": ""}
+OPTIONAL_FIELDS: dict[str, object] = {"simulated": False, "unseen_since": None, "runner": "", "release": ""}
 
 
 def encode_state(state: RolloutState) -> str:

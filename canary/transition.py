@@ -48,6 +48,7 @@ class Context:
     digest: str = ""  # the policy's digest; computed when not given (give it: it is not free)
     simulated: bool = False  # a rollout started here runs on simulated time (the embedded mesh's)
     runner: str = ""  # the `canary run` acting (its id), which a rollout it starts or resumes names
+    release: str = ""  # what a rollout it starts rolls out (`run --release`)
 
     def __post_init__(self) -> None:
         if not self.digest:
@@ -236,8 +237,10 @@ def _start(state: RolloutState | None, event: Start, ctx: Context, *, seed: bool
         _check_start(event.weights, policy, ctx, restart=event.restart)
     first = policy.steps[0]
     phase, action = (Phase.PROMOTED, Action.PROMOTE) if first == 100 else (Phase.PROGRESSING, Action.START)
-    reason = ("a single step of 100%: promoted at once" if first == 100 else f"rollout started: canary at {first}%") + (
-        f" (from {event.weights})" if event.weights.canary != first else ""
+    reason = (
+        ("a single step of 100%: promoted at once" if first == 100 else f"rollout started: canary at {first}%")
+        + (f" (from {event.weights})" if event.weights.canary != first else "")
+        + (f"; release {ctx.release}" if ctx.release else "")
     )
     new = RolloutState(
         rollout=event.rollout,
@@ -259,6 +262,7 @@ def _start(state: RolloutState | None, event: Start, ctx: Context, *, seed: bool
         audit_head="",
         simulated=ctx.simulated,
         runner=ctx.runner,
+        release=ctx.release,
     )
     decision = Decision(action, new.weights, phase, reason)
     records.append(_record(new, ctx, event.now, event.weights, decision, tick=0))

@@ -563,6 +563,34 @@ def test_run_resume_on_an_ended_rollout_reports_it_and_changes_nothing(
     assert json.loads(again.stdout)["rollout"] == json.loads(first.stdout)["rollout"]
     assert json.loads(again.stdout)["outcome"] == "rolled-back"
     assert (manifest.read_bytes(), audit.read_bytes()) == (held, logged)
+    doc = json.loads(again.stdout)
+    assert doc["ended_before"] and not json.loads(first.stdout)["ended_before"], "it says nothing was run"
+    assert doc["judgement"] == json.loads(first.stdout)["judgement"], "which check said so, from the log"
+    text = invoke(runner, *args, "--resume")
+    assert "had ended before this command: nothing was run" in text.stdout
+    assert any(line.startswith("  - latency p50: ") for line in text.stdout.splitlines()), text.stdout
+
+
+def test_a_new_release_after_a_rollback_starts_its_own_rollout_with_resume(
+    runner: CliRunner, tmp_path: Path, manifest: Path
+) -> None:
+    """A pipeline re-runs `run --resume` for every job: after a rollback, the next release's job repeated the
+    old outcome and rolled nothing out. With --release, `--resume` carries on (or reports) that release's
+    rollout only; the same release re-run still reports its outcome."""
+    audit = tmp_path / "a.jsonl"
+    args = ["run", POLICY, "--manifest", manifest, "--audit", audit, "--resume", "--output", "json"]
+    bad = invoke(runner, *args, "--simulate", "latency-regression", "--release", "v2.0.1")
+    assert bad.exit_code == 1, bad.output
+    assert json.loads(bad.stdout)["release"] == "v2.0.1"
+    same = invoke(runner, *args, "--simulate", "healthy", "--release", "v2.0.1")
+    assert same.exit_code == 1 and json.loads(same.stdout)["ended_before"]
+    fixed = invoke(runner, *args, "--simulate", "healthy", "--release", "v2.0.2")
+    assert fixed.exit_code == 0, fixed.output
+    doc = json.loads(fixed.stdout)
+    assert doc["rollout"] != json.loads(bad.stdout)["rollout"] and not doc["ended_before"]
+    assert doc["release"] == "v2.0.2" and doc["outcome"] == "promoted"
+    starts = [d for d, _ in decisions_and_outcomes(audit) if d.action is Action.START]
+    assert all(r.reason.endswith(f"; release {v}") for r, v in zip(starts, ("v2.0.1", "v2.0.2"), strict=True))
 
 
 def test_a_run_on_an_open_rollout_is_refused_and_restart_abandons_it_for_a_new_one(

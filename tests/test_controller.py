@@ -375,6 +375,28 @@ def test_resume_of_an_ended_rollout_reports_it_and_changes_nothing(web_policy: P
     assert audit_path.stat().st_size == size and memory.read(web_policy.target).revision == before.revision
 
 
+def test_resume_with_another_release_refuses_an_open_rollout_and_follows_an_ended_one(
+    web_policy: Policy, audit_path: Path
+) -> None:
+    runner, _, memory = rollout(web_policy, audit_path, "error-regression")
+    runner.open(release="a1")
+    runner.clock.sleep(60)
+    runner.tick()
+    before = memory.read(web_policy.target)
+    with pytest.raises(ConflictError, match=r"holds rollout \w+ of release a1, still progressing at 10%; this is "
+                                            "release b2: carry that one on with its --release, start over with "
+                                            "--restart, or roll it back"):  # fmt: skip
+        again(runner, audit_path).open(resume=True, release="b2")
+    assert memory.read(web_policy.target).revision == before.revision
+    carried = again(runner, audit_path).run(resume=True, release="a1")
+    assert carried.rollout == runner.state.rollout and carried.release == "a1"  # type: ignore[union-attr]
+    assert not carried.earlier
+    reported = again(runner, audit_path).run(resume=True, release="a1")
+    assert reported.earlier and reported.rollout == carried.rollout
+    new = again(runner, audit_path).open(resume=True, release="b2")
+    assert isinstance(new, TickReport) and new.decision.action is Action.START
+
+
 def test_an_open_rollout_is_not_restarted_by_accident(web_policy: Policy, audit_path: Path) -> None:
     runner, _, _ = rollout(web_policy, audit_path)
     runner.open()
