@@ -265,10 +265,11 @@ def _totals_split(hist: Histogram, shape: Histogram, i: int, own: bool) -> tuple
         return None
     inside = [(e, c / hist.total) for e, c in zip(edges, survival_counts(hist), strict=True) if 0 < c < hist.total]
     scale = 1.0
-    if inside:
-        edge, share = min(inside, key=lambda item: abs(item[1] - 0.5))
+    for edge, share in sorted(inside, key=lambda item: abs(item[1] - 0.5)):
         matched = locate(shape, share)
-        scale = edge / matched if matched is not None else 1.0
+        if matched is not None and _survival(shape, matched)[1]:  # where the totals' curve has a shape
+            scale = edge / matched
+            break
     return scale, survival_at(shape, edges[i - 1] / scale)
 
 

@@ -48,6 +48,7 @@ LATENCY_CASES = [
     "narrower-load-falling-200rps-p50",
     "narrower-falling-traffic-100rps-p95",
     "bimodal-baseline-p99",  # the p99 on a slow path's flank, the point in a bucket with nothing beyond it
+    "lomax-baseline-narrow-canary-p95",  # nearly every canary request in the point's bucket, a heavy-tailed baseline
 ]
 # Within tolerance, with the bucket counts of a canary twice beyond it: a narrow slow path inside the bucket
 # of p99's point (the least favourable canaries the buckets can show are not only those at the tolerance).
