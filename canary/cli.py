@@ -51,6 +51,8 @@ from canary.model import Decision, Phase
 from canary.notices import Notice, event_of
 from canary.notifier import Failure, Notifier
 from canary.outputs import NotRegularFile, ReadOnlyFile, replace_file
+from canary.planning import POWER as PLAN_POWER
+from canary.planning import SEEDS as PLAN_SEEDS
 from canary.policy import CustomRatioMetric, ErrorRateMetric, LatencyMetric, Policy, load_policy
 from canary.promql import DEFAULT_REPORTER, REPORTERS, Scope, operator_queries
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
@@ -1007,7 +1009,7 @@ def plan(
     ] = 0.5,
     baseline_pods: Annotated[int, typer.Option(min=1, max=1000)] = 6,
     canary_pods: Annotated[int, typer.Option(min=1, max=1000)] = 2,
-    seeds: Annotated[int, typer.Option(help="Simulated rollouts per figure.", min=1, max=50)] = 5,
+    seeds: Annotated[int, typer.Option(help="Simulated rollouts per figure.", min=1, max=200)] = PLAN_SEEDS,
     output: Output = OutputFormat.text,
 ) -> None:
     """Before a rollout: how long each step takes to pass at this traffic for a canary equal to the baseline,
@@ -1028,7 +1030,8 @@ def plan(
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     if output is OutputFormat.json:
-        typer.echo(json.dumps(dataclasses.asdict(found)))
+        typer.echo(json.dumps({"policy": loaded.name, "rps": rps, "seeds": seeds, "power": PLAN_POWER,
+                               **dataclasses.asdict(found)}))  # fmt: skip
         return
     typer.echo(f"{policy} at {rps:g} requests/s ({seeds} simulated rollouts per figure, deadline "
                f"{loaded.max_duration_s / 60:g} min):")  # fmt: skip
@@ -1040,7 +1043,10 @@ def plan(
     total = f"{found.total_minutes:.0f} min" if found.total_minutes is not None else "not within the deadline"
     typer.echo(f"  promoted: {100 * found.promoted_share:.0f}% of rollouts, median {total}")
     for kind, smallest in found.smallest.items():
-        typer.echo(f"  smallest {kind} regression rolled back before the deadline: {smallest}")
+        typer.echo(
+            f"  smallest {kind} regression rolled back before the deadline in {100 * PLAN_POWER:.0f}% of rollouts: "
+            f"{smallest}"
+        )
     for line in (*found.undecidable, *found.notes):
         typer.echo(f"  {line}")
 

@@ -5,8 +5,11 @@ same statistics that will decide the rollout: the policy's real judge on the emb
 traffic at the given rate with the given baseline (error rate, latency, pods), seeds fixed:
 - for a canary equal to the baseline, how long each step takes to pass (the median over seeds), and
   whether it promotes before the deadline;
-- per check, the smallest regression that is rolled back before the deadline in most seeds: errors
-  +Δ percentage points, or latency Δ slower at every quantile (a scale shift), found by bisection.
+- per check, the smallest regression that is rolled back before the deadline in at least 80% of the seeds
+  (POWER, the power tests are usually planned for): errors +Δ percentage points, or latency Δ slower at
+  every quantile (a scale shift), found by bisection.
+With 5 seeds and "in most of them", a lucky draw once said +0.67 pp is caught at 100 req/s where 19-40%
+of rollouts caught it; 20 seeds is the default.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from canary.policy import ErrorRateMetric, LatencyMetric, Policy
 from canary.scenario import Behaviour, Lognormal, Pods, Scenario
 from canary.sources.simulated import SimulatedMesh, bucket_probabilities
 
+POWER = 0.8  # the share of rollouts that must roll a regression back for it to count as caught
+SEEDS = 20
+
 
 @dataclass(frozen=True)
 class Baseline:
@@ -46,7 +52,8 @@ class Plan:
     promoted_share: float  # of the seeds, how many promoted a canary equal to the baseline
     step_minutes: tuple[float | None, ...]  # median time to pass each step (None: not passed in most seeds)
     total_minutes: float | None
-    smallest: dict[str, str]  # per check kind: the smallest regression rolled back before the deadline
+    smallest: dict[str, str]  # per check kind: the smallest regression rolled back before the deadline, in words
+    smallest_increase: dict[str, float | None]  # the same as a number (error rate: absolute; latency: relative)
     undecidable: tuple[str, ...]  # latency tolerances Istio's buckets cannot resolve at this baseline, and why
     notes: tuple[str, ...] = ()  # what the figures assume that the baseline given may break
 
@@ -57,7 +64,7 @@ def _scenario(base: Baseline, canary: Behaviour, name: str) -> Scenario:
                     pods=Pods(baseline=base.pods[0], canary=base.pods[1]))  # fmt: skip
 
 
-def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[str], None] | None = None) -> Plan:
+def plan(policy: Policy, base: Baseline, *, seeds: int = SEEDS, progress: Callable[[str], None] | None = None) -> Plan:
     policy, skipped = _simulated_part(policy)
     healthy = Behaviour(base.error_rate, Lognormal(base.median_ms, base.sigma))
     if progress:
@@ -71,12 +78,14 @@ def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[
         steps.append(statistics.median(times) if len(times) * 2 > seeds else None)
     total = statistics.median([r.duration_s / 60 for r in promoted]) if len(promoted) * 2 > seeds else None
     smallest: dict[str, str] = {}
+    increase: dict[str, float | None] = {}
     if any(isinstance(m, ErrorRateMetric) for m in policy.metrics):
         if progress:
             progress("the smallest error-rate regression rolled back (a bisection)")
         found = _smallest(policy, base, seeds, lambda d: dataclasses.replace(healthy, error_rate=base.error_rate + d),
                           low=0.0, high=0.5)  # fmt: skip
         smallest["error-rate"] = f"+{100 * found:.2f} pp" if found is not None else "none up to +50 pp"
+        increase["error-rate"] = found
     if any(isinstance(m, LatencyMetric) for m in policy.metrics):
         if progress:
             progress("the smallest latency regression rolled back (a bisection)")
@@ -86,11 +95,13 @@ def plan(policy: Policy, base: Baseline, *, seeds: int = 5, progress: Callable[[
             low=0.0, high=3.0,
         )  # fmt: skip
         smallest["latency"] = f"+{100 * found:.0f}% slower" if found is not None else "none up to 4x slower"
+        increase["latency"] = found
     return Plan(
         len(promoted) / seeds,
         tuple(steps),
         total,
         smallest,
+        increase,
         tuple(undecidable(policy, base.median_ms, base.sigma)),
         (*skipped, *_pod_notes(*base.pods)),
     )
@@ -190,19 +201,19 @@ def _ms(x: float) -> str:
 
 
 def _caught(policy: Policy, base: Baseline, seeds: int, canary: Behaviour) -> bool:
-    """Rolled back before the deadline in most seeds."""
+    """Rolled back before the deadline in at least POWER of the seeds."""
     scenario = dataclasses.replace(_scenario(base, canary, "plan-regression"), expect="rollback")
     rolled = sum(
         simulated_rollout(policy, scenario, seed=100 + s, audit=MemoryAudit()).runner.run().phase is Phase.ROLLED_BACK
         for s in range(seeds)
     )
-    return rolled * 2 > seeds
+    return rolled >= math.ceil(POWER * seeds - 1e-9)
 
 
 def _smallest(
     policy: Policy, base: Baseline, seeds: int, regress: Callable[[float], Behaviour], *, low: float, high: float
 ) -> float | None:
-    """Bisection (6 rounds, on a log scale above low) for the smallest regression caught in most seeds."""
+    """Bisection (6 rounds, on a log scale above low) for the smallest regression caught (`_caught`)."""
     if not _caught(policy, base, seeds, regress(high)):
         return None
     lo, hi = low, high

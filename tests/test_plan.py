@@ -51,7 +51,10 @@ def test_plan_as_json_from_the_console_script(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
-    assert set(doc) == {"promoted_share", "step_minutes", "total_minutes", "smallest", "undecidable", "notes"}
+    assert set(doc) == {"policy", "rps", "seeds", "power", "promoted_share", "step_minutes", "total_minutes",
+                        "smallest", "smallest_increase", "undecidable", "notes"}  # fmt: skip
+    assert (doc["policy"], doc["rps"], doc["seeds"], doc["power"]) == ("web-app", 50, 2, 0.8)
+    assert f"+{100 * doc['smallest_increase']['error-rate']:.2f} pp" == doc["smallest"]["error-rate"], "one figure"
     assert doc["promoted_share"] == 1.0 and len(doc["step_minutes"]) == 2
     assert set(doc["smallest"]) == {"error-rate", "latency"} and doc["undecidable"] == []
     assert doc["notes"] == [], "6 baseline pods (the default) bound how pods differ"
