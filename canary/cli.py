@@ -44,7 +44,7 @@ from canary.app import (
 )
 from canary.audit import HEAD_DIGITS, AuditLog, read_records, verify_chain
 from canary.controller import DEFAULT_LOCK_TIMEOUT_S, CancelFlag, RolloutResult, Runner, TickReport, recorded_until
-from canary.display import Progress, summary
+from canary.display import Progress, elsewhere_line, summary
 from canary.errors import CanaryError, Cancelled
 from canary.links import reader_links
 from canary.model import Decision, Phase
@@ -58,6 +58,7 @@ from canary.promql import DEFAULT_REPORTER, REPORTERS, Scope, operator_queries
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord
 from canary.report import elapsed, iso, judgement_dict, version_counts
 from canary.routers import Router
+from canary.routers.virtualservice import also_to_canary
 from canary.scenario import BUILTIN_SCENARIOS, builtin_scenario, resolve_scenario
 from canary.sources.prometheus import PrometheusSettings
 from canary.sources.simulated import SimulatedMesh
@@ -339,6 +340,7 @@ def result_json(result: RolloutResult, policy_name: str, recorded: dict[str, Any
         "stopped": result.stopped,
         "ended_before": result.earlier,  # `--resume` found it ended: nothing was run
         "release": result.release or None,
+        "canary_elsewhere": list(result.elsewhere),
         "engine_version": __version__,
     }
 
@@ -806,6 +808,7 @@ def _manual(
             "actor": who,
             "audit": str(audit_path_for(loaded, audit)),
             "audit_head": applied.head,
+            "canary_elsewhere": list(applied.elsewhere),
         }
         typer.echo(json.dumps(doc))
         return
@@ -816,6 +819,8 @@ def _manual(
         f"({applied.decision.action.value} by {safe(who)}, rollout {applied.state.rollout}; recorded in "
         f"{audit_path_for(loaded, audit)}, head {applied.head})"
     )
+    if applied.elsewhere:
+        typer.echo(safe(elsewhere_line(applied.elsewhere)))
 
 
 ManualActor = Annotated[
@@ -906,6 +911,7 @@ def status(
     if history is not None:
         _warn(history)
     target, weights = loaded.target, read.weights
+    elsewhere = also_to_canary(read.document, target)
     links = reader_links(loaded, state.started_at, state.last.time) if state is not None else []
     # Time in the step by the controller's clock (its last judged tick; a person's command may come on another
     # clock, as after a simulated run); none once the rollout has ended.
@@ -934,6 +940,7 @@ def status(
         if read.state_error:
             doc["state_error"] = read.state_error
         doc["audit_problem"] = history
+        doc["canary_elsewhere"] = list(elsewhere)
         typer.echo(json.dumps(doc))
         if read.state_error:  # the weights are shown, but the route's rollout cannot be told: not a clean read
             raise typer.Exit(EXIT_ERROR)
@@ -956,6 +963,8 @@ def status(
             typer.echo(f"  {safe(check['outcome']):>8}  {safe(check['summary'])}{when}")
         for label, url in links:
             typer.echo(f"{label}: {safe(url)}")
+    if elsewhere:
+        typer.echo(safe(elsewhere_line(elsewhere)))
     if read.state_error:
         raise _fail(f"rollout state unreadable: {read.state_error}")
 

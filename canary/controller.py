@@ -34,7 +34,7 @@ from canary.notices import hook_body
 from canary.policy import Policy, Target
 from canary.records import DecisionRecord, NoteRecord, OutcomeRecord, Sealed, applied_outcome, seal
 from canary.routers import Router, RouteRead
-from canary.routers.virtualservice import vs_name
+from canary.routers.virtualservice import also_to_canary, vs_name
 from canary.sources import MetricsSource
 from canary.state import RolloutState, policy_digest
 from canary.transition import (
@@ -86,6 +86,7 @@ class RolloutResult:
     step_seconds: tuple[float, ...]  # time spent at each step left
     stopped: bool = False  # the command stopped with the rollout still open on the route (exit 2)
     earlier: bool = False  # it had ended before this command (`run --resume` reports it; nothing ran)
+    elsewhere: tuple[str, ...] = ()  # traffic to the canary the route holds besides the split canary moves
     release: str = ""  # what it rolls out (`run --release`), as its state says
 
     @property
@@ -120,6 +121,7 @@ class Applied:
     stop: bool
     error: str | None = None  # why the write failed
     error_unanswered: bool = False  # the write had no answer: it may still be made
+    elsewhere: tuple[str, ...] = ()  # traffic to the canary the route holds besides the split canary moves
 
 
 class CancelFlag:
@@ -200,6 +202,7 @@ class Runner:
         self.digest = policy_digest(policy)
         self.runner = uuid.uuid4().hex[:12]  # this command, as the rollouts it starts or resumes name it
         self.release = ""  # what this command rolls out (`run --release`), given to `open`
+        self.elsewhere: tuple[str, ...] = ()  # the last read's traffic to the canary outside the split it moves
         self.state: RolloutState | None = None  # the last state this command read or wrote
         self.head = ""
         self.last_judgement: Judgement | None = None
@@ -225,6 +228,7 @@ class Runner:
                 f"own (spec.audit, or --audit), so {vs_name(self.target)}'s history is not mixed with another's"
             )
         read = self.router.read(self.target, self.judge.state_type)
+        self.elsewhere = also_to_canary(read.document, self.target)
         last = self.audit.open_change()
         if last is not None and isinstance(last.record, DecisionRecord) and self._ours(last):
             applied = seal(applied_outcome(last), last.hash)
@@ -349,7 +353,7 @@ class Runner:
             raise RouterError(f"the {command} was not made ({applied.error}); recorded in {self.audit.path}")
         if self.ended is not None:  # a person's promote or rollback ended the rollout: they tell
             applied = dataclasses.replace(applied, head=self._post_rollout(self.ended) or applied.head)
-        return applied
+        return dataclasses.replace(applied, elsewhere=self.elsewhere)
 
     def open(self, *, resume: bool = False, restart: bool = False, release: str = "") -> TickReport | RolloutResult:
         """Start a rollout, or carry on the open one (`resume`), or abandon it for a new one (`restart`).
@@ -697,4 +701,5 @@ class Runner:
             step_seconds=state.step_seconds,
             stopped=stopped,
             release=state.release,
+            elsewhere=self.elsewhere,
         )

@@ -83,6 +83,11 @@ class Progress:
         print(summary(result, recorded), file=self.stream, flush=True)
 
 
+def elsewhere_line(elsewhere: Sequence[str]) -> str:
+    """What else sends the canary traffic, which no step or rollback of canary's moves."""
+    return f"the canary also gets traffic canary does not move: {', '.join(elsewhere)}"
+
+
 def summary(result: RolloutResult, recorded: Sequence[str] = ()) -> str:
     """The outcome in a few lines; `recorded`: the verdicts the log holds for a rollout that had ended before."""
     took = elapsed(result.duration_s)
@@ -95,5 +100,7 @@ def summary(result: RolloutResult, recorded: Sequence[str] = ()) -> str:
     if result.judgement is not None:
         lines += [f"  - {v.summary}" for v in result.judgement.verdicts]
     lines += [f"  - {line}" for line in recorded]
+    if result.elsewhere:
+        lines.append(f"  {elsewhere_line(result.elsewhere)}")
     lines.append(f"  audit log: {result.audit_path} (rollout {result.rollout}, head {result.audit_head})")
     return "\n".join(lines)

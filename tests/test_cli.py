@@ -708,7 +708,7 @@ def test_audit_show_and_status_escape_control_characters_from_a_record(
     )
     status = invoke(runner, "status", POLICY, "--manifest", manifest).stdout
     assert "\x1b" not in status and "\u202e" not in status and "\r" not in status
-    assert len(status.splitlines()) == 3  # weights, rollout, audit head: the reason adds no line
+    assert len(status.splitlines()) == 4  # weights, rollout, audit head, the seed's header route: the reason adds none
 
 
 def test_validate_and_audit_verify_answer_in_json_for_a_pipeline(runner: CliRunner, tmp_path: Path) -> None:

@@ -3,11 +3,13 @@ change recorded as intended and as applied, joined to the route's chain, its hea
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import decisions, tick
 from typer.testing import CliRunner
 
@@ -85,6 +87,35 @@ def test_a_manual_rollback_is_recorded_as_intended_and_applied_and_prints_the_he
     again = runner.invoke(app, ["rollback", POLICY, "--manifest", str(manifest), "--audit", str(audit)])
     assert again.exit_code == 0, again.output
     assert "canary stays at 0% (rollback by" in again.stdout, "a second rollback moves nothing and says so"
+
+
+def test_a_rollback_names_the_traffic_to_the_canary_it_leaves_where_it_is(tmp_path: Path) -> None:
+    """The seed's VirtualService with an `/api/` route split 90/10 too, a mirror to v2 on the default route and a
+    tcp split: the rollback moves the one split canary owns; it said "10% -> 0%" and nothing of the rest, which
+    still sent v2 traffic."""
+    vs = yaml.safe_load(VS.read_text())
+    api = {"name": "api", "match": [{"uri": {"prefix": "/api/"}}],
+           "route": [{"destination": {"host": "web-app", "subset": "v1"}, "weight": 90},
+                     {"destination": {"host": "web-app", "subset": "v2"}, "weight": 10}]}  # fmt: skip
+    vs["spec"]["http"].insert(1, api)
+    vs["spec"]["http"][2] |= {"mirror": {"host": "web-app", "subset": "v2"}, "mirrorPercentage": {"value": 5.0}}
+    vs["spec"]["tcp"] = [{"route": copy.deepcopy(api["route"])}]
+    path = tmp_path / "web-app.yaml"
+    path.write_text(DR.read_text() + "---\n" + yaml.safe_dump(vs, sort_keys=False))
+    audit = tmp_path / "a.jsonl"
+    args = ["rollback", POLICY, "--manifest", str(path), "--audit", str(audit)]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert "canary 10% -> 0%" in done.stdout
+    assert done.stdout.splitlines()[-1] == (
+        "the canary also gets traffic canary does not move: spec.http[0] (match) 100%, spec.http[1] ('api') "
+        "(match) 10%, spec.http[2] mirrors 5%, spec.tcp[0] 10%"
+    )
+    again = json.loads(runner.invoke(app, [*args, "--output", "json"]).stdout)
+    assert again["canary_elsewhere"] == ["spec.http[0] (match) 100%", "spec.http[1] ('api') (match) 10%",
+                                         "spec.http[2] mirrors 5%", "spec.tcp[0] 10%"]  # fmt: skip
+    moved = yaml.safe_load_all(path.read_text())
+    assert [d for d in moved][1]["spec"]["http"][1]["route"][1]["weight"] == 10, "only canary's split moved"
 
 
 def test_status_shows_the_weights_and_the_rollout_state(manifest: Path, tmp_path: Path) -> None:

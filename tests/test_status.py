@@ -37,12 +37,15 @@ def test_an_open_rollout_shows_each_checks_evidence_and_the_time_to_its_decision
     lines = text.stdout.splitlines()
     assert lines[1].startswith("rollout ") and ": progressing, step 1 of 3 (10%), tick 2" in lines[1]
     assert lines[2].startswith("2 min in this step; audit head ")
-    checks = lines[3:]
+    checks, last = lines[3:-1], lines[-1]
     assert [c.split()[1] for c in checks] == ["error-rate:", "latency", "latency", "latency"]
+    # the seed's header-match route sends testers to v2: no step and no rollback of canary's moves it
+    assert last == "the canary also gets traffic canary does not move: spec.http[0] (match) 100%"
     doc = json.loads(CliRunner().invoke(app, [*args, "--output", "json"]).stdout)
     rollout = doc["rollout"]
     assert rollout["phase"] == "progressing" and rollout["minutes_in_step"] == 2.0
     assert doc["weights"] == {"baseline": 90, "canary": 10} and (doc["v1"], doc["v2"]) == (90, 10)
+    assert doc["canary_elsewhere"] == ["spec.http[0] (match) 100%"]
     assert rollout["steps"][rollout["step"]] == 10, "step indexes steps from 0; the text counts from 1"
     pending = [c for c in rollout["checks"] if c["outcome"] == "continue"]
     assert pending, "two minutes at 10% do not decide every check"

@@ -235,6 +235,69 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def also_to_canary(vs: dict[str, Any], target: Target) -> tuple[str, ...]:
+    """The traffic the VirtualService sends the canary's subset besides the route canary moves, which a
+    rollback leaves where it is: other http routes (a header match for testers, a second split), tcp and tls
+    routes, and mirrors (their answers are dropped, their load is not). Each as "spec.http[0] (match) 100%"."""
+    spec = vs.get("spec")
+    if not isinstance(spec, dict):
+        return ()
+    namespace = _namespace(vs, target.namespace)
+    try:
+        moved: int | None = route_index(vs, target)
+    except RouterError:
+        moved = None
+    out: list[str] = []
+    for kind in ("http", "tcp", "tls"):
+        for i, rule in enumerate(_list(spec.get(kind))):
+            if not isinstance(rule, dict):
+                continue
+            where = f"spec.{kind}[{i}]" + (f" ({rule['name']!r})" if isinstance(rule.get("name"), str) else "")
+            share = _canary_share(rule, target, namespace)
+            if share and not (kind == "http" and i == moved):
+                out.append(f"{where}{' (match)' if rule.get('match') else ''} {share}%")
+            if kind == "http" and (mirrored := _mirrored(rule, target, namespace)):
+                out.append(f"{where} mirrors {mirrored:g}%")
+    return tuple(out)
+
+
+def _canary_share(rule: dict[str, Any], target: Target, namespace: str) -> int:
+    """The percentage of a route's traffic that goes to the canary's subset (Istio: a sole destination
+    without weight takes 100)."""
+    route = _list(rule.get("route"))
+    share = 0
+    for subset, dest in _to_host(rule, target, namespace):
+        if subset != target.canary:
+            continue
+        weight = dest.get("weight")
+        if weight is None and len(route) == 1:
+            share += 100
+        elif isinstance(weight, int) and not isinstance(weight, bool):
+            share += weight
+    return share
+
+
+def _mirrored(rule: dict[str, Any], target: Target, namespace: str) -> float:
+    """The percentage of a route's traffic mirrored to the canary's subset (`mirror` or `mirrors`)."""
+    host = fqdn(target.host, target.namespace)
+
+    def to_canary(dest: Any) -> bool:
+        return (
+            isinstance(dest, dict) and dest.get("subset") == target.canary and isinstance(dest.get("host"), str)
+            and fqdn(dest["host"], namespace) == host
+        )  # fmt: skip
+
+    def percent(value: Any) -> float:
+        number = value.get("value") if isinstance(value, dict) else None
+        return float(number) if isinstance(number, int | float) and not isinstance(number, bool) else 100.0
+
+    total = percent(rule.get("mirrorPercentage")) if to_canary(rule.get("mirror")) else 0.0
+    for mirror in _list(rule.get("mirrors")):
+        if isinstance(mirror, dict) and to_canary(mirror.get("destination")):
+            total += percent(mirror.get("percentage"))
+    return total
+
+
 def rule_namespaces(target: Target) -> tuple[str, ...]:
     """Where Istio looks for the host's DestinationRule: the route's namespace, the service's, the root's."""
     return tuple(dict.fromkeys((target.namespace, target.scope.namespace, ROOT_NAMESPACE)))

@@ -89,10 +89,13 @@ def test_status_reads_the_seeds_split_in_the_cluster(kubeconfig: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
         "target": "default/web-app", "weights": {"baseline": 90, "canary": 10}, "v1": 90, "v2": 10, "rollout": None,
-        "audit_problem": None,
+        "audit_problem": None, "canary_elsewhere": ["spec.http[0] (match) 100%"],
     }  # fmt: skip
     text = invoke("status", POLICY, "--kubeconfig", kubeconfig)
-    assert text.stdout == "default/web-app: v1 90%, v2 10%\n"
+    assert text.stdout == (
+        "default/web-app: v1 90%, v2 10%\n"
+        "the canary also gets traffic canary does not move: spec.http[0] (match) 100%\n"
+    )
 
 
 def test_promote_then_rollback_by_hand_in_a_named_context_each_printing_a_head_that_verifies(
