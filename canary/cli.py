@@ -963,7 +963,7 @@ def status(
             typer.echo(f"  {safe(check['outcome']):>8}  {safe(check['summary'])}{when}")
         for label, url in links:
             typer.echo(f"{label}: {safe(url)}")
-    if elsewhere:
+    if elsewhere:  # last, after the rollout: what no step and no rollback of canary's moves
         typer.echo(safe(elsewhere_line(elsewhere)))
     if read.state_error:
         raise _fail(f"rollout state unreadable: {read.state_error}")

@@ -117,8 +117,9 @@ def test_status_links_to_jaeger_and_kiali_when_the_policy_names_them(tmp_path: P
     shown = CliRunner().invoke(app, ["status", str(linked), *where])
     assert shown.exit_code == 0, shown.output
     lines = shown.stdout.splitlines()
-    assert lines[-2].startswith("traces of v2 in Jaeger: http://127.0.0.1:16686/search?service=web-app.default&")
-    assert lines[-1].startswith("the service graph in Kiali: http://127.0.0.1:20001/kiali/console/graph/namespaces/")
+    assert lines[-3].startswith("traces of v2 in Jaeger: http://127.0.0.1:16686/search?service=web-app.default&")
+    assert lines[-2].startswith("the service graph in Kiali: http://127.0.0.1:20001/kiali/console/graph/namespaces/")
+    assert lines[-1].startswith("the canary also gets traffic canary does not move: "), "the seed's header route"
     doc = json.loads(CliRunner().invoke(app, ["status", str(linked), *where, "--output", "json"]).stdout)
     assert sorted(doc["rollout"]["links"]) == ["the service graph in Kiali", "traces of v2 in Jaeger"]
 
