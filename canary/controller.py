@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from canary import failpoints
 from canary.audit import HISTORY_GAP, AuditSink
 from canary.clock import Clock
-from canary.errors import CanaryError, Cancelled, ConflictError, RouterError, SourceError
+from canary.errors import CanaryError, Cancelled, ConflictError, RouterError, SourceError, WeightConflict
 from canary.judges import Judge
 from canary.model import Action, Decision, Judgement, Phase, Weights
 from canary.notices import hook_body
@@ -59,6 +59,10 @@ from canary.webhooks import Hooks
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 SIGNAL_REPEAT_S = 1.0  # a signal again within this of the first is one signal delivered twice
+# A write refused because someone else wrote the route since canary read it (a label, Argo CD's sync, a status
+# update) is decided again on a fresh read at once, as client-go's RetryOnConflict does, this many times: a
+# rollback is not put off by an interval for an edit that had nothing to do with it.
+CONFLICT_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class Applied:
     stop: bool
     error: str | None = None  # why the write failed
     error_unanswered: bool = False  # the write had no answer: it may still be made
+    conflict: bool = False  # the write was refused because someone else wrote the route since it was read
     elsewhere: tuple[str, ...] = ()  # traffic to the canary the route holds besides the split canary moves
 
 
@@ -309,8 +314,9 @@ class Runner:
                 # it finds there
                 self.head = self.audit.head
                 return Applied(
-                    read.weights, t.decision, read.state or state, self.head, False, stop, str(exc), exc.unanswered
-                )
+                    read.weights, t.decision, read.state or state, self.head, False, stop, str(exc), exc.unanswered,
+                    conflict=isinstance(exc, WeightConflict),
+                )  # fmt: skip
         failpoints.point("after-write")
         self.audit.append_sealed(applied)
         failpoints.point("after-outcome")
@@ -335,15 +341,18 @@ class Runner:
         """A person's promote (the next step, or 100% with `full`), rollback (to 0%), pause, continue or
         approve: joins the route's chain; a rollout running on the route sees it at its next tick."""
         with self.audit.locked(self.lock_timeout_s):
-            read = self._read()
-            state = read.state if read.state_error is None else None
-            now = self._route_time(state)
-            if read.state_error:
-                self.audit.append(NoteRecord(now, f"{read.state_error}; {command} goes ahead", actor))
-            if gap := self._anchored(read):
-                self._note_gap(now, gap, command, actor)
-            event = Manual(now, read.weights, command, reason, full)
-            applied = self._commit(read, transition(state, event, self._ctx(actor)))
+            for attempt in range(CONFLICT_RETRIES + 1):  # read again after someone else's write came between
+                read = self._read()
+                state = read.state if read.state_error is None else None
+                now = self._route_time(state)
+                if read.state_error and not attempt:
+                    self.audit.append(NoteRecord(now, f"{read.state_error}; {command} goes ahead", actor))
+                if (gap := self._anchored(read)) and not attempt:
+                    self._note_gap(now, gap, command, actor)
+                event = Manual(now, read.weights, command, reason, full)
+                applied = self._commit(read, transition(state, event, self._ctx(actor)))
+                if applied.written or not applied.conflict:
+                    break
         if not applied.written:
             if applied.error_unanswered:
                 raise RouterError(
@@ -494,9 +503,17 @@ class Runner:
             assert read.state is not None
             if read.state.observed_until != pre.state.observed_until:
                 return self._report_hold(read)  # another command judged this window: judge the next one
-            if isinstance(event, Observed | SourceFailed):
-                event = dataclasses.replace(event, weights=read.weights)
-            applied = self._commit(read, transition(read.state, event, self._ctx()))
+            for attempt in range(CONFLICT_RETRIES + 1):
+                if attempt:  # someone else wrote the route between the read and the write: read it again
+                    read = self._read()
+                    if (ended := self._taken_over(read)) is not None:
+                        return ended
+                    assert read.state is not None
+                if isinstance(event, Observed | SourceFailed):
+                    event = dataclasses.replace(event, weights=read.weights)
+                applied = self._commit(read, transition(read.state, event, self._ctx()))
+                if applied.written or not applied.conflict:
+                    break
         return self._report(applied)
 
     def _running(self, read: RouteRead) -> bool:

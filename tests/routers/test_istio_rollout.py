@@ -511,21 +511,18 @@ def test_someone_elses_write_between_canarys_read_and_write_is_never_overwritten
     cluster: Cluster, web_policy: Policy, tmp_path: Path
 ) -> None:
     """Someone pauses the rollout at 95/5 between the tick's read and its write: the API server answers 409, the
-    write is recorded as failed, and the next tick finds weights it did not set and aborts, leaving them."""
+    write is recorded as failed, and the tick reads the route again at once, finds weights it did not set and
+    aborts, leaving them."""
     api, router = cluster()
     audit = tmp_path / "a.jsonl"
     sim = rollout(web_policy, router, audit)
     sim.runner.open()
-    held = annotation(api)
     sim.runner.source = AfterTheNextRead(sim.mesh, api, someone_else(api, move_split(95, 5)))
     sim.clock.sleep(web_policy.interval_s)
-    sim.runner.tick()
-    _, outcome = last_two(audit)
-    assert isinstance(outcome, OutcomeRecord) and outcome.result == "failed"
-    assert "changed by someone else between canary's read and write" in outcome.reason
-    assert split(api) == [95, 5] and annotation(api) == held
-    sim.clock.sleep(web_policy.interval_s)
     report = sim.runner.tick()
+    failed = records(audit)[-3]
+    assert isinstance(failed, OutcomeRecord) and failed.result == "failed"
+    assert "changed by someone else between canary's read and write" in failed.reason
     assert isinstance(report, TickReport) and report.decision.phase is Phase.ABORTED
     decision, outcome = last_two(audit)
     assert isinstance(decision, DecisionRecord) and decision.action is Action.ABORT
@@ -540,7 +537,8 @@ def test_a_conflict_over_something_else_is_retried_and_keeps_the_other_writers_c
     cluster: Cluster, web_policy: Policy, tmp_path: Path
 ) -> None:
     """A label added between canary's read and write: a 409 all the same, the write is recorded as failed and
-    made at the next tick on top of the label; the rollout goes on."""
+    decided again at once on a fresh read, then made on top of the label (it waited for the next tick, which
+    put a rollback off by an interval); the rollout goes on."""
     api, router = cluster()
     audit = tmp_path / "a.jsonl"
     sim = rollout(web_policy, router, audit)
@@ -549,7 +547,10 @@ def test_a_conflict_over_something_else_is_retried_and_keeps_the_other_writers_c
     sim.runner.source = AfterTheNextRead(sim.mesh, api, label)
     sim.clock.sleep(web_policy.interval_s)
     sim.runner.tick()
-    assert outcome_at(audit).result == "failed"
+    first, failed, again, made = records(audit)[-4:]
+    assert isinstance(failed, OutcomeRecord) and failed.result == "failed" and "changed by someone else" in failed.reason
+    assert isinstance(first, DecisionRecord) and isinstance(again, DecisionRecord) and first.tick == again.tick == 1
+    assert isinstance(made, OutcomeRecord) and made.result == "applied" and route_state(api).tick == 1
     sim.runner.source = sim.mesh
     assert finish(sim).decision.phase is Phase.PROMOTED
     assert split(api) == [0, 100]
@@ -643,6 +644,25 @@ def test_a_persons_rollback_refused_by_the_server_is_recorded_as_failed(
     assert decision.weights_before == Weights(90, 10) and decision.weights_after == Weights(100, 0)
     assert isinstance(outcome, OutcomeRecord) and outcome.result == "failed" and "forbidden" in outcome.reason
     assert split(api) == [90, 10] and annotation(api) is None
+
+
+def test_a_persons_rollback_is_made_after_an_unrelated_write_came_between_its_read_and_write(
+    cluster: Cluster, web_policy: Policy, tmp_path: Path
+) -> None:
+    """A labeler (or Argo CD, or a status write) moves the resourceVersion between the rollback's read and its
+    PUT: the 409 refused an emergency rollback outright (exit 2, weights unchanged); it is decided again on a
+    fresh read and made, the label kept."""
+    api, router = cluster()
+    audit = tmp_path / "a.jsonl"
+    label = someone_else(api, lambda vs: vs["metadata"].update(labels={"team": "web"}))
+    api.after_next_get(lambda: api.after_next_get(label))  # the API discovery's GET, then the route's
+    applied = manual_runner(web_policy, router, AuditLog(audit), lock_timeout_s=5).manual(
+        "rollback", actor="bob", reason="pager"
+    )
+    assert applied.written and split(api) == [100, 0]
+    assert api.get("default", "web-app")["metadata"]["labels"] == {"team": "web"}
+    assert [r.result for r in records(audit) if isinstance(r, OutcomeRecord)] == ["failed", "applied"]
+    assert verify_chain(audit, route_state(api).audit_head, route_head=True).ok
 
 
 def test_a_persons_rollback_whose_answer_is_lost_counts_as_made(
