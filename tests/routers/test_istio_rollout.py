@@ -548,7 +548,8 @@ def test_a_conflict_over_something_else_is_retried_and_keeps_the_other_writers_c
     sim.clock.sleep(web_policy.interval_s)
     sim.runner.tick()
     first, failed, again, made = records(audit)[-4:]
-    assert isinstance(failed, OutcomeRecord) and failed.result == "failed" and "changed by someone else" in failed.reason
+    assert isinstance(failed, OutcomeRecord) and failed.result == "failed"
+    assert "changed by someone else" in failed.reason
     assert isinstance(first, DecisionRecord) and isinstance(again, DecisionRecord) and first.tick == again.tick == 1
     assert isinstance(made, OutcomeRecord) and made.result == "applied" and route_state(api).tick == 1
     sim.runner.source = sim.mesh
