@@ -598,9 +598,20 @@ def run(
             _run_simulated(policy, simulate, seed, audit, output, title, weights, opening, lock_timeout, metrics)
         )
     except Cancelled as exc:
+        _error_json(output, policy, "cancelled", EXIT_CANCELLED, exc)
         raise _fail(str(exc), EXIT_CANCELLED) from None
     except CanaryError as exc:
+        _error_json(output, policy, "error", EXIT_ERROR, exc)
         raise _fail(str(exc)) from None
+
+
+def _error_json(output: OutputFormat, policy: str, outcome: str, code: int, exc: CanaryError) -> None:
+    """With --output json, a run that ends before any rollout outcome still prints one document on stdout, so a
+    pipeline's `jq -r .outcome` reads "error" (or "cancelled") and not an empty file; the line on stderr stays."""
+    if output is OutputFormat.json:
+        doc = {"outcome": outcome, "exit_code": code, "policy_file": policy, "error": secrets.scrub(str(exc)),
+               "engine_version": __version__}  # fmt: skip
+        typer.echo(json.dumps(doc, indent=2))
 
 
 def _run_prometheus(

@@ -731,3 +731,14 @@ def test_validate_and_audit_verify_answer_in_json_for_a_pipeline(runner: CliRunn
     broken = cli("audit", "verify", audit, "--output", "json", cwd=tmp_path)
     doc = json.loads(broken.stdout)
     assert broken.returncode == 1 and not doc["ok"] and doc["line"] == 4 and doc["problem"]
+
+
+def test_a_run_that_fails_before_any_outcome_still_prints_one_json_document(tmp_path: Path) -> None:
+    """A pipeline's `jq -r .outcome result.json` read an empty file after a configuration error; it reads
+    "error", and the one line on stderr stays."""
+    missing = tmp_path / "nope.yaml"
+    done = cli("run", missing, "--simulate", "healthy", "--output", "json", cwd=tmp_path)
+    assert done.returncode == 2
+    doc = json.loads(done.stdout)
+    assert (doc["outcome"], doc["exit_code"], doc["policy_file"]) == ("error", 2, str(missing))
+    assert one_error_line(done.stderr) == f"canary: {doc['error']}"

@@ -20,6 +20,7 @@ import pytest
 from helpers import Receiver, cluster_rollout, decisions, tick
 from typer.testing import CliRunner
 
+from canary import __version__
 from canary.app import router_for, simulated_rollout
 from canary.audit import AuditLog, read_records, verify_chain
 from canary.cli import app
@@ -106,7 +107,7 @@ def test_a_pre_rollout_webhook_that_says_no_keeps_the_rollout_from_starting(tmp_
         before = manifest.read_bytes()
         code, doc, err = run_json(policy, audit, "--manifest", str(manifest))
         assert len(hook.bodies) == 2 and hook.bodies[0][1]["rollout"] is None
-    assert code == 2 and doc is None and manifest.read_bytes() == before
+    assert code == 2 and doc is not None and doc["outcome"] == "error" and manifest.read_bytes() == before
     assert err.strip() == ("canary: pre-rollout webhook 'load-test' answered HTTP 500, 2 attempts: the rollout was "
                            "not started")  # fmt: skip
     assert notes(audit) == ["pre-rollout webhook 'load-test' answered HTTP 500, 2 attempts"]
@@ -160,7 +161,7 @@ def test_a_webhook_that_drips_its_answer_is_cut_off_at_its_timeout(tmp_path: Pat
         began = time.monotonic()
         code, doc, err = run_json(policy, audit, "--manifest", str(manifest))
         took = time.monotonic() - began
-    assert code == 2 and doc is None and manifest.read_bytes() == before
+    assert code == 2 and doc is not None and doc["outcome"] == "error" and manifest.read_bytes() == before
     assert err.strip() == ("canary: pre-rollout webhook 'load-test' did not finish answering within its timeout "
                            "(1 s), 1 attempt: the rollout was not started")  # fmt: skip
     assert took < 30, f"{took:.0f} s"
@@ -177,7 +178,10 @@ def test_a_signal_while_the_pre_rollout_webhook_answers_cancels_before_anything_
         before = manifest.read_bytes()
         audit = tmp_path / "audit.jsonl"
         code, doc, err = run_json(policy, audit, "--manifest", str(manifest))
-    assert (code, doc) == (4, None)
+    assert code == 4 and doc == {
+        "outcome": "cancelled", "exit_code": 4, "policy_file": str(policy),
+        "error": "cancelled (SIGTERM) before the rollout started: nothing was changed", "engine_version": __version__,
+    }  # fmt: skip
     assert err.strip() == "canary: cancelled (SIGTERM) before the rollout started: nothing was changed"
     assert manifest.read_bytes() == before and not decisions(audit)
     assert notes(audit) == ["pre-rollout webhook 'load-test' said go"]
