@@ -1093,13 +1093,16 @@ def dashboard(
     _emit(text, out, reads=(policy,))
 
 
-def _emit(text: str, out: str | None, *, reads: tuple[str | None, ...] = (), printable: bool = True) -> bool:
+def _emit(
+    text: str, out: str | None, *, reads: tuple[str | None, ...] = (), printable: bool = True, html: bool = False
+) -> bool:
     """Print a generated document, or write it to `out` (a one-line error if it cannot be); True if written.
 
     `out` may not be one of the files the command read (`reads`): `-o` naming the audit log or the policy
     would replace the input with the output. The document replaces `out` whole (canary.outputs): a killed
     command leaves the old file or the new one, a link is followed, and a FIFO, a device or a directory is
-    refused. `printable`: the command prints the document when -o is left out (said when -o names stdout)."""
+    refused. `printable`: the command prints the document when -o is left out (said when -o names stdout).
+    `html`: the document is a page, which replaces no file but a page (-o naming a policy by mistake)."""
     if out is None:
         typer.echo(text, nl=False)
         return False
@@ -1110,6 +1113,9 @@ def _emit(text: str, out: str | None, *, reads: tuple[str | None, ...] = (), pri
     for read in filter(None, reads):
         if _same_file(target, Path(read)):
             raise _fail(f"{out}: is an input of this command ({read}); name another file with -o")
+    if html and not _page_or_nothing(target):
+        raise _fail(f"{out}: exists and is not an HTML page; canary replaces only a page with a page: name another "
+                    "file with -o, or remove it first")  # fmt: skip
     try:
         replace_file(target, text.encode("utf-8"))
     except NotRegularFile as exc:
@@ -1119,6 +1125,19 @@ def _emit(text: str, out: str | None, *, reads: tuple[str | None, ...] = (), pri
     except OSError as exc:
         raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
     return True
+
+
+def _page_or_nothing(path: Path) -> bool:
+    """Whether `path` holds no regular file (replace_file refuses a FIFO or a device, which is never opened
+    here), an empty one, or an HTML page."""
+    try:
+        if not path.is_file():
+            return True
+        with path.open("rb") as f:
+            start = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    except OSError:
+        return True  # replace_file says what is wrong with it
+    return not start or start.startswith((b"<!doctype html", b"<html"))
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -1264,7 +1283,7 @@ def report(
         raise _fail(str(exc)) from None
     verified = f"{check.records} records, hash chain intact" if check.ok else f"does NOT verify: {check.problem}"
     page = secrets.scrub(render(view, head=check.head, verified=verified, links=links))
-    _emit(page, out, reads=(file, policy), printable=False)
+    _emit(page, out, reads=(file, policy), printable=False, html=True)
     if output is OutputFormat.json:
         typer.echo(json.dumps({"rollout": view.rollout, "out": out, "head": check.head, "verified": check.ok}))
     else:

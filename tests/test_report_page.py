@@ -90,6 +90,22 @@ def test_report_through_the_cli_and_as_a_subprocess(log: Path, tmp_path: Path) -
     assert refused.returncode == 2 and refused.stderr == f"canary: {empty}: holds no rollout\n"
 
 
+def test_a_report_replaces_a_page_and_nothing_else(log: Path, tmp_path: Path) -> None:
+    """`-o policies/web-app.yaml` (the policy the log names, not an input of the command) was replaced by the
+    page; a file that is not a page is refused, a page (the last report) replaced."""
+    policy = tmp_path / "web-app.yaml"
+    policy.write_text(Path(POLICY).read_text())
+    refused = CliRunner().invoke(app, ["report", str(log), "-o", str(policy)])
+    assert refused.exit_code == 2
+    assert refused.stderr == (f"canary: {policy}: exists and is not an HTML page; canary replaces only a page with "
+                              "a page: name another file with -o, or remove it first\n")  # fmt: skip
+    assert policy.read_text() == Path(POLICY).read_text()
+    page = tmp_path / "report.html"
+    page.write_text("<!DOCTYPE html>\n<html>an older report</html>\n")
+    assert CliRunner().invoke(app, ["report", str(log), "-o", str(page)]).exit_code == 0
+    assert "hash chain intact" in page.read_text()
+
+
 @pytest.mark.slow
 def test_the_report_loads_in_headless_chromium_without_errors_and_its_plots_render(log: Path, tmp_path: Path) -> None:
     from PIL import Image
