@@ -704,7 +704,7 @@ def analyze(
                 continue
             typer.echo(
                 f"  {version}: {counts['requests']} requests, {counts.get('errors', '-')} errors, "
-                f"{counts.get('pods', 0)} pods"
+                f"{counts.get('pods', 0)} pod{'' if counts.get('pods', 0) == 1 else 's'}"
             )
         if result.judgement is not None:
             for verdict in result.judgement.verdicts:

@@ -140,9 +140,16 @@ def test_two_plain_splits_are_refused_with_the_candidates_listed(seed: dict[str,
 def test_a_route_to_the_baseline_alone_is_told_how_to_begin(seed: dict[str, Any]) -> None:
     """A service before its first canary: one plain route to v1, without weight (Istio's 100)."""
     seed["spec"]["http"][1]["route"] = [{"destination": {"host": "web-app", "subset": "v1"}}]
-    with pytest.raises(RouterError, match=r"\(2 routes\); add 'v2' to spec.http\[1\] with weight 0 \(and 'v1' with "
-                                          r"weight 100\)$"):  # fmt: skip
+    with pytest.raises(RouterError, match=r"\(2 routes\); no route sends to subset 'v2': add it to spec.http\[1\] "
+                                          r"with weight 0 \(and 'v1' with weight 100\)$"):  # fmt: skip
         route_index(seed, WEB)
+
+
+def test_a_canary_subset_no_route_names_is_told_where_to_add_it(seed: dict[str, Any]) -> None:
+    """The policy names v3 on the seed's route: the split holds v1 and v2, and v3 is missing, not the route."""
+    v3 = dataclasses.replace(WEB, canary="v3")
+    with pytest.raises(RouterError, match=r"no route sends to subset 'v3': add it to spec.http\[1\] with weight 0$"):
+        route_index(seed, v3)
 
 
 def test_a_split_of_another_host_does_not_count(seed: dict[str, Any]) -> None:

@@ -106,17 +106,18 @@ def route_index(vs: dict[str, Any], target: Target) -> int:
     if len(plain) == 1:
         return plain[0]
     if not plain:
-        alone = [
+        lacking = [  # plain routes to the baseline that lack the canary: one of them is the split to be
             i for i, r in enumerate(http)
             if isinstance(r, dict) and not r.get("match")
-            and set(_subset_destinations(r, target, namespace)) == {target.baseline}
+            and target.baseline in (subsets := set(_subset_destinations(r, target, namespace)))
+            and target.canary not in subsets
         ]  # fmt: skip
-        hint = (
-            f"add {target.canary!r} to {_describe(alone[0], http[alone[0]])} with weight 0 (and {target.baseline!r} "
-            "with weight 100)"
-            if len(alone) == 1
-            else "name the route in spec.target.route"
-        )
+        hint = "name the route in spec.target.route"
+        if len(lacking) == 1:
+            route = _describe(lacking[0], http[lacking[0]])
+            alone = len(_list(http[lacking[0]].get("route"))) == 1  # Istio's 100 for a sole destination
+            also = f" (and {target.baseline!r} with weight 100)" if alone else ""
+            hint = f"no route sends to subset {target.canary!r}: add it to {route} with weight 0{also}"
         raise RouterError(
             f"{vs_name(target)}: no http route without `match` sends traffic to both subsets {target.baseline!r} "
             f"and {target.canary!r} of {target.host} ({len(http)} route{'s' * (len(http) != 1)}); {hint}"
