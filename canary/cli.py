@@ -1247,7 +1247,12 @@ def audit_list(
     except CanaryError as exc:
         raise _fail(str(exc)) from None
     if output is OutputFormat.json:
-        typer.echo(json.dumps([{**dataclasses.asdict(r), "duration_s": r.duration_s} for r in found]))
+        # ISO 8601 times, as run, status and report give theirs
+        listed = [
+            {**dataclasses.asdict(r), "started": iso(r.started), "ended": iso(r.ended), "duration_s": r.duration_s}
+            for r in found
+        ]
+        typer.echo(json.dumps(listed))
         return
     for r in found:
         weights = f"{r.final_weights.canary}% canary" if r.final_weights else "weights unknown"

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,8 @@ def test_list_names_each_rollout_its_outcome_duration_and_who_acted(log: Path) -
     assert [r["outcome"] for r in doc] == ["promoted", "rolled-back", "rolled-back"]
     assert doc[2]["people"] == ["user:alice"] and doc[0]["people"] == []
     assert doc[0]["duration_s"] == 60.0 * doc[0]["ticks"] and doc[0]["final_weights"] == {"baseline": 0, "canary": 100}
+    started, ended = (datetime.fromisoformat(doc[0][k]) for k in ("started", "ended"))  # ISO 8601, as run's
+    assert (ended - started).total_seconds() == doc[0]["duration_s"]
 
 
 def test_export_has_one_row_per_check_per_judged_tick_as_csv_and_json(log: Path, tmp_path: Path) -> None:
