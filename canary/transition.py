@@ -363,7 +363,8 @@ def _source_failed(state: RolloutState, event: SourceFailed, ctx: Context) -> Tr
             state, ctx, event.now, event.weights, Action.ABORT, Phase.ABORTED,
             f"metrics source failed: {event.error}; stopping, weights left at {event.weights}", error=event.error,
         )  # fmt: skip
-    judgement = Judgement(Outcome.NO_DATA, (), f"metrics source unavailable ({event.error}), retrying next tick")
+    retry = "" if _past(event.now, state.deadline) else ", retrying next tick"  # none after the deadline
+    judgement = Judgement(Outcome.NO_DATA, (), f"metrics source unavailable ({event.error}){retry}")
     return _decide(state, judgement, ctx, event.now, event.weights, error=event.error, gates=event.gates)
 
 

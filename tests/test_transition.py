@@ -386,6 +386,15 @@ def test_a_temporary_source_failure_holds_without_moving_the_window() -> None:
     assert t.state.tick == state.tick + 1 and t.records[0].error == "timeout"
 
 
+def test_a_source_still_down_at_the_deadline_does_not_promise_another_try() -> None:
+    ctx = context()
+    state = at_step(1, ctx)
+    t = transition(state, SourceFailed(state.deadline, state.weights, "Connection refused", temporary=True), ctx)
+    assert t.state.phase is Phase.INCONCLUSIVE
+    assert "metrics source unavailable (Connection refused)" in t.decision.reason
+    assert "retrying next tick" not in t.decision.reason, t.decision.reason
+
+
 def test_a_permanent_source_failure_aborts_with_the_weights_as_they_are() -> None:
     ctx = context()
     state = at_step(1, ctx)
