@@ -44,7 +44,7 @@ from canary.app import (
 )
 from canary.audit import HEAD_DIGITS, AuditLog, read_records, verify_chain
 from canary.controller import DEFAULT_LOCK_TIMEOUT_S, CancelFlag, RolloutResult, Runner, TickReport, recorded_until
-from canary.display import Progress, elsewhere_line, summary, tick_line
+from canary.display import Progress, elsewhere_line, summary
 from canary.errors import CanaryError, Cancelled
 from canary.links import reader_links
 from canary.model import Decision, Phase
@@ -399,9 +399,7 @@ def _follow(
         observers.append(lambda report: engine.observe(report, report.seconds))
     restore = runner.cancel_flag.install()
     try:
-        if output is OutputFormat.json:  # stdout is the one document; the progress goes to stderr, as lines
-            typer.echo(title, err=True)
-            observers.insert(0, lambda report: typer.echo(tick_line(report), err=True))
+        if output is OutputFormat.json:
             result = _closed(runner, notifier, runner.run(_fan_out(observers), **vars(opening)))
             doc = result_json(result, policy_name, _recorded_judgement(result))
             typer.echo(secrets.scrub(json.dumps(doc, indent=2, default=str)))

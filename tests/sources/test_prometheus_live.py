@@ -119,7 +119,7 @@ def test_canary_run_with_prometheus_url_promotes_and_writes_the_audit_log(live: 
          "--audit", str(audit), "--output", "json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    outcome = json.loads(result.stdout)
+    outcome = json.loads(result.output)
     assert outcome["outcome"] == "promoted" and outcome["final_weights"] == {"baseline": 0, "canary": 100}
     records = judged(audit)
     assert records and records[0].actor.startswith(f"canary-controller (prometheus {live.server.url}")
