@@ -1818,16 +1818,22 @@ def test_an_output_that_is_not_a_regular_file_is_refused_and_left_as_it_is(
         assert not [p for p in tmp_path.iterdir() if ".canary-" in p.name]
 
 
+def _earlier_output(command: str) -> str:
+    """What an earlier run of `command` left at its -o path (a report replaces only a page)."""
+    return "<!DOCTYPE html>\n<p>an earlier report</p>\n" if command == "report" else "an earlier export\n"
+
+
 @pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
 def test_a_read_only_output_is_refused_and_left_as_it_is(command: str, demo_log: Path, tmp_path: Path) -> None:
     """Someone made the file read-only; `>` refuses it, so does -o (even as root, which the rename would let
     through): one line, the file as it was."""
     out = tmp_path / "kept.out"
-    out.write_text("an earlier export\n")
+    earlier = _earlier_output(command)
+    out.write_text(earlier)
     out.chmod(0o444)
     o = invoke(*_output_command(command, out, demo_log))
     check_refused(o, mentions=[f"canary: {out}: the file is read-only; canary does not replace it"])
-    assert out.read_text() == "an earlier export\n" and stat.S_IMODE(out.stat().st_mode) == 0o444
+    assert out.read_text() == earlier and stat.S_IMODE(out.stat().st_mode) == 0o444
     assert not [p for p in tmp_path.iterdir() if ".canary-" in p.name]
 
 
@@ -1835,14 +1841,14 @@ def test_a_read_only_output_is_refused_and_left_as_it_is(command: str, demo_log:
 def test_an_output_through_a_symbolic_link_replaces_its_target_keeping_its_mode(
     command: str, demo_log: Path, tmp_path: Path
 ) -> None:
-    target = write(tmp_path / "real" / "doc", "old\n")
+    target = write(tmp_path / "real" / "doc", _earlier_output(command))
     target.chmod(0o640)
     link = tmp_path / "link"
     link.symlink_to(target)
     o = invoke(*_output_command(command, link, demo_log))
     check_clean(o, codes=(0,))
     assert link.is_symlink() and link.resolve() == target.resolve()
-    assert target.read_text() != "old\n" and stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert target.read_text() != _earlier_output(command) and stat.S_IMODE(target.stat().st_mode) == 0o640
     assert sorted(p.name for p in target.parent.iterdir()) == ["doc"]
 
 
