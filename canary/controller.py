@@ -99,10 +99,14 @@ class RolloutResult:
 
 
 def _other_release(route: str, state: RolloutState, release: str) -> str:
-    of = f"release {state.release}" if state.release else "no release named"
+    of, carry = (
+        (f"release {state.release}", "with its --release")
+        if state.release
+        else ("no release named", "without --release")
+    )
     return (
         f"{route} holds rollout {state.rollout} of {of}, still {state.phase.value} at {state.weights.canary}%; this "
-        f"is release {release}: carry that one on with its --release, start over with --restart, or roll it back"
+        f"is release {release}: carry that one on {carry}, start over with --restart, or roll it back"
     )
 
 
@@ -688,7 +692,8 @@ class Runner:
             why = f"{decision.reason} (not made{f': {applied.error}' if applied.error else ''}; stopping)"
             decision = Decision(Action.STOP, before, applied.state.phase, why)
         elif not applied.written and decision.weights != before:
-            decision = Decision(Action.HOLD, before, applied.state.phase, f"{decision.reason} (not made; retrying)")
+            made = "no answer: the next tick reads whether it was made" if applied.error_unanswered else "not made"
+            decision = Decision(Action.HOLD, before, applied.state.phase, f"{decision.reason} ({made}; retrying)")
         self.last_decision = decision
         return TickReport(
             applied.state.tick, self.clock.now(), before, decision, self.last_judgement, applied.state.step_index

@@ -395,6 +395,19 @@ def test_resume_with_another_release_refuses_an_open_rollout_and_follows_an_ende
     assert reported.earlier and reported.rollout == carried.rollout
     new = again(runner, audit_path).open(resume=True, release="b2")
     assert isinstance(new, TickReport) and new.decision.action is Action.START
+    with pytest.raises(ConflictError, match=r"of release b2, still progressing at 10%; this is release c3: carry "
+                                            "that one on with its --release"):  # fmt: skip
+        again(runner, audit_path).open(resume=True, release="c3")
+
+
+def test_a_rollout_started_without_a_release_is_carried_on_without_one(web_policy: Policy, audit_path: Path) -> None:
+    runner, _, _ = rollout(web_policy, audit_path)
+    runner.open()
+    with pytest.raises(ConflictError, match=r"of no release named, still progressing at 10%; this is release a1: "
+                                            "carry that one on without --release"):  # fmt: skip
+        again(runner, audit_path).open(resume=True, release="a1")
+    carried = again(runner, audit_path).open(resume=True)
+    assert isinstance(carried, TickReport) and carried.decision.action is Action.RESUME
 
 
 def test_an_open_rollout_is_not_restarted_by_accident(web_policy: Policy, audit_path: Path) -> None:

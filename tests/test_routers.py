@@ -23,6 +23,7 @@ from canary.policy import Target
 from canary.routers.manifest import ManifestRouter
 from canary.routers.memory import MemoryRouter, seed_objects
 from canary.routers.virtualservice import (
+    also_to_canary,
     fqdn,
     read_route,
     read_weights,
@@ -150,6 +151,24 @@ def test_a_canary_subset_no_route_names_is_told_where_to_add_it(seed: dict[str, 
     v3 = dataclasses.replace(WEB, canary="v3")
     with pytest.raises(RouterError, match=r"no route sends to subset 'v3': add it to spec.http\[1\] with weight 0$"):
         route_index(seed, v3)
+
+
+def test_traffic_to_the_canary_outside_the_split_is_named_route_by_route(seed: dict[str, Any]) -> None:
+    """What no step and no rollback moves: a sole destination without weight (Istio's 100), a tls split, the
+    `mirrors` list and the deprecated whole-number `mirrorPercent`; the split canary moves is not named."""
+    v2 = {"host": "web-app", "subset": "v2"}
+    seed["spec"]["http"][1] |= {"mirror": v2, "mirrorPercent": 30}
+    seed["spec"]["http"].append({"name": "shadow", "match": [{"uri": {"prefix": "/s"}}],
+                                 "route": [{"destination": {"host": "web-app", "subset": "v1"}}],
+                                 "mirrors": [{"destination": v2, "percentage": {"value": 2.5}}]})  # fmt: skip
+    seed["spec"]["tls"] = [{"match": [{"sniHosts": ["web-app"]}],
+                            "route": [{"destination": {"host": "web-app", "subset": "v1"}, "weight": 75},
+                                      {"destination": v2, "weight": 25}]}]  # fmt: skip
+    assert also_to_canary(seed, WEB) == (
+        "spec.http[0] (match) 100%", "spec.http[1] mirrors 30%", "spec.http[2] ('shadow') mirrors 2.5%",
+        "spec.tls[0] (match) 25%",
+    )  # fmt: skip
+    assert also_to_canary(seed, dataclasses.replace(WEB, host="api.default.svc.cluster.local")) == ()
 
 
 def test_a_split_of_another_host_does_not_count(seed: dict[str, Any]) -> None:

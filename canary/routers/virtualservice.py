@@ -292,7 +292,11 @@ def _mirrored(rule: dict[str, Any], target: Target, namespace: str) -> float:
         number = value.get("value") if isinstance(value, dict) else None
         return float(number) if isinstance(number, int | float) and not isinstance(number, bool) else 100.0
 
-    total = percent(rule.get("mirrorPercentage")) if to_canary(rule.get("mirror")) else 0.0
+    old = rule.get("mirrorPercent")  # deprecated: a whole percentage, where mirrorPercentage is absent
+    share = percent(
+        {"value": old} if "mirrorPercentage" not in rule and old is not None else rule.get("mirrorPercentage")
+    )
+    total = share if to_canary(rule.get("mirror")) else 0.0
     for mirror in _list(rule.get("mirrors")):
         if isinstance(mirror, dict) and to_canary(mirror.get("destination")):
             total += percent(mirror.get("percentage"))
