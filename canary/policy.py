@@ -298,6 +298,7 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
 
 TOO_DEEP = "nested too deeply to be a policy"
 _YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+_YAML12_BOOL = re.compile(r"true|True|TRUE|false|False|FALSE")  # YAML 1.2 core schema's booleans
 _YAML12_NUMBER = {  # what YAML 1.1's resolver reads as a number that YAML 1.2's core schema does too
     "tag:yaml.org,2002:int": re.compile(r"[-+]?(0|[1-9][0-9]*)|0x[0-9a-fA-F]+"),
     "tag:yaml.org,2002:float": re.compile(
@@ -341,6 +342,13 @@ def _plain(node: yaml.Node, path: str, lines: dict[str, int], seen: set[int] | N
     except (yaml.YAMLError, ValueError, TypeError, AttributeError):  # an explicit tag the value does not fit
         tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
         raise _NodeError(path, node.start_mark.line + 1, f"cannot read {describe(node.value)} as {tag}") from None
+    if plain and node.tag == "tag:yaml.org,2002:bool" and not _YAML12_BOOL.fullmatch(node.value):
+        # yes, no, on, off: booleans to YAML 1.1 only; to YAML 1.2 and a person, words
+        raise _NodeError(
+            path,
+            node.start_mark.line + 1,
+            f"{describe(node.value)} is a boolean only to YAML 1.1 ({value}); write true or false, or quote it as text",
+        )
     if plain and (number := _YAML12_NUMBER.get(node.tag)) is not None and not number.fullmatch(node.value):
         # 3:20 (base 60), 2_00, 010 (octal), 0b11: numbers to YAML 1.1 that YAML 1.2, kubectl and a person
         # read otherwise, or as text

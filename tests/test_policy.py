@@ -533,3 +533,22 @@ def test_a_number_only_yaml_1_1_reads_is_refused_naming_what_it_would_be(value: 
         parse_policy(text, "p.yaml")
     assert str(caught.value) == (f"p.yaml:16: spec.minRequests: {value!r} is a number only to YAML 1.1 "
                                  f"({read_as}); write it in plain digits")  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["yes", "no", "on", "Off", "Y"])
+def test_a_boolean_only_yaml_1_1_reads_is_refused(value: str) -> None:
+    """`onDeadline: yes` was read as True and said "got True", which the file does not say. YAML 1.2 and a
+    person read yes, on and off as words."""
+    text = (Path(__file__).parent.parent / "policies" / "web-app.yaml").read_text()
+    line = next(i for i, text_line in enumerate(text.splitlines(), 1) if "onDeadline:" in text_line)
+    text = re.sub(r"onDeadline: \w+", f"onDeadline: {value}", text)
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "p.yaml")
+    if value == "Y":  # PyYAML's resolver reads y and n as text already
+        assert "must be one of rollback, promote, got 'Y'" in str(caught.value)
+        return
+    read_as = value.lower() in ("yes", "on")
+    assert str(caught.value) == (f"p.yaml:{line}: spec.onDeadline: {value!r} is a boolean only to YAML 1.1 "
+                                 f"({read_as}); write true or false, or quote it as text")  # fmt: skip
+    fixed = text.replace(f"onDeadline: {value}", "onDeadline: rollback")
+    assert parse_policy(fixed, "p.yaml").on_deadline == "rollback"
