@@ -307,14 +307,13 @@ def safe(text: object) -> str:
 # ------------------------------------------------------------------------------ rollouts
 
 
-def _recorded_judgement(result: RolloutResult) -> dict[str, Any] | None:
-    """The last judgement the log holds for a rollout that had ended before this command (None otherwise)."""
+def _recorded_judgement(result: RolloutResult) -> DecisionRecord | None:
+    """The log's last judged decision of a rollout that had ended before this command (None otherwise)."""
     from canary.auditing import latest_decision
 
     if not result.earlier or result.judgement is not None or not Path(result.audit_path).exists():
         return None
-    record = latest_decision(read_records(result.audit_path, _warn), result.rollout)
-    return record.judgement if record is not None else None
+    return latest_decision(read_records(result.audit_path, _warn), result.rollout)
 
 
 def result_json(result: RolloutResult, policy_name: str, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -401,7 +400,8 @@ def _follow(
     try:
         if output is OutputFormat.json:
             result = _closed(runner, notifier, runner.run(_fan_out(observers), **vars(opening)))
-            doc = result_json(result, policy_name, _recorded_judgement(result))
+            recorded = _recorded_judgement(result)
+            doc = result_json(result, policy_name, recorded.judgement if recorded is not None else None)
             typer.echo(secrets.scrub(json.dumps(doc, indent=2, default=str)))
         else:
             progress = Progress(title)
@@ -410,8 +410,8 @@ def _follow(
             except BaseException:
                 progress.stop()
                 raise
-            recorded = _recorded_judgement(result) or {}
-            verdicts = [str(v.get("summary")) for v in recorded.get("verdicts", []) if isinstance(v, dict)]
+            recorded = _recorded_judgement(result)
+            verdicts = [str(v.get("summary")) for v in recorded.verdicts] if recorded is not None else []
             progress.finish(_closed(runner, notifier, result), verdicts)
         if metrics is not None:
             sys.stdout.flush()  # the outcome is out before the wait

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from canary import failpoints
 from canary.audit import HISTORY_GAP, AuditSink
@@ -211,7 +212,7 @@ class Runner:
         self.digest = policy_digest(policy)
         self.runner = uuid.uuid4().hex[:12]  # this command, as the rollouts it starts or resumes name it
         self.release = ""  # what this command rolls out (`run --release`), given to `open`
-        self.elsewhere: tuple[str, ...] = ()  # the last read's traffic to the canary outside the split it moves
+        self.document: dict[str, Any] | None = None  # the VirtualService as this command last read it
         self.state: RolloutState | None = None  # the last state this command read or wrote
         self.head = ""
         self.last_judgement: Judgement | None = None
@@ -221,6 +222,12 @@ class Runner:
     @property
     def target(self) -> Target:
         return self.policy.target
+
+    @property
+    def elsewhere(self) -> tuple[str, ...]:
+        """The traffic to the canary, in the route last read, outside the split canary moves (read off once, for
+        a result: not at every tick)."""
+        return also_to_canary(self.document, self.target) if self.document is not None else ()
 
     def _ctx(self, actor: str | None = None) -> Context:
         return Context(
@@ -237,7 +244,7 @@ class Runner:
                 f"own (spec.audit, or --audit), so {vs_name(self.target)}'s history is not mixed with another's"
             )
         read = self.router.read(self.target, self.judge.state_type)
-        self.elsewhere = also_to_canary(read.document, self.target)
+        self.document = read.document
         last = self.audit.open_change()
         if last is not None and isinstance(last.record, DecisionRecord) and self._ours(last):
             applied = seal(applied_outcome(last), last.hash)

@@ -288,18 +288,18 @@ def _mirrored(rule: dict[str, Any], target: Target, namespace: str) -> float:
             and fqdn(dest["host"], namespace) == host
         )  # fmt: skip
 
-    def percent(value: Any) -> float:
-        number = value.get("value") if isinstance(value, dict) else None
+    def percent(number: Any) -> float:  # all of it where none is given
         return float(number) if isinstance(number, int | float) and not isinstance(number, bool) else 100.0
 
-    old = rule.get("mirrorPercent")  # deprecated: a whole percentage, where mirrorPercentage is absent
-    share = percent(
-        {"value": old} if "mirrorPercentage" not in rule and old is not None else rule.get("mirrorPercentage")
-    )
-    total = share if to_canary(rule.get("mirror")) else 0.0
+    def value(percentage: Any) -> Any:  # Istio's Percent: {value: 2.5}
+        return percentage.get("value") if isinstance(percentage, dict) else None
+
+    # `mirrorPercent` (deprecated: a whole percentage) where `mirrorPercentage` is absent
+    mirrored = value(rule["mirrorPercentage"]) if "mirrorPercentage" in rule else rule.get("mirrorPercent")
+    total = percent(mirrored) if to_canary(rule.get("mirror")) else 0.0
     for mirror in _list(rule.get("mirrors")):
         if isinstance(mirror, dict) and to_canary(mirror.get("destination")):
-            total += percent(mirror.get("percentage"))
+            total += percent(value(mirror.get("percentage")))
     return total
 
 
